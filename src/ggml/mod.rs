@@ -1,0 +1,40 @@
+//! The only module with `unsafe`: a thin, safe layer over ggml (through the
+//! `llama-cpp-sys-2` bindings). Every `unsafe` block says why it is sound.
+//!
+//! - `types`: ggml tensor types and their block sizes.
+//! - `graph`: contexts, tensors and the ops the models use.
+//! - `backend`: the CPU backend, thread pool, buffers, graph execution.
+//! - `reference`: llama.cpp's own `llama_*` API, used only by tests and the
+//!   bench as the oracle for tokens and logits.
+//! - `gguf_ref`: ggml's own GGUF reader, the oracle for our parser.
+
+pub mod reference;
+mod types;
+
+pub use types::{type_info, type_by_name, TypeInfo};
+
+use llama_cpp_sys_2 as sys;
+
+/// Maps a file read-only.
+pub fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only; like llama.cpp we treat model files as
+    // immutable while loaded (a concurrent truncation would be the caller's bug,
+    // and would fault rather than corrupt memory).
+    unsafe { memmap2::Mmap::map(file) }
+}
+
+/// Silences (or restores) ggml's and llama.cpp's log output on stderr.
+pub fn set_quiet_logs(quiet: bool) {
+    unsafe extern "C" fn drop_log(_level: sys::ggml_log_level, _text: *const std::os::raw::c_char, _user: *mut std::os::raw::c_void) {}
+    // SAFETY: installing a callback that never dereferences its arguments is
+    // always valid; `None` restores the default logger.
+    unsafe {
+        if quiet {
+            sys::llama_log_set(Some(drop_log), std::ptr::null_mut());
+            sys::ggml_log_set(Some(drop_log), std::ptr::null_mut());
+        } else {
+            sys::llama_log_set(None, std::ptr::null_mut());
+            sys::ggml_log_set(None, std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! llama.cpp itself, through its `llama_*` API: the reference the tests and
+//! the bench compare infllm against. The engine never calls this module.
+
+use std::ffi::CString;
+use std::path::Path;
+use std::ptr::NonNull;
+
+use super::sys;
+
+/// A model loaded by llama.cpp.
+pub struct RefModel {
+    raw: NonNull<sys::llama_model>,
+}
+
+// SAFETY: llama.cpp models are immutable after loading and may be shared
+// between threads (llama.cpp's own servers do so).
+unsafe impl Send for RefModel {}
+unsafe impl Sync for RefModel {}
+
+impl RefModel {
+    /// Loads `path` on the CPU (memory-mapped, as llama.cpp does by default).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let cpath = CString::new(path.to_string_lossy().as_bytes())?;
+        // SAFETY: backend init is idempotent; params come from llama.cpp's
+        // defaults; the path is a valid NUL-terminated string.
+        let raw = unsafe {
+            sys::llama_backend_init();
+            let mut params = sys::llama_model_default_params();
+            params.n_gpu_layers = 0;
+            sys::llama_model_load_from_file(cpath.as_ptr(), params)
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
+        Ok(Self { raw })
+    }
+
+    fn vocab(&self) -> *const sys::llama_vocab {
+        // SAFETY: the model pointer is valid for the life of `self`.
+        unsafe { sys::llama_model_get_vocab(self.raw.as_ptr()) }
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: valid vocab pointer.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab()) as usize }
+    }
+
+    /// llama.cpp's tokenization of `text`.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<i32> {
+        let mut out = vec![0i32; text.len() + 8];
+        loop {
+            // SAFETY: `text` is passed with its byte length (no NUL needed);
+            // `out` has room for `out.len()` tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast(),
+                    text.len() as i32,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return out;
+            }
+            out.resize((-n) as usize, 0);
+        }
+    }
+
+    /// The bytes of one token's piece (special tokens rendered when `special`).
+    pub fn token_to_piece(&self, token: i32, special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        loop {
+            // SAFETY: `buf` has room for `buf.len()` bytes.
+            let n = unsafe {
+                sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    /// llama.cpp's detokenization of `tokens`.
+    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; tokens.len() * 16 + 16];
+        loop {
+            // SAFETY: `tokens` and `buf` are valid for their lengths.
+            let n = unsafe {
+                sys::llama_detokenize(
+                    self.vocab(),
+                    tokens.as_ptr(),
+                    tokens.len() as i32,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    remove_special,
+                    unparse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    pub fn is_eog(&self, token: i32) -> bool {
+        // SAFETY: valid vocab pointer.
+        unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
+    }
+}
+
+impl Drop for RefModel {
+    fn drop(&mut self) {
+        // SAFETY: we own the model; contexts borrow it and are dropped first.
+        unsafe { sys::llama_model_free(self.raw.as_ptr()) }
+    }
+}
+
+/// Settings of a llama.cpp context.
+#[derive(Debug, Clone, Copy)]
+pub struct RefParams {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub n_threads: i32,
+}
+
+/// A llama.cpp inference context (its own KV cache).
+pub struct RefContext<'m> {
+    raw: NonNull<sys::llama_context>,
+    model: &'m RefModel,
+    n_past: i32,
+}
+
+impl<'m> RefContext<'m> {
+    /// A context with llama.cpp's defaults (flash attention auto, f16 KV).
+    pub fn new(model: &'m RefModel, p: RefParams) -> anyhow::Result<Self> {
+        // SAFETY: default params with plain numeric fields changed; the model
+        // outlives the context through the `'m` borrow.
+        let raw = unsafe {
+            let mut params = sys::llama_context_default_params();
+            params.n_ctx = p.n_ctx;
+            params.n_batch = p.n_batch;
+            params.n_ubatch = p.n_ubatch;
+            params.n_threads = p.n_threads;
+            params.n_threads_batch = p.n_threads;
+            params.no_perf = true;
+            sys::llama_init_from_model(model.raw.as_ptr(), params)
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to create a context"))?;
+        Ok(Self { raw, model, n_past: 0 })
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past as usize
+    }
+
+    /// Forgets everything in the KV cache.
+    pub fn clear(&mut self) {
+        // SAFETY: valid context; clearing memory (data too) is always allowed.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.raw.as_ptr()), true) };
+        self.n_past = 0;
+    }
+
+    /// Appends `tokens` (in batches of at most `n_batch`) and returns the logits
+    /// of every token when `all_logits`, else of the last one only.
+    pub fn decode(&mut self, tokens: &[i32], n_batch: usize, all_logits: bool) -> anyhow::Result<Vec<f32>> {
+        let n_vocab = self.model.n_vocab();
+        let mut out = Vec::new();
+        for (ci, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {
+            let last_chunk = (ci + 1) * n_batch.max(1) >= tokens.len();
+            // SAFETY: the batch is allocated for `chunk.len()` tokens with one
+            // sequence id each, every field is filled before `llama_decode`,
+            // and it is freed on every path below.
+            unsafe {
+                let batch = sys::llama_batch_init(chunk.len() as i32, 0, 1);
+                let mut b = batch;
+                b.n_tokens = chunk.len() as i32;
+                for (i, &t) in chunk.iter().enumerate() {
+                    *b.token.add(i) = t;
+                    *b.pos.add(i) = self.n_past + i as i32;
+                    *b.n_seq_id.add(i) = 1;
+                    **b.seq_id.add(i) = 0;
+                    *b.logits.add(i) = (all_logits || (last_chunk && i + 1 == chunk.len())) as i8;
+                }
+                let rc = sys::llama_decode(self.raw.as_ptr(), b);
+                if rc != 0 {
+                    sys::llama_batch_free(batch);
+                    anyhow::bail!("llama_decode failed with code {rc}");
+                }
+                for (i, _) in chunk.iter().enumerate() {
+                    if *b.logits.add(i) != 0 {
+                        let p = sys::llama_get_logits_ith(self.raw.as_ptr(), i as i32);
+                        out.extend_from_slice(std::slice::from_raw_parts(p, n_vocab));
+                    }
+                }
+                sys::llama_batch_free(batch);
+            }
+            self.n_past += chunk.len() as i32;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RefContext<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we own the context.
+        unsafe { sys::llama_free(self.raw.as_ptr()) }
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+fn model(file: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
+    // Tests that need a model fail loudly without it: they are never skipped.
+    assert!(path.is_file(), "model file {} is missing: run `models/fetch` (or `make test`)", path.display());
+    path
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 (architecture `llama`, byte-level BPE tokenizer).
+pub fn smollm2() -> PathBuf {
+    model("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Gemma 3 270M, Q4_K_M (architecture `gemma3`, SentencePiece-style tokenizer).
+pub fn gemma3() -> PathBuf {
+    model("gemma-3-270m-q4_k_m.gguf")
+}
+
+/// Threads for tests: the CI machine has 2 cores.
+pub const THREADS: i32 = 2;
