@@ -1,5 +1,12 @@
 //! infllm: long-context inference for quantized GGUF models on ggml, with
 //! InfLLM memory attention.
 
+pub mod attention;
+pub mod cli;
+pub mod compute;
+pub mod engine;
 pub mod ggml;
 pub mod gguf;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;

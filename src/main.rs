@@ -1,1 +1,18 @@
-fn main() {}
+use clap::Parser;
+
+use infllm::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    infllm::ggml::set_quiet_logs(true);
+    let result = match &cli.command {
+        Some(Command::Tokenize(a)) => cli::tokenize::run(a),
+        None => cli::generate::run(&cli.generate),
+    };
+    if let Err(e) = result {
+        // One line: the error and its causes, outermost first.
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}

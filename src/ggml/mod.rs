@@ -8,10 +8,16 @@
 //!   bench as the oracle for tokens and logits.
 //! - `gguf_ref`: ggml's own GGUF reader, the oracle for our parser.
 
+mod backend;
+pub mod gguf_ref;
+mod graph;
 pub mod reference;
 mod types;
 
-pub use types::{type_info, type_by_name, TypeInfo};
+pub use backend::{Backend, Buffer, GraphAllocator};
+pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
+pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
+pub use types::{type_by_name, type_info, TypeInfo};
 
 use llama_cpp_sys_2 as sys;
 
@@ -25,7 +31,12 @@ pub fn map_readonly(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
 
 /// Silences (or restores) ggml's and llama.cpp's log output on stderr.
 pub fn set_quiet_logs(quiet: bool) {
-    unsafe extern "C" fn drop_log(_level: sys::ggml_log_level, _text: *const std::os::raw::c_char, _user: *mut std::os::raw::c_void) {}
+    unsafe extern "C" fn drop_log(
+        _level: sys::ggml_log_level,
+        _text: *const std::os::raw::c_char,
+        _user: *mut std::os::raw::c_void,
+    ) {
+    }
     // SAFETY: installing a callback that never dereferences its arguments is
     // always valid; `None` restores the default logger.
     unsafe {

@@ -29,7 +29,8 @@ impl RefModel {
             params.n_gpu_layers = 0;
             sys::llama_model_load_from_file(cpath.as_ptr(), params)
         };
-        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
         Ok(Self { raw })
     }
 
@@ -74,7 +75,14 @@ impl RefModel {
         loop {
             // SAFETY: `buf` has room for `buf.len()` bytes.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab(), token, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+                sys::llama_token_to_piece(
+                    self.vocab(),
+                    token,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -85,7 +93,12 @@ impl RefModel {
     }
 
     /// llama.cpp's detokenization of `tokens`.
-    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+    pub fn detokenize(
+        &self,
+        tokens: &[i32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; tokens.len() * 16 + 16];
         loop {
             // SAFETY: `tokens` and `buf` are valid for their lengths.
@@ -152,8 +165,13 @@ impl<'m> RefContext<'m> {
             params.no_perf = true;
             sys::llama_init_from_model(model.raw.as_ptr(), params)
         };
-        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to create a context"))?;
-        Ok(Self { raw, model, n_past: 0 })
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| anyhow::anyhow!("llama.cpp failed to create a context"))?;
+        Ok(Self {
+            raw,
+            model,
+            n_past: 0,
+        })
     }
 
     pub fn n_past(&self) -> usize {
@@ -169,7 +187,12 @@ impl<'m> RefContext<'m> {
 
     /// Appends `tokens` (in batches of at most `n_batch`) and returns the logits
     /// of every token when `all_logits`, else of the last one only.
-    pub fn decode(&mut self, tokens: &[i32], n_batch: usize, all_logits: bool) -> anyhow::Result<Vec<f32>> {
+    pub fn decode(
+        &mut self,
+        tokens: &[i32],
+        n_batch: usize,
+        all_logits: bool,
+    ) -> anyhow::Result<Vec<f32>> {
         let n_vocab = self.model.n_vocab();
         let mut out = Vec::new();
         for (ci, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {

@@ -1,5 +1,10 @@
 //! GGUF reader: parses the header, metadata and tensor table of a memory
 //! mapped file, checking every field against the bytes actually present.
+//!
+//! Every count, length, offset and dimension is checked before it is used:
+//! a broken file gives a [`GgufError`] naming the problem and where it is
+//! (byte offset, metadata key, tensor), never a panic, an out-of-bounds read
+//! or an allocation sized by an unchecked count.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,9 +17,15 @@ use super::{DEFAULT_ALIGNMENT, MAGIC};
 use crate::ggml;
 
 /// Arrays nested deeper than this are rejected (real files nest at most 2).
-const MAX_ARRAY_DEPTH: usize = 8;
-/// ggml tensors have at most 4 dimensions.
-const MAX_DIMS: usize = 4;
+pub const MAX_ARRAY_DEPTH: usize = 8;
+/// ggml tensors have at most 4 dimensions (`GGML_MAX_DIMS`).
+pub const MAX_DIMS: usize = 4;
+/// ggml keeps tensor names in a 64-byte buffer with a NUL (`GGML_MAX_NAME`):
+/// a longer name would be cut short there, and could then collide.
+pub const MAX_TENSOR_NAME: usize = 63;
+/// Vectors are pre-allocated for at most this many items: a lying count then
+/// costs nothing, a true one only a few reallocations as the items are read.
+const MAX_PREALLOC: usize = 1 << 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -25,7 +36,7 @@ pub enum GgufError {
     },
     #[error("not a GGUF file (magic {0:02x?}, expected \"GGUF\")")]
     BadMagic([u8; 4]),
-    #[error("unsupported GGUF version {0} (supported: 2, 3)")]
+    #[error("unsupported GGUF version {0} (supported: 2, 3){hint}", hint = endian_hint(*.0))]
     UnsupportedVersion(u32),
     #[error("truncated GGUF file: {what} at byte {offset} needs {needed} bytes, {available} left")]
     Truncated {
@@ -48,13 +59,48 @@ pub enum GgufError {
     },
 }
 
+impl GgufError {
+    /// Prefixes the description of a parse error with where it happened
+    /// (a metadata key, a tensor entry).
+    fn context(self, ctx: &str) -> Self {
+        match self {
+            GgufError::Truncated {
+                what,
+                offset,
+                needed,
+                available,
+            } => GgufError::Truncated {
+                what: format!("{ctx}: {what}"),
+                offset,
+                needed,
+                available,
+            },
+            GgufError::Corrupt { offset, msg } => GgufError::Corrupt {
+                offset,
+                msg: format!("{ctx}: {msg}"),
+            },
+            other => other,
+        }
+    }
+}
+
+/// A version read from a file of the other byte order has its low bits clear.
+fn endian_hint(version: u32) -> &'static str {
+    if version != 0 && version & 0xffff == 0 {
+        "; is the file big-endian?"
+    } else {
+        ""
+    }
+}
+
 type Result<T> = std::result::Result<T, GgufError>;
 
 /// One entry of the tensor table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
     pub name: String,
-    /// ggml order: `dims[0]` is the contiguous (row) dimension.
+    /// ggml order: `dims[0]` is the contiguous (row) dimension. As many
+    /// entries as the file stores (0 to [`MAX_DIMS`]).
     pub dims: Vec<u64>,
     /// ggml type number (`ggml_type`).
     pub ggml_type: u32,
@@ -65,8 +111,16 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Number of elements (at most `i64::MAX`, checked at parse time).
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
+    }
+
+    /// ggml's `ne`: the dimensions padded with 1 to [`MAX_DIMS`] entries.
+    pub fn ne(&self) -> [u64; MAX_DIMS] {
+        let mut ne = [1; MAX_DIMS];
+        ne[..self.dims.len()].copy_from_slice(&self.dims);
+        ne
     }
 }
 
@@ -85,8 +139,21 @@ pub struct GgufFile {
     pub tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
     pub alignment: u64,
-    /// Absolute offset of the tensor data section.
+    /// Absolute offset of the tensor data section. As in ggml, it is padded
+    /// to `alignment` only when the file has tensors.
     pub data_offset: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GgufFile {
@@ -113,7 +180,7 @@ impl GgufFile {
             Bytes::Owned(v) => v,
         };
         let mut r = Cursor { data, pos: 0 };
-        let magic: [u8; 4] = r.take(4, "magic")?.try_into().expect("4 bytes");
+        let magic: [u8; 4] = r.array("magic")?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic(magic));
         }
@@ -124,52 +191,54 @@ impl GgufFile {
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
         // Each key/value pair takes at least 8 (key length) + 4 (type) + 1
-        // bytes; each tensor entry at least 8 + 4 + 4 + 8.
+        // (value) bytes; each tensor entry at least 8 (name length) + 4
+        // (dimension count) + 4 (type) + 8 (offset).
         r.check_count(n_kv, 13, "metadata count")?;
         r.check_count(n_tensors, 24, "tensor count")?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut key_index = HashMap::with_capacity(n_kv as usize);
-        for _ in 0..n_kv {
+        let meta = r.metadata(n_kv)?;
+        let alignment = alignment(&meta)?;
+        let Metadata {
+            entries: metadata,
+            index: key_index,
+            ..
+        } = meta;
+
+        let prealloc = (n_tensors as usize).min(MAX_PREALLOC);
+        let mut tensors = Vec::with_capacity(prealloc);
+        let mut tensor_index = HashMap::with_capacity(prealloc);
+        for i in 0..n_tensors {
             let at = r.pos;
-            let key = r.string("metadata key")?;
-            let ty = r.value_type("metadata value type")?;
-            let value = r.value(ty, 0)?;
-            if key_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(r.corrupt(at, format!("duplicate metadata key '{key}'")));
-            }
-            metadata.push((key, value));
-        }
-
-        let alignment = match metadata.get(key_index.get("general.alignment").copied().unwrap_or(usize::MAX)) {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
-            Some((_, v)) => {
-                return Err(r.corrupt(r.pos, format!("general.alignment {v} is not a power of two u32")))
-            }
-        };
-
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let t = r.tensor_info(alignment)?;
+            let t = r
+                .tensor_info(alignment)
+                .map_err(|e| e.context(&format!("tensor entry #{i}")))?;
             if tensor_index.insert(t.name.clone(), tensors.len()).is_some() {
                 return Err(GgufError::Tensor {
                     name: t.name,
-                    msg: "duplicate tensor name".into(),
+                    msg: format!("duplicate tensor name (entry #{i} at byte {at})"),
                 });
             }
             tensors.push(t);
         }
 
-        let data_offset = (r.pos as u64).next_multiple_of(alignment);
-        let data_len = (data.len() as u64).checked_sub(data_offset).ok_or(GgufError::Truncated {
-            what: "padding before tensor data".into(),
-            offset: r.pos,
-            needed: data_offset - r.pos as u64,
-            available: data.len() - r.pos,
-        })?;
-        check_tensor_extents(&tensors, data_len)?;
+        // ggml pads the header to the alignment only when there are tensors.
+        let header_end = r.pos as u64;
+        let data_offset = if tensors.is_empty() {
+            header_end
+        } else {
+            header_end
+                .checked_next_multiple_of(alignment)
+                .unwrap_or(u64::MAX)
+        };
+        let data_len = (data.len() as u64)
+            .checked_sub(data_offset)
+            .ok_or_else(|| GgufError::Truncated {
+                what: format!("padding to the {alignment}-byte aligned tensor data"),
+                offset: r.pos,
+                needed: data_offset - header_end,
+                available: r.remaining(),
+            })?;
+        check_tensor_extents(&tensors, data_offset, data_len)?;
 
         Ok(Self {
             bytes,
@@ -196,7 +265,8 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey(key.into()))
+        self.get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.into()))
     }
 
     fn wrong(&self, key: &str, v: &Value, expected: &'static str) -> GgufError {
@@ -217,7 +287,9 @@ impl GgufFile {
 
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64().map(|f| f as f32).ok_or_else(|| self.wrong(key, v, "a number"))
+        v.as_f64()
+            .map(|f| f as f32)
+            .ok_or_else(|| self.wrong(key, v, "a number"))
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool> {
@@ -244,39 +316,82 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The bytes of one tensor (bounds were checked at parse time).
+    /// The bytes of one tensor of this file (bounds were checked at parse
+    /// time).
+    ///
+    /// # Panics
+    /// If `t` is not an entry of this file's tensor table and its extent does
+    /// not lie inside the file (a caller bug, never a file problem).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + t.offset) as usize;
-        &self.bytes()[start..start + t.size as usize]
+        let span = self
+            .data_offset
+            .checked_add(t.offset)
+            .and_then(|start| Some(start..start.checked_add(t.size)?))
+            .and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?))
+            .and_then(|r| self.bytes().get(r));
+        span.unwrap_or_else(|| panic!("tensor '{}' is not a tensor of this GGUF file", t.name))
     }
 }
 
+/// `general.alignment`: when present, a u32 power of two (as ggml requires).
+fn alignment(meta: &Metadata) -> Result<u64> {
+    const KEY: &str = "general.alignment";
+    let Some(&i) = meta.index.get(KEY) else {
+        return Ok(DEFAULT_ALIGNMENT);
+    };
+    let msg = match &meta.entries[i].1 {
+        Value::U32(a) if a.is_power_of_two() => return Ok(*a as u64),
+        Value::U32(a) => format!("metadata key '{KEY}': alignment {a} is not a power of two"),
+        v => format!(
+            "metadata key '{KEY}' must be a u32, found {:?} {v}",
+            v.value_type()
+        ),
+    };
+    Err(GgufError::Corrupt {
+        offset: meta.offsets[i],
+        msg,
+    })
+}
+
 /// Tensor data must lie inside the data section and not overlap.
-fn check_tensor_extents(tensors: &[TensorInfo], data_len: u64) -> Result<()> {
+fn check_tensor_extents(tensors: &[TensorInfo], data_offset: u64, data_len: u64) -> Result<()> {
     let mut spans: Vec<&TensorInfo> = tensors.iter().collect();
     spans.sort_by_key(|t| t.offset);
-    let mut prev: Option<&TensorInfo> = None;
+    // The non-empty tensor that ends last so far.
+    let mut prev: Option<(&TensorInfo, u64)> = None;
     for t in spans {
-        t.offset.checked_add(t.size).filter(|&e| e <= data_len).ok_or_else(|| GgufError::Tensor {
+        let end = t.offset.checked_add(t.size).filter(|&e| e <= data_len).ok_or_else(|| GgufError::Tensor {
             name: t.name.clone(),
             msg: format!(
-                "data [{}, +{}) runs past the end of the file (data section is {} bytes)",
-                t.offset, t.size, data_len
+                "data [{}, +{}) runs past the end of the file (data section at byte {} is {} bytes)",
+                t.offset, t.size, data_offset, data_len
             ),
         })?;
-        if let Some(p) = prev {
-            if t.size > 0 && p.offset + p.size > t.offset {
+        if t.size == 0 {
+            continue;
+        }
+        if let Some((p, p_end)) = prev {
+            if p_end > t.offset {
                 return Err(GgufError::Tensor {
                     name: t.name.clone(),
-                    msg: format!("data overlaps tensor '{}'", p.name),
+                    msg: format!(
+                        "data [{}, +{}) overlaps tensor '{}' [{}, +{})",
+                        t.offset, t.size, p.name, p.offset, p.size
+                    ),
                 });
             }
         }
-        if t.size > 0 {
-            prev = Some(t);
-        }
+        prev = Some((t, end));
     }
     Ok(())
+}
+
+/// The metadata section as parsed: entries in file order, their index by
+/// key, and the byte offset of each entry.
+struct Metadata {
+    entries: Vec<(String, Value)>,
+    index: HashMap<String, usize>,
+    offsets: Vec<usize>,
 }
 
 struct Cursor<'a> {
@@ -294,21 +409,25 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() as u64 {
-            return Err(GgufError::Truncated {
+        let rest = &self.data[self.pos..];
+        match usize::try_from(n).ok().and_then(|n| rest.get(..n)) {
+            Some(s) => {
+                self.pos += s.len();
+                Ok(s)
+            }
+            None => Err(GgufError::Truncated {
                 what: what.into(),
                 offset: self.pos,
                 needed: n,
-                available: self.remaining(),
-            });
+                available: rest.len(),
+            }),
         }
-        let s = &self.data[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("length checked"))
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N as u64, what)?);
+        Ok(out)
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
@@ -324,7 +443,10 @@ impl<'a> Cursor<'a> {
         if count.saturating_mul(min_size) > self.remaining() as u64 {
             return Err(self.corrupt(
                 self.pos,
-                format!("{what} {count} is impossible for the {} bytes that follow", self.remaining()),
+                format!(
+                    "{what} {count} is impossible: {count} items of at least {min_size} bytes do not fit in the {} bytes that follow",
+                    self.remaining()
+                ),
             ));
         }
         Ok(())
@@ -332,21 +454,65 @@ impl<'a> Cursor<'a> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
-        let len = self.u64(what)?;
+        let len = self.u64(&format!("{what} length"))?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.corrupt(at, format!("{what} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            self.corrupt(
+                at,
+                format!(
+                    "{what} is not valid UTF-8 (bad byte at index {} of {len})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+        })
     }
 
     fn value_type(&mut self, what: &str) -> Result<ValueType> {
         let at = self.pos;
         let t = self.u32(what)?;
-        ValueType::from_u32(t).ok_or_else(|| self.corrupt(at, format!("unknown {what} {t}")))
+        ValueType::from_u32(t)
+            .ok_or_else(|| self.corrupt(at, format!("unknown {what} {t} (known: 0 to 12)")))
+    }
+
+    /// The key/value section; keys are unique and non-empty.
+    fn metadata(&mut self, n_kv: u64) -> Result<Metadata> {
+        let prealloc = (n_kv as usize).min(MAX_PREALLOC);
+        let mut metadata = Vec::with_capacity(prealloc);
+        let mut key_index = HashMap::with_capacity(prealloc);
+        let mut offsets = Vec::with_capacity(prealloc);
+        for i in 0..n_kv {
+            let at = self.pos;
+            let key = self
+                .string("metadata key")
+                .map_err(|e| e.context(&format!("metadata entry #{i}")))?;
+            if key.is_empty() {
+                return Err(self.corrupt(at, format!("metadata entry #{i} has an empty key")));
+            }
+            if key_index.contains_key(&key) {
+                return Err(
+                    self.corrupt(at, format!("duplicate metadata key '{key}' (entry #{i})"))
+                );
+            }
+            let ctx = || format!("metadata key '{key}'");
+            let ty = self
+                .value_type("value type")
+                .map_err(|e| e.context(&ctx()))?;
+            let value = self.value(ty, 0).map_err(|e| e.context(&ctx()))?;
+            key_index.insert(key.clone(), metadata.len());
+            metadata.push((key, value));
+            offsets.push(at);
+        }
+        Ok(Metadata {
+            entries: metadata,
+            index: key_index,
+            offsets,
+        })
     }
 
     fn value(&mut self, ty: ValueType, depth: usize) -> Result<Value> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.array::<1>("u8 value")?[0]),
-            ValueType::I8 => Value::I8(self.array::<1>("i8 value")?[0] as i8),
+            ValueType::I8 => Value::I8(i8::from_le_bytes(self.array("i8 value")?)),
             ValueType::U16 => Value::U16(u16::from_le_bytes(self.array("u16 value")?)),
             ValueType::I16 => Value::I16(i16::from_le_bytes(self.array("i16 value")?)),
             ValueType::U32 => Value::U32(self.u32("u32 value")?),
@@ -367,16 +533,25 @@ impl<'a> Cursor<'a> {
             ValueType::Array => {
                 let at = self.pos;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.corrupt(at, "arrays nested too deeply".into()));
+                    return Err(self.corrupt(
+                        at,
+                        format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"),
+                    ));
                 }
                 let elem = self.value_type("array element type")?;
                 let count = self.u64("array length")?;
-                // Strings take at least 8 bytes, arrays at least 12.
-                let min = elem.scalar_size().unwrap_or(if elem == ValueType::String { 8 } else { 12 });
-                self.check_count(count, min as u64, "array length")?;
-                let mut items = Vec::with_capacity(count as usize);
-                for _ in 0..count {
-                    items.push(self.value(elem, depth + 1)?);
+                // Strings take at least 8 bytes (length), arrays at least 12
+                // (element type and length).
+                let min = match elem {
+                    ValueType::String => 8,
+                    ValueType::Array => 12,
+                    scalar => scalar.scalar_size().unwrap_or(1),
+                };
+                self.check_count(count, min as u64, &format!("length of the {elem:?} array"))?;
+                let mut items = Vec::with_capacity((count as usize).min(MAX_PREALLOC));
+                for i in 0..count {
+                    let item = self.value(elem, depth + 1);
+                    items.push(item.map_err(|e| e.context(&format!("{elem:?} array item #{i}")))?);
                 }
                 Value::Array(elem, items)
             }
@@ -389,23 +564,48 @@ impl<'a> Cursor<'a> {
             name: name.clone(),
             msg,
         };
-        let n_dims = self.u32("tensor dimension count")?;
+        if name.len() > MAX_TENSOR_NAME {
+            return Err(bad(format!(
+                "name is {} bytes long (ggml allows at most {MAX_TENSOR_NAME})",
+                name.len()
+            )));
+        }
+        let ctx = || format!("tensor '{name}'");
+        let n_dims = self.u32("dimension count").map_err(|e| e.context(&ctx()))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(bad(format!("{n_dims} dimensions (ggml supports at most {MAX_DIMS})")));
+            return Err(bad(format!(
+                "{n_dims} dimensions (ggml supports at most {MAX_DIMS})"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(self.u64("tensor dimension")?);
+        for i in 0..n_dims {
+            dims.push(
+                self.u64(&format!("dimension {i}"))
+                    .map_err(|e| e.context(&ctx()))?,
+            );
         }
-        let ggml_type = self.u32("tensor type")?;
-        let offset = self.u64("tensor data offset")?;
+        let ggml_type = self.u32("ggml type").map_err(|e| e.context(&ctx()))?;
+        let offset = self.u64("data offset").map_err(|e| e.context(&ctx()))?;
 
-        let info = ggml::type_info(ggml_type).ok_or_else(|| bad(format!("unknown ggml type {ggml_type}")))?;
-        // ggml indexes elements with int64_t: the product must fit.
+        // ggml stores dimensions and counts elements as int64_t: each and
+        // their running product must fit (checked in order, as ggml does).
+        if let Some(d) = dims.iter().find(|&&d| d > i64::MAX as u64) {
+            return Err(bad(format!(
+                "dimension {d} of {dims:?} is negative as ggml's int64"
+            )));
+        }
         let n_elements = dims
             .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
-            .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+            .try_fold(1u64, |acc, &d| {
+                acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
+            })
+            .ok_or_else(|| {
+                bad(format!(
+                    "dimensions {dims:?} overflow: more than i64::MAX elements"
+                ))
+            })?;
+        let info = ggml::type_info(ggml_type)
+            .ok_or_else(|| bad(format!("unknown ggml type {ggml_type}")))?;
         let row = dims.first().copied().unwrap_or(1);
         if row % info.block_size != 0 {
             return Err(bad(format!(
@@ -415,9 +615,16 @@ impl<'a> Cursor<'a> {
         }
         let size = (n_elements / info.block_size)
             .checked_mul(info.type_size)
-            .ok_or_else(|| bad("data size overflows".into()))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "data size of {n_elements} {} elements overflows",
+                    info.name
+                ))
+            })?;
         if offset % alignment != 0 {
-            return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
+            return Err(bad(format!(
+                "data offset {offset} is not aligned to {alignment}"
+            )));
         }
         Ok(TensorInfo {
             name,

@@ -1,5 +1,8 @@
 //! A small GGUF v3 writer, used to build test fixtures (tiny random models,
-//! malformed files).
+//! malformed files). Its layout is ggml's: the header padded to the
+//! alignment when there are tensors, each tensor's data padded to the
+//! alignment, tensor offsets contiguous in table order; so ggml's own
+//! reader accepts what it writes (nested arrays apart, which ggml lacks).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -25,19 +28,33 @@ impl GgufWriter {
     }
 
     /// Adds a tensor with dimensions in ggml order and raw data of ggml type `ggml_type`.
-    pub fn add_tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, data));
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        ggml_type: u32,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ggml_type, data));
         self
     }
 
+    /// `general.alignment` when it is a u32 above 0, else the default: an
+    /// invalid alignment can be written (for malformed fixtures) and is then
+    /// not used for the layout.
     fn alignment(&self) -> u64 {
         match self.metadata.iter().find(|(k, _)| k == "general.alignment") {
-            Some((_, Value::U32(a))) => *a as u64,
+            Some((_, Value::U32(a))) if *a > 0 => *a as u64,
             _ => DEFAULT_ALIGNMENT,
         }
     }
 
     /// The whole file as bytes.
+    ///
+    /// # Panics
+    /// If an array value holds an item whose type is not the array's element
+    /// type (it could not be read back).
     pub fn to_bytes(&self) -> Vec<u8> {
         let align = self.alignment();
         let mut out = Vec::new();
@@ -61,9 +78,13 @@ impl GgufWriter {
             out.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + data.len() as u64).next_multiple_of(align);
         }
+        // Each tensor's data starts aligned and is padded after, as ggml writes it.
         for (_, _, _, data) in &self.tensors {
             out.resize((out.len() as u64).next_multiple_of(align) as usize, 0);
             out.extend_from_slice(data);
+        }
+        if !self.tensors.is_empty() {
+            out.resize((out.len() as u64).next_multiple_of(align) as usize, 0);
         }
         out
     }
@@ -101,6 +122,11 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(&(*elem as u32).to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for item in items {
+                assert_eq!(
+                    item.value_type(),
+                    *elem,
+                    "GGUF array of {elem:?} holds a {item}"
+                );
                 put_value(out, item);
             }
         }

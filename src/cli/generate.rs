@@ -1,0 +1,195 @@
+//! Text generation, shaped like llama.cpp's llama-completion: stdout carries
+//! the prompt (unless --no-display-prompt) and the generated text, streamed;
+//! load information and timings go to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::{default_threads, read_prompt, ModelArgs};
+use crate::engine::{Engine, EngineParams};
+use crate::model::Model;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Utf8Stream;
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt to start generation with
+    #[arg(short = 'p', long = "prompt", help_heading = "Common")]
+    pub prompt: Option<String>,
+    /// File containing the prompt
+    #[arg(short = 'f', long = "file", help_heading = "Common")]
+    pub file: Option<PathBuf>,
+    /// Number of tokens to predict (-1 = until end of text or full context)
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true, help_heading = "Common")]
+    pub n_predict: i64,
+    /// Context size in tokens (0 = the model's training context)
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096, help_heading = "Common")]
+    pub ctx_size: usize,
+    /// Threads (default: all cores)
+    #[arg(short = 't', long = "threads", help_heading = "Common")]
+    pub threads: Option<usize>,
+    /// Logical batch size: most prompt tokens submitted at once
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, help_heading = "Common")]
+    pub batch_size: usize,
+    /// Physical batch size: tokens per forward pass
+    #[arg(long = "ubatch-size", visible_alias = "ub", short_alias = 'u', default_value_t = 512, help_heading = "Common")]
+    pub ubatch_size: usize,
+    /// Print only the generated text, not the prompt
+    #[arg(long = "no-display-prompt", help_heading = "Common")]
+    pub no_display_prompt: bool,
+
+    /// Temperature (0 = greedy)
+    #[arg(long, default_value_t = 0.8, help_heading = "Sampling")]
+    pub temp: f32,
+    /// Top-k sampling (0 = off)
+    #[arg(long = "top-k", default_value_t = 40, help_heading = "Sampling")]
+    pub top_k: usize,
+    /// Top-p (nucleus) sampling (1.0 = off)
+    #[arg(long = "top-p", default_value_t = 0.95, help_heading = "Sampling")]
+    pub top_p: f32,
+    /// Min-p sampling (0.0 = off)
+    #[arg(long = "min-p", default_value_t = 0.05, help_heading = "Sampling")]
+    pub min_p: f32,
+    /// Penalty for repeated tokens (1.0 = off)
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, help_heading = "Sampling")]
+    pub repeat_penalty: f32,
+    /// Tokens considered by the repeat penalty (-1 = context size)
+    #[arg(long = "repeat-last-n", default_value_t = 64, allow_negative_numbers = true, help_heading = "Sampling")]
+    pub repeat_last_n: i64,
+    /// Random seed (-1 = random)
+    #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true, help_heading = "Sampling")]
+    pub seed: i64,
+}
+
+impl GenerateArgs {
+    pub fn sampling(&self, n_ctx: usize) -> SamplingParams {
+        let seed = if self.seed < 0 {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        } else {
+            self.seed as u64
+        };
+        SamplingParams {
+            temp: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: if self.repeat_last_n < 0 { n_ctx } else { self.repeat_last_n as usize },
+            seed,
+        }
+    }
+
+    pub fn engine_params(&self) -> EngineParams {
+        EngineParams {
+            n_threads: self.threads.unwrap_or_else(default_threads),
+            n_ctx: self.ctx_size,
+            n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
+        }
+    }
+}
+
+/// Loads the model; returns it with a line describing it, printed by the
+/// caller once the inputs are known to be valid (so that an error stays the
+/// only line on stderr).
+pub fn load(args: &ModelArgs) -> anyhow::Result<(Model, String)> {
+    let path = args.path()?;
+    let start = Instant::now();
+    let model = Model::load(&path)?;
+    let hp = &model.hp;
+    let info = format!(
+        "infllm: loaded {} ({}, {} layers, {} heads / {} KV heads, head dim {}, vocab {}, trained ctx {}) in {:.0} ms",
+        path.display(),
+        hp.arch,
+        hp.n_layer,
+        hp.n_head,
+        hp.n_head_kv,
+        hp.head_dim,
+        hp.n_vocab,
+        hp.n_ctx_train,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok((model, info))
+}
+
+pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
+    let prompt = read_prompt(&a.prompt, &a.file)?.unwrap_or_default();
+    let (model, info) = load(&a.model)?;
+    let tokens = model.tokenizer.encode(&prompt, true, true);
+    anyhow::ensure!(!tokens.is_empty(), "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f");
+    let params = a.engine_params();
+    let mut engine = Engine::new(model, params)?;
+    let n_ctx = engine.n_ctx();
+    anyhow::ensure!(
+        tokens.len() < n_ctx,
+        "the prompt is too long: {} tokens, but the context holds {} (-c {}): raise -c",
+        tokens.len(),
+        n_ctx,
+        a.ctx_size
+    );
+    let mut sampler = Sampler::new(a.sampling(n_ctx));
+    eprintln!("{info}");
+    eprintln!(
+        "infllm: n_ctx = {n_ctx}, n_ubatch = {}, threads = {}, prompt = {} tokens, seed = {}",
+        params.n_ubatch,
+        params.n_threads,
+        tokens.len(),
+        sampler.params.seed
+    );
+
+    let mut out = std::io::stdout().lock();
+    if !a.no_display_prompt {
+        write!(out, "{prompt}")?;
+        out.flush()?;
+    }
+    let t0 = Instant::now();
+    let mut logits = engine.eval(&tokens, false, &mut |_, _| {})?;
+    let prompt_time = t0.elapsed();
+    tokens.iter().for_each(|&t| sampler.accept(t));
+
+    let mut utf8 = Utf8Stream::new();
+    let mut n_gen = 0usize;
+    let t1 = Instant::now();
+    let limit = if a.n_predict < 0 { usize::MAX } else { a.n_predict as usize };
+    while n_gen < limit {
+        let t = sampler.sample(&logits);
+        if engine.model.tokenizer.is_eog(t) {
+            break;
+        }
+        sampler.accept(t);
+        n_gen += 1;
+        write!(out, "{}", utf8.push(&engine.model.tokenizer.token_to_piece(t, false)))?;
+        out.flush()?;
+        if engine.n_past() + 1 > n_ctx {
+            eprintln!("\ninfllm: context full ({n_ctx} tokens): stopping");
+            break;
+        }
+        if n_gen == limit {
+            break;
+        }
+        logits = engine.eval(&[t], false, &mut |_, _| {})?;
+    }
+    write!(out, "{}", utf8.finish())?;
+    writeln!(out)?;
+    out.flush()?;
+    let gen_time = t1.elapsed();
+    print_timings(tokens.len(), prompt_time, n_gen, gen_time);
+    Ok(())
+}
+
+/// llama.cpp-style timing lines on stderr.
+pub fn print_timings(n_prompt: usize, prompt: Duration, n_gen: usize, gen: Duration) {
+    let line = |label: &str, n: usize, unit: &str, d: Duration| {
+        let ms = d.as_secs_f64() * 1e3;
+        let per = if n > 0 { ms / n as f64 } else { 0.0 };
+        let tps = if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+        eprintln!("infllm: {label} = {ms:10.2} ms / {n:5} {unit} ({per:8.2} ms per token, {tps:8.2} tokens per second)");
+    };
+    eprintln!();
+    line("prompt eval time", n_prompt, "tokens", prompt);
+    line("       eval time", n_gen, "runs  ", gen);
+}

@@ -1,0 +1,78 @@
+//! The command line: llama.cpp's flag spellings, one module per sub-command.
+
+pub mod generate;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+/// The model used when `-m` is not given, as placed by `models/fetch`.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "infllm",
+    version,
+    about = "Long-context inference for quantized GGUF models (ggml + InfLLM memory attention)",
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a sub-command, generates text like llama.cpp's llama-completion:\n  infllm -m model.gguf -p \"Once upon a time\" -n 64"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub generate: generate::GenerateArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the token ids of a text (like llama-tokenize)
+    Tokenize(tokenize::TokenizeArgs),
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model file (GGUF). Default: the SmolLM2 file fetched by `models/fetch`
+    #[arg(short = 'm', long = "model", value_name = "FNAME")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model path: `-m`, else `$INFLLM_MODEL`, else the default file
+    /// (looked up from the working directory, then next to the repository
+    /// the binary was built in).
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.model {
+            anyhow::ensure!(p.is_file(), "model file {} does not exist", p.display());
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os("INFLLM_MODEL") {
+            return Ok(PathBuf::from(p));
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
+        [PathBuf::from(DEFAULT_MODEL), repo]
+            .into_iter()
+            .find(|p| p.is_file())
+            .with_context(|| format!("no model given (-m) and the default model {DEFAULT_MODEL} is missing: run `models/fetch`"))
+    }
+}
+
+/// Prompt text from `-p` or `-f`.
+pub fn read_prompt(prompt: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match (prompt, file) {
+        (Some(_), Some(_)) => anyhow::bail!("give the prompt with -p or -f, not both"),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(Some)
+            .with_context(|| format!("cannot read prompt file {}", f.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Default thread count: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
+}

@@ -1,0 +1,111 @@
+//! Runs a model: feeds tokens through step graphs in micro-batches on one
+//! backend, keeping the attention state between calls.
+
+use crate::attention::full::FullAttention;
+use crate::attention::Attention;
+use crate::compute::Step;
+use crate::ggml::{Backend, GraphAllocator};
+use crate::model::Model;
+use crate::tokenizer::Token;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineParams {
+    pub n_threads: usize,
+    /// Context size in tokens (`-c`).
+    pub n_ctx: usize,
+    /// Tokens per forward pass during prompt processing (`-ub`).
+    pub n_ubatch: usize,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub attention: Attention,
+    backend: Backend,
+    alloc: GraphAllocator,
+    n_ubatch: usize,
+    logits: Vec<f32>,
+}
+
+impl Engine {
+    pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
+        let hp = &model.hp;
+        let n_ctx = if p.n_ctx == 0 {
+            hp.n_ctx_train
+        } else {
+            p.n_ctx
+        };
+        let attention = Attention::Full(FullAttention::new(
+            hp.n_layer,
+            n_ctx,
+            hp.head_dim,
+            hp.n_head_kv,
+        )?);
+        Ok(Self {
+            backend: Backend::cpu(p.n_threads)?,
+            alloc: GraphAllocator::cpu(),
+            n_ubatch: p.n_ubatch.max(1),
+            attention,
+            model,
+            logits: Vec::new(),
+        })
+    }
+
+    /// Context size in tokens (after rounding up to the cache padding).
+    pub fn n_ctx(&self) -> usize {
+        match &self.attention {
+            Attention::Full(a) => a.n_ctx(),
+        }
+    }
+
+    /// Tokens processed so far.
+    pub fn n_past(&self) -> usize {
+        self.attention.n_past()
+    }
+
+    /// Forgets the conversation.
+    pub fn clear(&mut self) {
+        self.attention.clear();
+    }
+
+    /// Appends `tokens`; returns the logits of every token (`all_logits`,
+    /// `n_vocab` per token) or of the last one. `progress(done, total)` is
+    /// called after every micro-batch.
+    pub fn eval(
+        &mut self,
+        tokens: &[Token],
+        all_logits: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<Vec<f32>> {
+        anyhow::ensure!(!tokens.is_empty(), "nothing to evaluate");
+        let mut out = Vec::new();
+        let mut done = 0;
+        for chunk in tokens.chunks(self.n_ubatch) {
+            let last_chunk = done + chunk.len() == tokens.len();
+            self.step(chunk, !all_logits)?;
+            if all_logits || last_chunk {
+                out.extend_from_slice(&self.logits);
+            }
+            done += chunk.len();
+            progress(done, tokens.len());
+        }
+        Ok(out)
+    }
+
+    /// One forward pass over at most `n_ubatch` tokens.
+    fn step(&mut self, tokens: &[Token], last_only: bool) -> anyhow::Result<()> {
+        let ctx = Step::context();
+        let mut step = Step::new(&ctx);
+        let attn_inputs = self.attention.begin(&mut step, tokens.len())?;
+        let tok = step.input_i32(&[tokens.len() as i64], tokens.to_vec());
+        let logits = self
+            .model
+            .forward(&mut step, &self.attention, &attn_inputs, tok, last_only)
+            .set_output();
+        step.graph.expand(logits);
+        step.run(&mut self.backend, &mut self.alloc)?;
+        logits.read_f32(&mut self.logits);
+        drop(step);
+        self.attention.commit(tokens.len());
+        Ok(())
+    }
+}

@@ -1,0 +1,495 @@
+//! ggml contexts, tensor handles and the graph ops the models use.
+//!
+//! A `Context` holds tensor metadata only (`no_alloc`): data lives in backend
+//! buffers (weights: the memory-mapped file; caches: a host buffer; graph
+//! intermediates: the graph allocator). A `Tensor` is a copyable handle that
+//! borrows its context, so it can never outlive it.
+
+use std::ffi::CString;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use super::sys;
+
+/// Owns a `ggml_context`.
+pub struct Context {
+    raw: NonNull<sys::ggml_context>,
+}
+
+// SAFETY: a context is plain memory owned by this value; ggml keeps no
+// thread-local state tied to it. It is used from one thread at a time (&mut
+// or & access per Rust's rules, ops only take &self on one thread).
+unsafe impl Send for Context {}
+
+/// A tensor in a `Context`.
+#[derive(Clone, Copy)]
+pub struct Tensor<'c> {
+    raw: NonNull<sys::ggml_tensor>,
+    _ctx: PhantomData<&'c Context>,
+}
+
+/// A tensor handle that does not borrow its context, for storing in structs
+/// next to the context that owns it. Turned back into a `Tensor` only by the
+/// context it came from (checked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorId {
+    ctx: *const sys::ggml_context,
+    raw: NonNull<sys::ggml_tensor>,
+}
+
+// SAFETY: an id is an inert pair of addresses; it is dereferenced only through
+// `Context::tensor`, which checks it belongs to that (live) context.
+unsafe impl Send for TensorId {}
+unsafe impl Sync for TensorId {}
+
+/// A computation graph allocated in a `Context`.
+pub struct Graph<'c> {
+    pub(super) raw: NonNull<sys::ggml_cgraph>,
+    _ctx: PhantomData<&'c Context>,
+}
+
+// ggml.h #defines (not exported by bindgen): GGML_ROPE_TYPE_NORMAL, GGML_ROPE_TYPE_NEOX.
+pub const ROPE_NORMAL: i32 = 0;
+pub const ROPE_NEOX: i32 = 2;
+
+impl Context {
+    /// A metadata-only context with room for `n_tensors` tensors and a graph of `graph_size` nodes.
+    pub fn new(n_tensors: usize, graph_size: usize) -> Self {
+        // SAFETY: overhead queries are pure; ggml_init with no_alloc and an
+        // internally allocated pool of the computed size. ggml_init aborts on
+        // allocation failure rather than returning null, but check anyway.
+        let raw = unsafe {
+            let mem_size = sys::ggml_tensor_overhead() * n_tensors
+                + if graph_size > 0 {
+                    sys::ggml_graph_overhead_custom(graph_size, false)
+                } else {
+                    0
+                };
+            sys::ggml_init(sys::ggml_init_params {
+                mem_size,
+                mem_buffer: std::ptr::null_mut(),
+                no_alloc: true,
+            })
+        };
+        Self {
+            raw: NonNull::new(raw).expect("ggml_init failed: out of memory"),
+        }
+    }
+
+    fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor<'_> {
+        Tensor {
+            raw: NonNull::new(t).expect("ggml returned a null tensor (context full)"),
+            _ctx: PhantomData,
+        }
+    }
+
+    /// A new tensor of type `ty` with dimensions `ne` (ggml order, 1 to 4 dims).
+    pub fn new_tensor(&self, ty: u32, ne: &[i64]) -> Tensor<'_> {
+        assert!((1..=4).contains(&ne.len()));
+        // SAFETY: the context is valid and `ne` has ne.len() elements.
+        self.wrap(unsafe {
+            sys::ggml_new_tensor(self.raw.as_ptr(), ty, ne.len() as i32, ne.as_ptr())
+        })
+    }
+
+    pub fn new_graph(&self, size: usize) -> Graph<'_> {
+        // SAFETY: the context was sized for a graph of this size by `new`.
+        let raw = unsafe { sys::ggml_new_graph_custom(self.raw.as_ptr(), size, false) };
+        Graph {
+            raw: NonNull::new(raw).expect("ggml_new_graph_custom failed"),
+            _ctx: PhantomData,
+        }
+    }
+
+    /// The first tensor of the context, then `next_tensor` walks them in creation order.
+    pub fn tensors(&self) -> Vec<Tensor<'_>> {
+        let mut out = Vec::new();
+        // SAFETY: iterating the context's own tensor list.
+        unsafe {
+            let mut t = sys::ggml_get_first_tensor(self.raw.as_ptr());
+            while !t.is_null() {
+                out.push(self.wrap(t));
+                t = sys::ggml_get_next_tensor(self.raw.as_ptr(), t);
+            }
+        }
+        out
+    }
+
+    /// A storable handle to `t`, which must belong to this context.
+    pub fn id(&self, t: Tensor<'_>) -> TensorId {
+        TensorId {
+            ctx: self.raw.as_ptr(),
+            raw: t.raw,
+        }
+    }
+
+    /// The tensor behind `id`.
+    pub fn tensor(&self, id: TensorId) -> Tensor<'_> {
+        assert!(
+            std::ptr::eq(id.ctx, self.raw.as_ptr()),
+            "tensor id used with another context"
+        );
+        Tensor {
+            raw: id.raw,
+            _ctx: PhantomData,
+        }
+    }
+
+    pub(super) fn raw(&self) -> *mut sys::ggml_context {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: we own the context; tensors borrowing it are gone.
+        unsafe { sys::ggml_free(self.raw.as_ptr()) }
+    }
+}
+
+impl<'c> Tensor<'c> {
+    pub(super) fn raw(self) -> *mut sys::ggml_tensor {
+        self.raw.as_ptr()
+    }
+
+    fn get(&self) -> &sys::ggml_tensor {
+        // SAFETY: the tensor lives as long as its context, which outlives 'c.
+        unsafe { self.raw.as_ref() }
+    }
+
+    pub fn ne(self) -> [i64; 4] {
+        self.get().ne
+    }
+
+    pub fn nb(self) -> [usize; 4] {
+        self.get().nb
+    }
+
+    pub fn ty(self) -> u32 {
+        self.get().type_
+    }
+
+    pub fn nbytes(self) -> usize {
+        // SAFETY: pure query on a valid tensor.
+        unsafe { sys::ggml_nbytes(self.raw()) }
+    }
+
+    pub fn n_elements(self) -> i64 {
+        self.ne().iter().product()
+    }
+
+    pub fn set_name(self, name: &str) -> Self {
+        let c = CString::new(name).expect("tensor name without NUL");
+        // SAFETY: ggml copies the name into the tensor (truncating to its buffer).
+        unsafe { sys::ggml_set_name(self.raw(), c.as_ptr()) };
+        self
+    }
+
+    /// Marks a graph input (the allocator gives it its own memory).
+    pub fn set_input(self) -> Self {
+        // SAFETY: flag update on a valid tensor.
+        unsafe { sys::ggml_set_input(self.raw()) };
+        self
+    }
+
+    /// Marks a graph output (its memory is not reused inside the graph).
+    pub fn set_output(self) -> Self {
+        // SAFETY: flag update on a valid tensor.
+        unsafe { sys::ggml_set_output(self.raw()) };
+        self
+    }
+
+    /// Whether the tensor has memory (allocated in a buffer).
+    pub fn is_allocated(self) -> bool {
+        !self.get().data.is_null()
+    }
+
+    /// Copies `data` into the tensor's memory at byte `offset` (any backend).
+    pub fn write_bytes(self, offset: usize, data: &[u8]) {
+        assert!(self.is_allocated(), "write to an unallocated tensor");
+        assert!(
+            offset + data.len() <= self.nbytes(),
+            "write past the end of a tensor"
+        );
+        // SAFETY: the tensor is allocated and the range was checked above.
+        unsafe {
+            sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len())
+        }
+    }
+
+    /// Copies the tensor's bytes `[offset, offset + out.len())` into `out`.
+    pub fn read_bytes(self, offset: usize, out: &mut [u8]) {
+        assert!(self.is_allocated(), "read of an unallocated tensor");
+        assert!(
+            offset + out.len() <= self.nbytes(),
+            "read past the end of a tensor"
+        );
+        // SAFETY: the tensor is allocated and the range was checked above.
+        unsafe {
+            sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), offset, out.len())
+        }
+    }
+
+    pub fn write_f32(self, data: &[f32]) {
+        assert_eq!(self.ty(), sys::GGML_TYPE_F32);
+        self.write_bytes(0, as_bytes(data));
+    }
+
+    pub fn write_i32(self, data: &[i32]) {
+        assert_eq!(self.ty(), sys::GGML_TYPE_I32);
+        self.write_bytes(0, as_bytes(data));
+    }
+
+    pub fn write_f16(self, data: &[half::f16]) {
+        assert_eq!(self.ty(), sys::GGML_TYPE_F16);
+        self.write_bytes(0, as_bytes(data));
+    }
+
+    /// Reads an F32 tensor into `out` (resized to the element count).
+    pub fn read_f32(self, out: &mut Vec<f32>) {
+        assert_eq!(self.ty(), sys::GGML_TYPE_F32);
+        out.resize(self.n_elements() as usize, 0.0);
+        // SAFETY: f32 has no invalid bit patterns; the byte view covers `out` exactly.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
+        self.read_bytes(0, bytes);
+    }
+}
+
+/// Views a slice of plain numbers as bytes.
+fn as_bytes<T: Copy>(data: &[T]) -> &[u8] {
+    // SAFETY: T is one of f32/i32/f16 (plain data without padding); the
+    // byte view has the same lifetime and size.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), std::mem::size_of_val(data)) }
+}
+
+impl Graph<'_> {
+    /// Adds `t` and everything it depends on.
+    pub fn expand(&mut self, t: Tensor<'_>) {
+        // SAFETY: graph and tensor belong to live contexts; ggml aborts if the
+        // graph is full, which the caller sizes for.
+        unsafe { sys::ggml_build_forward_expand(self.raw.as_ptr(), t.raw()) }
+    }
+
+    pub fn n_nodes(&self) -> usize {
+        // SAFETY: pure query.
+        unsafe { sys::ggml_graph_n_nodes(self.raw.as_ptr()) as usize }
+    }
+}
+
+/// Graph ops. Shapes are the caller's responsibility (they come from checked
+/// model hyper-parameters); ggml aborts on a mismatch, which is a bug here.
+macro_rules! unary {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        pub fn $name<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+            // SAFETY: valid context and tensor; ggml validates shapes.
+            self.wrap(unsafe { sys::$f(self.raw(), a.raw()) })
+        }
+    )*};
+}
+macro_rules! binary {
+    ($($name:ident => $f:ident),* $(,)?) => {$(
+        pub fn $name<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
+            // SAFETY: valid context and tensors; ggml validates shapes.
+            self.wrap(unsafe { sys::$f(self.raw(), a.raw(), b.raw()) })
+        }
+    )*};
+}
+
+impl Context {
+    unary! {
+        cont => ggml_cont, transpose => ggml_transpose, silu => ggml_silu,
+        gelu => ggml_gelu, tanh => ggml_tanh, sum_rows => ggml_sum_rows,
+        soft_max => ggml_soft_max, exp => ggml_exp, sqr => ggml_sqr,
+    }
+    binary! {
+        add => ggml_add, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
+        swiglu => ggml_swiglu_split, geglu => ggml_geglu_split, cpy => ggml_cpy, sub => ggml_sub,
+        div => ggml_div,
+    }
+
+    /// `a @ b` with f32 accumulation.
+    pub fn mul_mat_f32<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
+        let t = self.mul_mat(a, b);
+        // SAFETY: precision hint on a freshly created op.
+        unsafe { sys::ggml_prec_set_acc(t.raw(), sys::GGML_PREC_F32) };
+        t
+    }
+
+    pub fn rms_norm<'a>(&'a self, a: Tensor<'a>, eps: f32) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_rms_norm(self.raw(), a.raw(), eps) })
+    }
+
+    pub fn scale<'a>(&'a self, a: Tensor<'a>, s: f32) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_scale(self.raw(), a.raw(), s) })
+    }
+
+    pub fn cast<'a>(&'a self, a: Tensor<'a>, ty: u32) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_cast(self.raw(), a.raw(), ty) })
+    }
+
+    pub fn concat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, dim: i32) -> Tensor<'a> {
+        // SAFETY: valid context and tensors.
+        self.wrap(unsafe { sys::ggml_concat(self.raw(), a.raw(), b.raw(), dim) })
+    }
+
+    pub fn reshape<'a>(&'a self, a: Tensor<'a>, ne: &[i64]) -> Tensor<'a> {
+        // SAFETY: valid context and tensor; ggml checks the element count.
+        self.wrap(unsafe {
+            match *ne {
+                [n0] => sys::ggml_reshape_1d(self.raw(), a.raw(), n0),
+                [n0, n1] => sys::ggml_reshape_2d(self.raw(), a.raw(), n0, n1),
+                [n0, n1, n2] => sys::ggml_reshape_3d(self.raw(), a.raw(), n0, n1, n2),
+                [n0, n1, n2, n3] => sys::ggml_reshape_4d(self.raw(), a.raw(), n0, n1, n2, n3),
+                _ => panic!("reshape to {} dims", ne.len()),
+            }
+        })
+    }
+
+    /// A strided view: `ne` elements per dim, `nb` byte strides for dims 1.., byte `offset`.
+    pub fn view<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne: &[i64],
+        nb: &[usize],
+        offset: usize,
+    ) -> Tensor<'a> {
+        assert_eq!(nb.len() + 1, ne.len());
+        // SAFETY: valid context and tensor; ggml checks the view stays inside `a`.
+        self.wrap(unsafe {
+            match (ne, nb) {
+                ([n0], []) => sys::ggml_view_1d(self.raw(), a.raw(), *n0, offset),
+                ([n0, n1], [b1]) => sys::ggml_view_2d(self.raw(), a.raw(), *n0, *n1, *b1, offset),
+                ([n0, n1, n2], [b1, b2]) => {
+                    sys::ggml_view_3d(self.raw(), a.raw(), *n0, *n1, *n2, *b1, *b2, offset)
+                }
+                ([n0, n1, n2, n3], [b1, b2, b3]) => sys::ggml_view_4d(
+                    self.raw(),
+                    a.raw(),
+                    *n0,
+                    *n1,
+                    *n2,
+                    *n3,
+                    *b1,
+                    *b2,
+                    *b3,
+                    offset,
+                ),
+                _ => panic!("view with {} dims", ne.len()),
+            }
+        })
+    }
+
+    pub fn permute<'a>(&'a self, a: Tensor<'a>, axes: [i32; 4]) -> Tensor<'a> {
+        // SAFETY: valid context and tensor; ggml checks the axes.
+        self.wrap(unsafe {
+            sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3])
+        })
+    }
+
+    /// Writes the rows of `src` into `dst` at the row indices `rows` (I32 or I64).
+    pub fn set_rows<'a>(
+        &'a self,
+        dst: Tensor<'a>,
+        src: Tensor<'a>,
+        rows: Tensor<'a>,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors.
+        self.wrap(unsafe { sys::ggml_set_rows(self.raw(), dst.raw(), src.raw(), rows.raw()) })
+    }
+
+    /// Rotary embedding of `a` ([head_dim, n_head, n_tokens]) at positions `pos` (I32).
+    /// `freq_factors` optionally divides each dimension pair's frequency.
+    pub fn rope<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        pos: Tensor<'a>,
+        freq_factors: Option<Tensor<'a>>,
+        rope: &RopeParams,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors.
+        self.wrap(unsafe {
+            sys::ggml_rope_ext(
+                self.raw(),
+                a.raw(),
+                pos.raw(),
+                freq_factors.map_or(std::ptr::null_mut(), |f| f.raw()),
+                rope.n_dims,
+                rope.mode,
+                rope.n_ctx_orig,
+                rope.freq_base,
+                rope.freq_scale,
+                rope.ext_factor,
+                rope.attn_factor,
+                rope.beta_fast,
+                rope.beta_slow,
+            )
+        })
+    }
+
+    /// Fused attention: q [d, n_q, n_head], k/v [d, n_kv, n_head_kv] (f16),
+    /// mask [n_kv, n_q] (f16). Result [d, n_head, n_q].
+    pub fn flash_attn<'a>(
+        &'a self,
+        q: Tensor<'a>,
+        k: Tensor<'a>,
+        v: Tensor<'a>,
+        mask: Option<Tensor<'a>>,
+        scale: f32,
+        softcap: f32,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; f32 accumulation as llama.cpp sets it.
+        unsafe {
+            let mask = mask.map_or(std::ptr::null_mut(), |m| m.raw());
+            let t = sys::ggml_flash_attn_ext(
+                self.raw(),
+                q.raw(),
+                k.raw(),
+                v.raw(),
+                mask,
+                scale,
+                0.0,
+                softcap,
+            );
+            sys::ggml_prec_set_acc(t, sys::GGML_PREC_F32);
+            self.wrap(t)
+        }
+    }
+
+    /// softmax(a * scale + mask) along rows.
+    pub fn soft_max_ext<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        mask: Option<Tensor<'a>>,
+        scale: f32,
+    ) -> Tensor<'a> {
+        // SAFETY: valid context and tensors.
+        self.wrap(unsafe {
+            let mask = mask.map_or(std::ptr::null_mut(), |m| m.raw());
+            sys::ggml_soft_max_ext(self.raw(), a.raw(), mask, scale, 0.0)
+        })
+    }
+
+    /// Indices of the `k` largest values of each row (I32), in no particular order.
+    pub fn top_k<'a>(&'a self, a: Tensor<'a>, k: i32) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_top_k(self.raw(), a.raw(), k) })
+    }
+}
+
+/// Rotary-embedding settings, as ggml_rope_ext takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeParams {
+    pub n_dims: i32,
+    pub mode: i32,
+    pub n_ctx_orig: i32,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    pub ext_factor: f32,
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}

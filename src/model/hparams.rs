@@ -1,0 +1,129 @@
+//! Hyper-parameters read from GGUF metadata (`{arch}.*` keys).
+
+use anyhow::{bail, Context as _};
+
+use crate::ggml::{RopeParams, ROPE_NEOX, ROPE_NORMAL};
+use crate::gguf::GgufFile;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hparams {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope: RopeParams,
+}
+
+impl Hparams {
+    /// Reads the keys every transformer in the registry shares; `neox` picks
+    /// the rotary layout the architecture uses.
+    pub fn read(f: &GgufFile, neox: bool) -> anyhow::Result<Self> {
+        let arch = f.architecture()?.to_string();
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| -> anyhow::Result<usize> { Ok(f.get_u32(&key(k))? as usize) };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = if f.get(&key("attention.head_count_kv")).is_some() {
+            u("attention.head_count_kv")?
+        } else {
+            n_head
+        };
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            bail!("{arch}: head counts {n_head} / {n_head_kv} are invalid (need n_head a multiple of n_head_kv)");
+        }
+        let head_dim = if f.get(&key("attention.key_length")).is_some() {
+            u("attention.key_length")?
+        } else {
+            if n_embd % n_head != 0 {
+                bail!("{arch}: embedding length {n_embd} is not a multiple of {n_head} heads");
+            }
+            n_embd / n_head
+        };
+        let n_vocab = match f.get(&key("vocab_size")) {
+            Some(_) => u("vocab_size")?,
+            None => f.get_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let n_rot = match f.get(&key("rope.dimension_count")) {
+            Some(_) => u("rope.dimension_count")?,
+            None => head_dim,
+        };
+        let n_ctx_train = u("context_length")?;
+        let freq_base = match f.get(&key("rope.freq_base")) {
+            Some(_) => f.get_f32(&key("rope.freq_base"))?,
+            None => 10_000.0,
+        };
+        let freq_scale = rope_freq_scale(f, &arch)?;
+        let hp = Self {
+            n_layer: u("block_count")?,
+            n_ff: u("feed_forward_length")?,
+            rms_eps: f
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train,
+            rope: RopeParams {
+                n_dims: n_rot as i32,
+                mode: if neox { ROPE_NEOX } else { ROPE_NORMAL },
+                n_ctx_orig: n_ctx_train as i32,
+                freq_base,
+                freq_scale,
+                ext_factor: 0.0,
+                attn_factor: 1.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+            },
+            arch,
+        };
+        if hp.n_layer == 0
+            || hp.n_embd == 0
+            || hp.head_dim == 0
+            || n_rot > hp.head_dim
+            || n_rot % 2 != 0
+        {
+            bail!("{}: invalid hyper-parameters {hp:?}", hp.arch);
+        }
+        Ok(hp)
+    }
+
+    /// Width of the K (and V) projection: all KV heads.
+    pub fn n_embd_kv(&self) -> usize {
+        self.head_dim * self.n_head_kv
+    }
+
+    /// Width of the Q projection: all query heads.
+    pub fn n_embd_q(&self) -> usize {
+        self.head_dim * self.n_head
+    }
+}
+
+/// `freq_scale` from `{arch}.rope.scaling.*` (none and linear are supported).
+fn rope_freq_scale(f: &GgufFile, arch: &str) -> anyhow::Result<f32> {
+    let ty = f
+        .get_str(&format!("{arch}.rope.scaling.type"))
+        .unwrap_or("none");
+    let factor = || -> anyhow::Result<f32> {
+        let k = format!("{arch}.rope.scaling.factor");
+        let v = f
+            .get_f32(&k)
+            .with_context(|| format!("{k} is needed for {ty} rope scaling"))?;
+        Ok(if v > 0.0 { v } else { 1.0 })
+    };
+    match ty {
+        "none" => match f.get_f32(&format!("{arch}.rope.scale_linear")) {
+            Ok(v) if v > 0.0 => Ok(1.0 / v),
+            _ => Ok(1.0),
+        },
+        "linear" => Ok(1.0 / factor()?),
+        other => bail!("rope scaling type '{other}' is not supported (supported: none, linear)"),
+    }
+}

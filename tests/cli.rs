@@ -1,0 +1,103 @@
+//! The `infllm` binary as a user runs it: output streams, errors, exit codes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use infllm::gguf::{GgufWriter, Value};
+
+fn infllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infllm")).args(args).output().expect("run infllm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("infllm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A bad input must give one line on stderr, exit code 1, nothing on stdout.
+fn assert_clean_error(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout not empty: {}", text(&out.stdout));
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+}
+
+fn run_model(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["-m", model.to_str().unwrap(), "-p", "Hello", "-n", "4"];
+    args.extend_from_slice(extra);
+    infllm(&args)
+}
+
+#[test]
+fn broken_model_files_give_one_line_and_exit_1() {
+    let real = std::fs::read(common::smollm2()).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.gguf", vec![], "truncated"),
+        ("magic.gguf", b"GGML0000000000000000000000".to_vec(), "magic"),
+        ("header.gguf", real[..1000].to_vec(), "tensor count 272 is impossible"),
+        ("tokens.gguf", real[..300_000].to_vec(), "tokenizer.ggml.tokens"),
+        ("data.gguf", real[..real.len() / 2].to_vec(), "past the end"),
+        ("version.gguf", [&b"GGUF"[..], &7u32.to_le_bytes(), &[0u8; 16]].concat(), "version 7"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = tmp(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_clean_error(&run_model(&path, &[]), needle);
+    }
+    assert_clean_error(&run_model(Path::new("/nonexistent/model.gguf"), &[]), "does not exist");
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", Value::String("mamba9".into()));
+    let path = tmp("arch.gguf");
+    w.write(&path).unwrap();
+    assert_clean_error(&run_model(&path, &[]), "unknown architecture 'mamba9' (supported: llama");
+}
+
+#[test]
+fn prompt_longer_than_context_is_an_error() {
+    let model = common::smollm2();
+    let long = "word ".repeat(600);
+    let out = infllm(&["-m", model.to_str().unwrap(), "-p", &long, "-c", "256", "-n", "1"]);
+    assert_clean_error(&out, "prompt is too long");
+}
+
+#[test]
+fn same_seed_same_text_and_prompt_echo() {
+    let model = common::smollm2();
+    let args = ["-m", model.to_str().unwrap(), "-p", "Once upon a time", "-n", "24", "--temp", "0.9", "-s", "1234"];
+    let a = infllm(&args);
+    let b = infllm(&args);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert_eq!(text(&a.stdout), text(&b.stdout));
+    assert!(text(&a.stdout).starts_with("Once upon a time"));
+    assert!(text(&a.stdout).len() > "Once upon a time".len() + 10, "{}", text(&a.stdout));
+    // Timings go to stderr, like llama.cpp.
+    assert!(text(&a.stderr).contains("tokens per second"), "{}", text(&a.stderr));
+
+    let quiet = infllm(&[&args[..], &["--no-display-prompt"]].concat());
+    assert_eq!(format!("Once upon a time{}", text(&quiet.stdout)), text(&a.stdout));
+}
+
+#[test]
+fn tokenize_ids_match_llama_cpp() {
+    infllm::ggml::set_quiet_logs(true);
+    let model = common::smollm2();
+    let s = "Hello world! <|im_start|>user\nnaïve café, 12345 tokens";
+    let out = infllm(&["tokenize", "-m", model.to_str().unwrap(), "-p", s, "--ids"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rm = infllm::ggml::reference::RefModel::load(&model).unwrap();
+    let want: Vec<String> = rm.tokenize(s, true, true).iter().map(|t| t.to_string()).collect();
+    assert_eq!(text(&out.stdout).trim(), format!("[{}]", want.join(", ")));
+}

@@ -1,0 +1,121 @@
+//! The engine against llama.cpp (the `llama_*` API of the same ggml build):
+//! logits of a long prompt and greedy continuations must match.
+
+mod common;
+
+use infllm::engine::{Engine, EngineParams};
+use infllm::ggml::reference::{RefContext, RefModel, RefParams};
+use infllm::model::Model;
+use infllm::sampling::argmax;
+
+/// Largest |logit difference| allowed. Both sides run the same ggml kernels,
+/// so differences come only from summation order in batched matmuls.
+const MAX_LOGIT_DIFF: f32 = 1e-2;
+
+const PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+];
+
+fn engine(n_ctx: usize) -> Engine {
+    let model = Model::load(&common::smollm2()).expect("load model");
+    Engine::new(
+        model,
+        EngineParams {
+            n_threads: common::THREADS as usize,
+            n_ctx,
+            n_ubatch: 512,
+        },
+    )
+    .expect("engine")
+}
+
+fn reference(model: &RefModel, n_ctx: u32) -> RefContext<'_> {
+    RefContext::new(
+        model,
+        RefParams {
+            n_ctx,
+            n_batch: 512,
+            n_ubatch: 512,
+            n_threads: common::THREADS,
+        },
+    )
+    .expect("llama.cpp context")
+}
+
+fn argmax_of(logits: &[f32]) -> i32 {
+    let c: Vec<(i32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as i32, l))
+        .collect();
+    argmax(&c)
+}
+
+#[test]
+fn prompt_logits_match_llama_cpp() {
+    infllm::ggml::set_quiet_logs(true);
+    let rm = RefModel::load(&common::smollm2()).unwrap();
+    let text = "In a small village at the edge of the forest, there lived an old clockmaker who \
+        repaired every clock in the valley. One winter morning, a child knocked on his door carrying \
+        a broken pocket watch that had belonged to her grandmother. The clockmaker opened it and \
+        found, folded behind the balance wheel, a tiny map drawn in faded ink. It showed the old mill \
+        by the river, a path through the birch trees, and a cross marked beside the third stone";
+    let tokens = rm.tokenize(text, true, true);
+    assert!(tokens.len() >= 64, "prompt has {} tokens", tokens.len());
+    let n_vocab = rm.n_vocab();
+
+    let want = reference(&rm, 1024).decode(&tokens, 512, true).unwrap();
+    let mut e = engine(1024);
+    let got = e.eval(&tokens, true, &mut |_, _| {}).unwrap();
+    assert_eq!(got.len(), want.len());
+
+    let mut max_diff = 0f32;
+    for (pos, (g, w)) in got.chunks(n_vocab).zip(want.chunks(n_vocab)).enumerate() {
+        assert_eq!(
+            argmax_of(g),
+            argmax_of(w),
+            "top-1 differs at position {pos}"
+        );
+        for (a, b) in g.iter().zip(w) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+    }
+    eprintln!(
+        "max |logit difference| over {} positions: {max_diff:e}",
+        tokens.len()
+    );
+    assert!(
+        max_diff < MAX_LOGIT_DIFF,
+        "max |logit difference| {max_diff} >= {MAX_LOGIT_DIFF}"
+    );
+}
+
+#[test]
+fn greedy_continuations_match_llama_cpp() {
+    infllm::ggml::set_quiet_logs(true);
+    let rm = RefModel::load(&common::smollm2()).unwrap();
+    let mut e = engine(512);
+    let mut r = reference(&rm, 512);
+    for prompt in PROMPTS {
+        let tokens = rm.tokenize(prompt, true, true);
+        e.clear();
+        r.clear();
+        let mut lg = e.eval(&tokens, false, &mut |_, _| {}).unwrap();
+        let mut lr = r.decode(&tokens, 512, false).unwrap();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..128 {
+            let (a, b) = (argmax_of(&lg), argmax_of(&lr));
+            ours.push(a);
+            theirs.push(b);
+            if a != b {
+                break;
+            }
+            lg = e.eval(&[a], false, &mut |_, _| {}).unwrap();
+            lr = r.decode(&[b], 512, false).unwrap();
+        }
+        assert_eq!(ours, theirs, "greedy continuation of {prompt:?} differs");
+        eprintln!("{prompt:?}: 128 greedy tokens identical");
+    }
+}
