@@ -58,7 +58,8 @@ impl<'a> Step<'a> {
     /// Allocates the graph, uploads the inputs and runs it.
     pub fn run(&mut self, backend: &mut Backend, alloc: &mut GraphAllocator) -> anyhow::Result<()> {
         alloc.alloc(&mut self.graph)?;
-        for (t, data) in &self.inputs {
+        // Inputs the graph ended up not using have no memory: skip them.
+        for (t, data) in self.inputs.iter().filter(|(t, _)| t.is_allocated()) {
             match data {
                 Data::F32(d) => t.write_f32(d),
                 Data::I32(d) => t.write_i32(d),

@@ -2,14 +2,25 @@
 //! backend, keeping the attention state between calls.
 
 use crate::attention::full::FullAttention;
+use crate::attention::infllm::{HeadShape, InfllmAttention, InfllmParams};
 use crate::attention::Attention;
 use crate::compute::Step;
 use crate::ggml::{Backend, GraphAllocator};
 use crate::model::Model;
 use crate::tokenizer::Token;
 
+/// Which attention a run uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttnMode {
+    /// Standard attention over a KV cache of `n_ctx` tokens.
+    Full,
+    /// InfLLM memory attention (`topk = 0`: StreamingLLM).
+    Infllm(InfllmParams),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct EngineParams {
+    pub attn: AttnMode,
     pub n_threads: usize,
     /// Context size in tokens (`-c`).
     pub n_ctx: usize,
@@ -29,21 +40,25 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
         let hp = &model.hp;
-        let n_ctx = if p.n_ctx == 0 {
-            hp.n_ctx_train
-        } else {
-            p.n_ctx
+        let attention = match p.attn {
+            AttnMode::Full => {
+                let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
+                Attention::Full(FullAttention::new(hp.n_layer, n_ctx, hp.head_dim, hp.n_head_kv)?)
+            }
+            AttnMode::Infllm(ip) => {
+                let heads = HeadShape {
+                    n_layer: hp.n_layer,
+                    head_dim: hp.head_dim,
+                    n_head: hp.n_head,
+                    n_head_kv: hp.n_head_kv,
+                };
+                Attention::Infllm(InfllmAttention::new(ip, heads)?)
+            }
         };
-        let attention = Attention::Full(FullAttention::new(
-            hp.n_layer,
-            n_ctx,
-            hp.head_dim,
-            hp.n_head_kv,
-        )?);
         Ok(Self {
             backend: Backend::cpu(p.n_threads)?,
             alloc: GraphAllocator::cpu(),
-            n_ubatch: p.n_ubatch.max(1),
+            n_ubatch: p.n_ubatch.clamp(1, attention.max_step()),
             attention,
             model,
             logits: Vec::new(),
@@ -52,9 +67,7 @@ impl Engine {
 
     /// Context size in tokens (after rounding up to the cache padding).
     pub fn n_ctx(&self) -> usize {
-        match &self.attention {
-            Attention::Full(a) => a.n_ctx(),
-        }
+        self.attention.n_ctx()
     }
 
     /// Tokens processed so far.
@@ -93,6 +106,7 @@ impl Engine {
 
     /// One forward pass over at most `n_ubatch` tokens.
     fn step(&mut self, tokens: &[Token], last_only: bool) -> anyhow::Result<()> {
+        self.attention.prepare(tokens.len())?;
         let ctx = Step::context();
         let mut step = Step::new(&ctx);
         let attn_inputs = self.attention.begin(&mut step, tokens.len())?;
@@ -105,7 +119,6 @@ impl Engine {
         step.run(&mut self.backend, &mut self.alloc)?;
         logits.read_f32(&mut self.logits);
         drop(step);
-        self.attention.commit(tokens.len());
-        Ok(())
+        self.attention.commit(tokens.len())
     }
 }

@@ -3,7 +3,7 @@ use clap::Parser;
 use infllm::cli::{self, Cli, Command};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
     infllm::ggml::set_quiet_logs(true);
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),

@@ -3,6 +3,7 @@
 //! and get the attention output back; positions and caches live here.
 
 pub mod full;
+pub mod infllm;
 
 use crate::ggml::RopeParams;
 
@@ -25,37 +26,63 @@ pub enum AttentionError {
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use full::{FullAttention, FullInputs};
+use infllm::{InfllmAttention, InfllmInputs};
 
 /// The attention of a running model, chosen per run.
 pub enum Attention {
     Full(FullAttention),
+    Infllm(InfllmAttention),
 }
 
 /// One step's attention inputs (positions, masks, ...).
 pub enum StepInputs<'a> {
     Full(FullInputs<'a>),
+    Infllm(InfllmInputs<'a>),
 }
 
 impl Attention {
     pub fn n_past(&self) -> usize {
         match self {
             Attention::Full(a) => a.n_past(),
+            Attention::Infllm(a) => a.n_past(),
+        }
+    }
+
+    /// Most tokens of text this attention holds.
+    pub fn n_ctx(&self) -> usize {
+        match self {
+            Attention::Full(a) => a.n_ctx(),
+            Attention::Infllm(a) => a.params().max_tokens,
+        }
+    }
+
+    /// Most tokens one step may take.
+    pub fn max_step(&self) -> usize {
+        match self {
+            Attention::Full(_) => usize::MAX,
+            Attention::Infllm(a) => a.params().chunk,
         }
     }
 
     pub fn clear(&mut self) {
         match self {
             Attention::Full(a) => a.clear(),
+            Attention::Infllm(a) => a.clear(),
         }
     }
 
-    pub fn begin<'a>(
-        &self,
-        step: &mut Step<'a>,
-        n_tokens: usize,
-    ) -> Result<StepInputs<'a>, AttentionError> {
+    /// Makes room for a step of `n_tokens`.
+    pub fn prepare(&mut self, n_tokens: usize) -> Result<(), AttentionError> {
+        match self {
+            Attention::Full(_) => Ok(()),
+            Attention::Infllm(a) => a.prepare(n_tokens),
+        }
+    }
+
+    pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<StepInputs<'a>, AttentionError> {
         Ok(match self {
             Attention::Full(a) => StepInputs::Full(a.begin(step, n_tokens)?),
+            Attention::Infllm(a) => StepInputs::Infllm(a.begin(step, n_tokens)),
         })
     }
 
@@ -72,15 +99,20 @@ impl Attention {
         freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         match (self, inp) {
-            (Attention::Full(a), StepInputs::Full(i)) => {
-                a.attend(step, i, layer, q, k, v, la, freq_factors)
-            }
+            (Attention::Full(a), StepInputs::Full(i)) => a.attend(step, i, layer, q, k, v, la, freq_factors),
+            (Attention::Infllm(a), StepInputs::Infllm(i)) => a.attend(step, i, layer, q, k, v, la, freq_factors),
+            _ => unreachable!("step inputs come from the same attention"),
         }
     }
 
-    pub fn commit(&mut self, n_tokens: usize) {
+    /// Records a finished step.
+    pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
         match self {
-            Attention::Full(a) => a.commit(n_tokens),
+            Attention::Full(a) => {
+                a.commit(n_tokens);
+                Ok(())
+            }
+            Attention::Infllm(a) => a.commit(n_tokens),
         }
     }
 }

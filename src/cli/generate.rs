@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use super::attn::{describe, AttnArgs};
 use super::{default_threads, read_prompt, ModelArgs};
 use crate::engine::{Engine, EngineParams};
-use crate::model::Model;
+use crate::model::{Hparams, Model};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Utf8Stream;
 
@@ -27,18 +28,22 @@ pub struct GenerateArgs {
     /// Number of tokens to predict (-1 = until end of text or full context)
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true, help_heading = "Common")]
     pub n_predict: i64,
-    /// Context size in tokens (0 = the model's training context)
-    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096, help_heading = "Common")]
-    pub ctx_size: usize,
+    /// Context size. Full attention: KV cache tokens [default: 4096; 0 = the
+    /// model's training context]. InfLLM / stream: cap on the text length
+    /// [default: 0 = no cap]
+    #[arg(short = 'c', long = "ctx-size", help_heading = "Common")]
+    pub ctx_size: Option<usize>,
     /// Threads (default: all cores)
     #[arg(short = 't', long = "threads", help_heading = "Common")]
     pub threads: Option<usize>,
     /// Logical batch size: most prompt tokens submitted at once
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, help_heading = "Common")]
     pub batch_size: usize,
-    /// Physical batch size: tokens per forward pass
-    #[arg(long = "ubatch-size", visible_alias = "ub", short_alias = 'u', default_value_t = 512, help_heading = "Common")]
+    /// Physical batch size (-ub): tokens per forward pass
+    #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
     pub ubatch_size: usize,
+    #[command(flatten)]
+    pub attn: AttnArgs,
     /// Print only the generated text, not the prompt
     #[arg(long = "no-display-prompt", help_heading = "Common")]
     pub no_display_prompt: bool,
@@ -84,12 +89,13 @@ impl GenerateArgs {
         }
     }
 
-    pub fn engine_params(&self) -> EngineParams {
-        EngineParams {
+    pub fn engine_params(&self, hp: &Hparams) -> anyhow::Result<EngineParams> {
+        Ok(EngineParams {
+            attn: self.attn.mode(hp, self.ctx_size)?,
             n_threads: self.threads.unwrap_or_else(default_threads),
-            n_ctx: self.ctx_size,
+            n_ctx: self.ctx_size.unwrap_or(4096),
             n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
-        }
+        })
     }
 }
 
@@ -121,18 +127,18 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let (model, info) = load(&a.model)?;
     let tokens = model.tokenizer.encode(&prompt, true, true);
     anyhow::ensure!(!tokens.is_empty(), "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f");
-    let params = a.engine_params();
+    let params = a.engine_params(&model.hp)?;
+    let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
     let n_ctx = engine.n_ctx();
     anyhow::ensure!(
         tokens.len() < n_ctx,
-        "the prompt is too long: {} tokens, but the context holds {} (-c {}): raise -c",
+        "the prompt is too long: {} tokens, but the context holds {n_ctx} (-c): raise -c",
         tokens.len(),
-        n_ctx,
-        a.ctx_size
     );
     let mut sampler = Sampler::new(a.sampling(n_ctx));
     eprintln!("{info}");
+    eprintln!("infllm: {attn_info}");
     eprintln!(
         "infllm: n_ctx = {n_ctx}, n_ubatch = {}, threads = {}, prompt = {} tokens, seed = {}",
         params.n_ubatch,

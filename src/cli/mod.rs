@@ -1,5 +1,6 @@
 //! The command line: llama.cpp's flag spellings, one module per sub-command.
 
+pub mod attn;
 pub mod generate;
 pub mod tokenize;
 
@@ -75,4 +76,21 @@ pub fn read_prompt(prompt: &Option<String>, file: &Option<PathBuf>) -> anyhow::R
 /// Default thread count: the machine's cores.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+/// llama.cpp's multi-letter single-dash flags, spelled as clap can parse them.
+const LLAMA_SPELLINGS: &[(&str, &str)] = &[
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
+    ("-ub", "--ubatch-size"),
+];
+
+/// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.
+pub fn normalize_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match LLAMA_SPELLINGS.iter().find(|(short, _)| a == *short) {
+            Some((_, long)) => long.into(),
+            None => a,
+        })
+        .collect()
 }

@@ -305,7 +305,7 @@ impl Context {
     binary! {
         add => ggml_add, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
         swiglu => ggml_swiglu_split, geglu => ggml_geglu_split, cpy => ggml_cpy, sub => ggml_sub,
-        div => ggml_div,
+        div => ggml_div, out_prod => ggml_out_prod,
     }
 
     /// `a @ b` with f32 accumulation.

@@ -4,17 +4,23 @@
 //! - `types`: ggml tensor types and their block sizes.
 //! - `graph`: contexts, tensors and the ops the models use.
 //! - `backend`: the CPU backend, thread pool, buffers, graph execution.
+//! - `arena`: growable host memory for InfLLM's block store.
+//! - `quant`: row quantization with ggml's kernels.
 //! - `reference`: llama.cpp's own `llama_*` API, used only by tests and the
 //!   bench as the oracle for tokens and logits.
 //! - `gguf_ref`: ggml's own GGUF reader, the oracle for our parser.
 
+mod arena;
 mod backend;
 pub mod gguf_ref;
 mod graph;
+mod quant;
 pub mod reference;
 mod types;
 
+pub use arena::HostArena;
 pub use backend::{Backend, Buffer, GraphAllocator};
+pub use quant::{dequantize, quantize};
 pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
 pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
 pub use types::{type_by_name, type_info, TypeInfo};

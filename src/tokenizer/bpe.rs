@@ -20,8 +20,6 @@ const NONE: u32 = u32::MAX;
 pub(crate) struct Bpe {
     rules: Vec<Rule>,
     ignore_merges: bool,
-    /// Every string that takes part in a merge, as a number.
-    interned: FastMap<String, u32>,
     /// (left, right) -> (rank, interned id of left+right).
     merges: FastMap<(u32, u32), (u32, u32)>,
     /// GPT-2's character for each byte, as UTF-8.
@@ -43,6 +41,10 @@ struct Symbol {
 
 impl Bpe {
     pub(crate) fn new(merges: &[&str], rules: Vec<Rule>, ignore_merges: bool) -> Result<Self> {
+        if merges.len() > u32::MAX as usize / 4 {
+            bail!("too many BPE merges ({})", merges.len());
+        }
+        // Every string taking part in a merge, as a number.
         let mut interned: FastMap<String, u32> = FastMap::default();
         let mut intern = |s: &str| -> u32 {
             if let Some(&id) = interned.get(s) {
@@ -57,17 +59,15 @@ impl Bpe {
         for (rank, line) in merges.iter().enumerate() {
             // As llama.cpp: split at the first space after the first byte; a
             // line without one is an empty pair.
-            let (first, second) = match line.get(1..).and_then(|rest| rest.find(' ')) {
-                Some(p) => (&line[..p + 1], &line[p + 2..]),
+            let space = line.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+            let (first, second) = match space {
+                Some(p) => (&line[..p], &line[p + 1..]),
                 None => ("", ""),
             };
             let l = intern(first);
             let r = intern(second);
             let joined = intern(&format!("{first}{second}"));
             pairs.entry((l, r)).or_insert((rank as u32, joined));
-        }
-        if merges.len() > u32::MAX as usize / 2 {
-            bail!("too many BPE merges ({})", merges.len());
         }
         let table = unicode::byte_to_char_table();
         let byte_chars: Vec<String> = table.iter().map(|c| c.to_string()).collect();
@@ -78,7 +78,6 @@ impl Bpe {
         Ok(Self {
             rules,
             ignore_merges,
-            interned,
             merges: pairs,
             byte_chars,
             byte_ids,
@@ -185,12 +184,6 @@ impl Bpe {
         if let Some(&(rank, joined)) = self.merges.get(&(l.id, r.id)) {
             queue.push(Reverse((rank, left as u32, right as u32, l.len + r.len, joined)));
         }
-    }
-
-    /// Number of distinct strings taking part in merges (for diagnostics).
-    #[allow(dead_code)]
-    pub(crate) fn n_interned(&self) -> usize {
-        self.interned.len()
     }
 }
 

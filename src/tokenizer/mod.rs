@@ -17,7 +17,7 @@ mod spm;
 mod stream;
 mod unicode;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -206,7 +206,7 @@ impl Vocab {
 
 enum Model {
     Spm,
-    Bpe(bpe::Bpe),
+    Bpe(Box<bpe::Bpe>),
 }
 
 /// Cuts special tokens out of the text: a byte trie of their texts.
@@ -245,7 +245,10 @@ impl SpecialTrie {
 
     #[inline]
     fn child(&self, node: usize, b: u8) -> Option<usize> {
-        self.children[node].iter().find(|(c, _)| *c == b).map(|&(_, n)| n as usize)
+        self.children[node]
+            .iter()
+            .find(|(c, _)| *c == b)
+            .map(|&(_, n)| n as usize)
     }
 }
 
@@ -331,13 +334,21 @@ impl Tokenizer {
         }
         let mut texts = Vec::with_capacity(n);
         for (i, t) in tokens.iter().enumerate() {
-            let s = t.as_str().ok_or_else(|| anyhow!("tokenizer.ggml.tokens[{i}] is not a string"))?;
-            texts.push(if s.is_empty() { format!("[EMPTY_{i}]") } else { s.to_string() });
+            let s = t
+                .as_str()
+                .ok_or_else(|| anyhow!("tokenizer.ggml.tokens[{i}] is not a string"))?;
+            texts.push(if s.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                s.to_string()
+            });
         }
         let scores: Vec<f32> = match f.get("tokenizer.ggml.scores") {
             None => vec![0.0; n],
             Some(v) => {
-                let a = v.as_array().ok_or_else(|| anyhow!("tokenizer.ggml.scores is not an array"))?;
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.scores is not an array"))?;
                 if a.len() < n {
                     bail!("tokenizer.ggml.scores has {} entries for {n} tokens", a.len());
                 }
@@ -351,7 +362,9 @@ impl Tokenizer {
         let mut attrs: Vec<u16> = match f.get("tokenizer.ggml.token_type") {
             None => vec![ATTR_NORMAL; n],
             Some(v) => {
-                let a = v.as_array().ok_or_else(|| anyhow!("tokenizer.ggml.token_type is not an array"))?;
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("tokenizer.ggml.token_type is not an array"))?;
                 if a.len() < n {
                     bail!("tokenizer.ggml.token_type has {} entries for {n} tokens", a.len());
                 }
@@ -381,8 +394,9 @@ impl Tokenizer {
             clean_spaces = false;
             Model::Spm
         } else {
-            let (rules, opts) = pretokenize::for_pre(pre)?
-                .ok_or_else(|| anyhow!("unsupported pre-tokenizer {pre:?} (tokenizer.ggml.pre) for a gpt2 tokenizer"))?;
+            let (rules, opts) = pretokenize::for_pre(pre)?.ok_or_else(|| {
+                anyhow!("unsupported pre-tokenizer {pre:?} (tokenizer.ggml.pre) for a gpt2 tokenizer")
+            })?;
             add_bos = opts.add_bos.unwrap_or(false);
             add_eos = false;
             add_space_prefix = false;
@@ -401,7 +415,9 @@ impl Tokenizer {
                 .collect::<Option<_>>()
                 .ok_or_else(|| anyhow!("tokenizer.ggml.merges holds non-strings"))?;
             unicode::init();
-            Model::Bpe(bpe::Bpe::new(&merges, rules, opts.ignore_merges).context("reading BPE merges")?)
+            Model::Bpe(Box::new(
+                bpe::Bpe::new(&merges, rules, opts.ignore_merges).context("reading BPE merges")?,
+            ))
         };
         if let Some(v) = bool_key(f, "tokenizer.ggml.add_space_prefix") {
             add_space_prefix = v;
@@ -449,12 +465,11 @@ impl Tokenizer {
         // Tokens found by their text (llama.cpp walks a hash map here, so
         // which of two candidates wins is unspecified there; we take the
         // lowest id). A token found this way becomes a control token.
-        let canonical: Vec<Token> = (0..n as Token).filter(|&i| ids[&texts[i as usize]] == i).collect();
         let find = |slot: &mut Option<Token>, candidates: &[&str], attrs: &mut Vec<u16>| {
             if slot.is_some() {
                 return;
             }
-            if let Some(&t) = canonical.iter().find(|&&t| candidates.contains(&texts[t as usize].as_str())) {
+            if let Some(t) = candidates.iter().filter_map(|c| ids.get(*c).copied()).min() {
                 *slot = Some(t);
                 attrs[t as usize] |= ATTR_CONTROL;
             }
@@ -470,13 +485,13 @@ impl Tokenizer {
 
         // End-of-generation set.
         let mut eog: HashSet<Token> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
-        for &t in &canonical {
-            let text = texts[t as usize].as_str();
-            if EOG_TEXTS.contains(&text) {
-                eog.insert(t);
-                attrs[t as usize] |= ATTR_CONTROL;
-            }
-            if matches!(text, "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+        for t in EOG_TEXTS.iter().filter_map(|text| ids.get(*text).copied()) {
+            eog.insert(t);
+            attrs[t as usize] |= ATTR_CONTROL;
+        }
+        // gpt-oss: always rendered.
+        for text in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
+            if let Some(&t) = ids.get(text) {
                 attrs[t as usize] = ATTR_USER_DEFINED;
             }
         }
@@ -576,34 +591,35 @@ impl Tokenizer {
 
     /// llama.cpp's per-model strip attributes (set after the caches are built).
     fn apply_model_specific_attrs(&mut self, f: &GgufFile, pre: &str) {
-        let name = f.get("general.name").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+        let name = f
+            .get("general.name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let arch = f.get("general.architecture").and_then(Value::as_str).unwrap_or("");
-        let mut set = |text: &str, attr: u16, on: bool| {
-            if let Some(t) = self.vocab.lookup(text) {
-                let a = &mut self.vocab.attrs[t as usize];
-                *a = if on { *a | attr } else { *a & !attr };
-            }
-        };
-        if ["jina-v2-de", "jina-v2-es", "jina-v2-code", "mmbert"].iter().any(|s| pre.contains(s))
+        if ["jina-v2-de", "jina-v2-es", "jina-v2-code", "mmbert"]
+            .iter()
+            .any(|s| pre.contains(s))
             || ["nomic-bert-moe", "jina-bert-v3"].iter().any(|s| arch.contains(s))
         {
-            set("<mask>", ATTR_LSTRIP, true);
+            self.set_attr("<mask>", ATTR_LSTRIP, true);
         } else if name.contains("phi-3") || name.contains("phi3") {
             for &t in &self.specials {
                 self.vocab.attrs[t as usize] |= ATTR_RSTRIP;
             }
-            let mut set = |text: &str, attr: u16, on: bool| {
-                if let Some(t) = self.vocab.lookup(text) {
-                    let a = &mut self.vocab.attrs[t as usize];
-                    *a = if on { *a | attr } else { *a & !attr };
-                }
-            };
-            set("</s>", ATTR_RSTRIP, true);
+            self.set_attr("</s>", ATTR_RSTRIP, true);
             for text in ["<unk>", "<s>", "<|endoftext|>"] {
-                set(text, ATTR_RSTRIP, false);
+                self.set_attr(text, ATTR_RSTRIP, false);
             }
         } else if name.contains("modern-bert") {
-            set("[MASK]", ATTR_LSTRIP, true);
+            self.set_attr("[MASK]", ATTR_LSTRIP, true);
+        }
+    }
+
+    fn set_attr(&mut self, text: &str, attr: u16, on: bool) {
+        if let Some(t) = self.vocab.lookup(text) {
+            let a = &mut self.vocab.attrs[t as usize];
+            *a = if on { *a | attr } else { *a & !attr };
         }
     }
 
@@ -655,11 +671,18 @@ impl Tokenizer {
 
     /// The vocabulary's spelling of `t`.
     pub fn token_text(&self, t: Token) -> Option<&str> {
-        usize::try_from(t).ok().and_then(|i| self.vocab.texts.get(i)).map(String::as_str)
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.vocab.texts.get(i))
+            .map(String::as_str)
     }
 
     fn attr(&self, t: Token) -> u16 {
-        usize::try_from(t).ok().and_then(|i| self.vocab.attrs.get(i)).copied().unwrap_or(0)
+        usize::try_from(t)
+            .ok()
+            .and_then(|i| self.vocab.attrs.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Tokenizes `text` as `llama_tokenize` does. `add_special` adds BOS/EOS
@@ -712,6 +735,12 @@ impl Tokenizer {
 
     /// Cuts the special tokens out of `text`: for each special token,
     /// longest first, every occurrence left to right in the text not yet cut.
+    ///
+    /// All occurrences are found in one pass over a trie, then taken in that
+    /// order when they still lie wholly in uncut text. Because tokens come
+    /// longest first, an occurrence whose first and last bytes are uncut is
+    /// uncut throughout: any cut region inside it would hold a token at
+    /// least as long as the occurrence itself.
     fn partition<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
         let bytes = text.as_bytes();
         if bytes.is_empty() {
@@ -721,7 +750,7 @@ impl Tokenizer {
             let t = self.specials[order as usize];
             parse_special || self.vocab.attrs[t as usize] & (ATTR_CONTROL | ATTR_UNKNOWN) == 0
         };
-        // Every occurrence of every active special token: (order, position).
+        // Every occurrence of every active special token, by position: (order, position).
         let mut found: Vec<(u32, u32)> = Vec::new();
         for pos in 0..bytes.len() {
             let mut node = 0usize;
@@ -738,51 +767,72 @@ impl Tokenizer {
         if found.is_empty() {
             return vec![Fragment::Text(text)];
         }
-        found.sort_unstable();
+        // Stable counting sort by token order: positions stay ascending.
+        let mut count = vec![0u32; self.specials.len() + 1];
+        for &(order, _) in &found {
+            count[order as usize + 1] += 1;
+        }
+        for i in 1..count.len() {
+            count[i] += count[i - 1];
+        }
+        let mut sorted = vec![(0u32, 0u32); found.len()];
+        for &(order, pos) in &found {
+            let slot = &mut count[order as usize];
+            sorted[*slot as usize] = (order, pos);
+            *slot += 1;
+        }
+        drop(found);
 
-        // start -> (end, Some(token) for a special token, None for text).
-        let mut frags: BTreeMap<usize, (usize, Option<Token>)> = BTreeMap::new();
-        frags.insert(0, (bytes.len(), None));
+        // Per byte: TEXT, CUT (inside a token or stripped), or a token start (id + TOKEN).
+        const TEXT: u32 = 0;
+        const CUT: u32 = 1;
+        const TOKEN: u32 = 2;
+        let mut state = vec![TEXT; bytes.len()];
         let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r');
-        for (order, pos) in found {
+        for (order, pos) in sorted {
             let tok = self.specials[order as usize];
             let len = self.vocab.texts[tok as usize].len();
             let pos = pos as usize;
-            let Some((&start, &(end, None))) = frags.range(..=pos).next_back() else {
-                continue;
-            };
-            if pos + len > end {
+            if state[pos] != TEXT || state[pos + len - 1] != TEXT {
                 continue;
             }
+            state[pos] = tok as u32 + TOKEN;
+            state[pos + 1..pos + len].fill(CUT);
             let attr = self.vocab.attrs[tok as usize];
-            frags.remove(&start);
-            let mut left_end = pos;
             if attr & ATTR_LSTRIP != 0 {
-                while left_end > start && is_space(bytes[left_end - 1]) {
-                    left_end -= 1;
+                let mut p = pos;
+                while p > 0 && state[p - 1] == TEXT && is_space(bytes[p - 1]) {
+                    state[p - 1] = CUT;
+                    p -= 1;
                 }
             }
-            if left_end > start {
-                frags.insert(start, (left_end, None));
-            }
-            frags.insert(pos, (pos + len, Some(tok)));
-            let mut right_start = pos + len;
             if attr & ATTR_RSTRIP != 0 {
-                while right_start < end && is_space(bytes[right_start]) {
-                    right_start += 1;
+                let mut p = pos + len;
+                while p < bytes.len() && state[p] == TEXT && is_space(bytes[p]) {
+                    state[p] = CUT;
+                    p += 1;
                 }
-            }
-            if right_start < end {
-                frags.insert(right_start, (end, None));
             }
         }
-        frags
-            .into_iter()
-            .map(|(start, (end, tok))| match tok {
-                Some(t) => Fragment::Special(t),
-                None => Fragment::Text(&text[start..end]),
-            })
-            .collect()
+
+        let mut out = Vec::new();
+        let mut text_start = None;
+        for (i, &st) in state.iter().enumerate() {
+            if st == TEXT {
+                text_start.get_or_insert(i);
+                continue;
+            }
+            if let Some(s) = text_start.take() {
+                out.push(Fragment::Text(&text[s..i]));
+            }
+            if st >= TOKEN {
+                out.push(Fragment::Special((st - TOKEN) as Token));
+            }
+        }
+        if let Some(s) = text_start {
+            out.push(Fragment::Text(&text[s..]));
+        }
+        out
     }
 
     /// The bytes of token `t`, as `llama_token_to_piece(.., lstrip = 0, special)`:
@@ -914,7 +964,14 @@ mod tests {
     fn clean_spaces() {
         let mut b = b"Hello , world ! it 's a ' b ' test .".to_vec();
         clean_up_spaces(&mut b);
-        assert_eq!(String::from_utf8(b).unwrap(), "Hello, world! it's a'b' test.");
+        assert_eq!(String::from_utf8(b).unwrap(), "Hello, world! it's a'b'test.");
+    }
+
+    #[test]
+    fn tokenizer_is_shareable_between_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Tokenizer>();
+        check::<Utf8Stream>();
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub(crate) fn for_pre(pre: &str) -> Result<Option<(Vec<Rule>, PreOptions)>> {
             rules.extend(r(&[r"\p{N}+", "[0-9][0-9][0-9]"])?);
             (rules, opts(true))
         }
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "jina-v5-nano" => (
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+        | "jina-v5-nano" => (
             vec![llama3()],
             PreOptions {
                 ignore_merges: true,
@@ -138,7 +139,9 @@ pub(crate) fn for_pre(pre: &str) -> Result<Option<(Vec<Rule>, PreOptions)>> {
         "bloom" | "gpt3-finnish" => (r(&[r" ?[^(\s|.,!?…。，、।۔،)]+"])?, opts(true)),
         "viking" => (r(&[r" ?[^(\s|.,!?…。，、।۔،)]+", r"\p{N}"])?, opts(false)),
         "tekken" => (
-            r(&[r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"])?,
+            r(&[
+                r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ])?,
             PreOptions {
                 ignore_merges: true,
                 add_bos: Some(true),
@@ -146,15 +149,21 @@ pub(crate) fn for_pre(pre: &str) -> Result<Option<(Vec<Rule>, PreOptions)>> {
             },
         ),
         "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => (
-            r(&[r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"])?,
+            r(&[
+                r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ])?,
             opts(false),
         ),
         "seed-coder" => (
-            r(&[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"])?,
+            r(&[
+                r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+            ])?,
             opts(false),
         ),
         "bailingmoe" | "bailingmoe2" | "llada-moe" => (
-            r(&[r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"])?,
+            r(&[
+                r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+            ])?,
             opts(false),
         ),
         "hunyuan" | "solar-open" | "grok-2" => (vec![qwen2()], opts(false)),
@@ -198,7 +207,9 @@ fn regex_rule(expr: &str) -> Result<Rule> {
         .any(|n| expr.contains(&format!(r"\p{{{n}}}")));
     let source = if uses_categories {
         if !expr.is_ascii() {
-            return Err(anyhow!("regex {expr:?} mixes Unicode categories and non-ASCII characters"));
+            return Err(anyhow!(
+                "regex {expr:?} mixes Unicode categories and non-ASCII characters"
+            ));
         }
         collapse_regex(expr)
     } else {
@@ -543,7 +554,10 @@ mod tests {
 
     #[test]
     fn llama3_split() {
-        assert_eq!(words("llama-bpe", "I'LL pay 12345 now.\n\n  ok"), ["I", "'LL", " pay", " ", "123", "45", " now", ".\n\n", "  ", "ok"]);
+        assert_eq!(
+            words("llama-bpe", "I'LL pay 12345 now.\n\n  ok"),
+            ["I", "'LL", " pay", " ", "123", "45", " now", ".\n\n", " ", " ok"]
+        );
     }
 
     #[test]
@@ -559,8 +573,17 @@ mod tests {
     #[test]
     fn every_supported_regex_compiles() {
         for pre in [
-            "default", "falcon", "deepseek-coder", "deepseek-v3", "poro-chat", "viking", "tekken", "gpt-4o", "seed-coder",
-            "bailingmoe", "ufakzeka",
+            "default",
+            "falcon",
+            "deepseek-coder",
+            "deepseek-v3",
+            "poro-chat",
+            "viking",
+            "tekken",
+            "gpt-4o",
+            "seed-coder",
+            "bailingmoe",
+            "ufakzeka",
         ] {
             let (rules, _) = for_pre(pre).unwrap().unwrap();
             let _ = split("Hello, wörld! 123 ünïcode 中文 \u{3000}x", &rules);

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 fn model(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
     // Tests that need a model fail loudly without it: they are never skipped.
     assert!(
         path.is_file(),

@@ -1,0 +1,158 @@
+//! The memory of one layer: evicted blocks with their K and V quantized in
+//! host memory, and one representative key per block for retrieval.
+
+use crate::ggml::{quantize, type_info, Context, HostArena, Tensor, TYPE_F32};
+
+/// Shapes shared by the stores of all layers.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockShape {
+    pub block_size: usize,
+    pub head_dim: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub type_k: u32,
+    pub type_v: u32,
+}
+
+impl BlockShape {
+    pub fn n_embd_kv(&self) -> usize {
+        self.head_dim * self.n_head_kv
+    }
+
+    /// Values in one block's K (or V): block_size x n_embd_kv.
+    pub fn block_values(&self) -> usize {
+        self.block_size * self.n_embd_kv()
+    }
+
+    /// Length of a representative key: one head_dim vector per query head.
+    pub fn repr_len(&self) -> usize {
+        self.head_dim * self.n_head
+    }
+
+    pub fn k_bytes(&self) -> usize {
+        type_info(self.type_k).expect("checked type").row_size(self.block_values() as u64) as usize
+    }
+
+    pub fn v_bytes(&self) -> usize {
+        type_info(self.type_v).expect("checked type").row_size(self.block_values() as u64) as usize
+    }
+
+    /// Bytes one block takes in a layer: K, V and its representative key (f32).
+    pub fn bytes_per_block(&self) -> usize {
+        self.k_bytes() + self.v_bytes() + self.repr_len() * 4
+    }
+}
+
+pub struct BlockStore {
+    shape: BlockShape,
+    k: HostArena,
+    v: HostArena,
+    repr: HostArena,
+    len: usize,
+}
+
+impl BlockStore {
+    /// Reserves (address space only) room for `max_blocks` blocks.
+    pub fn new(shape: BlockShape, max_blocks: usize) -> anyhow::Result<Self> {
+        let max_blocks = max_blocks.max(1);
+        Ok(Self {
+            k: HostArena::reserve(shape.k_bytes() * max_blocks)?,
+            v: HostArena::reserve(shape.v_bytes() * max_blocks)?,
+            repr: HostArena::reserve(shape.repr_len() * 4 * max_blocks)?,
+            shape,
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends a block. `k` is token-major (block_size rows of n_embd_kv),
+    /// `v_t` channel-major (n_embd_kv rows of block_size): the layouts the
+    /// attention graph reads.
+    pub fn push(&mut self, k: &[f32], v_t: &[f32], repr: &[f32]) -> anyhow::Result<()> {
+        let s = self.shape;
+        assert_eq!(k.len(), s.block_values());
+        assert_eq!(v_t.len(), s.block_values());
+        assert_eq!(repr.len(), s.repr_len());
+        let i = self.len;
+        anyhow::ensure!(
+            (i + 1) * s.k_bytes() <= self.k.len(),
+            "the text is longer than the block memory reserved for it (raise -c)"
+        );
+        quantize(s.type_k, k, s.n_embd_kv(), self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
+        quantize(s.type_v, v_t, s.block_size, self.v.slice_mut(i * s.v_bytes(), s.v_bytes()));
+        let r = self.repr.slice_mut(i * s.repr_len() * 4, s.repr_len() * 4);
+        for (dst, x) in r.chunks_exact_mut(4).zip(repr) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// All blocks' keys as one tensor [block_values, len] of `type_k`.
+    pub fn k_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
+        let t = ctx.new_tensor(self.shape.type_k, &[self.shape.block_values() as i64, self.len as i64]);
+        self.k.place(t, 0);
+        t
+    }
+
+    /// All blocks' transposed values as one tensor [block_values, len] of `type_v`.
+    pub fn v_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
+        let t = ctx.new_tensor(self.shape.type_v, &[self.shape.block_values() as i64, self.len as i64]);
+        self.v.place(t, 0);
+        t
+    }
+
+    /// Representative keys [repr_len, len], f32.
+    pub fn repr_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
+        let t = ctx.new_tensor(TYPE_F32, &[self.shape.repr_len() as i64, self.len as i64]);
+        self.repr.place(t, 0);
+        t
+    }
+
+    /// Raw bytes of block `i`'s K and V (for tests and session files).
+    pub fn block_bytes(&self, i: usize) -> (&[u8], &[u8]) {
+        let s = self.shape;
+        (self.k.slice(i * s.k_bytes(), s.k_bytes()), self.v.slice(i * s.v_bytes(), s.v_bytes()))
+    }
+
+    /// Bytes in use.
+    pub fn bytes(&self) -> usize {
+        self.len * self.shape.bytes_per_block()
+    }
+}
+
+/// A block's representative key: for each query head `h`, the mean of the
+/// un-rotated keys (from the KV head serving `h`) of the `repr_topk` tokens
+/// with the highest accumulated local attention score for `h`; ties go to
+/// the earlier token. `k` is token-major [block_size][n_embd_kv]; `scores`
+/// is head-major [n_head][block_size].
+pub fn representative_key(shape: &BlockShape, repr_topk: usize, k: &[f32], scores: &[f32]) -> Vec<f32> {
+    let (bs, hd, e) = (shape.block_size, shape.head_dim, shape.n_embd_kv());
+    let group = shape.n_head / shape.n_head_kv;
+    let mut out = vec![0f32; shape.repr_len()];
+    let mut order: Vec<usize> = (0..bs).collect();
+    for h in 0..shape.n_head {
+        let s = &scores[h * bs..(h + 1) * bs];
+        order.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        let kv = h / group;
+        let dst = &mut out[h * hd..(h + 1) * hd];
+        for &t in &order[..repr_topk] {
+            for (d, x) in dst.iter_mut().zip(&k[t * e + kv * hd..t * e + (kv + 1) * hd]) {
+                *d += x;
+            }
+        }
+        dst.iter_mut().for_each(|d| *d /= repr_topk as f32);
+    }
+    out
+}

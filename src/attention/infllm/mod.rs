@@ -1,0 +1,487 @@
+//! InfLLM memory attention (`shared/docs/infllm.md`): each query attends to
+//! its local window with true relative positions and, under the same
+//! softmax, to the initial tokens, the top-k memory blocks retrieved for its
+//! chunk, and the evicted remainder, all seen un-rotated from one fixed
+//! distance (`n_local - 1`).
+//!
+//! Storage per layer:
+//! - a linear *window buffer* of the most recent tokens (everything not yet
+//!   initial or in a block): un-rotated keys, keys rotated at their
+//!   position relative to the buffer start (bounded, never the raw index),
+//!   transposed values, and each token's accumulated local attention score
+//!   per query head. When it fills, the buffer drops what it no longer
+//!   needs, moves the rest to the front and re-rotates the keys.
+//! - the initial tokens' K and V (f32);
+//! - the block store (`memory`): quantized K and V, representative keys.
+//!
+//! Retrieval runs inside the step graph (`mul_mat` against the
+//! representative keys, `top_k`, `get_rows` on the quantized blocks), so a
+//! chunk is one graph over all layers.
+
+mod memory;
+mod params;
+
+pub use memory::{representative_key, BlockShape, BlockStore};
+pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
+
+use half::f16;
+
+use super::{AttentionError, LayerAttn};
+use crate::compute::Step;
+use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
+
+struct LayerStore {
+    k_raw: TensorId,
+    k_rot: TensorId,
+    v_t: TensorId,
+    score: TensorId,
+    init_k: TensorId,
+    init_v_t: TensorId,
+    blocks: BlockStore,
+}
+
+/// Model dimensions the attention needs.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadShape {
+    pub n_layer: usize,
+    pub head_dim: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+}
+
+pub struct InfllmAttention {
+    p: InfllmParams,
+    shape: BlockShape,
+    layers: Vec<LayerStore>,
+    _buffer: Buffer,
+    ctx: Context,
+    /// Window buffer capacity in tokens.
+    cap: usize,
+    /// Tokens processed.
+    n_past: usize,
+    /// Position held by window buffer index 0.
+    base: usize,
+    /// Initial tokens taken so far (positions [0, n_init_cur)).
+    n_init_cur: usize,
+    /// First position neither initial nor in a block; everything from here
+    /// on is in the window buffer.
+    rem_start: usize,
+    /// The buffer moved: rotated keys must be recomputed in the next step.
+    rerotate: bool,
+}
+
+/// One step's inputs, shared by all layers.
+pub struct InfllmInputs<'a> {
+    pos_local: Tensor<'a>,
+    pos_global: Tensor<'a>,
+    mask: Tensor<'a>,
+    /// Block indices when every block is attended (no retrieval needed).
+    all_blocks: Option<Tensor<'a>>,
+    /// Positions 0..n for re-rotating the whole buffer after it moved.
+    rerotate: Option<Tensor<'a>>,
+    /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
+    ones_heads: Option<Tensor<'a>>,
+    /// Ones [1, T], to average the chunk's queries for retrieval.
+    ones: Option<Tensor<'a>>,
+    n_tokens: usize,
+    /// Buffer index of the first new token.
+    at: usize,
+    /// Local keys: buffer indices [local_lo, local_lo + n_local_keys).
+    local_lo: usize,
+    n_local_keys: usize,
+    n_blocks: usize,
+    n_selected: usize,
+    n_init: usize,
+    /// Remainder keys: buffer indices [rem_lo, rem_lo + n_rem).
+    rem_lo: usize,
+    n_rem: usize,
+}
+
+impl InfllmAttention {
+    pub fn new(p: InfllmParams, h: HeadShape) -> anyhow::Result<Self> {
+        p.validate(h.head_dim)?;
+        let shape = BlockShape {
+            block_size: p.block_size,
+            head_dim: h.head_dim,
+            n_head: h.n_head,
+            n_head_kv: h.n_head_kv,
+            type_k: p.type_k,
+            type_v: p.type_v,
+        };
+        // Window + one chunk + a partial block, plus a chunk of slack so the
+        // buffer moves at most once per chunk.
+        let cap = p.n_local + 2 * p.chunk + p.block_size;
+        let e = shape.n_embd_kv() as i64;
+        let ctx = Context::new(6 * h.n_layer, 0);
+        let n_init = p.n_init.max(1) as i64;
+        let max_blocks = p.max_tokens.div_ceil(p.block_size);
+        let mut layers = Vec::with_capacity(h.n_layer);
+        for il in 0..h.n_layer {
+            let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
+            layers.push(LayerStore {
+                k_raw: t(TYPE_F16, &[e, cap as i64], "win_k_raw"),
+                k_rot: t(TYPE_F16, &[e, cap as i64], "win_k_rot"),
+                v_t: t(TYPE_F16, &[cap as i64, e], "win_v_t"),
+                score: t(TYPE_F32, &[cap as i64, h.n_head as i64], "win_score"),
+                init_k: t(TYPE_F32, &[e, n_init], "init_k"),
+                init_v_t: t(TYPE_F32, &[n_init, e], "init_v_t"),
+                blocks: BlockStore::new(shape, if p.topk > 0 { max_blocks } else { 0 })?,
+            });
+        }
+        let buffer = Buffer::alloc_context(&ctx)?;
+        Ok(Self {
+            p,
+            shape,
+            layers,
+            _buffer: buffer,
+            ctx,
+            cap,
+            n_past: 0,
+            base: 0,
+            n_init_cur: 0,
+            rem_start: 0,
+            rerotate: false,
+        })
+    }
+
+    pub fn params(&self) -> &InfllmParams {
+        &self.p
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.blocks.len())
+    }
+
+    /// Bytes of quantized block memory (all layers).
+    pub fn block_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.blocks.bytes()).sum()
+    }
+
+    /// Bytes of the fixed-size buffers (window, initial tokens; all layers).
+    pub fn window_bytes(&self) -> usize {
+        self._buffer.size()
+    }
+
+    pub fn clear(&mut self) {
+        self.n_past = 0;
+        self.base = 0;
+        self.n_init_cur = 0;
+        self.rem_start = 0;
+        self.rerotate = false;
+        for l in &mut self.layers {
+            l.blocks.clear();
+            let score = self.ctx.tensor(l.score);
+            score.write_bytes(0, &vec![0u8; score.nbytes()]);
+        }
+    }
+
+    /// Makes room in the window buffer for `n_tokens` more tokens.
+    pub fn prepare(&mut self, n_tokens: usize) -> Result<(), AttentionError> {
+        assert!(n_tokens <= self.p.chunk, "steps are at most one chunk");
+        if self.n_past + n_tokens > self.p.max_tokens {
+            return Err(AttentionError::ContextFull {
+                needed: self.n_past + n_tokens,
+                n_ctx: self.p.max_tokens,
+            });
+        }
+        if self.n_past + n_tokens - self.base <= self.cap {
+            return Ok(());
+        }
+        // Drop what precedes the remainder; move the rest to the front.
+        let shift = self.rem_start - self.base;
+        let kept = self.n_past - self.rem_start;
+        assert!(shift > 0 && kept + n_tokens <= self.cap, "window buffer too small");
+        let e = self.shape.n_embd_kv();
+        let cap = self.cap;
+        for l in &self.layers {
+            // k_raw: one row of `cap` tokens; v_t and score: a row per channel / head.
+            shift_items(self.ctx.tensor(l.k_raw), 1, cap, e * 2, shift, kept);
+            shift_items(self.ctx.tensor(l.v_t), e, cap, 2, shift, kept);
+            shift_items(self.ctx.tensor(l.score), self.shape.n_head, cap, 4, shift, kept);
+        }
+        self.base = self.rem_start;
+        self.rerotate = true;
+        Ok(())
+    }
+
+    /// Declares this step's positions, masks and index inputs.
+    pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> InfllmInputs<'a> {
+        let p = &self.p;
+        let (start, end) = (self.n_past, self.n_past + n_tokens);
+        let local_lo_pos = (start + 1).saturating_sub(p.n_local).max(self.base);
+        let n_local_keys = end - local_lo_pos;
+        let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
+        let n_rem = rem_end - self.rem_start;
+        let n_blocks = self.n_blocks();
+        let n_selected = n_blocks.min(p.topk);
+        let n_init = self.n_init_cur;
+        let n_global = n_selected * p.block_size + n_init + n_rem;
+
+        // One mask over [local | blocks | initial | remainder] keys.
+        let width = n_local_keys + n_global;
+        let mut mask = vec![f32::NEG_INFINITY; width * n_tokens];
+        for (i, row) in mask.chunks_mut(width).enumerate() {
+            let q = start + i;
+            for (j, m) in row[..n_local_keys].iter_mut().enumerate() {
+                let d = q as isize - (local_lo_pos + j) as isize;
+                if (0..p.n_local as isize).contains(&d) {
+                    *m = 0.0;
+                }
+            }
+            row[n_local_keys..n_local_keys + n_selected * p.block_size + n_init].fill(0.0);
+            for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
+                if q - (self.rem_start + j) >= p.n_local {
+                    *m = 0.0;
+                }
+            }
+        }
+
+        let t = n_tokens as i64;
+        let n_valid = self.n_past - self.base;
+        InfllmInputs {
+            pos_local: step.input_i32(&[t], (start..end).map(|q| (q - self.base) as i32).collect()),
+            pos_global: step.input_i32(&[t], vec![p.n_local as i32 - 1; n_tokens]),
+            mask: step.input_f32(&[width as i64, t], mask),
+            all_blocks: (n_selected > 0 && n_blocks <= p.topk)
+                .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
+            rerotate: (self.rerotate && n_valid > 0)
+                .then(|| step.input_i32(&[n_valid as i64], (0..n_valid as i32).collect())),
+            ones_heads: (n_tokens > 1)
+                .then(|| step.input_f32(&[1, t, self.shape.n_head as i64], vec![1.0; n_tokens * self.shape.n_head])),
+            ones: (n_tokens > 1 && n_blocks > p.topk).then(|| step.input_f32(&[1, t], vec![1.0; n_tokens])),
+            n_tokens,
+            at: start - self.base,
+            local_lo: local_lo_pos - self.base,
+            n_local_keys,
+            n_blocks,
+            n_selected,
+            n_init,
+            rem_lo: self.rem_start - self.base,
+            n_rem,
+        }
+    }
+
+    /// q [head_dim, n_head, T], k and v [head_dim, n_head_kv, T], un-rotated.
+    /// Returns [head_dim * n_head, T].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        inp: &InfllmInputs<'a>,
+        layer: usize,
+        q: Tensor<'a>,
+        k: Tensor<'a>,
+        v: Tensor<'a>,
+        la: &LayerAttn,
+        freq_factors: Option<Tensor<'a>>,
+    ) -> Tensor<'a> {
+        let g = step.ctx;
+        let s = &self.shape;
+        let l = &self.layers[layer];
+        let (hd, nkv, nh, e) = (s.head_dim as i64, s.n_head_kv as i64, s.n_head as i64, s.n_embd_kv() as i64);
+        let t = inp.n_tokens as i64;
+        let k_raw = self.ctx.tensor(l.k_raw);
+        let k_rot = self.ctx.tensor(l.k_rot);
+        let v_t = self.ctx.tensor(l.v_t);
+        let row = k_raw.nb()[1]; // bytes of one token's keys (f16)
+        let head = row / nkv as usize;
+        let vt_row = v_t.nb()[1]; // bytes of one channel's values over the buffer
+        let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
+
+        // After the buffer moved, rotate every kept key at its new index.
+        if let Some(idx) = inp.rerotate {
+            let n = idx.ne()[0];
+            let raw = g.view(k_raw, &[hd, nkv, n], &[head, row], 0);
+            let rot = g.view(k_rot, &[hd, nkv, n], &[head, row], 0);
+            step.graph.expand(g.cpy(rope(raw, idx), rot));
+        }
+
+        // Append the chunk: raw and rotated keys, transposed values.
+        let at = inp.at;
+        step.graph.expand(g.cpy(g.reshape(k, &[e, t]), g.view(k_raw, &[e, t], &[row], at * row)));
+        let k_new = g.reshape(rope(k, inp.pos_local), &[e, t]);
+        step.graph.expand(g.cpy(k_new, g.view(k_rot, &[e, t], &[row], at * row)));
+        let v_new = g.transpose(g.reshape(v, &[e, t]));
+        step.graph.expand(g.cpy(v_new, g.view(v_t, &[t, e], &[vt_row], at * 2)));
+
+        // Logits over [local | blocks | initial | remainder].
+        let q_local = g.permute(rope(q, inp.pos_local), [0, 2, 1, 3]);
+        let keys = |src: Tensor<'a>, n: usize, lo: usize| {
+            g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
+        };
+        let mut logits = g.mul_mat(keys(k_rot, inp.n_local_keys, inp.local_lo), q_local);
+
+        let q_global = rope(q, inp.pos_global);
+        let q_global_p = g.permute(q_global, [0, 2, 1, 3]);
+        let mut block_rows = None;
+        if inp.n_selected > 0 {
+            let idx = inp.all_blocks.unwrap_or_else(|| {
+                let q_flat = g.reshape(q_global, &[hd * nh, t]);
+                let q_mean = match inp.ones {
+                    Some(ones) => g.scale(g.out_prod(q_flat, ones), 1.0 / t as f32),
+                    None => q_flat,
+                };
+                let scores = g.mul_mat(l.blocks.repr_tensor(g), q_mean);
+                g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
+            });
+            let n_keys = (inp.n_selected * s.block_size) as i64;
+            let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[hd, nkv, n_keys]);
+            logits = g.concat(logits, g.mul_mat(g.permute(kb, [0, 2, 1, 3]), q_global_p), 0);
+            block_rows = Some(idx);
+        }
+        if inp.n_init > 0 {
+            let ki = self.ctx.tensor(l.init_k);
+            let ki = g.view(ki, &[hd, nkv, inp.n_init as i64], &[ki.nb()[1] / nkv as usize, ki.nb()[1]], 0);
+            logits = g.concat(logits, g.mul_mat(g.permute(ki, [0, 2, 1, 3]), q_global_p), 0);
+        }
+        if inp.n_rem > 0 {
+            logits = g.concat(logits, g.mul_mat(keys(k_raw, inp.n_rem, inp.rem_lo), q_global_p), 0);
+        }
+        let probs = if la.softcap > 0.0 {
+            let capped = g.scale(g.tanh(g.scale(logits, la.scale / la.softcap)), la.softcap);
+            g.soft_max_ext(capped, Some(inp.mask), 1.0)
+        } else {
+            g.soft_max_ext(logits, Some(inp.mask), la.scale)
+        };
+
+        // Outputs: each part's probabilities times its values.
+        let pnb = probs.nb();
+        let part = |n: usize, off: usize| g.view(probs, &[n as i64, t, nh], &[pnb[1], pnb[2]], off * 4);
+        let values = |src: Tensor<'a>, n: usize, lo: usize, elem: usize| {
+            let nb1 = src.nb()[1];
+            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * elem)
+        };
+        let p_local = part(inp.n_local_keys, 0);
+        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo, 2), p_local);
+        let mut off = inp.n_local_keys;
+        if let Some(idx) = block_rows {
+            let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+            let vb = g.reshape(g.get_rows(l.blocks.v_tensor(g), idx), &[bs, hd, nkv, n_sel]);
+            let pb = g.view(probs, &[bs, t, nh, n_sel], &[pnb[1], pnb[2], bs as usize * 4], off * 4);
+            let per_block = g.mul_mat(vb, pb); // [hd, T, n_head, n_sel]
+            let summed = if n_sel == 1 {
+                g.reshape(per_block, &[hd, t, nh])
+            } else {
+                let by_block = g.cont(g.permute(per_block, [1, 2, 3, 0]));
+                g.reshape(g.sum_rows(by_block), &[hd, t, nh])
+            };
+            out = g.add(out, summed);
+            off += inp.n_selected * s.block_size;
+        }
+        if inp.n_init > 0 {
+            let vi = values(self.ctx.tensor(l.init_v_t), inp.n_init, 0, 4);
+            out = g.add(out, g.mul_mat(vi, part(inp.n_init, off)));
+            off += inp.n_init;
+        }
+        if inp.n_rem > 0 {
+            out = g.add(out, g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo, 2), part(inp.n_rem, off)));
+        }
+
+        // Accumulate each local key's probability mass, per query head.
+        let score = self.ctx.tensor(l.score);
+        let n = inp.n_local_keys as i64;
+        let mass = match inp.ones_heads {
+            Some(ones) => g.reshape(g.out_prod(p_local, ones), &[n, nh]),
+            None => g.view(probs, &[n, nh], &[pnb[2]], 0),
+        };
+        let acc = g.view(score, &[n, nh], &[score.nb()[1]], inp.local_lo * 4);
+        step.graph.expand(g.cpy(g.add(acc, mass), acc));
+
+        let out = g.cont(g.permute(out, [0, 2, 1, 3])); // [hd, n_head, T]
+        g.reshape(out, &[hd * nh, t])
+    }
+
+    /// After a step: the chunk is in the window; tokens that left every
+    /// future query's window become initial tokens or memory blocks.
+    pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
+        self.n_past += n_tokens;
+        let evict_end = self.n_past.saturating_sub(self.p.n_local);
+        if self.n_init_cur < self.p.n_init && evict_end > self.rem_start {
+            let take = self.p.n_init.min(evict_end) - self.rem_start;
+            for l in &self.layers {
+                self.take_initial(l, take);
+            }
+            self.n_init_cur += take;
+            self.rem_start += take;
+        }
+        while evict_end >= self.rem_start + self.p.block_size {
+            if self.p.topk > 0 {
+                for il in 0..self.layers.len() {
+                    self.form_block(il)?;
+                }
+            }
+            self.rem_start += self.p.block_size;
+        }
+        Ok(())
+    }
+
+    /// Copies `take` tokens from the remainder start into the initial tokens.
+    fn take_initial(&self, l: &LayerStore, take: usize) {
+        let e = self.shape.n_embd_kv();
+        let idx = self.rem_start - self.base;
+        let k = read_f16(self.ctx.tensor(l.k_raw), idx * e * 2, take * e);
+        let init_k = self.ctx.tensor(l.init_k);
+        init_k.write_bytes(self.n_init_cur * e * 4, f32_bytes(&k).as_slice());
+        let v_t = self.ctx.tensor(l.v_t);
+        let init_v_t = self.ctx.tensor(l.init_v_t);
+        let n_init = init_v_t.ne()[0] as usize;
+        for c in 0..e {
+            let v = read_f16(v_t, (c * self.cap + idx) * 2, take);
+            init_v_t.write_bytes((c * n_init + self.n_init_cur) * 4, f32_bytes(&v).as_slice());
+        }
+    }
+
+    /// Turns the block_size tokens at the remainder start of layer `il` into a memory block.
+    fn form_block(&mut self, il: usize) -> anyhow::Result<()> {
+        let s = self.shape;
+        let (bs, e) = (s.block_size, s.n_embd_kv());
+        let idx = self.rem_start - self.base;
+        let l = &self.layers[il];
+        let k = read_f16(self.ctx.tensor(l.k_raw), idx * e * 2, bs * e);
+        let v_t_win = self.ctx.tensor(l.v_t);
+        let mut v_t = Vec::with_capacity(bs * e);
+        for c in 0..e {
+            v_t.extend(read_f16(v_t_win, (c * self.cap + idx) * 2, bs));
+        }
+        let score = self.ctx.tensor(l.score);
+        let mut scores = Vec::with_capacity(bs * s.n_head);
+        for h in 0..s.n_head {
+            scores.extend(read_f32(score, (h * self.cap + idx) * 4, bs));
+        }
+        let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
+        self.layers[il].blocks.push(&k, &v_t, &repr)
+    }
+}
+
+fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
+    let mut bytes = vec![0u8; n * 2];
+    t.read_bytes(offset, &mut bytes);
+    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+}
+
+fn read_f32(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
+    let mut bytes = vec![0u8; n * 4];
+    t.read_bytes(offset, &mut bytes);
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// In each of `n_rows` rows of `per_row` items of `item` bytes, moves items
+/// [shift, shift + kept) to the front and zeroes the rest.
+fn shift_items(t: Tensor<'_>, n_rows: usize, per_row: usize, item: usize, shift: usize, kept: usize) {
+    let row_bytes = per_row * item;
+    let mut buf = vec![0u8; row_bytes];
+    for r in 0..n_rows {
+        t.read_bytes(r * row_bytes, &mut buf);
+        buf.copy_within(shift * item..(shift + kept) * item, 0);
+        buf[kept * item..].fill(0);
+        t.write_bytes(r * row_bytes, &buf);
+    }
+}

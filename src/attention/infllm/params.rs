@@ -1,0 +1,107 @@
+//! InfLLM settings and their per-model defaults.
+
+use anyhow::ensure;
+
+use crate::ggml::{type_by_name, type_info, TYPE_F16};
+
+/// Types allowed for the quantized block store (`-ctk` / `-ctv`): their
+/// quantization blocks (1 or 32 values) divide any head dimension we run.
+pub const BLOCK_TYPES: &[&str] = &["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"];
+
+/// Text length addressed when `-c 0` asks for no cap (address space is
+/// reserved for it, memory is used only as the text grows).
+pub const NO_CAP_TOKENS: usize = 1 << 24;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InfllmParams {
+    /// First tokens kept forever (attention sinks).
+    pub n_init: usize,
+    /// Sliding local window, in tokens.
+    pub n_local: usize,
+    /// Tokens per memory block.
+    pub block_size: usize,
+    /// Memory blocks retrieved per chunk and layer (0: StreamingLLM).
+    pub topk: usize,
+    /// Representative tokens per block and head.
+    pub repr_topk: usize,
+    /// Queries processed together; one retrieval per chunk.
+    pub chunk: usize,
+    /// ggml types of the stored block keys and values.
+    pub type_k: u32,
+    pub type_v: u32,
+    /// Most tokens of text (the `-c` cap; `NO_CAP_TOKENS` when 0 is given).
+    pub max_tokens: usize,
+}
+
+impl InfllmParams {
+    /// The reference defaults (128 / 4096 / 128 / 16 / 4 / 512), shrunk for
+    /// models trained on short contexts so that the attended span
+    /// n_init + n_local + topk * block_size stays below `n_ctx_train`.
+    pub fn defaults_for(n_ctx_train: usize) -> Self {
+        let q8_0 = type_by_name("q8_0").map_or(TYPE_F16, |t| t.id);
+        let mut p = Self {
+            n_init: 128,
+            n_local: 4096,
+            block_size: 128,
+            topk: 16,
+            repr_topk: 4,
+            chunk: 512,
+            type_k: q8_0,
+            type_v: q8_0,
+            max_tokens: NO_CAP_TOKENS,
+        };
+        while p.span() >= n_ctx_train && p.n_local > 256 {
+            p.n_local /= 2;
+            p.topk = (p.topk / 2).max(1);
+        }
+        p.chunk = p.chunk.min(p.n_local);
+        p.n_init = p.n_init.min(p.n_local / 4);
+        p
+    }
+
+    /// Tokens a query can attend: initial + local + retrieved.
+    pub fn span(&self) -> usize {
+        self.n_init + self.n_local + self.topk * self.block_size
+    }
+
+    pub fn validate(&self, head_dim: usize) -> anyhow::Result<()> {
+        ensure!(self.n_local > 0, "--n-local must be positive");
+        ensure!(self.block_size > 0, "--block-size must be positive");
+        ensure!(self.chunk > 0 && self.chunk <= self.n_local, "--chunk must be between 1 and --n-local ({})", self.n_local);
+        ensure!(self.repr_topk > 0 && self.repr_topk <= self.block_size, "--repr-topk must be between 1 and --block-size");
+        for (flag, ty) in [("-ctk", self.type_k), ("-ctv", self.type_v)] {
+            let info = type_info(ty).ok_or_else(|| anyhow::anyhow!("{flag}: unknown type {ty}"))?;
+            ensure!(
+                BLOCK_TYPES.contains(&info.name),
+                "{flag} {}: not a block-store type (use one of {})",
+                info.name,
+                BLOCK_TYPES.join(", ")
+            );
+            ensure!(
+                head_dim as u64 % info.block_size == 0 && self.block_size as u64 % info.block_size == 0,
+                "{flag} {}: head dim {head_dim} and --block-size {} must be multiples of {}",
+                info.name,
+                self.block_size,
+                info.block_size
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_keep_the_span_inside_the_training_context() {
+        let p = InfllmParams::defaults_for(8192);
+        assert_eq!((p.n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk), (128, 4096, 128, 16, 4, 512));
+        assert_eq!(p.span(), 6272);
+        for n in [1024, 2048, 4096, 32768] {
+            let p = InfllmParams::defaults_for(n);
+            assert!(p.span() < n, "{n}: {p:?}");
+            p.validate(64).unwrap();
+        }
+    }
+}

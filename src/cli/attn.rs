@@ -1,0 +1,107 @@
+//! Attention flags: `--attn infllm|full|stream` and InfLLM's settings.
+
+use clap::{Args, ValueEnum};
+
+use crate::attention::infllm::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
+use crate::engine::AttnMode;
+use crate::ggml::type_by_name;
+use crate::model::Hparams;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttnKind {
+    /// InfLLM: initial tokens + local window + top-k memory blocks
+    Infllm,
+    /// Standard attention over a KV cache of -c tokens
+    Full,
+    /// StreamingLLM: initial tokens + local window (InfLLM without retrieval)
+    Stream,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AttnArgs {
+    /// Attention over the past
+    #[arg(long, value_enum, default_value_t = AttnKind::Infllm, help_heading = "Attention / InfLLM")]
+    pub attn: AttnKind,
+    /// Initial tokens kept forever [default: 128, less for short-context models]
+    #[arg(long = "n-init", help_heading = "Attention / InfLLM")]
+    pub n_init: Option<usize>,
+    /// Local window in tokens [default: 4096, less for short-context models]
+    #[arg(long = "n-local", help_heading = "Attention / InfLLM")]
+    pub n_local: Option<usize>,
+    /// Tokens per memory block [default: 128]
+    #[arg(long = "block-size", help_heading = "Attention / InfLLM")]
+    pub block_size: Option<usize>,
+    /// Memory blocks retrieved per chunk and layer [default: 16, less for short-context models]
+    #[arg(long, help_heading = "Attention / InfLLM")]
+    pub topk: Option<usize>,
+    /// Representative tokens per block and head [default: 4]
+    #[arg(long = "repr-topk", help_heading = "Attention / InfLLM")]
+    pub repr_topk: Option<usize>,
+    /// Queries processed together, one retrieval per chunk [default: 512]
+    #[arg(long, help_heading = "Attention / InfLLM")]
+    pub chunk: Option<usize>,
+    /// Type of the stored memory-block keys (-ctk) (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1)
+    #[arg(long = "cache-type-k", default_value = "q8_0", help_heading = "Attention / InfLLM")]
+    pub cache_type_k: String,
+    /// Type of the stored memory-block values (-ctv)
+    #[arg(long = "cache-type-v", default_value = "q8_0", help_heading = "Attention / InfLLM")]
+    pub cache_type_v: String,
+}
+
+impl AttnArgs {
+    /// The attention for a model; `n_ctx` is `-c` (None: not given).
+    pub fn mode(&self, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
+        if self.attn == AttnKind::Full {
+            return Ok(AttnMode::Full);
+        }
+        let mut p = InfllmParams::defaults_for(hp.n_ctx_train);
+        p.n_init = self.n_init.unwrap_or(p.n_init);
+        p.n_local = self.n_local.unwrap_or(p.n_local);
+        p.block_size = self.block_size.unwrap_or(p.block_size);
+        p.topk = self.topk.unwrap_or(p.topk);
+        p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
+        p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local));
+        if self.attn == AttnKind::Stream {
+            p.topk = 0;
+        }
+        p.type_k = block_type("-ctk", &self.cache_type_k)?;
+        p.type_v = block_type("-ctv", &self.cache_type_v)?;
+        p.max_tokens = match n_ctx {
+            None | Some(0) => NO_CAP_TOKENS,
+            Some(n) => n,
+        };
+        p.validate(hp.head_dim)?;
+        Ok(AttnMode::Infllm(p))
+    }
+}
+
+fn block_type(flag: &str, name: &str) -> anyhow::Result<u32> {
+    match type_by_name(name) {
+        Some(t) if BLOCK_TYPES.contains(&t.name) => Ok(t.id),
+        _ => anyhow::bail!("{flag} {name}: unsupported (use one of {})", BLOCK_TYPES.join(", ")),
+    }
+}
+
+/// A line describing the attention, printed at load.
+pub fn describe(mode: &AttnMode, hp: &Hparams) -> String {
+    match mode {
+        AttnMode::Full => "attention: full KV cache".to_string(),
+        AttnMode::Infllm(p) => {
+            let name = |t| crate::ggml::type_info(t).map_or("?", |i| i.name);
+            format!(
+                "attention: {} n_init = {}, n_local = {}, block_size = {}, topk = {}, repr_topk = {}, chunk = {}, blocks {}/{}, span {} (trained {})",
+                if p.topk == 0 { "stream" } else { "infllm" },
+                p.n_init,
+                p.n_local,
+                p.block_size,
+                p.topk,
+                p.repr_topk,
+                p.chunk,
+                name(p.type_k),
+                name(p.type_v),
+                p.span(),
+                hp.n_ctx_train
+            )
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! InfLLM attention against an independent brute-force implementation of
+//! `shared/docs/infllm.md`, on random tensors with small settings: block
+//! formation across chunk edges, initial / remainder bookkeeping, per-head
+//! representative tokens under GQA, the joint softmax with both masks, and
+//! top-k retrieval.
+
+use infllm::attention::infllm::{
+    representative_key, BlockShape, BlockStore, HeadShape, InfllmAttention, InfllmParams,
+};
+use infllm::attention::LayerAttn;
+use infllm::compute::Step;
+use infllm::ggml::{self, Backend, GraphAllocator, RopeParams, ROPE_NORMAL};
+
+const HEAD_DIM: usize = 32;
+const N_HEAD: usize = 4;
+const N_HEAD_KV: usize = 2;
+const ROPE_BASE: f32 = 10_000.0;
+
+/// A small deterministic generator (xorshift64*), values in [-1, 1) rounded
+/// to f16 so that the f16 window buffer stores them exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32;
+        half::f16::from_f32(2.0 * x - 1.0).to_f32()
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn params(n_init: usize, topk: usize) -> InfllmParams {
+    let f32_id = ggml::type_by_name("f32").unwrap().id;
+    InfllmParams {
+        n_init,
+        n_local: 256,
+        block_size: 32,
+        topk,
+        repr_topk: 3,
+        chunk: 64,
+        type_k: f32_id,
+        type_v: f32_id,
+        max_tokens: 1 << 16,
+    }
+}
+
+fn rope_params() -> RopeParams {
+    RopeParams {
+        n_dims: HEAD_DIM as i32,
+        mode: ROPE_NORMAL,
+        n_ctx_orig: 4096,
+        freq_base: ROPE_BASE,
+        freq_scale: 1.0,
+        ext_factor: 0.0,
+        attn_factor: 1.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+    }
+}
+
+/// Token-major inputs of one step: q [T][N_HEAD][HEAD_DIM], k and v [T][N_HEAD_KV][HEAD_DIM].
+struct Chunk {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
+    let mut rng = Rng(seed);
+    sizes
+        .iter()
+        .map(|&t| Chunk {
+            q: rng.vec(t * N_HEAD * HEAD_DIM),
+            k: rng.vec(t * N_HEAD_KV * HEAD_DIM),
+            v: rng.vec(t * N_HEAD_KV * HEAD_DIM),
+        })
+        .collect()
+}
+
+/// Runs the engine's InfLLM attention (one layer) over the chunks; returns
+/// each token's output [N_HEAD][HEAD_DIM].
+fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+    ggml::set_quiet_logs(true);
+    let heads = HeadShape {
+        n_layer: 1,
+        head_dim: HEAD_DIM,
+        n_head: N_HEAD,
+        n_head_kv: N_HEAD_KV,
+    };
+    let mut attn = InfllmAttention::new(p, heads).unwrap();
+    let mut backend = Backend::cpu(2).unwrap();
+    let mut alloc = GraphAllocator::cpu();
+    let la = LayerAttn {
+        rope: rope_params(),
+        scale: 1.0 / (HEAD_DIM as f32).sqrt(),
+        softcap: 0.0,
+    };
+    let mut outputs = Vec::new();
+    for c in chunks {
+        let t = c.k.len() / (N_HEAD_KV * HEAD_DIM);
+        attn.prepare(t).unwrap();
+        let ctx = Step::context();
+        let mut step = Step::new(&ctx);
+        let inp = attn.begin(&mut step, t);
+        let (hd, nh, nkv, tt) = (HEAD_DIM as i64, N_HEAD as i64, N_HEAD_KV as i64, t as i64);
+        let q = step.input_f32(&[hd, nh, tt], c.q.clone());
+        let k = step.input_f32(&[hd, nkv, tt], c.k.clone());
+        let v = step.input_f32(&[hd, nkv, tt], c.v.clone());
+        let out = attn.attend(&mut step, &inp, 0, q, k, v, &la, None).set_output();
+        step.graph.expand(out);
+        step.run(&mut backend, &mut alloc).unwrap();
+        let mut data = Vec::new();
+        out.read_f32(&mut data);
+        outputs.extend(data.chunks(N_HEAD * HEAD_DIM).map(|x| x.to_vec()));
+        drop(step);
+        attn.commit(t).unwrap();
+    }
+    outputs
+}
+
+/// ggml's NORMAL rotary embedding: adjacent pairs rotated by pos * base^(-2i/d).
+fn rope(x: &[f64], pos: f64) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for i in 0..HEAD_DIM / 2 {
+        let theta = pos * (ROPE_BASE as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
+        let (s, c) = theta.sin_cos();
+        let (a, b) = (x[2 * i], x[2 * i + 1]);
+        out[2 * i] = a * c - b * s;
+        out[2 * i + 1] = a * s + b * c;
+    }
+    out
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The semantics of infllm.md, written out plainly over the whole history.
+fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+    let group = N_HEAD / N_HEAD_KV;
+    let e = N_HEAD_KV * HEAD_DIM;
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    // History, token-major.
+    let mut keys: Vec<Vec<f64>> = Vec::new(); // [pos] -> [e]
+    let mut vals: Vec<Vec<f64>> = Vec::new();
+    let mut score: Vec<[f64; N_HEAD]> = Vec::new();
+    let mut n_init = 0usize;
+    let mut rem_start = 0usize;
+    let mut blocks: Vec<(usize, Vec<f64>)> = Vec::new(); // (first position, representative key)
+    let mut outputs = Vec::new();
+    let kh = |k: &Vec<f64>, h: usize| k[(h / group) * HEAD_DIM..(h / group + 1) * HEAD_DIM].to_vec();
+
+    for c in chunks {
+        let t = c.k.len() / e;
+        let start = keys.len();
+        let end = start + t;
+        for i in 0..t {
+            keys.push(c.k[i * e..(i + 1) * e].iter().map(|&x| x as f64).collect());
+            vals.push(c.v[i * e..(i + 1) * e].iter().map(|&x| x as f64).collect());
+            score.push([0.0; N_HEAD]);
+        }
+        let q_of = |i: usize, h: usize| -> Vec<f64> {
+            let o = (i * N_HEAD + h) * HEAD_DIM;
+            c.q[o..o + HEAD_DIM].iter().map(|&x| x as f64).collect()
+        };
+
+        // Retrieval: mean over the chunk of the globally rotated queries.
+        let selected: Vec<usize> = if blocks.len() <= p.topk {
+            (0..blocks.len()).collect()
+        } else {
+            let mut mean = vec![0.0; N_HEAD * HEAD_DIM];
+            for i in 0..t {
+                for h in 0..N_HEAD {
+                    let qg = rope(&q_of(i, h), (p.n_local - 1) as f64);
+                    for d in 0..HEAD_DIM {
+                        mean[h * HEAD_DIM + d] += qg[d] / t as f64;
+                    }
+                }
+            }
+            let mut order: Vec<usize> = (0..blocks.len()).collect();
+            order.sort_by(|&a, &b| dot(&blocks[b].1, &mean).total_cmp(&dot(&blocks[a].1, &mean)));
+            order.truncate(p.topk);
+            order
+        };
+        let mut global: Vec<usize> = selected.iter().flat_map(|&b| blocks[b].0..blocks[b].0 + p.block_size).collect();
+        global.extend(0..n_init);
+
+        for i in 0..t {
+            let pos = start + i;
+            let mut out = vec![0f32; N_HEAD * HEAD_DIM];
+            for h in 0..N_HEAD {
+                let q = q_of(i, h);
+                let ql = rope(&q, pos as f64);
+                let qg = rope(&q, (p.n_local - 1) as f64);
+                // (position, logit, is_local)
+                let mut entries: Vec<(usize, f64, bool)> = Vec::new();
+                for j in (pos + 1).saturating_sub(p.n_local)..=pos {
+                    entries.push((j, dot(&ql, &rope(&kh(&keys[j], h), j as f64)) * scale, true));
+                }
+                for &j in &global {
+                    entries.push((j, dot(&qg, &kh(&keys[j], h)) * scale, false));
+                }
+                for j in rem_start..end.saturating_sub(p.n_local).max(rem_start) {
+                    if pos - j >= p.n_local {
+                        entries.push((j, dot(&qg, &kh(&keys[j], h)) * scale, false));
+                    }
+                }
+                let max = entries.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = entries.iter().map(|x| (x.1 - max).exp()).sum();
+                for &(j, l, local) in &entries {
+                    let w = (l - max).exp() / sum;
+                    if local {
+                        score[j][h] += w;
+                    }
+                    let v = kh(&vals[j], h);
+                    for d in 0..HEAD_DIM {
+                        out[h * HEAD_DIM + d] += (w * v[d]) as f32;
+                    }
+                }
+            }
+            outputs.push(out);
+        }
+
+        // Eviction: initial tokens first, then whole blocks.
+        let evict_end = end.saturating_sub(p.n_local);
+        if n_init < p.n_init && evict_end > rem_start {
+            let take = p.n_init.min(evict_end) - rem_start;
+            n_init += take;
+            rem_start += take;
+        }
+        while evict_end >= rem_start + p.block_size {
+            if p.topk > 0 {
+                let mut repr = vec![0.0; N_HEAD * HEAD_DIM];
+                for h in 0..N_HEAD {
+                    let mut toks: Vec<usize> = (rem_start..rem_start + p.block_size).collect();
+                    toks.sort_by(|&a, &b| score[b][h].total_cmp(&score[a][h]).then(a.cmp(&b)));
+                    for &j in &toks[..p.repr_topk] {
+                        for (d, x) in kh(&keys[j], h).iter().enumerate() {
+                            repr[h * HEAD_DIM + d] += x / p.repr_topk as f64;
+                        }
+                    }
+                }
+                blocks.push((rem_start, repr));
+            }
+            rem_start += p.block_size;
+        }
+    }
+    outputs
+}
+
+fn compare(p: InfllmParams, sizes: &[usize], seed: u64) {
+    let data = chunks(sizes, seed);
+    let ours = run_engine(p, &data);
+    let want = run_reference(p, &data);
+    assert_eq!(ours.len(), want.len());
+    let mut worst = (0f32, 0usize);
+    for (pos, (a, b)) in ours.iter().zip(&want).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            if (x - y).abs() > worst.0 {
+                worst = ((x - y).abs(), pos);
+            }
+        }
+    }
+    eprintln!("{} tokens, max |difference| {:e} at position {}", ours.len(), worst.0, worst.1);
+    // Queries meet f16 keys in ggml's matmul (the query is rounded to f16).
+    assert!(worst.0 < 2e-3, "output differs by {} at position {}", worst.0, worst.1);
+}
+
+/// Chunk sizes that are not multiples of the chunk or the block, with
+/// single-token decode steps in between; 1,400 tokens make 30+ blocks and
+/// move the window buffer several times.
+const SIZES: &[usize] = &[64, 37, 64, 1, 1, 50, 64, 64, 13, 64, 64, 3, 64, 64, 64, 29, 64, 64, 64, 1, 64, 64, 64, 7, 64, 64, 64, 64, 5, 1, 1, 64, 64, 64];
+
+#[test]
+fn infllm_matches_brute_force() {
+    compare(params(16, 2), SIZES, 7);
+}
+
+#[test]
+fn infllm_matches_brute_force_with_more_blocks_and_odd_init() {
+    let mut p = params(21, 4);
+    p.block_size = 64;
+    p.repr_topk = 1;
+    compare(p, SIZES, 11);
+}
+
+#[test]
+fn stream_mode_matches_brute_force() {
+    compare(params(16, 0), SIZES, 13);
+}
+
+#[test]
+fn short_sequence_is_full_causal_attention() {
+    // Everything inside the window: no initial tokens, blocks or remainder.
+    compare(params(16, 2), &[64, 64, 1, 64, 50], 17);
+}
+
+#[test]
+fn representative_keys_per_head_under_gqa() {
+    let shape = BlockShape {
+        block_size: 8,
+        head_dim: 4,
+        n_head: 4,
+        n_head_kv: 2,
+        type_k: 0,
+        type_v: 0,
+    };
+    let e = 8;
+    let k: Vec<f32> = (0..8 * e).map(|i| i as f32).collect();
+    let mut scores = vec![0f32; 4 * 8];
+    // Head 0 prefers tokens 5 and 2; head 3 (KV head 1) tokens 7 and 0, with a tie at 1.
+    scores[5] = 0.9;
+    scores[2] = 0.8;
+    scores[3 * 8 + 7] = 0.5;
+    scores[3 * 8] = 0.4;
+    scores[3 * 8 + 1] = 0.4;
+    let r = representative_key(&shape, 2, &k, &scores);
+    let mean = |a: usize, b: usize, kv: usize| -> Vec<f32> {
+        (0..4).map(|d| (k[a * e + kv * 4 + d] + k[b * e + kv * 4 + d]) / 2.0).collect()
+    };
+    assert_eq!(&r[0..4], mean(5, 2, 0).as_slice());
+    assert_eq!(&r[12..16], mean(7, 0, 1).as_slice());
+    // Heads 1 and 2 have all-zero scores: the first two tokens win.
+    assert_eq!(&r[4..8], mean(0, 1, 0).as_slice());
+    assert_eq!(&r[8..12], mean(0, 1, 1).as_slice());
+}
+
+#[test]
+fn quantized_block_store_round_trip() {
+    let mut rng = Rng(99);
+    for (name, bound) in [("f32", 0.0), ("f16", 1e-3), ("q8_0", 1e-2), ("q5_0", 7e-2), ("q5_1", 7e-2), ("q4_0", 0.15), ("q4_1", 0.15)] {
+        let ty = ggml::type_by_name(name).unwrap().id;
+        let shape = BlockShape {
+            block_size: 32,
+            head_dim: 64,
+            n_head: 4,
+            n_head_kv: 2,
+            type_k: ty,
+            type_v: ty,
+        };
+        let n = shape.block_values();
+        let mut store = BlockStore::new(shape, 4).unwrap();
+        let (k, v) = (rng.vec(n), rng.vec(n));
+        store.push(&k, &v, &vec![0.0; shape.repr_len()]).unwrap();
+        store.push(&v, &k, &vec![0.0; shape.repr_len()]).unwrap();
+        let (kb, vb) = store.block_bytes(1);
+        for (got, want) in [(ggml::dequantize(ty, kb, n), &v), (ggml::dequantize(ty, vb, n), &k)] {
+            let err = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= bound, "{name}: max error {err} > {bound}");
+        }
+        // Bytes per block (and so per token) follow from the types alone.
+        let info = ggml::type_info(ty).unwrap();
+        let per_block = 2 * n as u64 / info.block_size * info.type_size + shape.repr_len() as u64 * 4;
+        assert_eq!(store.bytes() as u64, 2 * per_block, "{name}");
+    }
+}
