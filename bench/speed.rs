@@ -15,7 +15,10 @@ const TG: usize = 128;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(args.next().unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into()));
+    let path = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into()),
+    );
     let threads: usize = args.next().map_or(Ok(2), |s| s.parse())?;
     let reps: usize = args.next().map_or(Ok(5), |s| s.parse())?;
     infllm::ggml::set_quiet_logs(true);
@@ -29,11 +32,13 @@ fn main() -> anyhow::Result<()> {
         n_batch: 2048,
         n_ubatch: 512,
         n_threads: threads as i32,
+        flash_attn: None,
     };
     let mut rctx = RefContext::new(&rm, params)?;
     let mut engine = Engine::new(
         Model::load(&path)?,
         EngineParams {
+            attn: infllm::engine::AttnMode::Full { flash_attn: true },
             n_threads: threads,
             n_ctx: PP + TG,
             n_ubatch: 512,
@@ -59,14 +64,14 @@ fn main() -> anyhow::Result<()> {
 
         engine.clear();
         let t = Instant::now();
-        for i in 0..TG {
-            engine.eval(&[prompt[i]], false, &mut |_, _| {})?;
+        for &t in &prompt[..TG] {
+            engine.eval(&[t], false, &mut |_, _| {})?;
         }
         let s = t.elapsed().as_secs_f64();
         rctx.clear();
         let t = Instant::now();
-        for i in 0..TG {
-            rctx.decode(&[prompt[i]], 1, false)?;
+        for &t in &prompt[..TG] {
+            rctx.decode(&[t], 1, false)?;
         }
         let r = t.elapsed().as_secs_f64();
         if keep {

@@ -12,8 +12,9 @@ use crate::tokenizer::Token;
 /// Which attention a run uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AttnMode {
-    /// Standard attention over a KV cache of `n_ctx` tokens.
-    Full,
+    /// Standard attention over a KV cache of `n_ctx` tokens, with or
+    /// without the fused flash-attention kernel.
+    Full { flash_attn: bool },
     /// InfLLM memory attention (`topk = 0`: StreamingLLM).
     Infllm(InfllmParams),
 }
@@ -41,9 +42,15 @@ impl Engine {
     pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
         let hp = &model.hp;
         let attention = match p.attn {
-            AttnMode::Full => {
+            AttnMode::Full { flash_attn } => {
                 let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
-                Attention::Full(FullAttention::new(hp.n_layer, n_ctx, hp.head_dim, hp.n_head_kv)?)
+                Attention::Full(FullAttention::new(
+                    hp.n_layer,
+                    n_ctx,
+                    hp.head_dim,
+                    hp.n_head_kv,
+                    flash_attn,
+                )?)
             }
             AttnMode::Infllm(ip) => {
                 let heads = HeadShape {

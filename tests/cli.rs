@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 use infllm::gguf::{GgufWriter, Value};
 
 fn infllm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_infllm")).args(args).output().expect("run infllm")
+    Command::new(env!("CARGO_BIN_EXE_infllm"))
+        .args(args)
+        .output()
+        .expect("run infllm")
 }
 
 fn text(b: &[u8]) -> String {
@@ -46,7 +49,11 @@ fn broken_model_files_give_one_line_and_exit_1() {
         ("header.gguf", real[..1000].to_vec(), "tensor count 272 is impossible"),
         ("tokens.gguf", real[..300_000].to_vec(), "tokenizer.ggml.tokens"),
         ("data.gguf", real[..real.len() / 2].to_vec(), "past the end"),
-        ("version.gguf", [&b"GGUF"[..], &7u32.to_le_bytes(), &[0u8; 16]].concat(), "version 7"),
+        (
+            "version.gguf",
+            [&b"GGUF"[..], &7u32.to_le_bytes(), &[0u8; 16]].concat(),
+            "version 7",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let path = tmp(name);
@@ -62,7 +69,10 @@ fn unknown_architecture_is_named() {
     w.add("general.architecture", Value::String("mamba9".into()));
     let path = tmp("arch.gguf");
     w.write(&path).unwrap();
-    assert_clean_error(&run_model(&path, &[]), "unknown architecture 'mamba9' (supported: llama");
+    assert_clean_error(
+        &run_model(&path, &[]),
+        "unknown architecture 'mamba9' (supported: llama",
+    );
 }
 
 #[test]
@@ -76,13 +86,28 @@ fn prompt_longer_than_context_is_an_error() {
 #[test]
 fn same_seed_same_text_and_prompt_echo() {
     let model = common::smollm2();
-    let args = ["-m", model.to_str().unwrap(), "-p", "Once upon a time", "-n", "24", "--temp", "0.9", "-s", "1234"];
+    let args = [
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "-n",
+        "24",
+        "--temp",
+        "0.9",
+        "-s",
+        "1234",
+    ];
     let a = infllm(&args);
     let b = infllm(&args);
     assert!(a.status.success(), "{}", text(&a.stderr));
     assert_eq!(text(&a.stdout), text(&b.stdout));
     assert!(text(&a.stdout).starts_with("Once upon a time"));
-    assert!(text(&a.stdout).len() > "Once upon a time".len() + 10, "{}", text(&a.stdout));
+    assert!(
+        text(&a.stdout).len() > "Once upon a time".len() + 10,
+        "{}",
+        text(&a.stdout)
+    );
     // Timings go to stderr, like llama.cpp.
     assert!(text(&a.stderr).contains("tokens per second"), "{}", text(&a.stderr));
 

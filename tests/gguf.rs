@@ -33,11 +33,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
 
 fn assert_same_metadata(ours: &[(String, Value)], theirs: &[(String, Value)]) {
     let keys = |m: &[(String, Value)]| m.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        keys(ours),
-        keys(theirs),
-        "metadata keys or their order differ"
-    );
+    assert_eq!(keys(ours), keys(theirs), "metadata keys or their order differ");
     for ((key, a), (_, b)) in ours.iter().zip(theirs) {
         assert_eq!(a.value_type(), b.value_type(), "type of '{key}'");
         if let (Value::Array(ta, xs), Value::Array(tb, ys)) = (a, b) {
@@ -110,11 +106,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 
 /// Offset just past the length-prefixed string `s` (where what follows it starts).
 fn after_str(bytes: &[u8], s: &str) -> usize {
-    find(
-        bytes,
-        &[&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat(),
-    ) + 8
-        + s.len()
+    find(bytes, &[&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()) + 8 + s.len()
 }
 
 fn put(bytes: &mut [u8], at: usize, new: &[u8]) {
@@ -136,9 +128,7 @@ fn strings(items: &[&str]) -> Value {
 }
 
 fn bytes_of(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// A small valid file with every structure: strings, scalars, a bool, a
@@ -190,10 +180,7 @@ fn one_tensor(name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> Vec<u8
 }
 
 fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "infllm-test-gguf-{}-{name}.gguf",
-        std::process::id()
-    ))
+    std::env::temp_dir().join(format!("infllm-test-gguf-{}-{name}.gguf", std::process::id()))
 }
 
 /// Deterministic xorshift64 (no extra crate).
@@ -298,17 +285,9 @@ fn small_file_is_valid_and_matches_ggml_layout() {
 fn truncated_at_every_byte_offset() {
     let bytes = small();
     for len in 0..bytes.len() {
-        let msg = parse(
-            bytes[..len].to_vec(),
-            &format!("the file cut to {len} bytes"),
-        )
-        .err()
-        .unwrap_or_else(|| {
-            panic!(
-                "the file cut to {len} of {} bytes was accepted",
-                bytes.len()
-            )
-        });
+        let msg = parse(bytes[..len].to_vec(), &format!("the file cut to {len} bytes"))
+            .err()
+            .unwrap_or_else(|| panic!("the file cut to {len} of {} bytes was accepted", bytes.len()));
         assert!(
             ["truncated GGUF file", "impossible", "runs past the end"]
                 .iter()
@@ -337,10 +316,7 @@ fn truncated_at_structural_boundaries() {
     let key = find(&b, b"general.architecture");
     cut(
         key - 3,
-        &[&format!(
-            "metadata entry #5: metadata key length at byte {}",
-            key - 8
-        )],
+        &[&format!("metadata entry #5: metadata key length at byte {}", key - 8)],
     );
     cut(
         key + 3,
@@ -350,10 +326,7 @@ fn truncated_at_structural_boundaries() {
     );
     // Inside a value type, a string value, a u32 value, a bool.
     let arch = after_str(&b, "general.architecture");
-    cut(
-        arch + 2,
-        &["metadata key 'general.architecture': value type"],
-    );
+    cut(arch + 2, &["metadata key 'general.architecture': value type"]);
     cut(
         after_str(&b, "llama") - 2,
         &["metadata key 'general.architecture': string value at byte"],
@@ -368,10 +341,7 @@ fn truncated_at_structural_boundaries() {
     );
     // Inside a string array: its length, then its third item.
     let tokens = after_str(&b, "test.tokens");
-    cut(
-        tokens + 4 + 4 + 3,
-        &["metadata key 'test.tokens': array length"],
-    );
+    cut(tokens + 4 + 4 + 3, &["metadata key 'test.tokens': array length"]);
     cut(
         after_str(&b, "hello") + 8 + 4,
         &["metadata key 'test.tokens': String array item #3: string value length"],
@@ -387,26 +357,14 @@ fn truncated_at_structural_boundaries() {
     );
     // Inside each field of a tensor entry.
     let (n_dims, dim0, ty, off) = tensor_fields(&b, "tensor.float", 2);
-    cut(
-        find(&b, b"tensor.float") + 4,
-        &["tensor entry #1: tensor name at byte"],
-    );
-    cut(
-        n_dims + 1,
-        &["tensor entry #1: tensor 'tensor.float': dimension count"],
-    );
-    cut(
-        dim0 + 8 + 3,
-        &["tensor 'tensor.float': dimension 1 at byte"],
-    );
+    cut(find(&b, b"tensor.float") + 4, &["tensor entry #1: tensor name at byte"]);
+    cut(n_dims + 1, &["tensor entry #1: tensor 'tensor.float': dimension count"]);
+    cut(dim0 + 8 + 3, &["tensor 'tensor.float': dimension 1 at byte"]);
     cut(ty + 1, &["tensor 'tensor.float': ggml type"]);
     cut(off + 7, &["tensor 'tensor.float': data offset"]);
     // Inside the padding before the data, and inside the data.
     cut(off + 8 + 1, &["padding to the 32-byte aligned tensor data"]);
-    cut(
-        b.len() - 1,
-        &["tensor 'tensor.float'", "runs past the end of the file"],
-    );
+    cut(b.len() - 1, &["tensor 'tensor.float'", "runs past the end of the file"]);
     cut(
         b.len() - 70,
         &["tensor 'tensor.quant'", "runs past the end of the file"],
@@ -430,12 +388,7 @@ fn bad_magic_and_versions() {
         &["version 50331648", "is the file big-endian?"],
     );
     // Version 2 has the same layout as 3.
-    assert_eq!(
-        parse(with(&b, 4, &2u32.to_le_bytes()), "version 2")
-            .unwrap()
-            .version,
-        2
-    );
+    assert_eq!(parse(with(&b, 4, &2u32.to_le_bytes()), "version 2").unwrap().version, 2);
 }
 
 #[test]
@@ -443,10 +396,7 @@ fn absurd_counts() {
     let b = small();
     expect_err(
         with(&b, 16, &u64::MAX.to_le_bytes()),
-        &[
-            "at byte 24",
-            "metadata count 18446744073709551615 is impossible",
-        ],
+        &["at byte 24", "metadata count 18446744073709551615 is impossible"],
     );
     expect_err(
         with(&b, 8, &u64::MAX.to_le_bytes()),
@@ -524,10 +474,7 @@ fn tensor_offsets_past_the_end_or_misaligned() {
     let (_, _, _, off) = tensor_fields(&b, "tensor.float", 2);
     expect_err(
         with(&b, off, &(1u64 << 20).to_le_bytes()),
-        &[
-            "tensor 'tensor.float'",
-            "data [1048576, +32) runs past the end",
-        ],
+        &["tensor 'tensor.float'", "data [1048576, +32) runs past the end"],
     );
     expect_err(
         with(&b, off, &(u64::MAX - 31).to_le_bytes()),
@@ -535,10 +482,7 @@ fn tensor_offsets_past_the_end_or_misaligned() {
     );
     expect_err(
         with(&b, off, &72u64.to_le_bytes()),
-        &[
-            "tensor 'tensor.float'",
-            "data offset 72 is not aligned to 32",
-        ],
+        &["tensor 'tensor.float'", "data offset 72 is not aligned to 32"],
     );
     // Overlapping data: both tensors at offset 0.
     expect_err(
@@ -571,10 +515,7 @@ fn bad_general_alignment() {
             "'general.alignment': alignment 0 is not a power of two",
         ],
     );
-    expect_err(
-        with_alignment(Value::U32(3)),
-        &["alignment 3 is not a power of two"],
-    );
+    expect_err(with_alignment(Value::U32(3)), &["alignment 3 is not a power of two"]);
     expect_err(
         with_alignment(Value::U64(32)),
         &["'general.alignment' must be a u32, found U64 32"],
@@ -681,10 +622,7 @@ fn duplicate_names_and_keys() {
     );
     let mut w = small_writer();
     w.add("test.count", Value::U32(8));
-    expect_err(
-        w.to_bytes(),
-        &["duplicate metadata key 'test.count' (entry #8)"],
-    );
+    expect_err(w.to_bytes(), &["duplicate metadata key 'test.count' (entry #8)"]);
 }
 
 #[test]
@@ -709,21 +647,14 @@ fn bad_keys_and_names() {
     // An empty key.
     let mut w = GgufWriter::new();
     w.add("", Value::U8(1));
-    expect_err(
-        w.to_bytes(),
-        &["at byte 24", "metadata entry #0 has an empty key"],
-    );
+    expect_err(w.to_bytes(), &["at byte 24", "metadata entry #0 has an empty key"]);
     // A tensor name ggml would cut.
     let long = "x".repeat(64);
     expect_err(
         one_tensor(&long, &[8], F32, bytes_of(32, 0)),
         &["is 64 bytes long (ggml allows at most 63)"],
     );
-    assert!(parse(
-        one_tensor(&long[..63], &[8], F32, bytes_of(32, 0)),
-        "a 63-byte name"
-    )
-    .is_ok());
+    assert!(parse(one_tensor(&long[..63], &[8], F32, bytes_of(32, 0)), "a 63-byte name").is_ok());
 }
 
 #[test]
@@ -743,10 +674,7 @@ fn bool_not_zero_or_one() {
     );
     let b = w.to_bytes();
     let n = b.len();
-    expect_err(
-        with(&b, n - 1, &[7]),
-        &["'flags': Bool array item #1: bool value 7"],
-    );
+    expect_err(with(&b, n - 1, &[7]), &["'flags': Bool array item #1: bool value 7"]);
 }
 
 #[test]
@@ -761,14 +689,8 @@ fn deeply_nested_arrays() {
         w.to_bytes()
     };
     let ok = parse(nest(8), "arrays nested 8 deep").unwrap();
-    assert!(matches!(
-        ok.get("deep"),
-        Some(Value::Array(ValueType::Array, _))
-    ));
-    expect_err(
-        nest(9),
-        &["metadata key 'deep'", "arrays nested more than 8 deep"],
-    );
+    assert!(matches!(ok.get("deep"), Some(Value::Array(ValueType::Array, _))));
+    expect_err(nest(9), &["metadata key 'deep'", "arrays nested more than 8 deep"]);
     expect_err(nest(1000), &["arrays nested more than 8 deep"]);
     // A long chain of array headers with nothing after: the count check
     // stops it before any recursion.
@@ -784,10 +706,7 @@ fn deeply_nested_arrays() {
 fn open_errors() {
     let missing = temp_path("missing");
     let e = GgufFile::open(&missing).unwrap_err().to_string();
-    assert!(
-        e.starts_with("cannot open ") && e.contains("missing"),
-        "{e}"
-    );
+    assert!(e.starts_with("cannot open ") && e.contains("missing"), "{e}");
     let empty = temp_path("empty");
     std::fs::write(&empty, b"").unwrap();
     let e = GgufFile::open(&empty).unwrap_err().to_string();
@@ -796,10 +715,7 @@ fn open_errors() {
     // ggml's reader reports failures as errors too.
     assert!(gguf_ref::read_file(&missing).is_err());
     assert!(gguf_ref::read_bytes(&with(&small(), 0, b"GGML")).is_err());
-    assert!(
-        gguf_ref::read_bytes(&small()).is_err(),
-        "ggml has no nested arrays"
-    );
+    assert!(gguf_ref::read_bytes(&small()).is_err(), "ggml has no nested arrays");
 }
 
 // ---------------------------------------------------------------------------
@@ -853,10 +769,7 @@ fn every_value() -> Vec<(String, Value)> {
 fn nested_values() -> Vec<(String, Value)> {
     use Value::*;
     vec![
-        (
-            "arr.empty.array".to_string(),
-            Array(ValueType::Array, vec![]),
-        ),
+        ("arr.empty.array".to_string(), Array(ValueType::Array, vec![])),
         (
             "arr.nested".to_string(),
             Array(
@@ -865,10 +778,7 @@ fn nested_values() -> Vec<(String, Value)> {
                     Array(ValueType::String, vec![s("x"), s("yz")]),
                     Array(ValueType::String, vec![]),
                     Array(ValueType::U8, vec![U8(1)]),
-                    Array(
-                        ValueType::Array,
-                        vec![Array(ValueType::F32, vec![F32(2.0)])],
-                    ),
+                    Array(ValueType::Array, vec![Array(ValueType::F32, vec![F32(2.0)])]),
                 ],
             ),
         ),
@@ -877,20 +787,10 @@ fn nested_values() -> Vec<(String, Value)> {
 
 fn round_trip_tensors() -> Vec<(&'static str, Vec<u64>, u32, Vec<u8>)> {
     vec![
-        (
-            "tok_embd.weight",
-            vec![64, 3],
-            Q4_0,
-            bytes_of(3 * 2 * 18, 5),
-        ),
+        ("tok_embd.weight", vec![64, 3], Q4_0, bytes_of(3 * 2 * 18, 5)),
         ("norm.weight", vec![7], F32, bytes_of(28, 6)),
         ("empty", vec![0, 5], F16, vec![]),
-        (
-            "blk.0.ffn.weight",
-            vec![256, 1, 2],
-            Q4_K,
-            bytes_of(2 * 144, 7),
-        ),
+        ("blk.0.ffn.weight", vec![256, 1, 2], Q4_K, bytes_of(2 * 144, 7)),
         ("four.d", vec![2, 3, 1, 2], F16, bytes_of(24, 8)),
         ("trailing.ones", vec![4, 1, 1], F32, bytes_of(16, 9)),
     ]
@@ -920,11 +820,7 @@ fn writer_round_trip_every_value_type() {
     }
     for (name, dims, ty, data) in round_trip_tensors() {
         let t = f.tensor(name).unwrap();
-        assert_eq!(
-            (&t.dims, t.ggml_type, t.offset % 32),
-            (&dims, ty, 0),
-            "{name}"
-        );
+        assert_eq!((&t.dims, t.ggml_type, t.offset % 32), (&dims, ty, 0), "{name}");
         assert_eq!(f.tensor_data(t), &data[..], "data of {name}");
     }
     assert_eq!(f.get_u32("u8").unwrap(), 255);
@@ -937,11 +833,7 @@ fn writer_round_trip_every_value_type() {
         .unwrap_err()
         .to_string()
         .contains("'string' has type String, expected a number"));
-    assert!(f
-        .get_u32("nope")
-        .unwrap_err()
-        .to_string()
-        .contains("'nope' is missing"));
+    assert!(f.get_u32("nope").unwrap_err().to_string().contains("'nope' is missing"));
 
     // Metadata only (no tensors): no padding after the header, as in ggml.
     let mut w = GgufWriter::new();
@@ -952,10 +844,7 @@ fn writer_round_trip_every_value_type() {
     assert_same_as_ggml(&f, &gguf_ref::read_bytes(&b).unwrap());
     // An empty file: no metadata, no tensors.
     let f = parse(GgufWriter::new().to_bytes(), "an empty GGUF").unwrap();
-    assert_eq!(
-        (f.metadata.len(), f.tensors.len(), f.data_offset),
-        (0, 0, 24)
-    );
+    assert_eq!((f.metadata.len(), f.tensors.len(), f.data_offset), (0, 0, 24));
 }
 
 #[test]
@@ -974,19 +863,11 @@ fn writer_output_read_by_ggml() {
     assert_same_as_ggml(&ours, &theirs);
     assert_same_metadata(&theirs.metadata, &values);
     assert_eq!(
-        theirs
-            .tensors
-            .iter()
-            .find(|t| t.name == "trailing.ones")
-            .unwrap()
-            .dims,
+        theirs.tensors.iter().find(|t| t.name == "trailing.ones").unwrap().dims,
         vec![4]
     );
     // The same bytes through ggml's buffer reader.
-    assert_eq!(
-        gguf_ref::read_bytes(&w.to_bytes()).unwrap().tensors,
-        theirs.tensors
-    );
+    assert_eq!(gguf_ref::read_bytes(&w.to_bytes()).unwrap().tensors, theirs.tensors);
 }
 
 // ---------------------------------------------------------------------------

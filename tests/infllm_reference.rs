@@ -4,16 +4,17 @@
 //! representative tokens under GQA, the joint softmax with both masks, and
 //! top-k retrieval.
 
-use infllm::attention::infllm::{
-    representative_key, BlockShape, BlockStore, HeadShape, InfllmAttention, InfllmParams,
-};
+// Token positions index the history, as in the page this restates.
+#![allow(clippy::needless_range_loop)]
+
+use infllm::attention::infllm::{representative_key, BlockShape, BlockStore, HeadShape, InfllmAttention, InfllmParams};
 use infllm::attention::LayerAttn;
 use infllm::compute::Step;
 use infllm::ggml::{self, Backend, GraphAllocator, RopeParams, ROPE_NORMAL};
 
 const HEAD_DIM: usize = 32;
-const N_HEAD: usize = 4;
-const N_HEAD_KV: usize = 2;
+const N_HEAD: usize = 9;
+const N_HEAD_KV: usize = 3;
 const ROPE_BASE: f32 = 10_000.0;
 
 /// A small deterministic generator (xorshift64*), values in [-1, 1) rounded
@@ -187,7 +188,10 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
             order.truncate(p.topk);
             order
         };
-        let mut global: Vec<usize> = selected.iter().flat_map(|&b| blocks[b].0..blocks[b].0 + p.block_size).collect();
+        let mut global: Vec<usize> = selected
+            .iter()
+            .flat_map(|&b| blocks[b].0..blocks[b].0 + p.block_size)
+            .collect();
         global.extend(0..n_init);
 
         for i in 0..t {
@@ -266,7 +270,12 @@ fn compare(p: InfllmParams, sizes: &[usize], seed: u64) {
             }
         }
     }
-    eprintln!("{} tokens, max |difference| {:e} at position {}", ours.len(), worst.0, worst.1);
+    eprintln!(
+        "{} tokens, max |difference| {:e} at position {}",
+        ours.len(),
+        worst.0,
+        worst.1
+    );
     // Queries meet f16 keys in ggml's matmul (the query is rounded to f16).
     assert!(worst.0 < 2e-3, "output differs by {} at position {}", worst.0, worst.1);
 }
@@ -274,7 +283,10 @@ fn compare(p: InfllmParams, sizes: &[usize], seed: u64) {
 /// Chunk sizes that are not multiples of the chunk or the block, with
 /// single-token decode steps in between; 1,400 tokens make 30+ blocks and
 /// move the window buffer several times.
-const SIZES: &[usize] = &[64, 37, 64, 1, 1, 50, 64, 64, 13, 64, 64, 3, 64, 64, 64, 29, 64, 64, 64, 1, 64, 64, 64, 7, 64, 64, 64, 64, 5, 1, 1, 64, 64, 64];
+const SIZES: &[usize] = &[
+    64, 37, 64, 1, 1, 50, 64, 64, 13, 64, 64, 3, 64, 64, 64, 29, 64, 64, 64, 1, 64, 64, 64, 7, 64, 64, 64, 64, 5, 1, 1,
+    64, 64, 64,
+];
 
 #[test]
 fn infllm_matches_brute_force() {
@@ -321,7 +333,9 @@ fn representative_keys_per_head_under_gqa() {
     scores[3 * 8 + 1] = 0.4;
     let r = representative_key(&shape, 2, &k, &scores);
     let mean = |a: usize, b: usize, kv: usize| -> Vec<f32> {
-        (0..4).map(|d| (k[a * e + kv * 4 + d] + k[b * e + kv * 4 + d]) / 2.0).collect()
+        (0..4)
+            .map(|d| (k[a * e + kv * 4 + d] + k[b * e + kv * 4 + d]) / 2.0)
+            .collect()
     };
     assert_eq!(&r[0..4], mean(5, 2, 0).as_slice());
     assert_eq!(&r[12..16], mean(7, 0, 1).as_slice());
@@ -333,7 +347,15 @@ fn representative_keys_per_head_under_gqa() {
 #[test]
 fn quantized_block_store_round_trip() {
     let mut rng = Rng(99);
-    for (name, bound) in [("f32", 0.0), ("f16", 1e-3), ("q8_0", 1e-2), ("q5_0", 7e-2), ("q5_1", 7e-2), ("q4_0", 0.15), ("q4_1", 0.15)] {
+    for (name, bound) in [
+        ("f32", 0.0),
+        ("f16", 1e-3),
+        ("q8_0", 1e-2),
+        ("q5_0", 7e-2),
+        ("q5_1", 7e-2),
+        ("q4_0", 0.15),
+        ("q4_1", 0.15),
+    ] {
         let ty = ggml::type_by_name(name).unwrap().id;
         let shape = BlockShape {
             block_size: 32,
@@ -350,7 +372,11 @@ fn quantized_block_store_round_trip() {
         store.push(&v, &k, &vec![0.0; shape.repr_len()]).unwrap();
         let (kb, vb) = store.block_bytes(1);
         for (got, want) in [(ggml::dequantize(ty, kb, n), &v), (ggml::dequantize(ty, vb, n), &k)] {
-            let err = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(err <= bound, "{name}: max error {err} > {bound}");
         }
         // Bytes per block (and so per token) follow from the types alone.
@@ -358,4 +384,12 @@ fn quantized_block_store_round_trip() {
         let per_block = 2 * n as u64 / info.block_size * info.type_size + shape.repr_len() as u64 * 4;
         assert_eq!(store.bytes() as u64, 2 * per_block, "{name}");
     }
+}
+
+#[test]
+fn prompt_sized_chunks_match_brute_force() {
+    let mut p = params(16, 2);
+    p.n_local = 1024;
+    p.chunk = 512;
+    compare(p, &[512, 300], 5);
 }

@@ -1,5 +1,7 @@
-//! Standard causal attention over an f16 KV cache of fixed size `-c`, with
-//! ggml's fused flash-attention kernel (llama.cpp's default on CPU).
+//! Standard causal attention over an f16 KV cache of fixed size `-c`, as
+//! llama.cpp computes it: with ggml's fused flash-attention kernel (its
+//! default on CPU), or with separate matmuls and softmax (`-fa off`), where
+//! values are cached transposed.
 
 use half::f16;
 
@@ -15,7 +17,9 @@ pub struct FullAttention {
     _buffer: Buffer,
     ctx: Context,
     k: Vec<TensorId>,
+    /// [n_embd_kv, n_ctx] with flash attention, else transposed [n_ctx, n_embd_kv].
     v: Vec<TensorId>,
+    flash_attn: bool,
     n_ctx: usize,
     n_embd_kv: usize,
     head_dim: usize,
@@ -27,6 +31,8 @@ pub struct FullInputs<'a> {
     pos: Tensor<'a>,
     mask: Tensor<'a>,
     rows: Tensor<'a>,
+    /// Element indices of the new values in the transposed cache (no flash attention).
+    v_cells: Option<Tensor<'a>>,
     n_kv: usize,
 }
 
@@ -37,21 +43,18 @@ impl FullAttention {
         n_ctx: usize,
         head_dim: usize,
         n_head_kv: usize,
+        flash_attn: bool,
     ) -> anyhow::Result<Self> {
         let n_ctx = n_ctx.max(1).next_multiple_of(KV_PAD);
         let n_embd_kv = head_dim * n_head_kv;
         let ctx = Context::new(2 * n_layer, 0);
+        let (e, c) = (n_embd_kv as i64, n_ctx as i64);
         let mut k = Vec::with_capacity(n_layer);
         let mut v = Vec::with_capacity(n_layer);
         for il in 0..n_layer {
-            let kt = ctx
-                .new_tensor(TYPE_F16, &[n_embd_kv as i64, n_ctx as i64])
-                .set_name(&format!("cache_k_l{il}"));
-            let vt = ctx
-                .new_tensor(TYPE_F16, &[n_embd_kv as i64, n_ctx as i64])
-                .set_name(&format!("cache_v_l{il}"));
-            k.push(ctx.id(kt));
-            v.push(ctx.id(vt));
+            k.push(ctx.id(ctx.new_tensor(TYPE_F16, &[e, c]).set_name(&format!("cache_k_l{il}"))));
+            let v_shape = if flash_attn { [e, c] } else { [c, e] };
+            v.push(ctx.id(ctx.new_tensor(TYPE_F16, &v_shape).set_name(&format!("cache_v_l{il}"))));
         }
         let buffer = Buffer::alloc_context(&ctx)?;
         Ok(Self {
@@ -59,6 +62,7 @@ impl FullAttention {
             ctx,
             k,
             v,
+            flash_attn,
             n_ctx,
             n_embd_kv,
             head_dim,
@@ -84,11 +88,7 @@ impl FullAttention {
     }
 
     /// Declares this step's positions, causal mask and cache rows.
-    pub fn begin<'a>(
-        &self,
-        step: &mut Step<'a>,
-        n_tokens: usize,
-    ) -> Result<FullInputs<'a>, AttentionError> {
+    pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<FullInputs<'a>, AttentionError> {
         let end = self.n_past + n_tokens;
         if end > self.n_ctx {
             return Err(AttentionError::ContextFull {
@@ -98,14 +98,44 @@ impl FullAttention {
         }
         let n_kv = end.next_multiple_of(KV_PAD).min(self.n_ctx);
         let pos: Vec<i32> = (self.n_past..end).map(|p| p as i32).collect();
-        let mut mask = vec![f16::NEG_INFINITY; n_kv * n_tokens];
-        for (i, row) in mask.chunks_mut(n_kv).enumerate() {
-            row[..=self.n_past + i].fill(f16::ZERO);
-        }
+        let t = n_tokens as i64;
+        let visible = |i: usize, j: usize| j <= self.n_past + i;
+        // The fused kernel takes an f16 mask, the softmax an f32 one (as in llama.cpp).
+        let mask = if self.flash_attn {
+            let m = (0..n_tokens * n_kv)
+                .map(|x| {
+                    if visible(x / n_kv, x % n_kv) {
+                        f16::ZERO
+                    } else {
+                        f16::NEG_INFINITY
+                    }
+                })
+                .collect();
+            step.input_f16(&[n_kv as i64, t], m)
+        } else {
+            let m = (0..n_tokens * n_kv)
+                .map(|x| {
+                    if visible(x / n_kv, x % n_kv) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            step.input_f32(&[n_kv as i64, t], m)
+        };
+        // Transposed V: value (token p, channel c) is element c * n_ctx + p.
+        let v_cells = (!self.flash_attn).then(|| {
+            let cells = (0..self.n_embd_kv)
+                .flat_map(|c| pos.iter().map(move |&p| (c * self.n_ctx) as i32 + p))
+                .collect::<Vec<_>>();
+            step.input_i32(&[(self.n_embd_kv * n_tokens) as i64], cells)
+        });
         Ok(FullInputs {
-            pos: step.input_i32(&[n_tokens as i64], pos.clone()),
-            rows: step.input_i32(&[n_tokens as i64], pos),
-            mask: step.input_f16(&[n_kv as i64, n_tokens as i64], mask),
+            pos: step.input_i32(&[t], pos.clone()),
+            rows: step.input_i32(&[t], pos),
+            mask,
+            v_cells,
             n_kv,
         })
     }
@@ -125,31 +155,61 @@ impl FullAttention {
         freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         let g = step.ctx;
-        let n_tokens = q.ne()[2];
+        let t = q.ne()[2];
         let q = g.rope(q, inp.pos, freq_factors, &la.rope);
         let k = g.rope(k, inp.pos, freq_factors, &la.rope);
 
         let k_cache = self.ctx.tensor(self.k[layer]);
         let v_cache = self.ctx.tensor(self.v[layer]);
-        let kv_rows = [self.n_embd_kv as i64, n_tokens];
-        step.graph
-            .expand(g.set_rows(k_cache, g.reshape(k, &kv_rows), inp.rows));
-        step.graph
-            .expand(g.set_rows(v_cache, g.reshape(v, &kv_rows), inp.rows));
+        let e = self.n_embd_kv as i64;
+        step.graph.expand(g.set_rows(k_cache, g.reshape(k, &[e, t]), inp.rows));
 
-        let n_head_kv = (self.n_embd_kv / self.head_dim) as i64;
+        let n_head_kv = e / self.head_dim as i64;
+        let (hd, n_kv) = (self.head_dim as i64, inp.n_kv as i64);
         let row = k_cache.nb()[1];
         let head = row / n_head_kv as usize;
-        let shape = [self.head_dim as i64, n_head_kv, inp.n_kv as i64];
-        let k_view = g.permute(g.view(k_cache, &shape, &[head, row], 0), [0, 2, 1, 3]);
-        let v_view = g.permute(g.view(v_cache, &shape, &[head, row], 0), [0, 2, 1, 3]);
+        let k_view = g.permute(g.view(k_cache, &[hd, n_head_kv, n_kv], &[head, row], 0), [0, 2, 1, 3]);
         let q = g.permute(q, [0, 2, 1, 3]);
+
+        if let Some(cells) = inp.v_cells {
+            // One "row" per value element: scatter the new values into the transposed cache.
+            let flat = g.reshape(v_cache, &[1, e * self.n_ctx as i64]);
+            let v_t = g.reshape(g.cont(g.transpose(g.reshape(v, &[e, t]))), &[1, e * t]);
+            step.graph.expand(g.set_rows(flat, v_t, cells));
+            let kq = g.soft_max_ext(mul_mat_capped(g, k_view, q, la), Some(inp.mask), softmax_scale(la));
+            let vrow = v_cache.nb()[1];
+            let v_view = g.view(v_cache, &[n_kv, hd, n_head_kv], &[vrow, vrow * hd as usize], 0);
+            let out = g.cont(g.permute(g.mul_mat(v_view, kq), [0, 2, 1, 3]));
+            return g.reshape(out, &[out.ne()[0] * out.ne()[1], t]);
+        }
+
+        step.graph.expand(g.set_rows(v_cache, g.reshape(v, &[e, t]), inp.rows));
+        let v_view = g.permute(g.view(v_cache, &[hd, n_head_kv, n_kv], &[head, row], 0), [0, 2, 1, 3]);
         let out = g.flash_attn(q, k_view, v_view, Some(inp.mask), la.scale, la.softcap);
-        g.reshape(out, &[out.ne()[0] * out.ne()[1], n_tokens])
+        g.reshape(out, &[out.ne()[0] * out.ne()[1], t])
     }
 
     /// Records that the step's tokens are now in the cache.
     pub fn commit(&mut self, n_tokens: usize) {
         self.n_past += n_tokens;
+    }
+}
+
+/// Q·K logits, soft-capped when the model asks for it (then scaled already).
+pub fn mul_mat_capped<'a>(g: &'a Context, k: Tensor<'a>, q: Tensor<'a>, la: &LayerAttn) -> Tensor<'a> {
+    let kq = g.mul_mat_f32(k, q);
+    if la.softcap > 0.0 {
+        g.scale(g.tanh(g.scale(kq, la.scale / la.softcap)), la.softcap)
+    } else {
+        kq
+    }
+}
+
+/// The softmax scale that goes with `mul_mat_capped`.
+pub fn softmax_scale(la: &LayerAttn) -> f32 {
+    if la.softcap > 0.0 {
+        1.0
+    } else {
+        la.scale
     }
 }

@@ -17,6 +17,13 @@ pub enum AttnKind {
     Stream,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+    Auto,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AttnArgs {
     /// Attention over the past
@@ -40,6 +47,9 @@ pub struct AttnArgs {
     /// Queries processed together, one retrieval per chunk [default: 512]
     #[arg(long, help_heading = "Attention / InfLLM")]
     pub chunk: Option<usize>,
+    /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
+    #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
+    pub flash_attn: Switch,
     /// Type of the stored memory-block keys (-ctk) (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1)
     #[arg(long = "cache-type-k", default_value = "q8_0", help_heading = "Attention / InfLLM")]
     pub cache_type_k: String,
@@ -52,7 +62,9 @@ impl AttnArgs {
     /// The attention for a model; `n_ctx` is `-c` (None: not given).
     pub fn mode(&self, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         if self.attn == AttnKind::Full {
-            return Ok(AttnMode::Full);
+            return Ok(AttnMode::Full {
+                flash_attn: self.flash_attn != Switch::Off,
+            });
         }
         let mut p = InfllmParams::defaults_for(hp.n_ctx_train);
         p.n_init = self.n_init.unwrap_or(p.n_init);
@@ -85,7 +97,12 @@ fn block_type(flag: &str, name: &str) -> anyhow::Result<u32> {
 /// A line describing the attention, printed at load.
 pub fn describe(mode: &AttnMode, hp: &Hparams) -> String {
     match mode {
-        AttnMode::Full => "attention: full KV cache".to_string(),
+        AttnMode::Full { flash_attn } => {
+            format!(
+                "attention: full KV cache (flash attention {})",
+                if *flash_attn { "on" } else { "off" }
+            )
+        }
         AttnMode::Infllm(p) => {
             let name = |t| crate::ggml::type_info(t).map_or("?", |i| i.name);
             format!(

@@ -64,7 +64,12 @@ pub struct GenerateArgs {
     #[arg(long = "repeat-penalty", default_value_t = 1.0, help_heading = "Sampling")]
     pub repeat_penalty: f32,
     /// Tokens considered by the repeat penalty (-1 = context size)
-    #[arg(long = "repeat-last-n", default_value_t = 64, allow_negative_numbers = true, help_heading = "Sampling")]
+    #[arg(
+        long = "repeat-last-n",
+        default_value_t = 64,
+        allow_negative_numbers = true,
+        help_heading = "Sampling"
+    )]
     pub repeat_last_n: i64,
     /// Random seed (-1 = random)
     #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true, help_heading = "Sampling")]
@@ -74,7 +79,9 @@ pub struct GenerateArgs {
 impl GenerateArgs {
     pub fn sampling(&self, n_ctx: usize) -> SamplingParams {
         let seed = if self.seed < 0 {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
         } else {
             self.seed as u64
         };
@@ -84,7 +91,11 @@ impl GenerateArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            repeat_last_n: if self.repeat_last_n < 0 { n_ctx } else { self.repeat_last_n as usize },
+            repeat_last_n: if self.repeat_last_n < 0 {
+                n_ctx
+            } else {
+                self.repeat_last_n as usize
+            },
             seed,
         }
     }
@@ -126,7 +137,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let prompt = read_prompt(&a.prompt, &a.file)?.unwrap_or_default();
     let (model, info) = load(&a.model)?;
     let tokens = model.tokenizer.encode(&prompt, true, true);
-    anyhow::ensure!(!tokens.is_empty(), "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f");
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
+    );
     let params = a.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
@@ -160,7 +174,11 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let mut utf8 = Utf8Stream::new();
     let mut n_gen = 0usize;
     let t1 = Instant::now();
-    let limit = if a.n_predict < 0 { usize::MAX } else { a.n_predict as usize };
+    let limit = if a.n_predict < 0 {
+        usize::MAX
+    } else {
+        a.n_predict as usize
+    };
     while n_gen < limit {
         let t = sampler.sample(&logits);
         if engine.model.tokenizer.is_eog(t) {
@@ -193,7 +211,9 @@ pub fn print_timings(n_prompt: usize, prompt: Duration, n_gen: usize, gen: Durat
         let ms = d.as_secs_f64() * 1e3;
         let per = if n > 0 { ms / n as f64 } else { 0.0 };
         let tps = if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-        eprintln!("infllm: {label} = {ms:10.2} ms / {n:5} {unit} ({per:8.2} ms per token, {tps:8.2} tokens per second)");
+        eprintln!(
+            "infllm: {label} = {ms:10.2} ms / {n:5} {unit} ({per:8.2} ms per token, {tps:8.2} tokens per second)"
+        );
     };
     eprintln!();
     line("prompt eval time", n_prompt, "tokens", prompt);

@@ -57,7 +57,9 @@ impl ModelArgs {
         [PathBuf::from(DEFAULT_MODEL), repo]
             .into_iter()
             .find(|p| p.is_file())
-            .with_context(|| format!("no model given (-m) and the default model {DEFAULT_MODEL} is missing: run `models/fetch`"))
+            .with_context(|| {
+                format!("no model given (-m) and the default model {DEFAULT_MODEL} is missing: run `models/fetch`")
+            })
     }
 }
 
@@ -83,6 +85,7 @@ const LLAMA_SPELLINGS: &[(&str, &str)] = &[
     ("-ctk", "--cache-type-k"),
     ("-ctv", "--cache-type-v"),
     ("-ub", "--ubatch-size"),
+    ("-fa", "--flash-attn"),
 ];
 
 /// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.

@@ -63,7 +63,10 @@ impl HostArena {
 
     /// Bytes `[offset, offset + len)` for writing.
     pub fn slice_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len), "arena write out of range");
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "arena write out of range"
+        );
         // SAFETY: in range (checked); &mut self guarantees no other Rust
         // reference, and ggml reads the memory only during graph compute,
         // which never overlaps a call with &mut self.
@@ -72,7 +75,10 @@ impl HostArena {
 
     /// Bytes `[offset, offset + len)` for reading.
     pub fn slice(&self, offset: usize, len: usize) -> &[u8] {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len), "arena read out of range");
+        assert!(
+            offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "arena read out of range"
+        );
         // SAFETY: in range (checked); shared borrow of self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
     }
@@ -80,7 +86,10 @@ impl HostArena {
     /// Points `t` (a tensor without data) at `offset` in the arena.
     pub fn place(&self, t: Tensor<'_>, offset: usize) {
         assert!(!t.is_allocated(), "tensor already has data");
-        assert!(offset.checked_add(t.nbytes()).is_some_and(|e| e <= self.len), "tensor past the arena");
+        assert!(
+            offset.checked_add(t.nbytes()).is_some_and(|e| e <= self.len),
+            "tensor past the arena"
+        );
         // SAFETY: the tensor's bytes lie inside the buffer (checked above).
         let status = unsafe {
             sys::ggml_backend_tensor_alloc(self.buffer.as_ptr(), t.raw(), self.ptr.as_ptr().add(offset).cast())

@@ -38,11 +38,7 @@ impl Backend {
             };
             sys::ggml_backend_cpu_set_n_threads(raw.as_ptr(), n_threads as i32);
             sys::ggml_backend_cpu_set_threadpool(raw.as_ptr(), pool.as_ptr());
-            Ok(Self {
-                raw,
-                pool,
-                n_threads,
-            })
+            Ok(Self { raw, pool, n_threads })
         }
     }
 
@@ -54,8 +50,7 @@ impl Backend {
     pub fn compute(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
         // SAFETY: the graph's tensors were allocated by a GraphAllocator or
         // live in buffers, and its context is alive (the borrow of `graph`).
-        let status =
-            unsafe { sys::ggml_backend_graph_compute(self.raw.as_ptr(), graph.raw.as_ptr()) };
+        let status = unsafe { sys::ggml_backend_graph_compute(self.raw.as_ptr(), graph.raw.as_ptr()) };
         if status != sys::GGML_STATUS_SUCCESS {
             anyhow::bail!("ggml graph computation failed (status {status})");
         }
@@ -91,8 +86,7 @@ impl Buffer {
     pub fn from_host_slice(memory: &[u8], tensors: &[(Tensor<'_>, usize)]) -> anyhow::Result<Self> {
         for (t, off) in tensors {
             anyhow::ensure!(
-                off.checked_add(t.nbytes())
-                    .is_some_and(|end| end <= memory.len()),
+                off.checked_add(t.nbytes()).is_some_and(|end| end <= memory.len()),
                 "tensor data out of bounds"
             );
             anyhow::ensure!(!t.is_allocated(), "tensor already has data");
@@ -104,16 +98,9 @@ impl Buffer {
             let base = memory.as_ptr() as *mut std::ffi::c_void;
             let raw = NonNull::new(sys::ggml_backend_cpu_buffer_from_ptr(base, memory.len()))
                 .ok_or_else(|| anyhow::anyhow!("cannot wrap the model mapping in a ggml buffer"))?;
-            sys::ggml_backend_buffer_set_usage(
-                raw.as_ptr(),
-                sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS,
-            );
+            sys::ggml_backend_buffer_set_usage(raw.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
             for (t, off) in tensors {
-                let status = sys::ggml_backend_tensor_alloc(
-                    raw.as_ptr(),
-                    t.raw(),
-                    base.cast::<u8>().add(*off).cast(),
-                );
+                let status = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.cast::<u8>().add(*off).cast());
                 if status != sys::GGML_STATUS_SUCCESS {
                     sys::ggml_backend_buffer_free(raw.as_ptr());
                     anyhow::bail!("cannot place a weight tensor in the model mapping");
@@ -128,12 +115,8 @@ impl Buffer {
         // SAFETY: the context is valid; the CPU buffer type allocates host
         // memory and sets each tensor's data; null means out of memory.
         unsafe {
-            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(
-                ctx.raw(),
-                sys::ggml_backend_cpu_buffer_type(),
-            );
-            let raw = NonNull::new(raw)
-                .ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors"))?;
+            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), sys::ggml_backend_cpu_buffer_type());
+            let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors"))?;
             sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
             Ok(Self { raw })
         }

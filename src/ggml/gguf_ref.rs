@@ -50,8 +50,7 @@ pub fn read_file(path: &Path) -> Result<RefGguf> {
     // call; with `ctx` null ggml creates no ggml context, so nothing but the
     // returned gguf context (owned by `Ctx` below) is allocated.
     let raw = unsafe { sys::gguf_init_from_file(cpath.as_ptr(), params) };
-    let ctx =
-        Ctx::new(raw).ok_or_else(|| anyhow!("ggml's gguf reader rejected {}", path.display()))?;
+    let ctx = Ctx::new(raw).ok_or_else(|| anyhow!("ggml's gguf reader rejected {}", path.display()))?;
     ctx.read()
         .with_context(|| format!("reading {} through ggml", path.display()))
 }
@@ -66,12 +65,7 @@ pub fn read_bytes(bytes: &[u8]) -> Result<RefGguf> {
     // valid for the whole call, and copies what it keeps (no pointer into
     // the buffer survives: no tensor data is loaded with `no_alloc`).
     let raw = unsafe { sys::gguf_init_from_buffer(bytes.as_ptr().cast(), bytes.len(), params) };
-    let ctx = Ctx::new(raw).ok_or_else(|| {
-        anyhow!(
-            "ggml's gguf reader rejected the {}-byte buffer",
-            bytes.len()
-        )
-    })?;
+    let ctx = Ctx::new(raw).ok_or_else(|| anyhow!("ggml's gguf reader rejected the {}-byte buffer", bytes.len()))?;
     ctx.read()
 }
 
@@ -122,9 +116,7 @@ impl Ctx {
             )
         };
         let metadata = (0..n_kv).map(|i| self.kv(i)).collect::<Result<_>>()?;
-        let tensors = (0..n_tensors)
-            .map(|i| self.tensor(i))
-            .collect::<Result<_>>()?;
+        let tensors = (0..n_tensors).map(|i| self.tensor(i)).collect::<Result<_>>()?;
         Ok(RefGguf {
             version,
             alignment: alignment as u64,
@@ -142,11 +134,9 @@ impl Ctx {
         // SAFETY: valid key id.
         let ty = unsafe { sys::gguf_get_kv_type(self.ptr(), i) };
         let value = if ty == sys::GGUF_TYPE_ARRAY {
-            self.array(i)
-                .with_context(|| format!("metadata key '{key}'"))?
+            self.array(i).with_context(|| format!("metadata key '{key}'"))?
         } else {
-            self.scalar(i, ty)
-                .with_context(|| format!("metadata key '{key}'"))?
+            self.scalar(i, ty).with_context(|| format!("metadata key '{key}'"))?
         };
         Ok((key, value))
     }
@@ -186,17 +176,14 @@ impl Ctx {
         // SAFETY: `i` is a valid key id of an array (ggml asserts that for
         // the element type).
         let (elem, n) = unsafe { (sys::gguf_get_arr_type(c, i), sys::gguf_get_arr_n(c, i)) };
-        let elem_type = ValueType::from_u32(elem)
-            .ok_or_else(|| anyhow!("unknown array element type {elem}"))?;
+        let elem_type = ValueType::from_u32(elem).ok_or_else(|| anyhow!("unknown array element type {elem}"))?;
         if elem_type == ValueType::String {
             let items = (0..n)
                 .map(|j| {
                     // SAFETY: a string array with `n` items, and `j < n`
                     // (ggml does not check the index).
                     let p = unsafe { sys::gguf_get_arr_str(c, i, j) };
-                    Ok(Value::String(c_str(p, &|| {
-                        format!("string array item #{j}")
-                    })?))
+                    Ok(Value::String(c_str(p, &|| format!("string array item #{j}"))?))
                 })
                 .collect::<Result<_>>()?;
             return Ok(Value::Array(elem_type, items));
@@ -252,9 +239,7 @@ impl Ctx {
         };
         let mut dims = ne
             .iter()
-            .map(|&d| {
-                u64::try_from(d).map_err(|_| anyhow!("tensor '{name}' has negative dimension {d}"))
-            })
+            .map(|&d| u64::try_from(d).map_err(|_| anyhow!("tensor '{name}' has negative dimension {d}")))
             .collect::<Result<Vec<u64>>>()?;
         while dims.len() > 1 && dims.last() == Some(&1) {
             dims.pop();

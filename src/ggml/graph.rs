@@ -87,9 +87,7 @@ impl Context {
     pub fn new_tensor(&self, ty: u32, ne: &[i64]) -> Tensor<'_> {
         assert!((1..=4).contains(&ne.len()));
         // SAFETY: the context is valid and `ne` has ne.len() elements.
-        self.wrap(unsafe {
-            sys::ggml_new_tensor(self.raw.as_ptr(), ty, ne.len() as i32, ne.as_ptr())
-        })
+        self.wrap(unsafe { sys::ggml_new_tensor(self.raw.as_ptr(), ty, ne.len() as i32, ne.as_ptr()) })
     }
 
     pub fn new_graph(&self, size: usize) -> Graph<'_> {
@@ -207,27 +205,17 @@ impl<'c> Tensor<'c> {
     /// Copies `data` into the tensor's memory at byte `offset` (any backend).
     pub fn write_bytes(self, offset: usize, data: &[u8]) {
         assert!(self.is_allocated(), "write to an unallocated tensor");
-        assert!(
-            offset + data.len() <= self.nbytes(),
-            "write past the end of a tensor"
-        );
+        assert!(offset + data.len() <= self.nbytes(), "write past the end of a tensor");
         // SAFETY: the tensor is allocated and the range was checked above.
-        unsafe {
-            sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len())
-        }
+        unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len()) }
     }
 
     /// Copies the tensor's bytes `[offset, offset + out.len())` into `out`.
     pub fn read_bytes(self, offset: usize, out: &mut [u8]) {
         assert!(self.is_allocated(), "read of an unallocated tensor");
-        assert!(
-            offset + out.len() <= self.nbytes(),
-            "read past the end of a tensor"
-        );
+        assert!(offset + out.len() <= self.nbytes(), "read past the end of a tensor");
         // SAFETY: the tensor is allocated and the range was checked above.
-        unsafe {
-            sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), offset, out.len())
-        }
+        unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), offset, out.len()) }
     }
 
     pub fn write_f32(self, data: &[f32]) {
@@ -250,8 +238,7 @@ impl<'c> Tensor<'c> {
         assert_eq!(self.ty(), sys::GGML_TYPE_F32);
         out.resize(self.n_elements() as usize, 0.0);
         // SAFETY: f32 has no invalid bit patterns; the byte view covers `out` exactly.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
+        let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
         self.read_bytes(0, bytes);
     }
 }
@@ -350,34 +337,17 @@ impl Context {
     }
 
     /// A strided view: `ne` elements per dim, `nb` byte strides for dims 1.., byte `offset`.
-    pub fn view<'a>(
-        &'a self,
-        a: Tensor<'a>,
-        ne: &[i64],
-        nb: &[usize],
-        offset: usize,
-    ) -> Tensor<'a> {
+    pub fn view<'a>(&'a self, a: Tensor<'a>, ne: &[i64], nb: &[usize], offset: usize) -> Tensor<'a> {
         assert_eq!(nb.len() + 1, ne.len());
         // SAFETY: valid context and tensor; ggml checks the view stays inside `a`.
         self.wrap(unsafe {
             match (ne, nb) {
                 ([n0], []) => sys::ggml_view_1d(self.raw(), a.raw(), *n0, offset),
                 ([n0, n1], [b1]) => sys::ggml_view_2d(self.raw(), a.raw(), *n0, *n1, *b1, offset),
-                ([n0, n1, n2], [b1, b2]) => {
-                    sys::ggml_view_3d(self.raw(), a.raw(), *n0, *n1, *n2, *b1, *b2, offset)
+                ([n0, n1, n2], [b1, b2]) => sys::ggml_view_3d(self.raw(), a.raw(), *n0, *n1, *n2, *b1, *b2, offset),
+                ([n0, n1, n2, n3], [b1, b2, b3]) => {
+                    sys::ggml_view_4d(self.raw(), a.raw(), *n0, *n1, *n2, *n3, *b1, *b2, *b3, offset)
                 }
-                ([n0, n1, n2, n3], [b1, b2, b3]) => sys::ggml_view_4d(
-                    self.raw(),
-                    a.raw(),
-                    *n0,
-                    *n1,
-                    *n2,
-                    *n3,
-                    *b1,
-                    *b2,
-                    *b3,
-                    offset,
-                ),
                 _ => panic!("view with {} dims", ne.len()),
             }
         })
@@ -385,18 +355,11 @@ impl Context {
 
     pub fn permute<'a>(&'a self, a: Tensor<'a>, axes: [i32; 4]) -> Tensor<'a> {
         // SAFETY: valid context and tensor; ggml checks the axes.
-        self.wrap(unsafe {
-            sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3])
-        })
+        self.wrap(unsafe { sys::ggml_permute(self.raw(), a.raw(), axes[0], axes[1], axes[2], axes[3]) })
     }
 
     /// Writes the rows of `src` into `dst` at the row indices `rows` (I32 or I64).
-    pub fn set_rows<'a>(
-        &'a self,
-        dst: Tensor<'a>,
-        src: Tensor<'a>,
-        rows: Tensor<'a>,
-    ) -> Tensor<'a> {
+    pub fn set_rows<'a>(&'a self, dst: Tensor<'a>, src: Tensor<'a>, rows: Tensor<'a>) -> Tensor<'a> {
         // SAFETY: valid context and tensors.
         self.wrap(unsafe { sys::ggml_set_rows(self.raw(), dst.raw(), src.raw(), rows.raw()) })
     }
@@ -444,28 +407,14 @@ impl Context {
         // SAFETY: valid context and tensors; f32 accumulation as llama.cpp sets it.
         unsafe {
             let mask = mask.map_or(std::ptr::null_mut(), |m| m.raw());
-            let t = sys::ggml_flash_attn_ext(
-                self.raw(),
-                q.raw(),
-                k.raw(),
-                v.raw(),
-                mask,
-                scale,
-                0.0,
-                softcap,
-            );
+            let t = sys::ggml_flash_attn_ext(self.raw(), q.raw(), k.raw(), v.raw(), mask, scale, 0.0, softcap);
             sys::ggml_prec_set_acc(t, sys::GGML_PREC_F32);
             self.wrap(t)
         }
     }
 
     /// softmax(a * scale + mask) along rows.
-    pub fn soft_max_ext<'a>(
-        &'a self,
-        a: Tensor<'a>,
-        mask: Option<Tensor<'a>>,
-        scale: f32,
-    ) -> Tensor<'a> {
+    pub fn soft_max_ext<'a>(&'a self, a: Tensor<'a>, mask: Option<Tensor<'a>>, scale: f32) -> Tensor<'a> {
         // SAFETY: valid context and tensors.
         self.wrap(unsafe {
             let mask = mask.map_or(std::ptr::null_mut(), |m| m.raw());

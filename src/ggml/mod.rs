@@ -20,8 +20,8 @@ mod types;
 
 pub use arena::HostArena;
 pub use backend::{Backend, Buffer, GraphAllocator};
-pub use quant::{dequantize, quantize};
 pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
+pub use quant::{dequantize, quantize};
 pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
 pub use types::{type_by_name, type_info, TypeInfo};
 

@@ -7,15 +7,23 @@ use super::types::type_info;
 /// which must be exactly the quantized size.
 pub fn quantize(ty: u32, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
     let info = type_info(ty).expect("known type");
-    assert!(n_per_row > 0 && src.len() % n_per_row == 0);
-    assert_eq!(n_per_row as u64 % info.block_size, 0, "row not a multiple of the block size");
+    assert!(n_per_row > 0 && src.len().is_multiple_of(n_per_row));
+    assert_eq!(
+        n_per_row as u64 % info.block_size,
+        0,
+        "row not a multiple of the block size"
+    );
     let n_rows = src.len() / n_per_row;
     assert_eq!(dst.len() as u64, info.row_size(n_per_row as u64) * n_rows as u64);
     // SAFETY: `src` holds n_rows * n_per_row floats and `dst` exactly the
     // quantized size of that (both checked); no importance matrix is needed
     // for the types this engine quantizes (checked by ggml, which asserts).
     unsafe {
-        assert!(!sys::ggml_quantize_requires_imatrix(ty), "type {} needs an importance matrix", info.name);
+        assert!(
+            !sys::ggml_quantize_requires_imatrix(ty),
+            "type {} needs an importance matrix",
+            info.name
+        );
         sys::ggml_quantize_chunk(
             ty,
             src.as_ptr(),
@@ -34,7 +42,10 @@ pub fn dequantize(ty: u32, src: &[u8], n: usize) -> Vec<f32> {
     assert_eq!(n as u64 % info.block_size, 0);
     assert_eq!(src.len() as u64, info.row_size(n as u64));
     if ty == sys::GGML_TYPE_F32 {
-        return src.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        return src
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
     }
     let mut out = vec![0f32; n];
     // SAFETY: sizes checked above; every ggml type with a block size has a

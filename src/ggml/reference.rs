@@ -29,8 +29,7 @@ impl RefModel {
             params.n_gpu_layers = 0;
             sys::llama_model_load_from_file(cpath.as_ptr(), params)
         };
-        let raw = NonNull::new(raw)
-            .ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
         Ok(Self { raw })
     }
 
@@ -93,12 +92,7 @@ impl RefModel {
     }
 
     /// llama.cpp's detokenization of `tokens`.
-    pub fn detokenize(
-        &self,
-        tokens: &[i32],
-        remove_special: bool,
-        unparse_special: bool,
-    ) -> Vec<u8> {
+    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
         let mut buf = vec![0u8; tokens.len() * 16 + 16];
         loop {
             // SAFETY: `tokens` and `buf` are valid for their lengths.
@@ -141,6 +135,8 @@ pub struct RefParams {
     pub n_batch: u32,
     pub n_ubatch: u32,
     pub n_threads: i32,
+    /// Flash attention on / off; None: llama.cpp's default (auto).
+    pub flash_attn: Option<bool>,
 }
 
 /// A llama.cpp inference context (its own KV cache).
@@ -163,15 +159,17 @@ impl<'m> RefContext<'m> {
             params.n_threads = p.n_threads;
             params.n_threads_batch = p.n_threads;
             params.no_perf = true;
+            if let Some(fa) = p.flash_attn {
+                params.flash_attn_type = if fa {
+                    sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+                } else {
+                    sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+                };
+            }
             sys::llama_init_from_model(model.raw.as_ptr(), params)
         };
-        let raw = NonNull::new(raw)
-            .ok_or_else(|| anyhow::anyhow!("llama.cpp failed to create a context"))?;
-        Ok(Self {
-            raw,
-            model,
-            n_past: 0,
-        })
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to create a context"))?;
+        Ok(Self { raw, model, n_past: 0 })
     }
 
     pub fn n_past(&self) -> usize {
@@ -187,12 +185,7 @@ impl<'m> RefContext<'m> {
 
     /// Appends `tokens` (in batches of at most `n_batch`) and returns the logits
     /// of every token when `all_logits`, else of the last one only.
-    pub fn decode(
-        &mut self,
-        tokens: &[i32],
-        n_batch: usize,
-        all_logits: bool,
-    ) -> anyhow::Result<Vec<f32>> {
+    pub fn decode(&mut self, tokens: &[i32], n_batch: usize, all_logits: bool) -> anyhow::Result<Vec<f32>> {
         let n_vocab = self.model.n_vocab();
         let mut out = Vec::new();
         for (ci, chunk) in tokens.chunks(n_batch.max(1)).enumerate() {

@@ -51,5 +51,7 @@ pub fn type_info(id: u32) -> Option<TypeInfo> {
 
 /// Looks a type up by its ggml name (`f16`, `q8_0`, ...).
 pub fn type_by_name(name: &str) -> Option<TypeInfo> {
-    (0..sys::GGML_TYPE_COUNT).filter_map(type_info).find(|t| t.name.eq_ignore_ascii_case(name))
+    (0..sys::GGML_TYPE_COUNT)
+        .filter_map(type_info)
+        .find(|t| t.name.eq_ignore_ascii_case(name))
 }

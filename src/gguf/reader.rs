@@ -30,10 +30,7 @@ const MAX_PREALLOC: usize = 1 << 16;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot open {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("not a GGUF file (magic {0:02x?}, expected \"GGUF\")")]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (supported: 2, 3){hint}", hint = endian_hint(*.0))]
@@ -226,9 +223,7 @@ impl GgufFile {
         let data_offset = if tensors.is_empty() {
             header_end
         } else {
-            header_end
-                .checked_next_multiple_of(alignment)
-                .unwrap_or(u64::MAX)
+            header_end.checked_next_multiple_of(alignment).unwrap_or(u64::MAX)
         };
         let data_len = (data.len() as u64)
             .checked_sub(data_offset)
@@ -265,8 +260,7 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.into()))
+        self.get(key).ok_or_else(|| GgufError::MissingKey(key.into()))
     }
 
     fn wrong(&self, key: &str, v: &Value, expected: &'static str) -> GgufError {
@@ -342,10 +336,7 @@ fn alignment(meta: &Metadata) -> Result<u64> {
     let msg = match &meta.entries[i].1 {
         Value::U32(a) if a.is_power_of_two() => return Ok(*a as u64),
         Value::U32(a) => format!("metadata key '{KEY}': alignment {a} is not a power of two"),
-        v => format!(
-            "metadata key '{KEY}' must be a u32, found {:?} {v}",
-            v.value_type()
-        ),
+        v => format!("metadata key '{KEY}' must be a u32, found {:?} {v}", v.value_type()),
     };
     Err(GgufError::Corrupt {
         offset: meta.offsets[i],
@@ -360,13 +351,17 @@ fn check_tensor_extents(tensors: &[TensorInfo], data_offset: u64, data_len: u64)
     // The non-empty tensor that ends last so far.
     let mut prev: Option<(&TensorInfo, u64)> = None;
     for t in spans {
-        let end = t.offset.checked_add(t.size).filter(|&e| e <= data_len).ok_or_else(|| GgufError::Tensor {
-            name: t.name.clone(),
-            msg: format!(
-                "data [{}, +{}) runs past the end of the file (data section at byte {} is {} bytes)",
-                t.offset, t.size, data_offset, data_len
-            ),
-        })?;
+        let end = t
+            .offset
+            .checked_add(t.size)
+            .filter(|&e| e <= data_len)
+            .ok_or_else(|| GgufError::Tensor {
+                name: t.name.clone(),
+                msg: format!(
+                    "data [{}, +{}) runs past the end of the file (data section at byte {} is {} bytes)",
+                    t.offset, t.size, data_offset, data_len
+                ),
+            })?;
         if t.size == 0 {
             continue;
         }
@@ -470,8 +465,7 @@ impl<'a> Cursor<'a> {
     fn value_type(&mut self, what: &str) -> Result<ValueType> {
         let at = self.pos;
         let t = self.u32(what)?;
-        ValueType::from_u32(t)
-            .ok_or_else(|| self.corrupt(at, format!("unknown {what} {t} (known: 0 to 12)")))
+        ValueType::from_u32(t).ok_or_else(|| self.corrupt(at, format!("unknown {what} {t} (known: 0 to 12)")))
     }
 
     /// The key/value section; keys are unique and non-empty.
@@ -489,14 +483,10 @@ impl<'a> Cursor<'a> {
                 return Err(self.corrupt(at, format!("metadata entry #{i} has an empty key")));
             }
             if key_index.contains_key(&key) {
-                return Err(
-                    self.corrupt(at, format!("duplicate metadata key '{key}' (entry #{i})"))
-                );
+                return Err(self.corrupt(at, format!("duplicate metadata key '{key}' (entry #{i})")));
             }
             let ctx = || format!("metadata key '{key}'");
-            let ty = self
-                .value_type("value type")
-                .map_err(|e| e.context(&ctx()))?;
+            let ty = self.value_type("value type").map_err(|e| e.context(&ctx()))?;
             let value = self.value(ty, 0).map_err(|e| e.context(&ctx()))?;
             key_index.insert(key.clone(), metadata.len());
             metadata.push((key, value));
@@ -533,10 +523,7 @@ impl<'a> Cursor<'a> {
             ValueType::Array => {
                 let at = self.pos;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.corrupt(
-                        at,
-                        format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"),
-                    ));
+                    return Err(self.corrupt(at, format!("arrays nested more than {MAX_ARRAY_DEPTH} deep")));
                 }
                 let elem = self.value_type("array element type")?;
                 let count = self.u64("array length")?;
@@ -573,16 +560,11 @@ impl<'a> Cursor<'a> {
         let ctx = || format!("tensor '{name}'");
         let n_dims = self.u32("dimension count").map_err(|e| e.context(&ctx()))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(bad(format!(
-                "{n_dims} dimensions (ggml supports at most {MAX_DIMS})"
-            )));
+            return Err(bad(format!("{n_dims} dimensions (ggml supports at most {MAX_DIMS})")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for i in 0..n_dims {
-            dims.push(
-                self.u64(&format!("dimension {i}"))
-                    .map_err(|e| e.context(&ctx()))?,
-            );
+            dims.push(self.u64(&format!("dimension {i}")).map_err(|e| e.context(&ctx()))?);
         }
         let ggml_type = self.u32("ggml type").map_err(|e| e.context(&ctx()))?;
         let offset = self.u64("data offset").map_err(|e| e.context(&ctx()))?;
@@ -590,22 +572,13 @@ impl<'a> Cursor<'a> {
         // ggml stores dimensions and counts elements as int64_t: each and
         // their running product must fit (checked in order, as ggml does).
         if let Some(d) = dims.iter().find(|&&d| d > i64::MAX as u64) {
-            return Err(bad(format!(
-                "dimension {d} of {dims:?} is negative as ggml's int64"
-            )));
+            return Err(bad(format!("dimension {d} of {dims:?} is negative as ggml's int64")));
         }
         let n_elements = dims
             .iter()
-            .try_fold(1u64, |acc, &d| {
-                acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
-            })
-            .ok_or_else(|| {
-                bad(format!(
-                    "dimensions {dims:?} overflow: more than i64::MAX elements"
-                ))
-            })?;
-        let info = ggml::type_info(ggml_type)
-            .ok_or_else(|| bad(format!("unknown ggml type {ggml_type}")))?;
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
+            .ok_or_else(|| bad(format!("dimensions {dims:?} overflow: more than i64::MAX elements")))?;
+        let info = ggml::type_info(ggml_type).ok_or_else(|| bad(format!("unknown ggml type {ggml_type}")))?;
         let row = dims.first().copied().unwrap_or(1);
         if row % info.block_size != 0 {
             return Err(bad(format!(
@@ -615,16 +588,9 @@ impl<'a> Cursor<'a> {
         }
         let size = (n_elements / info.block_size)
             .checked_mul(info.type_size)
-            .ok_or_else(|| {
-                bad(format!(
-                    "data size of {n_elements} {} elements overflows",
-                    info.name
-                ))
-            })?;
+            .ok_or_else(|| bad(format!("data size of {n_elements} {} elements overflows", info.name)))?;
         if offset % alignment != 0 {
-            return Err(bad(format!(
-                "data offset {offset} is not aligned to {alignment}"
-            )));
+            return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
         }
         Ok(TensorInfo {
             name,

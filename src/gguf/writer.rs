@@ -28,15 +28,8 @@ impl GgufWriter {
     }
 
     /// Adds a tensor with dimensions in ggml order and raw data of ggml type `ggml_type`.
-    pub fn add_tensor(
-        &mut self,
-        name: &str,
-        dims: &[u64],
-        ggml_type: u32,
-        data: Vec<u8>,
-    ) -> &mut Self {
-        self.tensors
-            .push((name.to_string(), dims.to_vec(), ggml_type, data));
+    pub fn add_tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> &mut Self {
+        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, data));
         self
     }
 
@@ -122,11 +115,7 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
             out.extend_from_slice(&(*elem as u32).to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
             for item in items {
-                assert_eq!(
-                    item.value_type(),
-                    *elem,
-                    "GGUF array of {elem:?} holds a {item}"
-                );
+                assert_eq!(item.value_type(), *elem, "GGUF array of {elem:?} holds a {item}");
                 put_value(out, item);
             }
         }

@@ -62,9 +62,7 @@ impl Hparams {
         let hp = Self {
             n_layer: u("block_count")?,
             n_ff: u("feed_forward_length")?,
-            rms_eps: f
-                .get_f32(&key("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5),
+            rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
             n_embd,
             n_head,
             n_head_kv,
@@ -84,12 +82,7 @@ impl Hparams {
             },
             arch,
         };
-        if hp.n_layer == 0
-            || hp.n_embd == 0
-            || hp.head_dim == 0
-            || n_rot > hp.head_dim
-            || n_rot % 2 != 0
-        {
+        if hp.n_layer == 0 || hp.n_embd == 0 || hp.head_dim == 0 || n_rot > hp.head_dim || n_rot % 2 != 0 {
             bail!("{}: invalid hyper-parameters {hp:?}", hp.arch);
         }
         Ok(hp)
@@ -108,9 +101,7 @@ impl Hparams {
 
 /// `freq_scale` from `{arch}.rope.scaling.*` (none and linear are supported).
 fn rope_freq_scale(f: &GgufFile, arch: &str) -> anyhow::Result<f32> {
-    let ty = f
-        .get_str(&format!("{arch}.rope.scaling.type"))
-        .unwrap_or("none");
+    let ty = f.get_str(&format!("{arch}.rope.scaling.type")).unwrap_or("none");
     let factor = || -> anyhow::Result<f32> {
         let k = format!("{arch}.rope.scaling.factor");
         let v = f

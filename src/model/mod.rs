@@ -40,20 +40,16 @@ impl Model {
 
     fn load_inner(path: &Path) -> anyhow::Result<Self> {
         let file = GgufFile::open(path)?;
-        let name = file.architecture()?.to_string();
-        let neox = match name.as_str() {
+        let name = file.architecture()?;
+        // Rotary layout per architecture: adjacent pairs (false) or NeoX halves.
+        let neox = match name {
             "llama" | "mistral" => false,
-            other => anyhow::bail!(
-                "unknown architecture '{other}' (supported: {})",
-                SUPPORTED.join(", ")
-            ),
+            other => anyhow::bail!("unknown architecture '{other}' (supported: {})", SUPPORTED.join(", ")),
         };
         let hp = Hparams::read(&file, neox)?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let weights = Weights::load(file)?;
-        let arch = match name.as_str() {
-            _ => Arch::Llama(llama::Llama::new(&hp, &weights)?),
-        };
+        let arch = Arch::Llama(llama::Llama::new(&hp, &weights)?);
         Ok(Self {
             hp,
             weights,

@@ -28,11 +28,7 @@ impl Weights {
                 info.dims.iter().map(|&d| d as i64).collect()
             };
             if ggml::type_info(info.ggml_type).is_none() {
-                bail!(
-                    "tensor '{}' has unsupported type {}",
-                    info.name,
-                    info.ggml_type
-                );
+                bail!("tensor '{}' has unsupported type {}", info.name, info.ggml_type);
             }
             let t = ctx.new_tensor(info.ggml_type, &ne).set_name(&info.name);
             placed.push((t, (file.data_offset + info.offset) as usize));
@@ -61,11 +57,7 @@ impl Weights {
             .info(name)
             .with_context(|| format!("tensor '{name}' is missing from the model file"))?;
         if info.dims != dims {
-            bail!(
-                "tensor '{name}' has shape {:?}, expected {:?}",
-                info.dims,
-                dims
-            );
+            bail!("tensor '{name}' has shape {:?}, expected {:?}", info.dims, dims);
         }
         Ok(self.by_name[name])
     }

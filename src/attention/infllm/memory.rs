@@ -30,11 +30,15 @@ impl BlockShape {
     }
 
     pub fn k_bytes(&self) -> usize {
-        type_info(self.type_k).expect("checked type").row_size(self.block_values() as u64) as usize
+        type_info(self.type_k)
+            .expect("checked type")
+            .row_size(self.block_values() as u64) as usize
     }
 
     pub fn v_bytes(&self) -> usize {
-        type_info(self.type_v).expect("checked type").row_size(self.block_values() as u64) as usize
+        type_info(self.type_v)
+            .expect("checked type")
+            .row_size(self.block_values() as u64) as usize
     }
 
     /// Bytes one block takes in a layer: K, V and its representative key (f32).
@@ -89,8 +93,18 @@ impl BlockStore {
             (i + 1) * s.k_bytes() <= self.k.len(),
             "the text is longer than the block memory reserved for it (raise -c)"
         );
-        quantize(s.type_k, k, s.n_embd_kv(), self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
-        quantize(s.type_v, v_t, s.block_size, self.v.slice_mut(i * s.v_bytes(), s.v_bytes()));
+        quantize(
+            s.type_k,
+            k,
+            s.n_embd_kv(),
+            self.k.slice_mut(i * s.k_bytes(), s.k_bytes()),
+        );
+        quantize(
+            s.type_v,
+            v_t,
+            s.block_size,
+            self.v.slice_mut(i * s.v_bytes(), s.v_bytes()),
+        );
         let r = self.repr.slice_mut(i * s.repr_len() * 4, s.repr_len() * 4);
         for (dst, x) in r.chunks_exact_mut(4).zip(repr) {
             dst.copy_from_slice(&x.to_le_bytes());
@@ -123,7 +137,10 @@ impl BlockStore {
     /// Raw bytes of block `i`'s K and V (for tests and session files).
     pub fn block_bytes(&self, i: usize) -> (&[u8], &[u8]) {
         let s = self.shape;
-        (self.k.slice(i * s.k_bytes(), s.k_bytes()), self.v.slice(i * s.v_bytes(), s.v_bytes()))
+        (
+            self.k.slice(i * s.k_bytes(), s.k_bytes()),
+            self.v.slice(i * s.v_bytes(), s.v_bytes()),
+        )
     }
 
     /// Bytes in use.

@@ -26,6 +26,7 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 
 use half::f16;
 
+use super::full::{mul_mat_capped, softmax_scale};
 use super::{AttentionError, LayerAttn};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
@@ -250,8 +251,12 @@ impl InfllmAttention {
                 .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
             rerotate: (self.rerotate && n_valid > 0)
                 .then(|| step.input_i32(&[n_valid as i64], (0..n_valid as i32).collect())),
-            ones_heads: (n_tokens > 1)
-                .then(|| step.input_f32(&[1, t, self.shape.n_head as i64], vec![1.0; n_tokens * self.shape.n_head])),
+            ones_heads: (n_tokens > 1).then(|| {
+                step.input_f32(
+                    &[1, t, self.shape.n_head as i64],
+                    vec![1.0; n_tokens * self.shape.n_head],
+                )
+            }),
             ones: (n_tokens > 1 && n_blocks > p.topk).then(|| step.input_f32(&[1, t], vec![1.0; n_tokens])),
             n_tokens,
             at: start - self.base,
@@ -282,7 +287,12 @@ impl InfllmAttention {
         let g = step.ctx;
         let s = &self.shape;
         let l = &self.layers[layer];
-        let (hd, nkv, nh, e) = (s.head_dim as i64, s.n_head_kv as i64, s.n_head as i64, s.n_embd_kv() as i64);
+        let (hd, nkv, nh, e) = (
+            s.head_dim as i64,
+            s.n_head_kv as i64,
+            s.n_head as i64,
+            s.n_embd_kv() as i64,
+        );
         let t = inp.n_tokens as i64;
         let k_raw = self.ctx.tensor(l.k_raw);
         let k_rot = self.ctx.tensor(l.k_rot);
@@ -302,9 +312,11 @@ impl InfllmAttention {
 
         // Append the chunk: raw and rotated keys, transposed values.
         let at = inp.at;
-        step.graph.expand(g.cpy(g.reshape(k, &[e, t]), g.view(k_raw, &[e, t], &[row], at * row)));
+        step.graph
+            .expand(g.cpy(g.reshape(k, &[e, t]), g.view(k_raw, &[e, t], &[row], at * row)));
         let k_new = g.reshape(rope(k, inp.pos_local), &[e, t]);
-        step.graph.expand(g.cpy(k_new, g.view(k_rot, &[e, t], &[row], at * row)));
+        step.graph
+            .expand(g.cpy(k_new, g.view(k_rot, &[e, t], &[row], at * row)));
         let v_new = g.transpose(g.reshape(v, &[e, t]));
         step.graph.expand(g.cpy(v_new, g.view(v_t, &[t, e], &[vt_row], at * 2)));
 
@@ -313,7 +325,7 @@ impl InfllmAttention {
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
         };
-        let mut logits = g.mul_mat(keys(k_rot, inp.n_local_keys, inp.local_lo), q_local);
+        let mut logits = mul_mat_capped(g, keys(k_rot, inp.n_local_keys, inp.local_lo), q_local, la);
 
         let q_global = rope(q, inp.pos_global);
         let q_global_p = g.permute(q_global, [0, 2, 1, 3]);
@@ -330,23 +342,35 @@ impl InfllmAttention {
             });
             let n_keys = (inp.n_selected * s.block_size) as i64;
             let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[hd, nkv, n_keys]);
-            logits = g.concat(logits, g.mul_mat(g.permute(kb, [0, 2, 1, 3]), q_global_p), 0);
+            logits = g.concat(
+                logits,
+                mul_mat_capped(g, g.permute(kb, [0, 2, 1, 3]), q_global_p, la),
+                0,
+            );
             block_rows = Some(idx);
         }
         if inp.n_init > 0 {
             let ki = self.ctx.tensor(l.init_k);
-            let ki = g.view(ki, &[hd, nkv, inp.n_init as i64], &[ki.nb()[1] / nkv as usize, ki.nb()[1]], 0);
-            logits = g.concat(logits, g.mul_mat(g.permute(ki, [0, 2, 1, 3]), q_global_p), 0);
+            let ki = g.view(
+                ki,
+                &[hd, nkv, inp.n_init as i64],
+                &[ki.nb()[1] / nkv as usize, ki.nb()[1]],
+                0,
+            );
+            logits = g.concat(
+                logits,
+                mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global_p, la),
+                0,
+            );
         }
         if inp.n_rem > 0 {
-            logits = g.concat(logits, g.mul_mat(keys(k_raw, inp.n_rem, inp.rem_lo), q_global_p), 0);
+            logits = g.concat(
+                logits,
+                mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global_p, la),
+                0,
+            );
         }
-        let probs = if la.softcap > 0.0 {
-            let capped = g.scale(g.tanh(g.scale(logits, la.scale / la.softcap)), la.softcap);
-            g.soft_max_ext(capped, Some(inp.mask), 1.0)
-        } else {
-            g.soft_max_ext(logits, Some(inp.mask), la.scale)
-        };
+        let probs = g.soft_max_ext(logits, Some(inp.mask), softmax_scale(la));
 
         // Outputs: each part's probabilities times its values.
         let pnb = probs.nb();
@@ -378,7 +402,10 @@ impl InfllmAttention {
             off += inp.n_init;
         }
         if inp.n_rem > 0 {
-            out = g.add(out, g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo, 2), part(inp.n_rem, off)));
+            out = g.add(
+                out,
+                g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo, 2), part(inp.n_rem, off)),
+            );
         }
 
         // Accumulate each local key's probability mass, per query head.
@@ -460,13 +487,19 @@ impl InfllmAttention {
 fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
     let mut bytes = vec![0u8; n * 2];
     t.read_bytes(offset, &mut bytes);
-    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
 }
 
 fn read_f32(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
     let mut bytes = vec![0u8; n * 4];
     t.read_bytes(offset, &mut bytes);
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn f32_bytes(x: &[f32]) -> Vec<u8> {

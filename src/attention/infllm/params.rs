@@ -67,8 +67,15 @@ impl InfllmParams {
     pub fn validate(&self, head_dim: usize) -> anyhow::Result<()> {
         ensure!(self.n_local > 0, "--n-local must be positive");
         ensure!(self.block_size > 0, "--block-size must be positive");
-        ensure!(self.chunk > 0 && self.chunk <= self.n_local, "--chunk must be between 1 and --n-local ({})", self.n_local);
-        ensure!(self.repr_topk > 0 && self.repr_topk <= self.block_size, "--repr-topk must be between 1 and --block-size");
+        ensure!(
+            self.chunk > 0 && self.chunk <= self.n_local,
+            "--chunk must be between 1 and --n-local ({})",
+            self.n_local
+        );
+        ensure!(
+            self.repr_topk > 0 && self.repr_topk <= self.block_size,
+            "--repr-topk must be between 1 and --block-size"
+        );
         for (flag, ty) in [("-ctk", self.type_k), ("-ctv", self.type_v)] {
             let info = type_info(ty).ok_or_else(|| anyhow::anyhow!("{flag}: unknown type {ty}"))?;
             ensure!(
@@ -78,7 +85,8 @@ impl InfllmParams {
                 BLOCK_TYPES.join(", ")
             );
             ensure!(
-                head_dim as u64 % info.block_size == 0 && self.block_size as u64 % info.block_size == 0,
+                (head_dim as u64).is_multiple_of(info.block_size)
+                    && (self.block_size as u64).is_multiple_of(info.block_size),
                 "{flag} {}: head dim {head_dim} and --block-size {} must be multiples of {}",
                 info.name,
                 self.block_size,
@@ -96,7 +104,10 @@ mod tests {
     #[test]
     fn defaults_keep_the_span_inside_the_training_context() {
         let p = InfllmParams::defaults_for(8192);
-        assert_eq!((p.n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk), (128, 4096, 128, 16, 4, 512));
+        assert_eq!(
+            (p.n_init, p.n_local, p.block_size, p.topk, p.repr_topk, p.chunk),
+            (128, 4096, 128, 16, 4, 512)
+        );
         assert_eq!(p.span(), 6272);
         for n in [1024, 2048, 4096, 32768] {
             let p = InfllmParams::defaults_for(n);
