@@ -77,6 +77,25 @@ impl Engine {
         self.attention.n_ctx()
     }
 
+    /// Memory held for the past, in words: blocks, bytes, bytes per token.
+    pub fn memory_report(&self) -> String {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        match &self.attention {
+            Attention::Full(a) => format!("memory: KV cache {:.1} MiB", mib(a.cache_bytes())),
+            Attention::Infllm(a) => {
+                let n = self.n_past().max(1);
+                format!(
+                    "memory: {} tokens, {} blocks, block memory {:.1} MiB ({:.0} bytes/token), window and initial tokens {:.1} MiB",
+                    self.n_past(),
+                    a.n_blocks(),
+                    mib(a.block_bytes()),
+                    a.block_bytes() as f64 / n as f64,
+                    mib(a.window_bytes())
+                )
+            }
+        }
+    }
+
     /// Tokens processed so far.
     pub fn n_past(&self) -> usize {
         self.attention.n_past()

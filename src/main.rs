@@ -7,6 +7,7 @@ fn main() {
     infllm::ggml::set_quiet_logs(true);
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),
+        Some(Command::Passkey(a)) => cli::passkey::run(a),
         None => cli::generate::run(&cli.generate),
     };
     if let Err(e) = result {

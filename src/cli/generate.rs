@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::attn::{describe, AttnArgs};
-use super::{default_threads, read_prompt, ModelArgs};
-use crate::engine::{Engine, EngineParams};
-use crate::model::{Hparams, Model};
+use super::attn::describe;
+use super::progress::Progress;
+use super::{read_prompt, RunArgs};
+use crate::engine::Engine;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Utf8Stream;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub run: RunArgs,
     /// Prompt to start generation with
     #[arg(short = 'p', long = "prompt", help_heading = "Common")]
     pub prompt: Option<String>,
@@ -28,22 +28,6 @@ pub struct GenerateArgs {
     /// Number of tokens to predict (-1 = until end of text or full context)
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true, help_heading = "Common")]
     pub n_predict: i64,
-    /// Context size. Full attention: KV cache tokens [default: 4096; 0 = the
-    /// model's training context]. InfLLM / stream: cap on the text length
-    /// [default: 0 = no cap]
-    #[arg(short = 'c', long = "ctx-size", help_heading = "Common")]
-    pub ctx_size: Option<usize>,
-    /// Threads (default: all cores)
-    #[arg(short = 't', long = "threads", help_heading = "Common")]
-    pub threads: Option<usize>,
-    /// Logical batch size: most prompt tokens submitted at once
-    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, help_heading = "Common")]
-    pub batch_size: usize,
-    /// Physical batch size (-ub): tokens per forward pass
-    #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
-    pub ubatch_size: usize,
-    #[command(flatten)]
-    pub attn: AttnArgs,
     /// Print only the generated text, not the prompt
     #[arg(long = "no-display-prompt", help_heading = "Common")]
     pub no_display_prompt: bool,
@@ -99,49 +83,17 @@ impl GenerateArgs {
             seed,
         }
     }
-
-    pub fn engine_params(&self, hp: &Hparams) -> anyhow::Result<EngineParams> {
-        Ok(EngineParams {
-            attn: self.attn.mode(hp, self.ctx_size)?,
-            n_threads: self.threads.unwrap_or_else(default_threads),
-            n_ctx: self.ctx_size.unwrap_or(4096),
-            n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
-        })
-    }
-}
-
-/// Loads the model; returns it with a line describing it, printed by the
-/// caller once the inputs are known to be valid (so that an error stays the
-/// only line on stderr).
-pub fn load(args: &ModelArgs) -> anyhow::Result<(Model, String)> {
-    let path = args.path()?;
-    let start = Instant::now();
-    let model = Model::load(&path)?;
-    let hp = &model.hp;
-    let info = format!(
-        "infllm: loaded {} ({}, {} layers, {} heads / {} KV heads, head dim {}, vocab {}, trained ctx {}) in {:.0} ms",
-        path.display(),
-        hp.arch,
-        hp.n_layer,
-        hp.n_head,
-        hp.n_head_kv,
-        hp.head_dim,
-        hp.n_vocab,
-        hp.n_ctx_train,
-        start.elapsed().as_secs_f64() * 1e3
-    );
-    Ok((model, info))
 }
 
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let prompt = read_prompt(&a.prompt, &a.file)?.unwrap_or_default();
-    let (model, info) = load(&a.model)?;
+    let (model, info) = a.run.load()?;
     let tokens = model.tokenizer.encode(&prompt, true, true);
     anyhow::ensure!(
         !tokens.is_empty(),
         "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
     );
-    let params = a.engine_params(&model.hp)?;
+    let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
     let n_ctx = engine.n_ctx();
@@ -167,7 +119,9 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     let t0 = Instant::now();
-    let mut logits = engine.eval(&tokens, false, &mut |_, _| {})?;
+    let mut progress = Progress::new(tokens.len());
+    let mut logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
+    progress.finish();
     let prompt_time = t0.elapsed();
     tokens.iter().for_each(|&t| sampler.accept(t));
 
@@ -202,6 +156,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     out.flush()?;
     let gen_time = t1.elapsed();
     print_timings(tokens.len(), prompt_time, n_gen, gen_time);
+    eprintln!("infllm: {}", engine.memory_report());
     Ok(())
 }
 

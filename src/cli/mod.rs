@@ -2,12 +2,19 @@
 
 pub mod attn;
 pub mod generate;
+pub mod passkey;
+pub mod progress;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+
+use crate::engine::EngineParams;
+use crate::model::{Hparams, Model};
+use attn::AttnArgs;
 
 /// The model used when `-m` is not given, as placed by `models/fetch`.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -31,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the token ids of a text (like llama-tokenize)
     Tokenize(tokenize::TokenizeArgs),
+    /// Find a pass key hidden in a long text (like llama-passkey)
+    Passkey(passkey::PasskeyArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -60,6 +69,64 @@ impl ModelArgs {
             .with_context(|| {
                 format!("no model given (-m) and the default model {DEFAULT_MODEL} is missing: run `models/fetch`")
             })
+    }
+}
+
+/// Flags of every command that runs a model: the model, context, threads,
+/// batching and attention.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Context size. Full attention: KV cache tokens [default: 4096; 0 = the
+    /// model's training context]. InfLLM / stream: cap on the text length
+    /// [default: 0 = no cap]
+    #[arg(short = 'c', long = "ctx-size", help_heading = "Common")]
+    pub ctx_size: Option<usize>,
+    /// Threads (default: all cores)
+    #[arg(short = 't', long = "threads", help_heading = "Common")]
+    pub threads: Option<usize>,
+    /// Logical batch size: most prompt tokens submitted at once
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, help_heading = "Common")]
+    pub batch_size: usize,
+    /// Physical batch size (-ub): tokens per forward pass
+    #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
+    pub ubatch_size: usize,
+    #[command(flatten)]
+    pub attn: AttnArgs,
+}
+
+impl RunArgs {
+    pub fn engine_params(&self, hp: &Hparams) -> anyhow::Result<EngineParams> {
+        Ok(EngineParams {
+            attn: self.attn.mode(hp, self.ctx_size)?,
+            n_threads: self.threads.unwrap_or_else(default_threads),
+            n_ctx: self.ctx_size.unwrap_or(4096),
+            n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
+        })
+    }
+
+    /// Loads the model; returns it with a line describing it, printed by the
+    /// caller once the inputs are known to be valid (so that an error stays
+    /// the only line on stderr).
+    pub fn load(&self) -> anyhow::Result<(Model, String)> {
+        let path = self.model.path()?;
+        let start = Instant::now();
+        let model = Model::load(&path)?;
+        let hp = &model.hp;
+        let info = format!(
+            "infllm: loaded {} ({}, {} layers, {} heads / {} KV heads, head dim {}, vocab {}, trained ctx {}) in {:.0} ms",
+            path.display(),
+            hp.arch,
+            hp.n_layer,
+            hp.n_head,
+            hp.n_head_kv,
+            hp.head_dim,
+            hp.n_vocab,
+            hp.n_ctx_train,
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        Ok((model, info))
     }
 }
 

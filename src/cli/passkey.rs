@@ -1,0 +1,165 @@
+//! `infllm passkey`: llama.cpp's passkey test, extended. A five-digit key is
+//! hidden at chosen positions of a long filler text; the model must repeat
+//! it (greedy) when asked at the end.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+
+use super::attn::describe;
+use super::progress::Progress;
+use super::RunArgs;
+use crate::engine::Engine;
+use crate::sampling::argmax;
+use crate::tokenizer::{Token, Tokenizer};
+
+const INTRO: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. \
+                     I will quiz you about the important information there.";
+const FILLER: &str = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+const QUESTION: &str = " What is the pass key? The pass key is";
+
+#[derive(Args, Debug)]
+pub struct PasskeyArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Target prompt length in tokens
+    #[arg(long, default_value_t = 16384, conflicts_with = "junk")]
+    pub tokens: usize,
+    /// Number of filler sentences instead of a token count
+    #[arg(long)]
+    pub junk: Option<usize>,
+    /// Where the key goes: a fraction of the text (0.5) or a filler index (120); repeat or comma-separate for several runs
+    #[arg(long, value_delimiter = ',', default_values = ["0.1", "0.5", "0.9"])]
+    pub pos: Vec<String>,
+    /// Seed of the pass key
+    #[arg(short = 's', long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Tokens generated after the question
+    #[arg(short = 'n', long = "n-predict", default_value_t = 12)]
+    pub n_predict: usize,
+}
+
+/// The prompt with the key line inserted before filler sentence `at`.
+pub fn prompt(n_junk: usize, at: usize, key: u32) -> String {
+    let key_line = format!(" The pass key is {key}. Remember it. {key} is the pass key.");
+    let mut p = String::with_capacity(INTRO.len() + (n_junk + 1) * FILLER.len() + QUESTION.len());
+    p.push_str(INTRO);
+    for i in 0..n_junk {
+        if i == at {
+            p.push_str(&key_line);
+        }
+        p.push_str(FILLER);
+    }
+    if at >= n_junk {
+        p.push_str(&key_line);
+    }
+    p.push_str(QUESTION);
+    p
+}
+
+/// Filler sentences that make a prompt of about `tokens` tokens.
+fn junk_for(tok: &Tokenizer, tokens: usize) -> usize {
+    let cost = |s: &str| tok.encode(s, false, false).len();
+    let fixed = cost(INTRO) + cost(QUESTION) + cost(" The pass key is 12345. Remember it. 12345 is the pass key.");
+    let per = cost(&FILLER.repeat(10)) as f64 / 10.0;
+    ((tokens.saturating_sub(fixed)) as f64 / per).round() as usize
+}
+
+/// A position argument as a filler index.
+fn position(arg: &str, n_junk: usize) -> anyhow::Result<usize> {
+    if arg.contains('.') {
+        let f: f64 = arg.parse().map_err(|_| anyhow::anyhow!("--pos {arg}: not a number"))?;
+        anyhow::ensure!((0.0..=1.0).contains(&f), "--pos {arg}: a fraction must be between 0 and 1");
+        Ok(((f * n_junk as f64).round() as usize).min(n_junk))
+    } else {
+        let i: usize = arg.parse().map_err(|_| anyhow::anyhow!("--pos {arg}: not a fraction or an index"))?;
+        anyhow::ensure!(i <= n_junk, "--pos {arg}: there are only {n_junk} filler sentences");
+        Ok(i)
+    }
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
+    let (model, info) = a.run.load()?;
+    let n_junk = match a.junk {
+        Some(n) => n,
+        None => junk_for(&model.tokenizer, a.tokens),
+    };
+    let positions = a.pos.iter().map(|p| position(p, n_junk)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut params = a.run.engine_params(&model.hp)?;
+    if a.run.ctx_size.is_none() {
+        // Full attention: room for the prompt and the answer.
+        params.n_ctx = a.tokens.max(n_junk * 32) + a.n_predict + 256;
+    }
+    let attn_info = describe(&params.attn, &model.hp);
+    let mut engine = Engine::new(model, params)?;
+    eprintln!("{info}\ninfllm: {attn_info}");
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut prefill, mut decode) = (0, (0usize, Duration::ZERO), (0usize, Duration::ZERO));
+    for &at in &positions {
+        let key: u32 = rng.gen_range(10_000..100_000);
+        let tokens = engine.model.tokenizer.encode(&prompt(n_junk, at, key), true, true);
+        anyhow::ensure!(
+            tokens.len() < engine.n_ctx(),
+            "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
+            tokens.len(),
+            engine.n_ctx()
+        );
+        engine.clear();
+        let t0 = Instant::now();
+        let mut progress = Progress::new(tokens.len());
+        let mut logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
+        progress.finish();
+        prefill.0 += tokens.len();
+        prefill.1 += t0.elapsed();
+
+        let t1 = Instant::now();
+        let mut answer: Vec<Token> = Vec::new();
+        for i in 0..a.n_predict {
+            let t = argmax(&logits.iter().enumerate().map(|(i, &l)| (i as Token, l)).collect::<Vec<_>>());
+            if engine.model.tokenizer.is_eog(t) {
+                break;
+            }
+            answer.push(t);
+            if i + 1 < a.n_predict {
+                logits = engine.eval(&[t], false, &mut |_, _| {})?;
+            }
+        }
+        decode.0 += answer.len().saturating_sub(1);
+        decode.1 += t1.elapsed();
+        let text = String::from_utf8_lossy(&engine.model.tokenizer.decode(&answer, false, false)).into_owned();
+        let ok = text.contains(&key.to_string());
+        passed += ok as usize;
+        writeln!(
+            out,
+            "passkey: length {} tokens, position {:.0}% (filler {at}/{n_junk}), key {key}, generated {text:?}: {}",
+            tokens.len(),
+            100.0 * at as f64 / n_junk.max(1) as f64,
+            if ok { "pass" } else { "FAIL" }
+        )?;
+        out.flush()?;
+    }
+    let rate = |(n, d): (usize, Duration)| n as f64 / d.as_secs_f64().max(1e-9);
+    writeln!(
+        out,
+        "passkey: accuracy {passed}/{} ({:.0}%), prefill {:.1} tokens/s, decode {:.1} tokens/s, peak RSS {}",
+        positions.len(),
+        100.0 * passed as f64 / positions.len().max(1) as f64,
+        rate(prefill),
+        rate(decode),
+        peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+    )?;
+    eprintln!("infllm: {}", engine.memory_report());
+    Ok(())
+}
