@@ -156,9 +156,17 @@ fn infllm_equals_full_attention_inside_the_window() {
     let bound = max_abs_diff(&want, &fused);
     let a = full.eval(&tokens, true, &mut |_, _| {}).unwrap();
     let b = inf.eval(&tokens, true, &mut |_, _| {}).unwrap();
-    assert_eq!(max_abs_diff(&a, &want), 0.0, "full attention without flash attention is llama.cpp's");
+    assert_eq!(
+        max_abs_diff(&a, &want),
+        0.0,
+        "full attention without flash attention is llama.cpp's"
+    );
     let first_chunk = 512 * n_vocab;
-    assert_eq!(max_abs_diff(&b[..first_chunk], &want[..first_chunk]), 0.0, "first chunk");
+    assert_eq!(
+        max_abs_diff(&b[..first_chunk], &want[..first_chunk]),
+        0.0,
+        "first chunk"
+    );
     for (pos, (x, y)) in b.chunks(n_vocab).zip(want.chunks(n_vocab)).enumerate() {
         assert_eq!(argmax_of(x), argmax_of(y), "top-1 differs at position {pos}");
     }

@@ -205,6 +205,22 @@ pub fn mul_mat_capped<'a>(g: &'a Context, k: Tensor<'a>, q: Tensor<'a>, la: &Lay
     }
 }
 
+/// `mul_mat_id` logits, soft-capped like `mul_mat_capped`.
+pub fn mul_mat_id_capped<'a>(
+    g: &'a Context,
+    k: Tensor<'a>,
+    q: Tensor<'a>,
+    ids: Tensor<'a>,
+    la: &LayerAttn,
+) -> Tensor<'a> {
+    let kq = g.mul_mat_id(k, q, ids);
+    if la.softcap > 0.0 {
+        g.scale(g.tanh(g.scale(kq, la.scale / la.softcap)), la.softcap)
+    } else {
+        kq
+    }
+}
+
 /// The softmax scale that goes with `mul_mat_capped`.
 pub fn softmax_scale(la: &LayerAttn) -> f32 {
     if la.softcap > 0.0 {

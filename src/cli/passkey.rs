@@ -71,10 +71,15 @@ fn junk_for(tok: &Tokenizer, tokens: usize) -> usize {
 fn position(arg: &str, n_junk: usize) -> anyhow::Result<usize> {
     if arg.contains('.') {
         let f: f64 = arg.parse().map_err(|_| anyhow::anyhow!("--pos {arg}: not a number"))?;
-        anyhow::ensure!((0.0..=1.0).contains(&f), "--pos {arg}: a fraction must be between 0 and 1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&f),
+            "--pos {arg}: a fraction must be between 0 and 1"
+        );
         Ok(((f * n_junk as f64).round() as usize).min(n_junk))
     } else {
-        let i: usize = arg.parse().map_err(|_| anyhow::anyhow!("--pos {arg}: not a fraction or an index"))?;
+        let i: usize = arg
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--pos {arg}: not a fraction or an index"))?;
         anyhow::ensure!(i <= n_junk, "--pos {arg}: there are only {n_junk} filler sentences");
         Ok(i)
     }
@@ -94,7 +99,11 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
         Some(n) => n,
         None => junk_for(&model.tokenizer, a.tokens),
     };
-    let positions = a.pos.iter().map(|p| position(p, n_junk)).collect::<anyhow::Result<Vec<_>>>()?;
+    let positions = a
+        .pos
+        .iter()
+        .map(|p| position(p, n_junk))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut params = a.run.engine_params(&model.hp)?;
     if a.run.ctx_size.is_none() {
         // Full attention: room for the prompt and the answer.
@@ -127,7 +136,13 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
         let t1 = Instant::now();
         let mut answer: Vec<Token> = Vec::new();
         for i in 0..a.n_predict {
-            let t = argmax(&logits.iter().enumerate().map(|(i, &l)| (i as Token, l)).collect::<Vec<_>>());
+            let t = argmax(
+                &logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as Token, l))
+                    .collect::<Vec<_>>(),
+            );
             if engine.model.tokenizer.is_eog(t) {
                 break;
             }

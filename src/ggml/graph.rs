@@ -422,6 +422,18 @@ impl Context {
         })
     }
 
+    /// Indirect matmul: for each row of `b` and each id in `ids`, `as[id] @ b`.
+    pub fn mul_mat_id<'a>(&'a self, as_: Tensor<'a>, b: Tensor<'a>, ids: Tensor<'a>) -> Tensor<'a> {
+        // SAFETY: valid context and tensors; ggml validates shapes and types.
+        self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
+    }
+
+    /// `a` repeated to shape `ne`.
+    pub fn repeat_4d<'a>(&'a self, a: Tensor<'a>, ne: [i64; 4]) -> Tensor<'a> {
+        // SAFETY: valid context and tensor; ggml checks that `ne` is a multiple of a's shape.
+        self.wrap(unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0], ne[1], ne[2], ne[3]) })
+    }
+
     /// Indices of the `k` largest values of each row (I32), in no particular order.
     pub fn top_k<'a>(&'a self, a: Tensor<'a>, k: i32) -> Tensor<'a> {
         // SAFETY: valid context and tensor.

@@ -1,7 +1,7 @@
 //! The memory of one layer: evicted blocks with their K and V quantized in
 //! host memory, and one representative key per block for retrieval.
 
-use crate::ggml::{quantize, type_info, Context, HostArena, Tensor, TYPE_F32};
+use crate::ggml::{dequantize, quantize, type_info, Context, HostArena, Tensor, TYPE_F32};
 
 /// Shapes shared by the stores of all layers.
 #[derive(Debug, Clone, Copy)]
@@ -81,11 +81,16 @@ impl BlockStore {
     }
 
     /// Appends a block. `k` is token-major (block_size rows of n_embd_kv),
-    /// `v_t` channel-major (n_embd_kv rows of block_size): the layouts the
-    /// attention graph reads.
+    /// `v_t` channel-major (n_embd_kv rows of block_size). Keys are stored
+    /// KV-head-major ([n_head_kv][block_size][head_dim]) so that each KV
+    /// head's rows are contiguous for the decode matmul.
     pub fn push(&mut self, k: &[f32], v_t: &[f32], repr: &[f32]) -> anyhow::Result<()> {
         let s = self.shape;
         assert_eq!(k.len(), s.block_values());
+        let (bs, hd, e) = (s.block_size, s.head_dim, s.n_embd_kv());
+        let k: Vec<f32> = (0..s.n_head_kv)
+            .flat_map(|h| (0..bs).flat_map(move |t| k[t * e + h * hd..t * e + (h + 1) * hd].iter().copied()))
+            .collect();
         assert_eq!(v_t.len(), s.block_values());
         assert_eq!(repr.len(), s.repr_len());
         let i = self.len;
@@ -93,12 +98,7 @@ impl BlockStore {
             (i + 1) * s.k_bytes() <= self.k.len(),
             "the text is longer than the block memory reserved for it (raise -c)"
         );
-        quantize(
-            s.type_k,
-            k,
-            s.n_embd_kv(),
-            self.k.slice_mut(i * s.k_bytes(), s.k_bytes()),
-        );
+        quantize(s.type_k, &k, s.head_dim, self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
         quantize(
             s.type_v,
             v_t,
@@ -113,7 +113,8 @@ impl BlockStore {
         Ok(())
     }
 
-    /// All blocks' keys as one tensor [block_values, len] of `type_k`.
+    /// All blocks' keys as one tensor [block_values, len] of `type_k`
+    /// (each block KV-head-major).
     pub fn k_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
         let t = ctx.new_tensor(self.shape.type_k, &[self.shape.block_values() as i64, self.len as i64]);
         self.k.place(t, 0);
@@ -134,13 +135,17 @@ impl BlockStore {
         t
     }
 
-    /// Raw bytes of block `i`'s K and V (for tests and session files).
-    pub fn block_bytes(&self, i: usize) -> (&[u8], &[u8]) {
+    /// Block `i` dequantized, in `push`'s layouts: (k token-major, v_t).
+    pub fn read(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
         let s = self.shape;
-        (
-            self.k.slice(i * s.k_bytes(), s.k_bytes()),
-            self.v.slice(i * s.v_bytes(), s.v_bytes()),
-        )
+        let (bs, hd, e, n) = (s.block_size, s.head_dim, s.n_embd_kv(), s.block_values());
+        let by_head = dequantize(s.type_k, self.k.slice(i * s.k_bytes(), s.k_bytes()), n);
+        let mut k = vec![0f32; n];
+        for (row, x) in by_head.chunks_exact(hd).enumerate() {
+            let (h, t) = (row / bs, row % bs);
+            k[t * e + h * hd..t * e + (h + 1) * hd].copy_from_slice(x);
+        }
+        (k, dequantize(s.type_v, self.v.slice(i * s.v_bytes(), s.v_bytes()), n))
     }
 
     /// Bytes in use.

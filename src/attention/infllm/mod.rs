@@ -26,10 +26,14 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 
 use half::f16;
 
-use super::full::{mul_mat_capped, softmax_scale};
+use super::full::{mul_mat_capped, mul_mat_id_capped, softmax_scale};
 use super::{AttentionError, LayerAttn};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
+
+/// Key counts of a multi-token step are padded to a multiple of this (with
+/// masked keys) so that ggml's tiled matmul kernels apply.
+const KEY_PAD: usize = 32;
 
 struct LayerStore {
     k_raw: TensorId,
@@ -110,8 +114,8 @@ impl InfllmAttention {
             type_v: p.type_v,
         };
         // Window + one chunk + a partial block, plus a chunk of slack so the
-        // buffer moves at most once per chunk.
-        let cap = p.n_local + 2 * p.chunk + p.block_size;
+        // buffer moves at most once per chunk, plus room to pad key ranges.
+        let cap = p.n_local + 2 * p.chunk + p.block_size + 2 * KEY_PAD;
         let e = shape.n_embd_kv() as i64;
         let ctx = Context::new(6 * h.n_layer, 0);
         let n_init = p.n_init.max(1) as i64;
@@ -189,13 +193,17 @@ impl InfllmAttention {
                 n_ctx: self.p.max_tokens,
             });
         }
-        if self.n_past + n_tokens - self.base <= self.cap {
+        // Steps use up to KEY_PAD slots past their last token (masked padding).
+        if self.n_past + n_tokens - self.base + KEY_PAD <= self.cap {
             return Ok(());
         }
         // Drop what precedes the remainder; move the rest to the front.
         let shift = self.rem_start - self.base;
         let kept = self.n_past - self.rem_start;
-        assert!(shift > 0 && kept + n_tokens <= self.cap, "window buffer too small");
+        assert!(
+            shift > 0 && kept + n_tokens + KEY_PAD <= self.cap,
+            "window buffer too small"
+        );
         let e = self.shape.n_embd_kv();
         let cap = self.cap;
         for l in &self.layers {
@@ -214,13 +222,19 @@ impl InfllmAttention {
         let p = &self.p;
         let (start, end) = (self.n_past, self.n_past + n_tokens);
         let local_lo_pos = (start + 1).saturating_sub(p.n_local).max(self.base);
-        let n_local_keys = end - local_lo_pos;
+        // Padded counts reach into later (masked) buffer slots, never past the buffer.
+        let pad = |n: usize| if n_tokens > 1 { n.next_multiple_of(KEY_PAD) } else { n };
+        let n_local_keys = pad(end - local_lo_pos);
         let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
-        let n_rem = rem_end - self.rem_start;
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
         let n_init = self.n_init_cur;
-        let n_global = n_selected * p.block_size + n_init + n_rem;
+        let n_fixed = n_selected * p.block_size + n_init;
+        let n_rem = match rem_end - self.rem_start {
+            0 if n_fixed % KEY_PAD == 0 => 0,
+            n => pad(n_fixed + n) - n_fixed,
+        };
+        let n_global = n_fixed + n_rem;
 
         // One mask over [local | blocks | initial | remainder] keys.
         let width = n_local_keys + n_global;
@@ -233,9 +247,9 @@ impl InfllmAttention {
                     *m = 0.0;
                 }
             }
-            row[n_local_keys..n_local_keys + n_selected * p.block_size + n_init].fill(0.0);
+            row[n_local_keys..n_local_keys + n_fixed].fill(0.0);
             for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
-                if q - (self.rem_start + j) >= p.n_local {
+                if q >= self.rem_start + j + p.n_local {
                     *m = 0.0;
                 }
             }
@@ -246,7 +260,13 @@ impl InfllmAttention {
         InfllmInputs {
             pos_local: step.input_i32(&[t], (start..end).map(|q| (q - self.base) as i32).collect()),
             pos_global: step.input_i32(&[t], vec![p.n_local as i32 - 1; n_tokens]),
-            mask: step.input_f32(&[width as i64, t], mask),
+            // Decode computes a KV head's query heads together: one mask row each.
+            mask: if n_tokens == 1 {
+                let group = self.shape.n_head / self.shape.n_head_kv;
+                step.input_f32(&[width as i64, group as i64], mask.repeat(group))
+            } else {
+                step.input_f32(&[width as i64, t], mask)
+            },
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
             rerotate: (self.rerotate && n_valid > 0)
@@ -320,18 +340,22 @@ impl InfllmAttention {
         let v_new = g.transpose(g.reshape(v, &[e, t]));
         step.graph.expand(g.cpy(v_new, g.view(v_t, &[t, e], &[vt_row], at * 2)));
 
-        // Logits over [local | blocks | initial | remainder].
-        let q_local = g.permute(rope(q, inp.pos_local), [0, 2, 1, 3]);
+        if t == 1 {
+            return self.attend_one(step, inp, layer, q, la, freq_factors);
+        }
+
+        // Logits over [local | blocks | initial | remainder]; one softmax.
+        let q_local = g.cont(g.permute(rope(q, inp.pos_local), [0, 2, 1, 3])); // [hd, T, n_head]
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
-            g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
+            g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row) // [hd, n_head_kv, n]
         };
-        let mut logits = mul_mat_capped(g, keys(k_rot, inp.n_local_keys, inp.local_lo), q_local, la);
+        let local_keys = g.permute(keys(k_rot, inp.n_local_keys, inp.local_lo), [0, 2, 1, 3]);
+        let mut logits = mul_mat_capped(g, local_keys, q_local, la);
 
         let q_global = rope(q, inp.pos_global);
-        let q_global_p = g.permute(q_global, [0, 2, 1, 3]);
-        let mut block_rows = None;
-        if inp.n_selected > 0 {
-            let idx = inp.all_blocks.unwrap_or_else(|| {
+        let block_rows = (inp.n_selected > 0).then(|| {
+            inp.all_blocks.unwrap_or_else(|| {
+                // Retrieval: the chunk's mean global query against every block's representative key.
                 let q_flat = g.reshape(q_global, &[hd * nh, t]);
                 let q_mean = match inp.ones {
                     Some(ones) => g.scale(g.out_prod(q_flat, ones), 1.0 / t as f32),
@@ -339,82 +363,83 @@ impl InfllmAttention {
                 };
                 let scores = g.mul_mat(l.blocks.repr_tensor(g), q_mean);
                 g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
-            });
-            let n_keys = (inp.n_selected * s.block_size) as i64;
-            let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[hd, nkv, n_keys]);
-            logits = g.concat(
-                logits,
-                mul_mat_capped(g, g.permute(kb, [0, 2, 1, 3]), q_global_p, la),
-                0,
-            );
-            block_rows = Some(idx);
+            })
+        });
+        let n_blocks_keys = inp.n_selected * s.block_size;
+        // Global keys, un-rotated, f32, [hd, n_head_kv, n] per part.
+        // Global keys, un-rotated, f32, [hd, n, n_head_kv] per part.
+        let mut global_keys = Vec::new();
+        if let Some(idx) = block_rows {
+            // Blocks store keys KV-head-major: [hd, block_size, n_head_kv] each.
+            let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+            let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[hd, bs, nkv, n_sel]);
+            let kb = g.cont(g.permute(kb, [0, 1, 3, 2])); // [hd, bs, n_sel, nkv]
+            global_keys.push(g.reshape(kb, &[hd, n_blocks_keys as i64, nkv]));
         }
         if inp.n_init > 0 {
             let ki = self.ctx.tensor(l.init_k);
-            let ki = g.view(
-                ki,
-                &[hd, nkv, inp.n_init as i64],
-                &[ki.nb()[1] / nkv as usize, ki.nb()[1]],
-                0,
-            );
-            logits = g.concat(
-                logits,
-                mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global_p, la),
-                0,
-            );
+            let kb1 = ki.nb()[1];
+            let ki = g.view(ki, &[hd, nkv, inp.n_init as i64], &[kb1 / nkv as usize, kb1], 0);
+            global_keys.push(g.permute(ki, [0, 2, 1, 3]));
         }
         if inp.n_rem > 0 {
-            logits = g.concat(
-                logits,
-                mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global_p, la),
-                0,
-            );
+            global_keys.push(g.permute(g.cast(keys(k_raw, inp.n_rem, inp.rem_lo), TYPE_F32), [0, 2, 1, 3]));
+        }
+        let q_global = g.cont(g.permute(q_global, [0, 2, 1, 3]));
+        if !global_keys.is_empty() {
+            // One matmul over all global keys (a small copy) instead of one
+            // per part, whose logits would each be copied into place.
+            let all = global_keys
+                .into_iter()
+                .reduce(|a, b| g.concat(a, b, 1))
+                .expect("non-empty");
+            logits = g.concat(logits, mul_mat_capped(g, all, q_global, la), 0);
         }
         let probs = g.soft_max_ext(logits, Some(inp.mask), softmax_scale(la));
 
-        // Outputs: each part's probabilities times its values.
+        // Outputs: probabilities times values, part by part.
         let pnb = probs.nb();
         let part = |n: usize, off: usize| g.view(probs, &[n as i64, t, nh], &[pnb[1], pnb[2]], off * 4);
-        let values = |src: Tensor<'a>, n: usize, lo: usize, elem: usize| {
+        // Transposed values [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
+        let values = |src: Tensor<'a>, n: usize, lo: usize| {
             let nb1 = src.nb()[1];
+            let elem = src.nb()[0];
             g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * elem)
         };
         let p_local = part(inp.n_local_keys, 0);
-        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo, 2), p_local);
-        let mut off = inp.n_local_keys;
-        if let Some(idx) = block_rows {
-            let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
-            let vb = g.reshape(g.get_rows(l.blocks.v_tensor(g), idx), &[bs, hd, nkv, n_sel]);
-            let pb = g.view(probs, &[bs, t, nh, n_sel], &[pnb[1], pnb[2], bs as usize * 4], off * 4);
-            let per_block = g.mul_mat(vb, pb); // [hd, T, n_head, n_sel]
-            let summed = if n_sel == 1 {
-                g.reshape(per_block, &[hd, t, nh])
-            } else {
-                let by_block = g.cont(g.permute(per_block, [1, 2, 3, 0]));
-                g.reshape(g.sum_rows(by_block), &[hd, t, nh])
-            };
-            out = g.add(out, summed);
-            off += inp.n_selected * s.block_size;
-        }
-        if inp.n_init > 0 {
-            let vi = values(self.ctx.tensor(l.init_v_t), inp.n_init, 0, 4);
-            out = g.add(out, g.mul_mat(vi, part(inp.n_init, off)));
-            off += inp.n_init;
-        }
-        if inp.n_rem > 0 {
+        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo), p_local);
+        let n_global = n_blocks_keys + inp.n_init + inp.n_rem;
+        let init_v_t = self.ctx.tensor(l.init_v_t);
+        if n_global > 0 {
+            // Gather the global values transposed, in f16, so that
+            // P·V runs as one tiled matmul.
+            let mut parts = Vec::new();
+            if let Some(idx) = block_rows {
+                let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+                let vb = g.reshape(g.get_rows(l.blocks.v_tensor(g), idx), &[bs, e, n_sel]);
+                let vb = g.cont(g.permute(vb, [0, 2, 1, 3])); // [bs, n_sel, e]
+                parts.push(g.reshape(vb, &[bs * n_sel, e]));
+            }
+            if inp.n_init > 0 {
+                parts.push(g.view(init_v_t, &[inp.n_init as i64, e], &[init_v_t.nb()[1]], 0));
+            }
+            if inp.n_rem > 0 {
+                let vr = g.view(v_t, &[inp.n_rem as i64, e], &[vt_row], inp.rem_lo * 2);
+                parts.push(g.cast(vr, TYPE_F32));
+            }
+            let all = parts.into_iter().reduce(|a, b| g.concat(a, b, 0)).expect("non-empty");
+            let all = g.cast(all, TYPE_F16);
             out = g.add(
                 out,
-                g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo, 2), part(inp.n_rem, off)),
+                g.mul_mat(values(all, n_global, 0), part(n_global, inp.n_local_keys)),
             );
         }
 
         // Accumulate each local key's probability mass, per query head.
         let score = self.ctx.tensor(l.score);
         let n = inp.n_local_keys as i64;
-        let mass = match inp.ones_heads {
-            Some(ones) => g.reshape(g.out_prod(p_local, ones), &[n, nh]),
-            None => g.view(probs, &[n, nh], &[pnb[2]], 0),
-        };
+        let ones = inp.ones_heads.expect("multi-token steps have ones");
+        let mass = g.reshape(g.out_prod(p_local, ones), &[n, nh]);
         let acc = g.view(score, &[n, nh], &[score.nb()[1]], inp.local_lo * 4);
         step.graph.expand(g.cpy(g.add(acc, mass), acc));
 
@@ -422,10 +447,154 @@ impl InfllmAttention {
         g.reshape(out, &[hd * nh, t])
     }
 
+    /// Attention of a single new token (decode), reading every key and value
+    /// once: the query heads sharing a KV head form the columns of one
+    /// matmul, and the retrieved blocks are read quantized in place through
+    /// `mul_mat_id` (no gathered copy). The new token is already appended.
+    fn attend_one<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        inp: &InfllmInputs<'a>,
+        layer: usize,
+        q: Tensor<'a>,
+        la: &LayerAttn,
+        freq_factors: Option<Tensor<'a>>,
+    ) -> Tensor<'a> {
+        let g = step.ctx;
+        let s = &self.shape;
+        let l = &self.layers[layer];
+        let (hd, nkv, nh) = (s.head_dim as i64, s.n_head_kv as i64, s.n_head as i64);
+        let r = nh / nkv;
+        let k_raw = self.ctx.tensor(l.k_raw);
+        let k_rot = self.ctx.tensor(l.k_rot);
+        let v_t = self.ctx.tensor(l.v_t);
+        let row = k_raw.nb()[1];
+        let head = row / nkv as usize;
+        let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
+        // [hd, group, n_head_kv]: head h = kv * group + j.
+        let q_local = g.reshape(rope(q, inp.pos_local), &[hd, r, nkv]);
+        let q_global = g.reshape(rope(q, inp.pos_global), &[hd, r, nkv]);
+        let keys = |src: Tensor<'a>, n: usize, lo: usize| {
+            g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
+        };
+        let mut logits = mul_mat_capped(g, keys(k_rot, inp.n_local_keys, inp.local_lo), q_local, la);
+
+        let n_blocks_keys = inp.n_selected * s.block_size;
+        let block_ids = (inp.n_selected > 0).then(|| {
+            let idx = inp.all_blocks.unwrap_or_else(|| {
+                let scores = g.mul_mat(l.blocks.repr_tensor(g), g.reshape(q_global, &[hd * nh, 1]));
+                g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
+            });
+            g.repeat_4d(idx, [inp.n_selected as i64, nh, 1, 1]) // the same blocks for every head
+        });
+        if let Some(ids) = block_ids {
+            // Experts = blocks, each [hd, n_head_kv * block_size] (KV-head-major
+            // rows): every query head scores every row, then keeps the rows of
+            // its own KV head (a strided "diagonal" view).
+            let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+            let k_store = l.blocks.k_tensor(g);
+            let kt = crate::ggml::type_info(k_store.ty()).expect("checked type");
+            let as_k = g.view(
+                k_store,
+                &[hd, nkv * bs, inp.n_blocks as i64],
+                &[kt.row_size(hd as u64) as usize, k_store.nb()[1]],
+                0,
+            );
+            let all = mul_mat_id_capped(g, as_k, g.reshape(q_global, &[hd, 1, nh]), ids, la); // [nkv*bs, n_sel, nh]
+            let f = 4usize;
+            let (nkv_u, bs_u, sel_u, r_u) = (nkv as usize, bs as usize, n_sel as usize, r as usize);
+            let slot = nkv_u * bs_u * f;
+            let own = g.view(
+                all,
+                &[bs, n_sel, r, nkv],
+                &[slot, sel_u * slot, bs_u * f + r_u * sel_u * slot],
+                0,
+            );
+            logits = g.concat(logits, g.reshape(g.cont(own), &[bs * n_sel, r, nkv]), 0);
+        }
+        if inp.n_init > 0 {
+            let ki = self.ctx.tensor(l.init_k);
+            let kb1 = ki.nb()[1];
+            let ki = g.view(ki, &[hd, nkv, inp.n_init as i64], &[kb1 / nkv as usize, kb1], 0);
+            logits = g.concat(logits, mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global, la), 0);
+        }
+        if inp.n_rem > 0 {
+            logits = g.concat(
+                logits,
+                mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la),
+                0,
+            );
+        }
+        let probs = g.soft_max_ext(logits, Some(inp.mask), softmax_scale(la)); // [W, group, n_head_kv]
+
+        let width = probs.ne()[0] as usize;
+        let part = |n: usize, off: usize| {
+            g.view(
+                probs,
+                &[n as i64, r, nkv],
+                &[width * 4, width * 4 * r as usize],
+                off * 4,
+            )
+        };
+        let values = |src: Tensor<'a>, n: usize, lo: usize| {
+            let nb1 = src.nb()[1];
+            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
+        };
+        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo), part(inp.n_local_keys, 0));
+        let mut off = inp.n_local_keys;
+        if let Some(ids) = block_ids {
+            // Experts = blocks' transposed values [block_size, n_embd_kv]; the
+            // sum over blocks, then each head's own KV head's channels.
+            let (bs, n_sel, e) = (s.block_size as i64, inp.n_selected as i64, s.n_embd_kv() as i64);
+            let v_store = l.blocks.v_tensor(g);
+            let vt = crate::ggml::type_info(v_store.ty()).expect("checked type");
+            let as_v = g.view(
+                v_store,
+                &[bs, e, inp.n_blocks as i64],
+                &[vt.row_size(bs as u64) as usize, v_store.nb()[1]],
+                0,
+            );
+            let pb = g.view(probs, &[bs, n_sel, nh], &[bs as usize * 4, width * 4], off * 4);
+            let per_block = g.mul_mat_id(as_v, pb, ids); // [e, n_sel, nh]
+            let summed = if n_sel == 1 {
+                g.reshape(per_block, &[e, nh])
+            } else {
+                g.reshape(g.sum_rows(g.cont(g.permute(per_block, [1, 0, 2, 3]))), &[e, nh])
+            };
+            let f = 4usize;
+            let (e_u, hd_u, r_u) = (e as usize, hd as usize, r as usize);
+            let own = g.view(summed, &[hd, r, nkv], &[e_u * f, hd_u * f + r_u * e_u * f], 0);
+            out = g.add(out, own);
+            off += n_blocks_keys;
+        }
+        if inp.n_init > 0 {
+            out = g.add(
+                out,
+                g.mul_mat(
+                    values(self.ctx.tensor(l.init_v_t), inp.n_init, 0),
+                    part(inp.n_init, off),
+                ),
+            );
+            off += inp.n_init;
+        }
+        if inp.n_rem > 0 {
+            out = g.add(out, g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)));
+        }
+
+        // Accumulate each local key's probability (per query head).
+        let score = self.ctx.tensor(l.score);
+        let n = inp.n_local_keys as i64;
+        let mass = g.view(probs, &[n, nh], &[width * 4], 0);
+        let acc = g.view(score, &[n, nh], &[score.nb()[1]], inp.local_lo * 4);
+        step.graph.expand(g.cpy(g.add(acc, mass), acc));
+        g.reshape(out, &[hd * nh, 1])
+    }
+
     /// After a step: the chunk is in the window; tokens that left every
     /// future query's window become initial tokens or memory blocks.
     pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
         self.n_past += n_tokens;
+        self.rerotate = false;
         let evict_end = self.n_past.saturating_sub(self.p.n_local);
         if self.n_init_cur < self.p.n_init && evict_end > self.rem_start {
             let take = self.p.n_init.min(evict_end) - self.rem_start;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# InfLLM benchmarks (issue "InfLLM attention"): passkey accuracy far past
+# the training context, decode speed against context length, block memory.
+# Long: a 128K-token prefill takes tens of minutes on 2 cores.
+#
+#   bench/infllm.sh [quick|full]   (quick: 32K only; full: 32K, 64K, 128K)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-quick}"
+bin=target/release/infllm
+cargo build --release --quiet
+models/fetch smollm2 >/dev/null
+T="${THREADS:-2}"
+
+run() { echo "+ infllm passkey $*" >&2; "$bin" passkey -t "$T" "$@" 2>&1 | grep -E '^passkey:|memory:'; }
+
+echo "## passkey, defaults (SmolLM2-135M, trained 8K)"
+run --tokens 32768 --pos 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95
+if [ "$mode" = full ]; then
+  run --tokens 65536 --pos 0.1,0.3,0.5,0.7,0.9
+  run --tokens 131072 --pos 0.1,0.5,0.9
+fi
+echo "## full attention at 16K, for contrast"
+run --attn full --tokens 16384 --pos 0.1,0.5,0.9
+
+echo "## decode tokens/s against context length (64 tokens generated)"
+for n in 4096 32768 $([ "$mode" = full ] && echo 131072); do
+  run --tokens "$n" --pos 0.5 -n 64
+done
+
+echo "## block memory at the longest length, q8_0 and q4_0"
+n=$([ "$mode" = full ] && echo 131072 || echo 32768)
+run --tokens "$n" --pos 0.5 -ctk q8_0 -ctv q8_0
+run --tokens "$n" --pos 0.5 -ctk q4_0 -ctv q4_0
