@@ -39,7 +39,7 @@ pub enum Command {
     /// Print the token ids of a text (like llama-tokenize)
     Tokenize(tokenize::TokenizeArgs),
     /// Find a pass key hidden in a long text (like llama-passkey)
-    Passkey(passkey::PasskeyArgs),
+    Passkey(Box<passkey::PasskeyArgs>),
 }
 
 /// Flags shared by every command that loads a model.

@@ -428,6 +428,24 @@ impl Context {
         self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
     }
 
+    /// F32 tensors with equal dims 1..3 joined along dim 0, row by row into
+    /// one new tensor (ggml's `concat` copies element by element).
+    pub fn join_rows<'a>(&'a self, parts: &[Tensor<'a>]) -> Tensor<'a> {
+        let [_, n1, n2, n3] = parts[0].ne();
+        let n0: i64 = parts.iter().map(|p| p.ne()[0]).sum();
+        let mut out = self.new_tensor(sys::GGML_TYPE_F32, &[n0, n1, n2, n3]);
+        let (nb1, nb2, nb3) = (n0 as usize * 4, (n0 * n1) as usize * 4, (n0 * n1 * n2) as usize * 4);
+        let mut offset = 0;
+        for p in parts {
+            assert_eq!(p.ne()[1..], [n1, n2, n3], "join_rows: parts differ beyond dim 0");
+            // SAFETY: valid context and tensors; `out` is contiguous and each part
+            // lands inside it (rows of p.ne[0] floats at `offset`, checked by ggml).
+            out = self.wrap(unsafe { sys::ggml_set_inplace(self.raw(), out.raw(), p.raw(), nb1, nb2, nb3, offset) });
+            offset += p.ne()[0] as usize * 4;
+        }
+        out
+    }
+
     /// `a` repeated to shape `ne`.
     pub fn repeat_4d<'a>(&'a self, a: Tensor<'a>, ne: [i64; 4]) -> Tensor<'a> {
         // SAFETY: valid context and tensor; ggml checks that `ne` is a multiple of a's shape.

@@ -231,7 +231,7 @@ impl InfllmAttention {
         let n_init = self.n_init_cur;
         let n_fixed = n_selected * p.block_size + n_init;
         let n_rem = match rem_end - self.rem_start {
-            0 if n_fixed % KEY_PAD == 0 => 0,
+            0 if n_fixed.is_multiple_of(KEY_PAD) => 0,
             n => pad(n_fixed + n) - n_fixed,
         };
         let n_global = n_fixed + n_rem;
@@ -350,7 +350,7 @@ impl InfllmAttention {
             g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row) // [hd, n_head_kv, n]
         };
         let local_keys = g.permute(keys(k_rot, inp.n_local_keys, inp.local_lo), [0, 2, 1, 3]);
-        let mut logits = mul_mat_capped(g, local_keys, q_local, la);
+        let mut logits = vec![mul_mat_capped(g, local_keys, q_local, la)];
 
         let q_global = rope(q, inp.pos_global);
         let block_rows = (inp.n_selected > 0).then(|| {
@@ -393,9 +393,9 @@ impl InfllmAttention {
                 .into_iter()
                 .reduce(|a, b| g.concat(a, b, 1))
                 .expect("non-empty");
-            logits = g.concat(logits, mul_mat_capped(g, all, q_global, la), 0);
+            logits.push(mul_mat_capped(g, all, q_global, la));
         }
-        let probs = g.soft_max_ext(logits, Some(inp.mask), softmax_scale(la));
+        let probs = g.soft_max_ext(g.join_rows(&logits), Some(inp.mask), softmax_scale(la));
 
         // Outputs: probabilities times values, part by part.
         let pnb = probs.nb();
@@ -477,7 +477,12 @@ impl InfllmAttention {
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
         };
-        let mut logits = mul_mat_capped(g, keys(k_rot, inp.n_local_keys, inp.local_lo), q_local, la);
+        let mut logits = vec![mul_mat_capped(
+            g,
+            keys(k_rot, inp.n_local_keys, inp.local_lo),
+            q_local,
+            la,
+        )];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
         let block_ids = (inp.n_selected > 0).then(|| {
@@ -510,22 +515,18 @@ impl InfllmAttention {
                 &[slot, sel_u * slot, bs_u * f + r_u * sel_u * slot],
                 0,
             );
-            logits = g.concat(logits, g.reshape(g.cont(own), &[bs * n_sel, r, nkv]), 0);
+            logits.push(g.reshape(g.cont(own), &[bs * n_sel, r, nkv]));
         }
         if inp.n_init > 0 {
             let ki = self.ctx.tensor(l.init_k);
             let kb1 = ki.nb()[1];
             let ki = g.view(ki, &[hd, nkv, inp.n_init as i64], &[kb1 / nkv as usize, kb1], 0);
-            logits = g.concat(logits, mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global, la), 0);
+            logits.push(mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global, la));
         }
         if inp.n_rem > 0 {
-            logits = g.concat(
-                logits,
-                mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la),
-                0,
-            );
+            logits.push(mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la));
         }
-        let probs = g.soft_max_ext(logits, Some(inp.mask), softmax_scale(la)); // [W, group, n_head_kv]
+        let probs = g.soft_max_ext(g.join_rows(&logits), Some(inp.mask), softmax_scale(la)); // [W, group, n_head_kv]
 
         let width = probs.ne()[0] as usize;
         let part = |n: usize, off: usize| {
