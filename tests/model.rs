@@ -58,6 +58,7 @@ fn argmax_of(logits: &[f32]) -> i32 {
 
 #[test]
 fn prompt_logits_match_llama_cpp() {
+    let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let rm = RefModel::load(&common::smollm2()).unwrap();
     let text = "In a small village at the edge of the forest, there lived an old clockmaker who \
@@ -90,6 +91,7 @@ fn prompt_logits_match_llama_cpp() {
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {
+    let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let rm = RefModel::load(&common::smollm2()).unwrap();
     let mut e = engine(512);
@@ -134,6 +136,7 @@ fn infllm_equals_full_attention_inside_the_window() {
     // different length (llama.cpp pads keys to 256) round differently, and
     // this model amplifies that: the bound is llama.cpp's own difference
     // between its fused and unfused kernels on the same prompt.
+    let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let rm = RefModel::load(&common::smollm2()).unwrap();
     let reference = |fa| {

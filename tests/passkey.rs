@@ -12,6 +12,7 @@ mod common;
 use std::process::Command;
 
 fn passkey(extra: &[&str]) -> String {
+    let _one_at_a_time = common::exclusive();
     let model = common::smollm2();
     let mut args = vec!["passkey", "-m", model.to_str().unwrap(), "--tokens", "16384", "-t", "2"];
     args.extend_from_slice(&["--n-local", "1024", "--topk", "4", "--n-init", "64"]);

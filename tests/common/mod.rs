@@ -26,3 +26,10 @@ pub fn gemma3() -> PathBuf {
 
 /// Threads for tests: the CI machine has 2 cores.
 pub const THREADS: i32 = 2;
+
+/// Serializes the CPU-heavy tests of one test binary: run side by side,
+/// their 2-thread ggml pools would spin against each other on 2 cores.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
