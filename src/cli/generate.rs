@@ -126,7 +126,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     tokens.iter().for_each(|&t| sampler.accept(t));
 
     let mut utf8 = Utf8Stream::new();
-    let mut n_gen = 0usize;
+    let (mut n_gen, mut n_eval) = (0usize, 0usize);
     let t1 = Instant::now();
     let limit = if a.n_predict < 0 {
         usize::MAX
@@ -150,12 +150,13 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
             break;
         }
         logits = engine.eval(&[t], false, &mut |_, _| {})?;
+        n_eval += 1;
     }
     write!(out, "{}", utf8.finish())?;
     writeln!(out)?;
     out.flush()?;
     let gen_time = t1.elapsed();
-    print_timings(tokens.len(), prompt_time, n_gen, gen_time);
+    print_timings(tokens.len(), prompt_time, n_eval, gen_time);
     eprintln!("infllm: {}", engine.memory_report());
     Ok(())
 }

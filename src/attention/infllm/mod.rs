@@ -15,8 +15,10 @@
 //! - the block store (`memory`): quantized K and V, representative keys.
 //!
 //! Retrieval runs inside the step graph (`mul_mat` against the
-//! representative keys, `top_k`, `get_rows` on the quantized blocks), so a
-//! chunk is one graph over all layers.
+//! representative keys, then `top_k`), so a chunk is one graph over all
+//! layers. A prompt chunk gathers the chosen blocks (`get_rows`, dequantized)
+//! and runs tiled matmuls; a decode step reads them quantized in place
+//! (`mul_mat_id`).
 
 mod memory;
 mod params;
@@ -366,7 +368,6 @@ impl InfllmAttention {
             })
         });
         let n_blocks_keys = inp.n_selected * s.block_size;
-        // Global keys, un-rotated, f32, [hd, n_head_kv, n] per part.
         // Global keys, un-rotated, f32, [hd, n, n_head_kv] per part.
         let mut global_keys = Vec::new();
         if let Some(idx) = block_rows {
