@@ -64,6 +64,37 @@ fn broken_model_files_give_one_line_and_exit_1() {
 }
 
 #[test]
+fn every_kind_of_malformed_file_gives_one_line_and_exit_1() {
+    // A small valid file, then byte surgery on it; and the real model cut short.
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", Value::String("llama".into()));
+    w.add("general.alignment", Value::U32(32));
+    w.add_tensor("a", &[32, 2], 0, vec![0u8; 256]);
+    w.add_tensor("b", &[32], 0, vec![0u8; 128]);
+    let good = w.to_bytes();
+    let set = |at: usize, bytes: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    let mut cases: Vec<Vec<u8>> = (1..10).map(|i| good[..good.len() * i / 10].to_vec()).collect();
+    cases.push(set(0, b"GGUG"));
+    cases.push(set(4, &1u32.to_le_bytes()));
+    cases.push(set(4, &4u32.to_le_bytes()));
+    cases.push(set(8, &u64::MAX.to_le_bytes()));
+    cases.push(set(16, &u64::MAX.to_le_bytes()));
+    cases.push(set(24, &u64::MAX.to_le_bytes())); // first key's length
+    let real = std::fs::read(common::smollm2()).unwrap();
+    cases.extend([7, 100_000, 1_500_000, 3_000_000].iter().map(|&n| real[..n].to_vec()));
+    assert!(cases.len() >= 15);
+    for (i, bytes) in cases.into_iter().enumerate() {
+        let path = tmp(&format!("bad{i}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        assert_clean_error(&run_model(&path, &[]), "cannot load");
+    }
+}
+
+#[test]
 fn unknown_architecture_is_named() {
     let mut w = GgufWriter::new();
     w.add("general.architecture", Value::String("mamba9".into()));

@@ -8,7 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use infllm::attention::infllm::{representative_key, BlockShape, BlockStore, HeadShape, InfllmAttention, InfllmParams};
-use infllm::attention::LayerAttn;
+use infllm::attention::{LayerAttn, LayerQkv};
 use infllm::compute::Step;
 use infllm::ggml::{self, Backend, GraphAllocator, RopeParams, ROPE_NORMAL};
 
@@ -112,7 +112,14 @@ fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
         let q = step.input_f32(&[hd, nh, tt], c.q.clone());
         let k = step.input_f32(&[hd, nkv, tt], c.k.clone());
         let v = step.input_f32(&[hd, nkv, tt], c.v.clone());
-        let out = attn.attend(&mut step, &inp, 0, q, k, v, &la, None).set_output();
+        let qkv = LayerQkv {
+            layer: 0,
+            q,
+            k,
+            v,
+            freq_factors: None,
+        };
+        let out = attn.attend(&mut step, &inp, qkv, &la).set_output();
         step.graph.expand(out);
         step.run(&mut backend, &mut alloc).unwrap();
         let mut data = Vec::new();

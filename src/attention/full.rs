@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::{AttentionError, LayerAttn};
+use super::{AttentionError, LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16};
 
@@ -140,21 +140,22 @@ impl FullAttention {
         })
     }
 
-    /// q [head_dim, n_head, T], k and v [head_dim, n_head_kv, T], un-rotated.
     /// Returns [head_dim * n_head, T].
-    #[allow(clippy::too_many_arguments)]
     pub fn attend<'a>(
         &'a self,
         step: &mut Step<'a>,
         inp: &FullInputs<'a>,
-        layer: usize,
-        q: Tensor<'a>,
-        k: Tensor<'a>,
-        v: Tensor<'a>,
+        x: LayerQkv<'a>,
         la: &LayerAttn,
-        freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         let g = step.ctx;
+        let LayerQkv {
+            layer,
+            q,
+            k,
+            v,
+            freq_factors,
+        } = x;
         let t = q.ne()[2];
         let q = g.rope(q, inp.pos, freq_factors, &la.rope);
         let k = g.rope(k, inp.pos, freq_factors, &la.rope);

@@ -7,6 +7,18 @@ pub mod infllm;
 
 use crate::ggml::RopeParams;
 
+/// A layer's projections of the step's tokens, un-rotated:
+/// q [head_dim, n_head, T], k and v [head_dim, n_head_kv, T].
+#[derive(Clone, Copy)]
+pub struct LayerQkv<'a> {
+    pub layer: usize,
+    pub q: Tensor<'a>,
+    pub k: Tensor<'a>,
+    pub v: Tensor<'a>,
+    /// Optional per-dimension rotary frequency factors (Llama 3.1 `rope_freqs`).
+    pub freq_factors: Option<Tensor<'a>>,
+}
+
 /// What one layer's attention needs from its architecture.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerAttn {
@@ -86,21 +98,17 @@ impl Attention {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The attention output [head_dim * n_head, T] of one layer.
     pub fn attend<'a>(
         &'a self,
         step: &mut Step<'a>,
         inp: &StepInputs<'a>,
-        layer: usize,
-        q: Tensor<'a>,
-        k: Tensor<'a>,
-        v: Tensor<'a>,
+        x: LayerQkv<'a>,
         la: &LayerAttn,
-        freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         match (self, inp) {
-            (Attention::Full(a), StepInputs::Full(i)) => a.attend(step, i, layer, q, k, v, la, freq_factors),
-            (Attention::Infllm(a), StepInputs::Infllm(i)) => a.attend(step, i, layer, q, k, v, la, freq_factors),
+            (Attention::Full(a), StepInputs::Full(i)) => a.attend(step, i, x, la),
+            (Attention::Infllm(a), StepInputs::Infllm(i)) => a.attend(step, i, x, la),
             _ => unreachable!("step inputs come from the same attention"),
         }
     }

@@ -2,7 +2,7 @@
 //! GQA, SwiGLU feed-forward, tied or separate output matrix.
 
 use super::{ForwardInputs, Hparams, Weights};
-use crate::attention::LayerAttn;
+use crate::attention::{LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Tensor, TensorId};
 
@@ -96,7 +96,14 @@ impl Llama {
             let q = g.reshape(q, &[hp.head_dim as i64, hp.n_head as i64, n_tokens]);
             let k = g.reshape(k, &[hp.head_dim as i64, hp.n_head_kv as i64, n_tokens]);
             let v = g.reshape(v, &[hp.head_dim as i64, hp.n_head_kv as i64, n_tokens]);
-            let mut attn = inp.attend(step, il, q, k, v, &self.attn, rope_freqs);
+            let qkv = LayerQkv {
+                layer: il,
+                q,
+                k,
+                v,
+                freq_factors: rope_freqs,
+            };
+            let mut attn = inp.attend(step, qkv, &self.attn);
             let mut residual = x;
             if il + 1 == self.layers.len() && inp.last_only && n_tokens > 1 {
                 // Only the last token's logits are needed: skip the other rows.

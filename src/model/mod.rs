@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::attention::{Attention, LayerAttn, StepInputs};
+use crate::attention::{Attention, LayerAttn, LayerQkv, StepInputs};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use crate::gguf::GgufFile;
@@ -90,18 +90,7 @@ pub struct ForwardInputs<'a, 's> {
 }
 
 impl<'a> ForwardInputs<'a, '_> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn attend(
-        &self,
-        step: &mut Step<'a>,
-        layer: usize,
-        q: Tensor<'a>,
-        k: Tensor<'a>,
-        v: Tensor<'a>,
-        la: &LayerAttn,
-        freq_factors: Option<Tensor<'a>>,
-    ) -> Tensor<'a> {
-        self.attention
-            .attend(step, self.attn_inputs, layer, q, k, v, la, freq_factors)
+    pub fn attend(&self, step: &mut Step<'a>, x: LayerQkv<'a>, la: &LayerAttn) -> Tensor<'a> {
+        self.attention.attend(step, self.attn_inputs, x, la)
     }
 }

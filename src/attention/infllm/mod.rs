@@ -29,7 +29,7 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 use half::f16;
 
 use super::full::{mul_mat_capped, mul_mat_id_capped, softmax_scale};
-use super::{AttentionError, LayerAttn};
+use super::{AttentionError, LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
 
@@ -292,21 +292,22 @@ impl InfllmAttention {
         }
     }
 
-    /// q [head_dim, n_head, T], k and v [head_dim, n_head_kv, T], un-rotated.
     /// Returns [head_dim * n_head, T].
-    #[allow(clippy::too_many_arguments)]
     pub fn attend<'a>(
         &'a self,
         step: &mut Step<'a>,
         inp: &InfllmInputs<'a>,
-        layer: usize,
-        q: Tensor<'a>,
-        k: Tensor<'a>,
-        v: Tensor<'a>,
+        x: LayerQkv<'a>,
         la: &LayerAttn,
-        freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         let g = step.ctx;
+        let LayerQkv {
+            layer,
+            q,
+            k,
+            v,
+            freq_factors,
+        } = x;
         let s = &self.shape;
         let l = &self.layers[layer];
         let (hd, nkv, nh, e) = (
@@ -343,7 +344,7 @@ impl InfllmAttention {
         step.graph.expand(g.cpy(v_new, g.view(v_t, &[t, e], &[vt_row], at * 2)));
 
         if t == 1 {
-            return self.attend_one(step, inp, layer, q, la, freq_factors);
+            return self.attend_one(step, inp, x, la);
         }
 
         // Logits over [local | blocks | initial | remainder]; one softmax.
@@ -456,12 +457,13 @@ impl InfllmAttention {
         &'a self,
         step: &mut Step<'a>,
         inp: &InfllmInputs<'a>,
-        layer: usize,
-        q: Tensor<'a>,
+        x: LayerQkv<'a>,
         la: &LayerAttn,
-        freq_factors: Option<Tensor<'a>>,
     ) -> Tensor<'a> {
         let g = step.ctx;
+        let LayerQkv {
+            layer, q, freq_factors, ..
+        } = x;
         let s = &self.shape;
         let l = &self.layers[layer];
         let (hd, nkv, nh) = (s.head_dim as i64, s.n_head_kv as i64, s.n_head as i64);
