@@ -25,7 +25,8 @@ pub struct EngineParams {
     pub n_threads: usize,
     /// Context size in tokens (`-c`).
     pub n_ctx: usize,
-    /// Tokens per forward pass during prompt processing (`-ub`).
+    /// Tokens per forward pass during prompt processing (`-ub`; InfLLM
+    /// steps are its `--chunk` instead: one retrieval per chunk).
     pub n_ubatch: usize,
 }
 
@@ -65,7 +66,7 @@ impl Engine {
         Ok(Self {
             backend: Backend::cpu(p.n_threads)?,
             alloc: GraphAllocator::cpu(),
-            n_ubatch: p.n_ubatch.clamp(1, attention.max_step()),
+            n_ubatch: attention.step_tokens(p.n_ubatch),
             attention,
             model,
             logits: Vec::new(),

@@ -68,10 +68,11 @@ impl Attention {
         }
     }
 
-    /// Most tokens one step may take.
-    pub fn max_step(&self) -> usize {
+    /// Tokens per step of prompt processing, given `-ub`: InfLLM's chunk
+    /// defines its semantics (one retrieval per chunk), so it wins there.
+    pub fn step_tokens(&self, n_ubatch: usize) -> usize {
         match self {
-            Attention::Full(_) => usize::MAX,
+            Attention::Full(_) => n_ubatch.max(1),
             Attention::Infllm(a) => a.params().chunk,
         }
     }
