@@ -11,7 +11,6 @@ use super::sys;
 pub struct Backend {
     raw: NonNull<sys::ggml_backend>,
     pool: NonNull<sys::ggml_threadpool>,
-    n_threads: usize,
 }
 
 // SAFETY: the backend and its pool are used by one thread at a time (every
@@ -38,12 +37,8 @@ impl Backend {
             };
             sys::ggml_backend_cpu_set_n_threads(raw.as_ptr(), n_threads as i32);
             sys::ggml_backend_cpu_set_threadpool(raw.as_ptr(), pool.as_ptr());
-            Ok(Self { raw, pool, n_threads })
+            Ok(Self { raw, pool })
         }
-    }
-
-    pub fn n_threads(&self) -> usize {
-        self.n_threads
     }
 
     /// Runs an allocated graph.

@@ -99,20 +99,6 @@ impl Context {
         }
     }
 
-    /// The first tensor of the context, then `next_tensor` walks them in creation order.
-    pub fn tensors(&self) -> Vec<Tensor<'_>> {
-        let mut out = Vec::new();
-        // SAFETY: iterating the context's own tensor list.
-        unsafe {
-            let mut t = sys::ggml_get_first_tensor(self.raw.as_ptr());
-            while !t.is_null() {
-                out.push(self.wrap(t));
-                t = sys::ggml_get_next_tensor(self.raw.as_ptr(), t);
-            }
-        }
-        out
-    }
-
     /// A storable handle to `t`, which must belong to this context.
     pub fn id(&self, t: Tensor<'_>) -> TensorId {
         TensorId {
@@ -257,11 +243,6 @@ impl Graph<'_> {
         // graph is full, which the caller sizes for.
         unsafe { sys::ggml_build_forward_expand(self.raw.as_ptr(), t.raw()) }
     }
-
-    pub fn n_nodes(&self) -> usize {
-        // SAFETY: pure query.
-        unsafe { sys::ggml_graph_n_nodes(self.raw.as_ptr()) as usize }
-    }
 }
 
 /// Graph ops. Shapes are the caller's responsibility (they come from checked
@@ -285,14 +266,11 @@ macro_rules! binary {
 
 impl Context {
     unary! {
-        cont => ggml_cont, transpose => ggml_transpose, silu => ggml_silu,
-        gelu => ggml_gelu, tanh => ggml_tanh, sum_rows => ggml_sum_rows,
-        soft_max => ggml_soft_max, exp => ggml_exp, sqr => ggml_sqr,
+        cont => ggml_cont, transpose => ggml_transpose, tanh => ggml_tanh, sum_rows => ggml_sum_rows,
     }
     binary! {
         add => ggml_add, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
-        swiglu => ggml_swiglu_split, geglu => ggml_geglu_split, cpy => ggml_cpy, sub => ggml_sub,
-        div => ggml_div, out_prod => ggml_out_prod,
+        swiglu => ggml_swiglu_split, cpy => ggml_cpy, out_prod => ggml_out_prod,
     }
 
     /// `a @ b` with f32 accumulation.
