@@ -406,15 +406,18 @@ impl Context {
         self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
     }
 
-    /// F32 tensors with equal dims 1..3 joined along dim 0, row by row into
-    /// one new tensor (ggml's `concat` copies element by element).
+    /// F32 tensors with equal dims 1..3 joined along dim 0, row by row
+    /// (ggml's `concat` copies element by element). The first part is padded
+    /// to the full width, the others are written into the padding: the
+    /// result is a graph node, so the allocator can reuse its memory.
     pub fn join_rows<'a>(&'a self, parts: &[Tensor<'a>]) -> Tensor<'a> {
-        let [_, n1, n2, n3] = parts[0].ne();
+        let [first, n1, n2, n3] = parts[0].ne();
         let n0: i64 = parts.iter().map(|p| p.ne()[0]).sum();
-        let mut out = self.new_tensor(sys::GGML_TYPE_F32, &[n0, n1, n2, n3]);
+        // SAFETY: valid context and tensor; pads dim 0 with zeros.
+        let mut out = self.wrap(unsafe { sys::ggml_pad(self.raw(), parts[0].raw(), (n0 - first) as i32, 0, 0, 0) });
         let (nb1, nb2, nb3) = (n0 as usize * 4, (n0 * n1) as usize * 4, (n0 * n1 * n2) as usize * 4);
-        let mut offset = 0;
-        for p in parts {
+        let mut offset = first as usize * 4;
+        for p in &parts[1..] {
             assert_eq!(p.ne()[1..], [n1, n2, n3], "join_rows: parts differ beyond dim 0");
             // SAFETY: valid context and tensors; `out` is contiguous and each part
             // lands inside it (rows of p.ne[0] floats at `offset`, checked by ggml).
