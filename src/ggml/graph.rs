@@ -406,23 +406,65 @@ impl Context {
         self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
     }
 
-    /// F32 tensors with equal dims 1..3 joined along dim 0, row by row
-    /// (ggml's `concat` copies element by element). The first part is padded
-    /// to the full width, the others are written into the padding: the
-    /// result is a graph node, so the allocator can reuse its memory.
+    /// F32 tensors with equal dims 1..3 joined along dim 0.
+    ///
+    /// No copy for parts that are fresh `mul_mat` results (not yet used by
+    /// any op): they are turned into views of the joined tensor, so the
+    /// matmul writes its rows straight into place (ggml's mul_mat honours
+    /// destination strides). Other parts are copied in with `set`. The
+    /// joined tensor is a graph node (never a leaf, which the allocator would
+    /// keep alive for the whole graph), and the returned view depends on
+    /// every part, so the parts run before its readers and the allocator
+    /// frees the joined memory after its last reader.
     pub fn join_rows<'a>(&'a self, parts: &[Tensor<'a>]) -> Tensor<'a> {
-        let [first, n1, n2, n3] = parts[0].ne();
+        if let [only] = parts {
+            return *only;
+        }
+        let [_, n1, n2, n3] = parts[0].ne();
         let n0: i64 = parts.iter().map(|p| p.ne()[0]).sum();
-        // SAFETY: valid context and tensor; pads dim 0 with zeros.
-        let mut out = self.wrap(unsafe { sys::ggml_pad(self.raw(), parts[0].raw(), (n0 - first) as i32, 0, 0, 0) });
-        let (nb1, nb2, nb3) = (n0 as usize * 4, (n0 * n1) as usize * 4, (n0 * n1 * n2) as usize * 4);
-        let mut offset = first as usize * 4;
-        for p in &parts[1..] {
+        let joined = self.new_tensor(sys::GGML_TYPE_F32, &[n0, n1, n2, n3]);
+        // SAFETY: `joined` is a tensor of this context that nothing uses yet.
+        // A VIEW op computes nothing on every backend, so the node is left
+        // uninitialised; every element is written by exactly one part below.
+        unsafe { (*joined.raw()).op = sys::GGML_OP_VIEW };
+        let nb = joined.nb();
+        let mut copied = Vec::new();
+        let mut offset = 0usize;
+        for &p in parts {
             assert_eq!(p.ne()[1..], [n1, n2, n3], "join_rows: parts differ beyond dim 0");
-            // SAFETY: valid context and tensors; `out` is contiguous and each part
-            // lands inside it (rows of p.ne[0] floats at `offset`, checked by ggml).
-            out = self.wrap(unsafe { sys::ggml_set_inplace(self.raw(), out.raw(), p.raw(), nb1, nb2, nb3, offset) });
+            assert_eq!(p.ty(), sys::GGML_TYPE_F32, "join_rows: parts must be f32");
+            let pt = p.get();
+            if pt.op == sys::GGML_OP_MUL_MAT && pt.view_src.is_null() && pt.data.is_null() {
+                // SAFETY: `p` is a fresh, unallocated mul_mat node (checked
+                // above; callers pass only new results); making it a view
+                // with `joined`'s strides keeps it inside `joined` (dims
+                // 1..3 equal, dim 0 ends at offset + ne0 <= n0).
+                unsafe {
+                    let r = p.raw();
+                    (*r).view_src = joined.raw();
+                    (*r).view_offs = offset;
+                    (*r).nb[1] = nb[1];
+                    (*r).nb[2] = nb[2];
+                    (*r).nb[3] = nb[3];
+                }
+                copied.push(None);
+            } else {
+                copied.push(Some((p, offset)));
+            }
             offset += p.ne()[0] as usize * 4;
+        }
+        let mut out = self.view(joined, &[n0, n1, n2, n3], &nb[1..], 0);
+        assert!(parts.len() < out.get().src.len(), "join_rows: too many parts");
+        // SAFETY: a VIEW op has src[0] only; the extra sources are graph
+        // dependencies (ggml visits all GGML_MAX_SRC sources) and nothing
+        // reads them when computing a view.
+        for (i, &p) in parts.iter().enumerate() {
+            unsafe { (*out.raw()).src[1 + i] = p.raw() };
+        }
+        for (p, offset) in copied.into_iter().flatten() {
+            // SAFETY: valid context and tensors; `p` lands inside `out`
+            // (rows of p.ne[0] floats at `offset`, checked by ggml).
+            out = self.wrap(unsafe { sys::ggml_set_inplace(self.raw(), out.raw(), p.raw(), nb[1], nb[2], nb[3], offset) });
         }
         out
     }
