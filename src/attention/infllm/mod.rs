@@ -84,6 +84,9 @@ pub struct InfllmInputs<'a> {
     mask: Tensor<'a>,
     /// Block indices when every block is attended (no retrieval needed).
     all_blocks: Option<Tensor<'a>>,
+    /// Decode with blocks: expert index `b * n_head_kv + kv(h)` of block b
+    /// for query head h, [n_head, n_blocks] I32.
+    expert_table: Option<Tensor<'a>>,
     /// Positions 0..n for re-rotating the whole buffer after it moved.
     rerotate: Option<Tensor<'a>>,
     /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
@@ -271,6 +274,11 @@ impl InfllmAttention {
             },
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
+            expert_table: (n_tokens == 1 && n_selected > 0).then(|| {
+                let (nh, nkv) = (self.shape.n_head, self.shape.n_head_kv);
+                let table = (0..n_blocks * nh).map(|i| ((i / nh) * nkv + (i % nh) / (nh / nkv)) as i32);
+                step.input_i32(&[nh as i64, n_blocks as i64], table.collect())
+            }),
             rerotate: (self.rerotate && n_valid > 0)
                 .then(|| step.input_i32(&[n_valid as i64], (0..n_valid as i32).collect())),
             ones_heads: (n_tokens > 1).then(|| {
@@ -488,37 +496,27 @@ impl InfllmAttention {
         )];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
+        // Experts = (block, KV head) pairs, each head reading only its own
+        // KV head's rows of the chosen blocks, quantized in place.
+        let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+        let n_experts = inp.n_blocks as i64 * nkv;
         let block_ids = (inp.n_selected > 0).then(|| {
             let idx = inp.all_blocks.unwrap_or_else(|| {
                 let scores = g.mul_mat(l.blocks.repr_tensor(g), g.reshape(q_global, &[hd * nh, 1]));
                 g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
             });
-            g.repeat_4d(idx, [inp.n_selected as i64, nh, 1, 1]) // the same blocks for every head
+            // Rows of the expert table [n_head, n_blocks]: [n_head, n_sel], read transposed.
+            let table = inp.expert_table.expect("decode with blocks has the expert table");
+            g.transpose(g.get_rows(table, idx)) // [n_sel, n_head]
         });
         if let Some(ids) = block_ids {
-            // Experts = blocks, each [hd, n_head_kv * block_size] (KV-head-major
-            // rows): every query head scores every row, then keeps the rows of
-            // its own KV head (a strided "diagonal" view).
-            let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
+            // Blocks store keys KV-head-major ([hd, bs, n_head_kv] per block),
+            // so expert (b, kv) is the [hd, bs] slice b * n_head_kv + kv.
             let k_store = l.blocks.k_tensor(g);
-            let kt = crate::ggml::type_info(k_store.ty()).expect("checked type");
-            let as_k = g.view(
-                k_store,
-                &[hd, nkv * bs, inp.n_blocks as i64],
-                &[kt.row_size(hd as u64) as usize, k_store.nb()[1]],
-                0,
-            );
-            let all = mul_mat_id_capped(g, as_k, g.reshape(q_global, &[hd, 1, nh]), ids, la); // [nkv*bs, n_sel, nh]
-            let f = 4usize;
-            let (nkv_u, bs_u, sel_u, r_u) = (nkv as usize, bs as usize, n_sel as usize, r as usize);
-            let slot = nkv_u * bs_u * f;
-            let own = g.view(
-                all,
-                &[bs, n_sel, r, nkv],
-                &[slot, sel_u * slot, bs_u * f + r_u * sel_u * slot],
-                0,
-            );
-            logits.push(g.reshape(g.cont(own), &[bs * n_sel, r, nkv]));
+            let row = crate::ggml::type_info(k_store.ty()).expect("checked type").row_size(hd as u64) as usize;
+            let as_k = g.view(k_store, &[hd, bs, n_experts], &[row, row * bs as usize], 0);
+            let kq = mul_mat_id_capped(g, as_k, g.reshape(q_global, &[hd, 1, nh]), ids, la); // [bs, n_sel, nh]
+            logits.push(g.reshape(kq, &[bs * n_sel, r, nkv]));
         }
         if inp.n_init > 0 {
             let ki = self.ctx.tensor(l.init_k);
@@ -547,28 +545,18 @@ impl InfllmAttention {
         let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo), part(inp.n_local_keys, 0));
         let mut off = inp.n_local_keys;
         if let Some(ids) = block_ids {
-            // Experts = blocks' transposed values [block_size, n_embd_kv]; the
-            // sum over blocks, then each head's own KV head's channels.
-            let (bs, n_sel, e) = (s.block_size as i64, inp.n_selected as i64, s.n_embd_kv() as i64);
+            // Transposed values, [bs, hd] per (block, KV head) expert; then the sum over blocks.
             let v_store = l.blocks.v_tensor(g);
-            let vt = crate::ggml::type_info(v_store.ty()).expect("checked type");
-            let as_v = g.view(
-                v_store,
-                &[bs, e, inp.n_blocks as i64],
-                &[vt.row_size(bs as u64) as usize, v_store.nb()[1]],
-                0,
-            );
+            let row = crate::ggml::type_info(v_store.ty()).expect("checked type").row_size(bs as u64) as usize;
+            let as_v = g.view(v_store, &[bs, hd, n_experts], &[row, row * hd as usize], 0);
             let pb = g.view(probs, &[bs, n_sel, nh], &[bs as usize * 4, width * 4], off * 4);
-            let per_block = g.mul_mat_id(as_v, pb, ids); // [e, n_sel, nh]
+            let per_block = g.mul_mat_id(as_v, pb, ids); // [hd, n_sel, nh]
             let summed = if n_sel == 1 {
-                g.reshape(per_block, &[e, nh])
+                per_block
             } else {
-                g.reshape(g.sum_rows(g.cont(g.permute(per_block, [1, 0, 2, 3]))), &[e, nh])
+                g.sum_rows(g.cont(g.permute(per_block, [1, 0, 2, 3]))) // [1, hd, nh]
             };
-            let f = 4usize;
-            let (e_u, hd_u, r_u) = (e as usize, hd as usize, r as usize);
-            let own = g.view(summed, &[hd, r, nkv], &[e_u * f, hd_u * f + r_u * e_u * f], 0);
-            out = g.add(out, own);
+            out = g.add(out, g.reshape(summed, &[hd, r, nkv]));
             off += n_blocks_keys;
         }
         if inp.n_init > 0 {
