@@ -97,6 +97,14 @@ impl Engine {
         }
     }
 
+    /// Bytes of InfLLM memory blocks (None for full attention).
+    pub fn block_bytes(&self) -> Option<usize> {
+        match &self.attention {
+            Attention::Full(_) => None,
+            Attention::Infllm(a) => Some(a.block_bytes()),
+        }
+    }
+
     /// Tokens processed so far.
     pub fn n_past(&self) -> usize {
         self.attention.n_past()

@@ -8,6 +8,7 @@ fn main() {
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),
         Some(Command::Passkey(a)) => cli::passkey::run(a),
+        Some(Command::Bench(a)) => cli::bench::run(a),
         None => cli::generate::run(&cli.generate),
     };
     if let Err(e) = result {

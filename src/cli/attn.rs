@@ -29,6 +29,20 @@ pub struct AttnArgs {
     /// Attention over the past
     #[arg(long, value_enum, default_value_t = AttnKind::Infllm, help_heading = "Attention / InfLLM")]
     pub attn: AttnKind,
+    #[command(flatten)]
+    pub settings: AttnSettings,
+}
+
+impl AttnArgs {
+    /// The attention for a model; `n_ctx` is `-c` (None: not given).
+    pub fn mode(&self, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
+        self.settings.mode(self.attn, hp, n_ctx)
+    }
+}
+
+/// Everything about the attention but its kind.
+#[derive(Args, Debug, Clone)]
+pub struct AttnSettings {
     /// Initial tokens kept forever [default: 128, less for short-context models]
     #[arg(long = "n-init", help_heading = "Attention / InfLLM")]
     pub n_init: Option<usize>,
@@ -58,10 +72,10 @@ pub struct AttnArgs {
     pub cache_type_v: String,
 }
 
-impl AttnArgs {
-    /// The attention for a model; `n_ctx` is `-c` (None: not given).
-    pub fn mode(&self, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
-        if self.attn == AttnKind::Full {
+impl AttnSettings {
+    /// The attention of kind `kind` for a model; `n_ctx` is `-c` (None: not given).
+    pub fn mode(&self, kind: AttnKind, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
+        if kind == AttnKind::Full {
             return Ok(AttnMode::Full {
                 flash_attn: self.flash_attn != Switch::Off,
             });
@@ -73,7 +87,7 @@ impl AttnArgs {
         p.topk = self.topk.unwrap_or(p.topk);
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
         p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local));
-        if self.attn == AttnKind::Stream {
+        if kind == AttnKind::Stream {
             p.topk = 0;
         }
         p.type_k = block_type("-ctk", &self.cache_type_k)?;

@@ -1,9 +1,11 @@
 //! The command line: llama.cpp's flag spellings, one module per sub-command.
 
 pub mod attn;
+pub mod bench;
 pub mod generate;
 pub mod passkey;
 pub mod progress;
+pub mod rss;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +42,8 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Find a pass key hidden in a long text (like llama-passkey)
     Passkey(Box<passkey::PasskeyArgs>),
+    /// Prompt and generation speed beside llama.cpp's, in one run (like llama-bench)
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Flags shared by every command that loads a model.

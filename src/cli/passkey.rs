@@ -85,14 +85,6 @@ fn position(arg: &str, n_junk: usize) -> anyhow::Result<usize> {
     }
 }
 
-/// Peak resident memory of this process, from /proc (Linux).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     let (model, info) = a.run.load()?;
     let n_junk = match a.junk {
@@ -173,7 +165,7 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
         100.0 * passed as f64 / positions.len().max(1) as f64,
         rate(prefill),
         rate(decode),
-        peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+        super::rss::peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
     )?;
     eprintln!("infllm: {}", engine.memory_report());
     Ok(())

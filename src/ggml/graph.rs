@@ -267,6 +267,7 @@ macro_rules! binary {
 impl Context {
     unary! {
         cont => ggml_cont, transpose => ggml_transpose, tanh => ggml_tanh, sum_rows => ggml_sum_rows,
+        swiglu_fused => ggml_swiglu,
     }
     binary! {
         add => ggml_add, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
@@ -464,7 +465,8 @@ impl Context {
         for (p, offset) in copied.into_iter().flatten() {
             // SAFETY: valid context and tensors; `p` lands inside `out`
             // (rows of p.ne[0] floats at `offset`, checked by ggml).
-            out = self.wrap(unsafe { sys::ggml_set_inplace(self.raw(), out.raw(), p.raw(), nb[1], nb[2], nb[3], offset) });
+            out = self
+                .wrap(unsafe { sys::ggml_set_inplace(self.raw(), out.raw(), p.raw(), nb[1], nb[2], nb[3], offset) });
         }
         out
     }

@@ -1,8 +1,12 @@
 //! Models: hyper-parameters, weights, and one file per architecture. Adding
-//! an architecture means one file and one line in `Arch::load`.
+//! an architecture means one file and one line in `REGISTRY`.
 
+mod decoder;
 mod hparams;
 mod llama;
+mod phi3;
+mod qwen2;
+mod qwen3;
 mod weights;
 
 pub use hparams::Hparams;
@@ -18,11 +22,28 @@ use crate::ggml::Tensor;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
-/// Architectures this engine runs (`general.architecture`).
-pub const SUPPORTED: &[&str] = &["llama", "mistral"];
+/// The architectures this engine runs.
+const REGISTRY: &[ArchSpec] = &[llama::SPEC, qwen2::SPEC, qwen3::SPEC, phi3::SPEC];
 
-enum Arch {
-    Llama(llama::Llama),
+/// Names of the supported architectures (`general.architecture`).
+pub fn supported() -> Vec<&'static str> {
+    REGISTRY.iter().flat_map(|a| a.names.iter().copied()).collect()
+}
+
+/// An architecture: its `general.architecture` names, rotary layout and
+/// graph builder.
+pub struct ArchSpec {
+    pub names: &'static [&'static str],
+    /// Rotary dimensions in NeoX halves (true) or adjacent pairs.
+    pub neox: bool,
+    pub load: fn(&Hparams, &Weights) -> anyhow::Result<Box<dyn Architecture>>,
+}
+
+/// A model's forward pass over its weights.
+pub trait Architecture: Send + Sync {
+    /// Adds one step to `step`; returns logits [n_vocab, n_out].
+    fn forward<'a>(&self, hp: &Hparams, w: &'a Weights, step: &mut Step<'a>, inp: &ForwardInputs<'a, '_>)
+        -> Tensor<'a>;
 }
 
 /// A loaded model: hyper-parameters, weights (mapped), tokenizer, architecture.
@@ -30,7 +51,7 @@ pub struct Model {
     pub hp: Hparams,
     pub weights: Weights,
     pub tokenizer: Tokenizer,
-    arch: Arch,
+    arch: Box<dyn Architecture>,
 }
 
 impl Model {
@@ -41,15 +62,13 @@ impl Model {
     fn load_inner(path: &Path) -> anyhow::Result<Self> {
         let file = GgufFile::open(path)?;
         let name = file.architecture()?;
-        // Rotary layout per architecture: adjacent pairs (false) or NeoX halves.
-        let neox = match name {
-            "llama" | "mistral" => false,
-            other => anyhow::bail!("unknown architecture '{other}' (supported: {})", SUPPORTED.join(", ")),
+        let Some(spec) = REGISTRY.iter().find(|a| a.names.contains(&name)) else {
+            anyhow::bail!("unknown architecture '{name}' (supported: {})", supported().join(", "));
         };
-        let hp = Hparams::read(&file, neox)?;
+        let hp = Hparams::read(&file, spec.neox)?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let weights = Weights::load(file)?;
-        let arch = Arch::Llama(llama::Llama::new(&hp, &weights)?);
+        let arch = (spec.load)(&hp, &weights)?;
         Ok(Self {
             hp,
             weights,
@@ -73,9 +92,7 @@ impl Model {
             attention,
             attn_inputs,
         };
-        match &self.arch {
-            Arch::Llama(m) => m.forward(&self.hp, &self.weights, step, &inp),
-        }
+        self.arch.forward(&self.hp, &self.weights, step, &inp)
     }
 }
 

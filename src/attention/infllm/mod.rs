@@ -513,7 +513,9 @@ impl InfllmAttention {
             // Blocks store keys KV-head-major ([hd, bs, n_head_kv] per block),
             // so expert (b, kv) is the [hd, bs] slice b * n_head_kv + kv.
             let k_store = l.blocks.k_tensor(g);
-            let row = crate::ggml::type_info(k_store.ty()).expect("checked type").row_size(hd as u64) as usize;
+            let row = crate::ggml::type_info(k_store.ty())
+                .expect("checked type")
+                .row_size(hd as u64) as usize;
             let as_k = g.view(k_store, &[hd, bs, n_experts], &[row, row * bs as usize], 0);
             let kq = mul_mat_id_capped(g, as_k, g.reshape(q_global, &[hd, 1, nh]), ids, la); // [bs, n_sel, nh]
             logits.push(g.reshape(kq, &[bs * n_sel, r, nkv]));
@@ -547,7 +549,9 @@ impl InfllmAttention {
         if let Some(ids) = block_ids {
             // Transposed values, [bs, hd] per (block, KV head) expert; then the sum over blocks.
             let v_store = l.blocks.v_tensor(g);
-            let row = crate::ggml::type_info(v_store.ty()).expect("checked type").row_size(bs as u64) as usize;
+            let row = crate::ggml::type_info(v_store.ty())
+                .expect("checked type")
+                .row_size(bs as u64) as usize;
             let as_v = g.view(v_store, &[bs, hd, n_experts], &[row, row * hd as usize], 0);
             let pb = g.view(probs, &[bs, n_sel, nh], &[bs as usize * 4, width * 4], off * 4);
             let per_block = g.mul_mat_id(as_v, pb, ids); // [hd, n_sel, nh]

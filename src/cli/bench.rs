@@ -1,0 +1,438 @@
+//! `infllm bench`: llama-bench's prompt (`pp`) and generation (`tg`) tests,
+//! optionally with `-d` tokens already in memory, each also run through
+//! llama.cpp (the `llama_*` API of the same ggml build, with its defaults:
+//! flash attention auto, f16 KV cache) in the same process, and the ratio.
+//!
+//! Per model and depth each engine fills its memory once, then runs the
+//! tests in turn. At depth 0 every run starts from an empty memory; at depth
+//! d > 0 runs continue one after another (the k-th at depth d + k·n), for
+//! both engines alike. The peak RSS is restarted before each engine loads
+//! (Linux), so each figure is that engine's own.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::attn::{AttnKind, AttnSettings};
+use super::rss::{peak_rss_bytes, reset_peak_rss};
+use super::{default_threads, ModelArgs};
+use crate::engine::{AttnMode, Engine, EngineParams};
+use crate::ggml::reference::{RefContext, RefModel, RefParams};
+use crate::model::Model;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Md,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model files (GGUF), comma-separated or repeated [default: the SmolLM2 file]
+    #[arg(short = 'm', long = "model", value_delimiter = ',', value_name = "FNAME")]
+    pub models: Vec<PathBuf>,
+    /// Prompt sizes of the pp tests (0: none)
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    pub n_prompt: Vec<usize>,
+    /// Generated tokens of the tg tests (0: none)
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    pub n_gen: Vec<usize>,
+    /// Tokens already in memory when the tests run
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    pub n_depth: Vec<usize>,
+    /// Timed runs per test
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Threads [default: all cores]
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+    /// Attention modes, comma-separated
+    #[arg(long = "attn", value_enum, value_delimiter = ',', default_value = "infllm")]
+    pub attn: Vec<AttnKind>,
+    #[command(flatten)]
+    pub settings: AttnSettings,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
+    pub output: Format,
+    /// Deepest depth also run through llama.cpp (deeper rows show n/a)
+    #[arg(long = "ref-max-depth", default_value_t = 32768)]
+    pub ref_max_depth: usize,
+    /// Do not run llama.cpp
+    #[arg(long = "no-ref")]
+    pub no_ref: bool,
+    /// No untimed warm-up run before each test's timed runs
+    #[arg(long = "no-warmup")]
+    pub no_warmup: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Test {
+    Prompt(usize),
+    Gen(usize),
+}
+
+impl Test {
+    fn n_tokens(self) -> usize {
+        match self {
+            Test::Prompt(n) | Test::Gen(n) => n,
+        }
+    }
+
+    fn name(self, depth: usize) -> String {
+        let base = match self {
+            Test::Prompt(n) => format!("pp{n}"),
+            Test::Gen(n) => format!("tg{n}"),
+        };
+        if depth > 0 {
+            format!("{base} @ d{depth}")
+        } else {
+            base
+        }
+    }
+}
+
+/// One engine's runs of one test.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub samples_ns: Vec<u64>,
+    pub samples_ts: Vec<f64>,
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
+    /// Peak RSS of the engine's run up to the end of this test.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl Timing {
+    fn new(n_tokens: usize, samples_ns: Vec<u64>, peak_rss_bytes: Option<u64>) -> Self {
+        let samples_ts: Vec<f64> = samples_ns.iter().map(|&ns| n_tokens as f64 * 1e9 / ns as f64).collect();
+        let n = samples_ts.len().max(1) as f64;
+        let avg_ts = samples_ts.iter().sum::<f64>() / n;
+        let var = samples_ts.iter().map(|t| (t - avg_ts).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        Self {
+            samples_ns,
+            samples_ts,
+            avg_ts,
+            stddev_ts: var.sqrt(),
+            peak_rss_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub model: String,
+    pub model_type: String,
+    pub n_threads: usize,
+    pub attn: String,
+    /// Types of the stored memory blocks (InfLLM) or of the KV cache (full).
+    pub type_k: String,
+    pub type_v: String,
+    pub test: String,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub n_depth: usize,
+    pub infllm: Timing,
+    pub block_memory_bytes: Option<u64>,
+    pub llama_cpp: Option<Timing>,
+    /// Why there is no llama.cpp figure.
+    pub llama_cpp_na: Option<String>,
+    /// infllm t/s over llama.cpp t/s.
+    pub ratio: Option<f64>,
+}
+
+/// Either engine, as the bench drives it.
+trait Runner {
+    fn eval(&mut self, tokens: &[i32]) -> anyhow::Result<()>;
+    fn clear(&mut self);
+}
+
+impl Runner for Engine {
+    fn eval(&mut self, tokens: &[i32]) -> anyhow::Result<()> {
+        Engine::eval(self, tokens, false, &mut |_, _| {}).map(drop)
+    }
+    fn clear(&mut self) {
+        Engine::clear(self)
+    }
+}
+
+impl Runner for RefContext<'_> {
+    fn eval(&mut self, tokens: &[i32]) -> anyhow::Result<()> {
+        self.decode(tokens, 2048, false).map(drop)
+    }
+    fn clear(&mut self) {
+        RefContext::clear(self)
+    }
+}
+
+/// What every session runs.
+struct Plan {
+    tests: Vec<Test>,
+    reps: usize,
+    warmup: bool,
+}
+
+impl Plan {
+    /// Context the engines need at `depth` (runs continue when depth > 0).
+    fn n_ctx(&self, depth: usize) -> usize {
+        let runs = self.reps + self.warmup as usize;
+        let tokens = self.tests.iter().map(|t| t.n_tokens());
+        if depth == 0 {
+            tokens.max().unwrap_or(0)
+        } else {
+            depth + tokens.map(|n| n * runs).sum::<usize>()
+        }
+    }
+
+    /// Fills `depth` tokens, then times every test; the tokens are random
+    /// but the same for both engines (seeded by the depth).
+    fn session(&self, r: &mut dyn Runner, depth: usize, n_vocab: usize) -> anyhow::Result<Vec<Timing>> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(depth as u64);
+        let mut draw = |n: usize| -> Vec<i32> { (0..n).map(|_| rng.gen_range(0..n_vocab as i32)).collect() };
+        if depth > 0 {
+            r.eval(&draw(depth))?;
+        }
+        let mut out = Vec::new();
+        for &test in &self.tests {
+            let mut samples = Vec::new();
+            for run in 0..self.reps + self.warmup as usize {
+                if depth == 0 {
+                    r.clear();
+                }
+                let tokens = draw(test.n_tokens());
+                let start = Instant::now();
+                match test {
+                    Test::Prompt(_) => r.eval(&tokens)?,
+                    Test::Gen(_) => {
+                        for &t in &tokens {
+                            r.eval(&[t])?;
+                        }
+                    }
+                }
+                if run >= self.warmup as usize {
+                    samples.push(start.elapsed().as_nanos() as u64);
+                }
+            }
+            out.push(Timing::new(test.n_tokens(), samples, peak_rss_bytes()));
+        }
+        Ok(out)
+    }
+}
+
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    let models = if a.models.is_empty() {
+        vec![ModelArgs { model: None }.path()?]
+    } else {
+        a.models.clone()
+    };
+    for m in &models {
+        anyhow::ensure!(m.is_file(), "model file {} does not exist", m.display());
+    }
+    let tests: Vec<Test> = (a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| Test::Prompt(n)))
+        .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Gen(n)))
+        .collect();
+    anyhow::ensure!(!tests.is_empty(), "nothing to bench: every -p and -n is 0");
+    anyhow::ensure!(a.reps > 0, "-r must be at least 1");
+    let plan = Plan {
+        tests,
+        reps: a.reps,
+        warmup: !a.no_warmup,
+    };
+    let threads = a.threads.unwrap_or_else(default_threads);
+    let rss_resets = reset_peak_rss();
+
+    let mut rows = Vec::new();
+    for path in &models {
+        for &depth in &a.n_depth {
+            let mut reference: Option<Result<Vec<Timing>, String>> = None;
+            for &kind in &a.attn {
+                let model = Model::load(path)?;
+                let n_vocab = model.hp.n_vocab;
+                let model_type = model.hp.arch.clone();
+                let mode = a.settings.mode(kind, &model.hp, None)?;
+                let (type_k, type_v) = match &mode {
+                    AttnMode::Full { .. } => ("f16".to_string(), "f16".to_string()),
+                    AttnMode::Infllm(p) => (type_name(p.type_k), type_name(p.type_v)),
+                };
+                let params = EngineParams {
+                    attn: mode,
+                    n_threads: threads,
+                    n_ctx: plan.n_ctx(depth),
+                    n_ubatch: 512,
+                };
+                reset_peak_rss();
+                let (ours, block_bytes) = {
+                    let mut engine = Engine::new(model, params)?;
+                    let t = plan.session(&mut engine, depth, n_vocab)?;
+                    (t, engine.block_bytes())
+                };
+                let reference = reference.get_or_insert_with(|| {
+                    if a.no_ref {
+                        Err("--no-ref".into())
+                    } else if depth > a.ref_max_depth {
+                        Err(format!("depth {depth} > --ref-max-depth {}", a.ref_max_depth))
+                    } else {
+                        reset_peak_rss();
+                        run_reference(path, &plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
+                    }
+                });
+                for (i, (test, timing)) in plan.tests.iter().zip(ours).enumerate() {
+                    let (llama_cpp, llama_cpp_na) = match reference {
+                        Ok(r) => (Some(r[i].clone()), None),
+                        Err(e) => (None, Some(e.clone())),
+                    };
+                    let row = Row {
+                        model: file_name(path),
+                        model_type: model_type.clone(),
+                        n_threads: threads,
+                        attn: format!("{kind:?}").to_lowercase(),
+                        type_k: type_k.clone(),
+                        type_v: type_v.clone(),
+                        test: test.name(depth),
+                        n_prompt: matches!(test, Test::Prompt(_)).then_some(test.n_tokens()).unwrap_or(0),
+                        n_gen: matches!(test, Test::Gen(_)).then_some(test.n_tokens()).unwrap_or(0),
+                        n_depth: depth,
+                        ratio: llama_cpp.as_ref().map(|r| timing.avg_ts / r.avg_ts),
+                        infllm: timing,
+                        block_memory_bytes: block_bytes.map(|b| b as u64),
+                        llama_cpp,
+                        llama_cpp_na,
+                    };
+                    eprintln!("bench: {}", markdown_line(&row));
+                    rows.push(row);
+                }
+            }
+        }
+    }
+
+    let out = match a.output {
+        Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
+        Format::Csv => csv(&rows),
+        Format::Md => {
+            let rss_note = if rss_resets {
+                ""
+            } else {
+                " (peak RSS: process-wide, not per engine)"
+            };
+            format!(
+                "threads: {threads}, repetitions: {}, warm-up: {}{rss_note}\n\n{}",
+                a.reps,
+                if plan.warmup { "yes" } else { "no" },
+                markdown(&rows)
+            )
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn run_reference(path: &Path, plan: &Plan, depth: usize, threads: usize) -> anyhow::Result<Vec<Timing>> {
+    let model = RefModel::load(path)?;
+    let params = RefParams {
+        n_ctx: plan.n_ctx(depth) as u32,
+        n_batch: 2048,
+        n_ubatch: 512,
+        n_threads: threads as i32,
+        flash_attn: None,
+    };
+    let mut ctx = RefContext::new(&model, params)?;
+    plan.session(&mut ctx, depth, model.n_vocab())
+}
+
+fn type_name(t: u32) -> String {
+    crate::ggml::type_info(t).map_or("?", |i| i.name).to_string()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+}
+
+const MD_HEADER: &str =
+    "| model | attn | test | t/s | peak RSS | block memory | llama.cpp t/s | llama.cpp RSS | ratio |";
+
+fn markdown_line(r: &Row) -> String {
+    let (ref_ts, ref_rss, ratio) = match (&r.llama_cpp, &r.llama_cpp_na) {
+        (Some(t), _) => (
+            format!("{:.2} ± {:.2}", t.avg_ts, t.stddev_ts),
+            mib(t.peak_rss_bytes),
+            format!("{:.2}", r.ratio.unwrap_or(f64::NAN)),
+        ),
+        (None, na) => (
+            format!("n/a ({})", na.as_deref().unwrap_or("?")),
+            "n/a".into(),
+            "n/a".into(),
+        ),
+    };
+    format!(
+        "| {} | {} | {} | {:.2} ± {:.2} | {} | {} | {ref_ts} | {ref_rss} | {ratio} |",
+        r.model,
+        r.attn,
+        r.test,
+        r.infllm.avg_ts,
+        r.infllm.stddev_ts,
+        mib(r.infllm.peak_rss_bytes),
+        r.block_memory_bytes.map_or("-".into(), |b| mib(Some(b))),
+    )
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = format!("{MD_HEADER}\n|---|---|---|--:|--:|--:|--:|--:|--:|\n");
+    for r in rows {
+        s += &markdown_line(r);
+        s.push('\n');
+    }
+    s
+}
+
+fn csv(rows: &[Row]) -> String {
+    let opt = |x: Option<String>| x.unwrap_or_default();
+    let mut s = String::from(
+        "model,model_type,n_threads,attn,type_k,type_v,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,peak_rss_bytes,\
+         block_memory_bytes,llama_cpp_avg_ts,llama_cpp_stddev_ts,llama_cpp_peak_rss_bytes,llama_cpp_na,ratio\n",
+    );
+    for r in rows {
+        let t = r.llama_cpp.as_ref();
+        let fields = [
+            r.model.clone(),
+            r.model_type.clone(),
+            r.n_threads.to_string(),
+            r.attn.clone(),
+            r.type_k.clone(),
+            r.type_v.clone(),
+            r.test.clone(),
+            r.n_prompt.to_string(),
+            r.n_gen.to_string(),
+            r.n_depth.to_string(),
+            format!("{:.4}", r.infllm.avg_ts),
+            format!("{:.4}", r.infllm.stddev_ts),
+            opt(r.infllm.peak_rss_bytes.map(|b| b.to_string())),
+            opt(r.block_memory_bytes.map(|b| b.to_string())),
+            opt(t.map(|t| format!("{:.4}", t.avg_ts))),
+            opt(t.map(|t| format!("{:.4}", t.stddev_ts))),
+            opt(t.and_then(|t| t.peak_rss_bytes).map(|b| b.to_string())),
+            opt(r.llama_cpp_na.clone()),
+            opt(r.ratio.map(|x| format!("{x:.4}"))),
+        ];
+        let quoted: Vec<String> = fields
+            .iter()
+            .map(|f| {
+                if f.contains([',', '"']) {
+                    format!("\"{}\"", f.replace('"', "\"\""))
+                } else {
+                    f.clone()
+                }
+            })
+            .collect();
+        s += &quoted.join(",");
+        s.push('\n');
+    }
+    s
+}
