@@ -2,8 +2,8 @@
 //! backend, keeping the attention state between calls.
 
 use crate::attention::full::FullAttention;
-use crate::attention::infllm::{HeadShape, InfllmAttention, InfllmParams};
-use crate::attention::Attention;
+use crate::attention::infllm::{HeadShape, InfllmParams};
+use crate::attention::{Attention, InfllmLayers};
 use crate::compute::Step;
 use crate::ggml::{Backend, GraphAllocator};
 use crate::model::Model;
@@ -46,7 +46,7 @@ impl Engine {
             AttnMode::Full { flash_attn } => {
                 let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
                 Attention::Full(FullAttention::new(
-                    hp.n_layer,
+                    &hp.layer_window,
                     n_ctx,
                     hp.head_dim,
                     hp.n_head_kv,
@@ -60,7 +60,7 @@ impl Engine {
                     n_head: hp.n_head,
                     n_head_kv: hp.n_head_kv,
                 };
-                Attention::Infllm(InfllmAttention::new(ip, heads)?)
+                Attention::Infllm(Box::new(InfllmLayers::new(ip, heads, &hp.layer_window)?))
             }
         };
         Ok(Self {
@@ -83,7 +83,9 @@ impl Engine {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         match &self.attention {
             Attention::Full(a) => format!("memory: KV cache {:.1} MiB", mib(a.cache_bytes())),
-            Attention::Infllm(a) => {
+            Attention::Infllm(layers) => {
+                let a = &layers.memory;
+                let window: usize = layers.all().map(|a| a.window_bytes()).sum();
                 let n = self.n_past().max(1);
                 format!(
                     "memory: {} tokens, {} blocks, block memory {:.1} MiB ({:.0} bytes/token), window and initial tokens {:.1} MiB",
@@ -91,7 +93,7 @@ impl Engine {
                     a.n_blocks(),
                     mib(a.block_bytes()),
                     a.block_bytes() as f64 / n as f64,
-                    mib(a.window_bytes())
+                    mib(window)
                 )
             }
         }
@@ -101,7 +103,7 @@ impl Engine {
     pub fn block_bytes(&self) -> Option<usize> {
         match &self.attention {
             Attention::Full(_) => None,
-            Attention::Infllm(a) => Some(a.block_bytes()),
+            Attention::Infllm(a) => Some(a.memory.block_bytes()),
         }
     }
 

@@ -20,6 +20,8 @@ pub struct FullAttention {
     /// [n_embd_kv, n_ctx] with flash attention, else transposed [n_ctx, n_embd_kv].
     v: Vec<TensorId>,
     flash_attn: bool,
+    /// Per layer: sliding window in tokens (0: attends everything).
+    layer_window: Vec<usize>,
     n_ctx: usize,
     n_embd_kv: usize,
     head_dim: usize,
@@ -30,6 +32,8 @@ pub struct FullAttention {
 pub struct FullInputs<'a> {
     pos: Tensor<'a>,
     mask: Tensor<'a>,
+    /// The mask of sliding-window layers, if the model has any.
+    mask_window: Option<Tensor<'a>>,
     rows: Tensor<'a>,
     /// Element indices of the new values in the transposed cache (no flash attention).
     v_cells: Option<Tensor<'a>>,
@@ -37,14 +41,16 @@ pub struct FullInputs<'a> {
 }
 
 impl FullAttention {
-    /// A cache for `n_ctx` tokens (rounded up to the padding) over `n_layer` layers.
+    /// A cache for `n_ctx` tokens (rounded up to the padding) over the
+    /// layers, whose sliding windows `layer_window` gives (0: none).
     pub fn new(
-        n_layer: usize,
+        layer_window: &[usize],
         n_ctx: usize,
         head_dim: usize,
         n_head_kv: usize,
         flash_attn: bool,
     ) -> anyhow::Result<Self> {
+        let n_layer = layer_window.len();
         let n_ctx = n_ctx.max(1).next_multiple_of(KV_PAD);
         let n_embd_kv = head_dim * n_head_kv;
         let ctx = Context::new(2 * n_layer, 0);
@@ -63,6 +69,7 @@ impl FullAttention {
             k,
             v,
             flash_attn,
+            layer_window: layer_window.to_vec(),
             n_ctx,
             n_embd_kv,
             head_dim,
@@ -99,31 +106,29 @@ impl FullAttention {
         let n_kv = end.next_multiple_of(KV_PAD).min(self.n_ctx);
         let pos: Vec<i32> = (self.n_past..end).map(|p| p as i32).collect();
         let t = n_tokens as i64;
-        let visible = |i: usize, j: usize| j <= self.n_past + i;
-        // The fused kernel takes an f16 mask, the softmax an f32 one (as in llama.cpp).
-        let mask = if self.flash_attn {
-            let m = (0..n_tokens * n_kv)
-                .map(|x| {
-                    if visible(x / n_kv, x % n_kv) {
-                        f16::ZERO
-                    } else {
-                        f16::NEG_INFINITY
-                    }
-                })
-                .collect();
-            step.input_f16(&[n_kv as i64, t], m)
-        } else {
-            let m = (0..n_tokens * n_kv)
-                .map(|x| {
-                    if visible(x / n_kv, x % n_kv) {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-                .collect();
-            step.input_f32(&[n_kv as i64, t], m)
+        // Query i (position n_past + i) sees key j if j <= its position and,
+        // with a sliding window w, if the distance is below w.
+        let mut mask = |window: usize| {
+            let visible = |x: usize| {
+                let (q, j) = (self.n_past + x / n_kv, x % n_kv);
+                j <= q && (window == 0 || q - j < window)
+            };
+            // The fused kernel takes an f16 mask, the softmax an f32 one (as in llama.cpp).
+            if self.flash_attn {
+                let m = (0..n_tokens * n_kv)
+                    .map(|x| if visible(x) { f16::ZERO } else { f16::NEG_INFINITY })
+                    .collect();
+                step.input_f16(&[n_kv as i64, t], m)
+            } else {
+                let m = (0..n_tokens * n_kv)
+                    .map(|x| if visible(x) { 0.0 } else { f32::NEG_INFINITY })
+                    .collect();
+                step.input_f32(&[n_kv as i64, t], m)
+            }
         };
+        let window = self.layer_window.iter().copied().max().unwrap_or(0);
+        let mask_window = if window > 0 { Some(mask(window)) } else { None };
+        let mask = mask(0);
         // Transposed V: value (token p, channel c) is element c * n_ctx + p.
         let v_cells = (!self.flash_attn).then(|| {
             let cells = (0..self.n_embd_kv)
@@ -135,6 +140,7 @@ impl FullAttention {
             pos: step.input_i32(&[t], pos.clone()),
             rows: step.input_i32(&[t], pos),
             mask,
+            mask_window,
             v_cells,
             n_kv,
         })
@@ -157,6 +163,10 @@ impl FullAttention {
             freq_factors,
         } = x;
         let t = q.ne()[2];
+        let mask = match self.layer_window[layer] {
+            0 => inp.mask,
+            _ => inp.mask_window.expect("built when a layer has a window"),
+        };
         let q = g.rope(q, inp.pos, freq_factors, &la.rope);
         let k = g.rope(k, inp.pos, freq_factors, &la.rope);
 
@@ -177,7 +187,7 @@ impl FullAttention {
             let flat = g.reshape(v_cache, &[1, e * self.n_ctx as i64]);
             let v_t = g.reshape(g.cont(g.transpose(g.reshape(v, &[e, t]))), &[1, e * t]);
             step.graph.expand(g.set_rows(flat, v_t, cells));
-            let kq = g.soft_max_ext(mul_mat_capped(g, k_view, q, la), Some(inp.mask), softmax_scale(la));
+            let kq = g.soft_max_ext(mul_mat_capped(g, k_view, q, la), Some(mask), softmax_scale(la));
             let vrow = v_cache.nb()[1];
             let v_view = g.view(v_cache, &[n_kv, hd, n_head_kv], &[vrow, vrow * hd as usize], 0);
             let out = g.cont(g.permute(g.mul_mat(v_view, kq), [0, 2, 1, 3]));
@@ -186,7 +196,7 @@ impl FullAttention {
 
         step.graph.expand(g.set_rows(v_cache, g.reshape(v, &[e, t]), inp.rows));
         let v_view = g.permute(g.view(v_cache, &[hd, n_head_kv, n_kv], &[head, row], 0), [0, 2, 1, 3]);
-        let out = g.flash_attn(q, k_view, v_view, Some(inp.mask), la.scale, la.softcap);
+        let out = g.flash_attn(q, k_view, v_view, Some(mask), la.scale, la.softcap);
         g.reshape(out, &[out.ne()[0] * out.ne()[1], t])
     }
 

@@ -1,5 +1,5 @@
-//! Attention over the past: the full KV cache (`full`) and, in later work,
-//! InfLLM's memory attention. Architectures hand over un-rotated Q, K, V
+//! Attention over the past: the full KV cache (`full`) and InfLLM's memory
+//! attention (`infllm`). Architectures hand over un-rotated Q, K, V
 //! and get the attention output back; positions and caches live here.
 
 pub mod full;
@@ -38,25 +38,91 @@ pub enum AttentionError {
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use full::{FullAttention, FullInputs};
-use infllm::{InfllmAttention, InfllmInputs};
+use infllm::{HeadShape, InfllmAttention, InfllmInputs, InfllmParams};
 
 /// The attention of a running model, chosen per run.
 pub enum Attention {
+    /// One KV cache for all layers; sliding-window layers mask what left their window.
     Full(FullAttention),
-    Infllm(InfllmAttention),
+    Infllm(Box<InfllmLayers>),
+}
+
+/// InfLLM for the layers attending the whole past and, for a model with
+/// sliding-window layers, the same machinery without retrieval or initial
+/// tokens for those (a window buffer of `window` tokens: memory bounded by
+/// the window, positions bounded as well).
+pub struct InfllmLayers {
+    pub memory: InfllmAttention,
+    pub window: Option<InfllmAttention>,
+    /// Per model layer: (sliding-window layer, index among its kind).
+    route: Vec<(bool, usize)>,
+}
+
+impl InfllmLayers {
+    /// `layer_window[i]` is layer i's sliding window (0: attends everything).
+    pub fn new(p: InfllmParams, heads: HeadShape, layer_window: &[usize]) -> anyhow::Result<Self> {
+        let mut route = Vec::with_capacity(layer_window.len());
+        let (mut n_memory, mut n_window) = (0, 0);
+        for &w in layer_window {
+            let n = if w > 0 { &mut n_window } else { &mut n_memory };
+            route.push((w > 0, *n));
+            *n += 1;
+        }
+        let memory = InfllmAttention::new(
+            p,
+            HeadShape {
+                n_layer: n_memory,
+                ..heads
+            },
+        )?;
+        let window = match layer_window.iter().copied().filter(|&w| w > 0).max() {
+            None => None,
+            Some(w) => {
+                // Blocks of one token that are never stored: every token
+                // leaving the window is dropped at once (no remainder).
+                let wp = InfllmParams {
+                    n_init: 0,
+                    n_local: w,
+                    topk: 0,
+                    block_size: 1,
+                    repr_topk: 1,
+                    type_k: crate::ggml::TYPE_F16,
+                    type_v: crate::ggml::TYPE_F16,
+                    ..p
+                };
+                Some(InfllmAttention::new(
+                    wp,
+                    HeadShape {
+                        n_layer: n_window,
+                        ..heads
+                    },
+                )?)
+            }
+        };
+        Ok(Self { memory, window, route })
+    }
+
+    /// The memory attention, then the window layers' (if any).
+    pub fn all(&self) -> impl Iterator<Item = &InfllmAttention> {
+        std::iter::once(&self.memory).chain(self.window.as_ref())
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut InfllmAttention> {
+        std::iter::once(&mut self.memory).chain(self.window.as_mut())
+    }
 }
 
 /// One step's attention inputs (positions, masks, ...).
 pub enum StepInputs<'a> {
     Full(FullInputs<'a>),
-    Infllm(InfllmInputs<'a>),
+    Infllm(Box<(InfllmInputs<'a>, Option<InfllmInputs<'a>>)>),
 }
 
 impl Attention {
     pub fn n_past(&self) -> usize {
         match self {
             Attention::Full(a) => a.n_past(),
-            Attention::Infllm(a) => a.n_past(),
+            Attention::Infllm(a) => a.memory.n_past(),
         }
     }
 
@@ -64,7 +130,7 @@ impl Attention {
     pub fn n_ctx(&self) -> usize {
         match self {
             Attention::Full(a) => a.n_ctx(),
-            Attention::Infllm(a) => a.params().max_tokens,
+            Attention::Infllm(a) => a.memory.params().max_tokens,
         }
     }
 
@@ -73,14 +139,14 @@ impl Attention {
     pub fn step_tokens(&self, n_ubatch: usize) -> usize {
         match self {
             Attention::Full(_) => n_ubatch.max(1),
-            Attention::Infllm(a) => a.params().chunk,
+            Attention::Infllm(a) => a.memory.params().chunk,
         }
     }
 
     pub fn clear(&mut self) {
         match self {
             Attention::Full(a) => a.clear(),
-            Attention::Infllm(a) => a.clear(),
+            Attention::Infllm(a) => a.all_mut().for_each(|a| a.clear()),
         }
     }
 
@@ -88,14 +154,17 @@ impl Attention {
     pub fn prepare(&mut self, n_tokens: usize) -> Result<(), AttentionError> {
         match self {
             Attention::Full(_) => Ok(()),
-            Attention::Infllm(a) => a.prepare(n_tokens),
+            Attention::Infllm(a) => a.all_mut().try_for_each(|a| a.prepare(n_tokens)),
         }
     }
 
     pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<StepInputs<'a>, AttentionError> {
         Ok(match self {
             Attention::Full(a) => StepInputs::Full(a.begin(step, n_tokens)?),
-            Attention::Infllm(a) => StepInputs::Infllm(a.begin(step, n_tokens)),
+            Attention::Infllm(a) => StepInputs::Infllm(Box::new((
+                a.memory.begin(step, n_tokens),
+                a.window.as_ref().map(|w| w.begin(step, n_tokens)),
+            ))),
         })
     }
 
@@ -109,7 +178,16 @@ impl Attention {
     ) -> Tensor<'a> {
         match (self, inp) {
             (Attention::Full(a), StepInputs::Full(i)) => a.attend(step, i, x, la),
-            (Attention::Infllm(a), StepInputs::Infllm(i)) => a.attend(step, i, x, la),
+            (Attention::Infllm(a), StepInputs::Infllm(inputs)) => {
+                let (memory, window) = &**inputs;
+                let (windowed, index) = a.route[x.layer];
+                let x = LayerQkv { layer: index, ..x };
+                match (windowed, &a.window, window) {
+                    (false, _, _) => a.memory.attend(step, memory, x, la),
+                    (true, Some(w), Some(i)) => w.attend(step, i, x, la),
+                    _ => unreachable!("window inputs exist when window layers do"),
+                }
+            }
             _ => unreachable!("step inputs come from the same attention"),
         }
     }
@@ -121,7 +199,7 @@ impl Attention {
                 a.commit(n_tokens);
                 Ok(())
             }
-            Attention::Infllm(a) => a.commit(n_tokens),
+            Attention::Infllm(a) => a.all_mut().try_for_each(|a| a.commit(n_tokens)),
         }
     }
 }

@@ -86,7 +86,14 @@ impl AttnSettings {
         p.block_size = self.block_size.unwrap_or(p.block_size);
         p.topk = self.topk.unwrap_or(p.topk);
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
-        p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local));
+        // Sliding-window layers step with the same chunk, at most their window.
+        let window = hp.min_window().unwrap_or(usize::MAX);
+        p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local).min(window));
+        anyhow::ensure!(
+            p.chunk <= window,
+            "--chunk {} exceeds the model's sliding window ({window} tokens)",
+            p.chunk
+        );
         if kind == AttnKind::Stream {
             p.topk = 0;
         }

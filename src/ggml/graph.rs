@@ -271,7 +271,7 @@ impl Context {
     }
     binary! {
         add => ggml_add, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
-        swiglu => ggml_swiglu_split, cpy => ggml_cpy, out_prod => ggml_out_prod,
+        swiglu => ggml_swiglu_split, geglu => ggml_geglu_split, cpy => ggml_cpy, out_prod => ggml_out_prod,
     }
 
     /// `a @ b` with f32 accumulation.

@@ -20,6 +20,18 @@ unsafe impl Sync for RefModel {}
 impl RefModel {
     /// Loads `path` on the CPU (memory-mapped, as llama.cpp does by default).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with(path, true)
+    }
+
+    /// Loads `path` without ggml's repacked CPU weight layouts (llama.cpp's
+    /// `use_extra_bufts = false`): the weights stay in the file's layout and
+    /// run through the same kernels as infllm's, which repacked kernels
+    /// round differently (Q4_K, Q4_0, ...).
+    pub fn load_unpacked(path: &Path) -> anyhow::Result<Self> {
+        Self::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, repack: bool) -> anyhow::Result<Self> {
         let cpath = CString::new(path.to_string_lossy().as_bytes())?;
         // SAFETY: backend init is idempotent; params come from llama.cpp's
         // defaults; the path is a valid NUL-terminated string.
@@ -27,6 +39,7 @@ impl RefModel {
             sys::llama_backend_init();
             let mut params = sys::llama_model_default_params();
             params.n_gpu_layers = 0;
+            params.use_extra_bufts = repack;
             sys::llama_model_load_from_file(cpath.as_ptr(), params)
         };
         let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;

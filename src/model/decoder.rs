@@ -200,7 +200,7 @@ impl Architecture for Decoder {
     }
 }
 
-fn last_row<'a>(step: &Step<'a>, x: Tensor<'a>) -> Tensor<'a> {
+pub(super) fn last_row<'a>(step: &Step<'a>, x: Tensor<'a>) -> Tensor<'a> {
     let [n0, n1, ..] = x.ne();
     let nb1 = x.nb()[1];
     step.ctx.view(x, &[n0, 1], &[nb1], nb1 * (n1 as usize - 1))

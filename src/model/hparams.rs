@@ -18,6 +18,9 @@ pub struct Hparams {
     pub n_ctx_train: usize,
     pub rms_eps: f32,
     pub rope: RopeParams,
+    /// Per layer: its sliding attention window in tokens (0: attends the
+    /// whole past). Set by architectures that have such layers.
+    pub layer_window: Vec<usize>,
 }
 
 impl Hparams {
@@ -59,8 +62,10 @@ impl Hparams {
             None => 10_000.0,
         };
         let freq_scale = rope_freq_scale(f, &arch)?;
+        let n_layer = u("block_count")?;
         let hp = Self {
-            n_layer: u("block_count")?,
+            n_layer,
+            layer_window: vec![0; n_layer],
             n_ff: u("feed_forward_length")?,
             rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
             n_embd,
@@ -86,6 +91,11 @@ impl Hparams {
             bail!("{}: invalid hyper-parameters {hp:?}", hp.arch);
         }
         Ok(hp)
+    }
+
+    /// The smallest sliding window of any layer (None: no such layer).
+    pub fn min_window(&self) -> Option<usize> {
+        self.layer_window.iter().copied().filter(|&w| w > 0).min()
     }
 
     /// Width of the K (and V) projection: all KV heads.

@@ -2,6 +2,7 @@
 //! an architecture means one file and one line in `REGISTRY`.
 
 mod decoder;
+mod gemma3;
 mod hparams;
 mod llama;
 mod phi3;
@@ -23,7 +24,7 @@ use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
 /// The architectures this engine runs.
-const REGISTRY: &[ArchSpec] = &[llama::SPEC, qwen2::SPEC, qwen3::SPEC, phi3::SPEC];
+const REGISTRY: &[ArchSpec] = &[llama::SPEC, qwen2::SPEC, qwen3::SPEC, phi3::SPEC, gemma3::SPEC];
 
 /// Names of the supported architectures (`general.architecture`).
 pub fn supported() -> Vec<&'static str> {
@@ -36,7 +37,8 @@ pub struct ArchSpec {
     pub names: &'static [&'static str],
     /// Rotary dimensions in NeoX halves (true) or adjacent pairs.
     pub neox: bool,
-    pub load: fn(&Hparams, &Weights) -> anyhow::Result<Box<dyn Architecture>>,
+    /// Builds the graph builder; may refine the hyper-parameters (sliding windows).
+    pub load: fn(&mut Hparams, &Weights) -> anyhow::Result<Box<dyn Architecture>>,
 }
 
 /// A model's forward pass over its weights.
@@ -65,10 +67,10 @@ impl Model {
         let Some(spec) = REGISTRY.iter().find(|a| a.names.contains(&name)) else {
             anyhow::bail!("unknown architecture '{name}' (supported: {})", supported().join(", "));
         };
-        let hp = Hparams::read(&file, spec.neox)?;
+        let mut hp = Hparams::read(&file, spec.neox)?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let weights = Weights::load(file)?;
-        let arch = (spec.load)(&hp, &weights)?;
+        let arch = (spec.load)(&mut hp, &weights)?;
         Ok(Self {
             hp,
             weights,
