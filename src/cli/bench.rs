@@ -279,7 +279,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                         run_reference(path, &plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
                     }
                 });
-                for (i, (test, timing)) in plan.tests.iter().zip(ours).enumerate() {
+                for (i, (&test, timing)) in plan.tests.iter().zip(ours).enumerate() {
+                    let (n_prompt, n_gen) = match test {
+                        Test::Prompt(n) => (n, 0),
+                        Test::Gen(n) => (0, n),
+                    };
                     let (llama_cpp, llama_cpp_na) = match reference {
                         Ok(r) => (Some(r[i].clone()), None),
                         Err(e) => (None, Some(e.clone())),
@@ -292,8 +296,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                         type_k: type_k.clone(),
                         type_v: type_v.clone(),
                         test: test.name(depth),
-                        n_prompt: matches!(test, Test::Prompt(_)).then_some(test.n_tokens()).unwrap_or(0),
-                        n_gen: matches!(test, Test::Gen(_)).then_some(test.n_tokens()).unwrap_or(0),
+                        n_prompt,
+                        n_gen,
                         n_depth: depth,
                         ratio: llama_cpp.as_ref().map(|r| timing.avg_ts / r.avg_ts),
                         infllm: timing,
