@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::argmax_of;
 use infllm::attention::infllm::InfllmParams;
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::reference::{RefContext, RefModel, RefParams};
 use infllm::model::Model;
-use infllm::sampling::argmax;
 
 /// Largest |logit difference| allowed. Both sides run the same ggml kernels,
 /// so differences come only from summation order in batched matmuls.
@@ -49,11 +49,6 @@ fn reference(model: &RefModel, n_ctx: u32) -> RefContext<'_> {
         },
     )
     .expect("llama.cpp context")
-}
-
-fn argmax_of(logits: &[f32]) -> i32 {
-    let c: Vec<(i32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as i32, l)).collect();
-    argmax(&c)
 }
 
 #[test]
@@ -98,21 +93,7 @@ fn greedy_continuations_match_llama_cpp() {
     let mut r = reference(&rm, 512);
     for prompt in PROMPTS {
         let tokens = rm.tokenize(prompt, true, true);
-        e.clear();
-        r.clear();
-        let mut lg = e.eval(&tokens, false, &mut |_, _| {}).unwrap();
-        let mut lr = r.decode(&tokens, 512, false).unwrap();
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..128 {
-            let (a, b) = (argmax_of(&lg), argmax_of(&lr));
-            ours.push(a);
-            theirs.push(b);
-            if a != b {
-                break;
-            }
-            lg = e.eval(&[a], false, &mut |_, _| {}).unwrap();
-            lr = r.decode(&[b], 512, false).unwrap();
-        }
+        let (ours, theirs) = common::greedy_both(&mut e, &mut r, &tokens, 128);
         assert_eq!(ours, theirs, "greedy continuation of {prompt:?} differs");
         eprintln!("{prompt:?}: 128 greedy tokens identical");
     }

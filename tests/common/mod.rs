@@ -33,3 +33,35 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Index of the largest logit, with llama.cpp's tie rule.
+pub fn argmax_of(logits: &[f32]) -> i32 {
+    let c: Vec<(i32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as i32, l)).collect();
+    infllm::sampling::argmax(&c)
+}
+
+/// Greedy continuations of `tokens` by infllm and by llama.cpp, side by
+/// side, until `n` tokens or the first difference (both lists end there).
+pub fn greedy_both(
+    e: &mut infllm::engine::Engine,
+    r: &mut infllm::ggml::reference::RefContext<'_>,
+    tokens: &[i32],
+    n: usize,
+) -> (Vec<i32>, Vec<i32>) {
+    e.clear();
+    r.clear();
+    let mut lg = e.eval(tokens, false, &mut |_, _| {}).unwrap();
+    let mut lr = r.decode(tokens, 512, false).unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (a, b) = (argmax_of(&lg), argmax_of(&lr));
+        ours.push(a);
+        theirs.push(b);
+        if a != b {
+            break;
+        }
+        lg = e.eval(&[a], false, &mut |_, _| {}).unwrap();
+        lr = r.decode(&[b], 512, false).unwrap();
+    }
+    (ours, theirs)
+}
