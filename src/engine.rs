@@ -37,6 +37,7 @@ pub struct Engine {
     alloc: GraphAllocator,
     n_ubatch: usize,
     logits: Vec<f32>,
+    params: EngineParams,
 }
 
 impl Engine {
@@ -70,6 +71,7 @@ impl Engine {
             attention,
             model,
             logits: Vec::new(),
+            params: p,
         })
     }
 
@@ -110,6 +112,15 @@ impl Engine {
     /// Tokens processed so far.
     pub fn n_past(&self) -> usize {
         self.attention.n_past()
+    }
+
+    /// The attention settings that shape the state (what a saved session
+    /// must match), in words.
+    pub fn settings(&self) -> String {
+        match self.params.attn {
+            AttnMode::Full { flash_attn } => format!("full attention, flash_attn {flash_attn}, n_ctx {}", self.n_ctx()),
+            AttnMode::Infllm(p) => format!("{p:?}"),
+        }
     }
 
     /// Forgets the conversation.

@@ -2,6 +2,7 @@
 //! InfLLM memory attention.
 
 pub mod attention;
+pub mod chat;
 pub mod cli;
 pub mod compute;
 pub mod engine;
@@ -9,4 +10,5 @@ pub mod ggml;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+pub mod session;
 pub mod tokenizer;

@@ -3,11 +3,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::tokenizer::Token;
 
 /// llama.cpp's sampling defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     pub temp: f32,
     pub top_k: usize,
@@ -32,6 +33,17 @@ impl Default for SamplingParams {
     }
 }
 
+/// Everything a sampler needs to go on exactly where it was (sessions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerState {
+    pub params: SamplingParams,
+    rng_seed: [u8; 32],
+    rng_stream: u64,
+    /// The generator's position (a u128, as text for JSON).
+    rng_word_pos: String,
+    history: Vec<Token>,
+}
+
 pub struct Sampler {
     pub params: SamplingParams,
     rng: ChaCha8Rng,
@@ -48,6 +60,43 @@ impl Sampler {
             history: Vec::new(),
             candidates: Vec::new(),
         }
+    }
+
+    pub fn state(&self) -> SamplerState {
+        SamplerState {
+            params: self.params,
+            rng_seed: self.rng.get_seed(),
+            rng_stream: self.rng.get_stream(),
+            rng_word_pos: self.rng.get_word_pos().to_string(),
+            history: self.history.clone(),
+        }
+    }
+
+    pub fn from_state(s: &SamplerState) -> anyhow::Result<Self> {
+        let mut rng = ChaCha8Rng::from_seed(s.rng_seed);
+        rng.set_stream(s.rng_stream);
+        rng.set_word_pos(s.rng_word_pos.parse()?);
+        Ok(Self {
+            params: s.params,
+            rng,
+            history: s.history.clone(),
+            candidates: Vec::new(),
+        })
+    }
+
+    /// Restarts the random stream from `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.params.seed = seed;
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+
+    /// Recent tokens (the repetition penalty's memory).
+    pub fn history(&self) -> &[Token] {
+        &self.history
+    }
+
+    pub fn set_history(&mut self, history: Vec<Token>) {
+        self.history = history;
     }
 
     /// Records a token that is now part of the text (prompt or generated).
@@ -174,6 +223,23 @@ mod tests {
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(), draw());
+    }
+
+    #[test]
+    fn state_round_trip_continues_the_draws() {
+        let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let mut a = Sampler::new(SamplingParams {
+            seed: 7,
+            ..Default::default()
+        });
+        for _ in 0..13 {
+            let t = a.sample(&logits);
+            a.accept(t);
+        }
+        let json = serde_json::to_string(&a.state()).unwrap();
+        let mut b = Sampler::from_state(&serde_json::from_str(&json).unwrap()).unwrap();
+        let draws = |s: &mut Sampler| (0..20).map(|_| s.sample(&logits)).collect::<Vec<_>>();
+        assert_eq!(draws(&mut a), draws(&mut b));
     }
 
     #[test]

@@ -94,6 +94,56 @@ impl FullAttention {
         self.n_past = 0;
     }
 
+    /// The cached keys and values of the tokens so far (rows before
+    /// `n_past` are never rewritten, so a snapshot needs only the count).
+    pub fn cache_bytes_used(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for (t, offset, len) in self.ranges(self.n_past) {
+            let at = bytes.len();
+            bytes.resize(at + len, 0);
+            t.read_bytes(offset, &mut bytes[at..]);
+        }
+        bytes
+    }
+
+    /// Goes back (or, with `bytes` from `cache_bytes_used`, forward) to
+    /// `n_past` tokens.
+    pub fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
+        anyhow::ensure!(n_past <= self.n_ctx, "the saved text is longer than the context (-c)");
+        if let Some(bytes) = bytes {
+            let ranges = self.ranges(n_past);
+            anyhow::ensure!(
+                ranges.iter().map(|r| r.2).sum::<usize>() == bytes.len(),
+                "KV cache state of the wrong size"
+            );
+            let mut at = 0;
+            for (t, offset, len) in ranges {
+                t.write_bytes(offset, &bytes[at..at + len]);
+                at += len;
+            }
+        } else {
+            anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to");
+        }
+        self.n_past = n_past;
+        Ok(())
+    }
+
+    /// Tensor byte ranges holding the first `n` tokens.
+    fn ranges(&self, n: usize) -> Vec<(Tensor<'_>, usize, usize)> {
+        let e = self.n_embd_kv;
+        let mut out = Vec::new();
+        for (&k, &v) in self.k.iter().zip(&self.v) {
+            out.push((self.ctx.tensor(k), 0, n * e * 2));
+            let v = self.ctx.tensor(v);
+            if self.flash_attn {
+                out.push((v, 0, n * e * 2));
+            } else {
+                out.extend((0..e).map(|c| (v, c * self.n_ctx * 2, n * 2)));
+            }
+        }
+        out
+    }
+
     /// Declares this step's positions, causal mask and cache rows.
     pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<FullInputs<'a>, AttentionError> {
         let end = self.n_past + n_tokens;

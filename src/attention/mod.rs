@@ -38,7 +38,13 @@ pub enum AttentionError {
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use full::{FullAttention, FullInputs};
-use infllm::{HeadShape, InfllmAttention, InfllmInputs, InfllmParams};
+use infllm::{HeadShape, InfllmAttention, InfllmInputs, InfllmParams, WindowState};
+
+/// A point of the text to come back to (`Attention::snapshot`).
+pub enum Snapshot {
+    Full { n_past: usize },
+    Infllm(Vec<WindowState>),
+}
 
 /// The attention of a running model, chosen per run.
 pub enum Attention {
@@ -107,7 +113,7 @@ impl InfllmLayers {
         std::iter::once(&self.memory).chain(self.window.as_ref())
     }
 
-    fn all_mut(&mut self) -> impl Iterator<Item = &mut InfllmAttention> {
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut InfllmAttention> {
         std::iter::once(&mut self.memory).chain(self.window.as_mut())
     }
 }
@@ -147,6 +153,27 @@ impl Attention {
         match self {
             Attention::Full(a) => a.clear(),
             Attention::Infllm(a) => a.all_mut().for_each(|a| a.clear()),
+        }
+    }
+
+    /// The state after the tokens so far; cheap for full attention (the
+    /// cache is only appended to), the window buffers' copy for InfLLM.
+    pub fn snapshot(&self) -> Snapshot {
+        match self {
+            Attention::Full(a) => Snapshot::Full { n_past: a.n_past() },
+            Attention::Infllm(a) => Snapshot::Infllm(a.all().map(|a| a.window_state()).collect()),
+        }
+    }
+
+    /// Goes back to a snapshot taken earlier in this run.
+    pub fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()> {
+        match (self, s) {
+            (Attention::Full(a), Snapshot::Full { n_past }) => a.restore(*n_past, None),
+            (Attention::Infllm(a), Snapshot::Infllm(states)) => {
+                anyhow::ensure!(states.len() == a.all().count(), "snapshot of another attention");
+                a.all_mut().zip(states).try_for_each(|(a, s)| a.restore(s))
+            }
+            _ => anyhow::bail!("snapshot of another attention"),
         }
     }
 

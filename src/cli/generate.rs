@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::attn::describe;
+use super::chat::ChatArgs;
 use super::progress::Progress;
 use super::{read_prompt, RunArgs};
 use crate::engine::Engine;
@@ -58,6 +59,9 @@ pub struct GenerateArgs {
     /// Random seed (-1 = random)
     #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true, help_heading = "Sampling")]
     pub seed: i64,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 impl GenerateArgs {
@@ -86,6 +90,9 @@ impl GenerateArgs {
 }
 
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
+    if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
+        return super::chat::run(a);
+    }
     let prompt = read_prompt(&a.prompt, &a.file)?.unwrap_or_default();
     let (model, info) = a.run.load()?;
     let tokens = model.tokenizer.encode(&prompt, true, true);

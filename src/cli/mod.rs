@@ -2,6 +2,7 @@
 
 pub mod attn;
 pub mod bench;
+pub mod chat;
 pub mod generate;
 pub mod passkey;
 pub mod progress;
@@ -96,6 +97,15 @@ pub struct RunArgs {
     /// Physical batch size (-ub): tokens per forward pass
     #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
     pub ubatch_size: usize,
+    /// Layers on the GPU (-ngl): accepted for llama.cpp compatibility; this
+    /// build runs on the CPU and ignores it
+    #[arg(
+        long = "n-gpu-layers",
+        visible_alias = "gpu-layers",
+        value_name = "N",
+        help_heading = "Common"
+    )]
+    pub n_gpu_layers: Option<String>,
     #[command(flatten)]
     pub attn: AttnArgs,
 }
@@ -130,6 +140,10 @@ impl RunArgs {
             hp.n_ctx_train,
             start.elapsed().as_secs_f64() * 1e3
         );
+        let info = match &self.n_gpu_layers {
+            Some(n) => format!("{info}\ninfllm: warning: -ngl {n} ignored: this build runs on the CPU only"),
+            None => info,
+        };
         Ok((model, info))
     }
 }
@@ -157,6 +171,11 @@ const LLAMA_SPELLINGS: &[(&str, &str)] = &[
     ("-ctv", "--cache-type-v"),
     ("-ub", "--ubatch-size"),
     ("-fa", "--flash-attn"),
+    ("-cnv", "--conversation"),
+    ("-no-cnv", "--no-conversation"),
+    ("-sys", "--system-prompt"),
+    ("-sysf", "--system-prompt-file"),
+    ("-ngl", "--n-gpu-layers"),
 ];
 
 /// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.

@@ -18,7 +18,7 @@ mod quant;
 pub mod reference;
 mod types;
 
-pub use arena::HostArena;
+pub use arena::{HostArena, MAP_ALIGN};
 pub use backend::{Backend, Buffer, GraphAllocator};
 pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
 pub use quant::{dequantize, quantize};

@@ -53,6 +53,10 @@ pub struct Model {
     pub hp: Hparams,
     pub weights: Weights,
     pub tokenizer: Tokenizer,
+    /// Hash of the GGUF header and tensor table: what saved sessions check.
+    pub identity: u64,
+    /// `tokenizer.chat_template`, if the file has one.
+    pub chat_template: Option<String>,
     arch: Box<dyn Architecture>,
 }
 
@@ -69,12 +73,16 @@ impl Model {
         };
         let mut hp = Hparams::read(&file, spec.neox)?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
+        let identity = xxhash_rust::xxh3::xxh3_64(&file.bytes()[..file.data_offset as usize]);
+        let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
         let weights = Weights::load(file)?;
         let arch = (spec.load)(&mut hp, &weights)?;
         Ok(Self {
             hp,
             weights,
             tokenizer,
+            identity,
+            chat_template,
             arch,
         })
     }

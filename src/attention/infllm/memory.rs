@@ -80,6 +80,43 @@ impl BlockStore {
         self.len = 0;
     }
 
+    /// Forgets the blocks from `n` on (blocks are only ever appended, so a
+    /// snapshot of the rest of the state goes back with this).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    /// The stored bytes: keys, values, representative keys.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        let s = self.shape;
+        [
+            self.k.slice(0, self.len * s.k_bytes()),
+            self.v.slice(0, self.len * s.v_bytes()),
+            self.repr.slice(0, self.len * s.repr_len() * 4),
+        ]
+    }
+
+    /// Byte lengths of `parts` for `n` blocks.
+    pub fn part_lens(&self, n: usize) -> [usize; 3] {
+        let s = self.shape;
+        [n * s.k_bytes(), n * s.v_bytes(), n * s.repr_len() * 4]
+    }
+
+    /// Takes `n` blocks saved by `parts` from `file` at `offsets`, mapped
+    /// (copy-on-write) rather than read.
+    pub fn map_from(&mut self, file: &std::fs::File, n: usize, offsets: [u64; 3]) -> anyhow::Result<()> {
+        let lens = self.part_lens(n);
+        anyhow::ensure!(
+            lens[0] <= self.k.len(),
+            "the saved blocks exceed the memory reserved for them (-c)"
+        );
+        self.k.map_file(file, offsets[0], lens[0])?;
+        self.v.map_file(file, offsets[1], lens[1])?;
+        self.repr.map_file(file, offsets[2], lens[2])?;
+        self.len = n;
+        Ok(())
+    }
+
     /// Appends a block. `k` is token-major (block_size rows of n_embd_kv),
     /// `v_t` channel-major (n_embd_kv rows of block_size). Keys are stored
     /// KV-head-major ([n_head_kv][block_size][head_dim]) so that each KV

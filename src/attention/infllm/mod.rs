@@ -47,6 +47,25 @@ struct LayerStore {
     blocks: BlockStore,
 }
 
+/// An instance's position in the text: what `WindowState` restores.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub n_past: usize,
+    pub base: usize,
+    pub n_init_cur: usize,
+    pub rem_start: usize,
+    pub n_blocks: usize,
+}
+
+/// An instance's state besides its blocks: the counters, the window
+/// buffer's tokens with their scores, the initial tokens. Blocks are only
+/// ever appended, so a snapshot remembers just their count.
+#[derive(Clone)]
+pub struct WindowState {
+    pub counters: Counters,
+    pub bytes: Vec<u8>,
+}
+
 /// Model dimensions the attention needs.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadShape {
@@ -187,6 +206,100 @@ impl InfllmAttention {
             let score = self.ctx.tensor(l.score);
             score.write_bytes(0, &vec![0u8; score.nbytes()]);
         }
+    }
+
+    /// The state to come back to with `restore` (taken between steps).
+    pub fn window_state(&self) -> WindowState {
+        let mut bytes = Vec::new();
+        for (t, offset, len) in self.window_ranges(self.n_past - self.base) {
+            let at = bytes.len();
+            bytes.resize(at + len, 0);
+            t.read_bytes(offset, &mut bytes[at..]);
+        }
+        WindowState {
+            counters: Counters {
+                n_past: self.n_past,
+                base: self.base,
+                n_init_cur: self.n_init_cur,
+                rem_start: self.rem_start,
+                n_blocks: self.n_blocks(),
+            },
+            bytes,
+        }
+    }
+
+    /// Returns to `s`: from a snapshot of this run (its blocks are still
+    /// here) or from a saved session after `map_blocks`.
+    pub fn restore(&mut self, s: &WindowState) -> anyhow::Result<()> {
+        let c = s.counters;
+        anyhow::ensure!(
+            c.n_blocks <= self.n_blocks()
+                && c.base <= c.rem_start
+                && c.rem_start <= c.n_past
+                && c.n_past <= self.p.max_tokens
+                && c.n_init_cur <= self.p.n_init
+                && c.n_past - c.base + KEY_PAD <= self.cap,
+            "inconsistent attention state"
+        );
+        let ranges = self.window_ranges(c.n_past - c.base);
+        let total: usize = ranges.iter().map(|r| r.2).sum();
+        anyhow::ensure!(total == s.bytes.len(), "window state of the wrong size");
+        let mut at = 0;
+        for (t, offset, len) in ranges {
+            t.write_bytes(offset, &s.bytes[at..at + len]);
+            at += len;
+        }
+        for l in &mut self.layers {
+            l.blocks.truncate(c.n_blocks);
+        }
+        self.n_past = c.n_past;
+        self.base = c.base;
+        self.n_init_cur = c.n_init_cur;
+        self.rem_start = c.rem_start;
+        self.rerotate = false;
+        Ok(())
+    }
+
+    /// Each layer's block bytes (keys, values, representative keys).
+    pub fn block_parts(&self) -> impl Iterator<Item = [&[u8]; 3]> {
+        self.layers.iter().map(|l| l.blocks.parts())
+    }
+
+    /// Byte lengths of one layer's `block_parts` for `n` blocks.
+    pub fn block_part_lens(&self, n: usize) -> [usize; 3] {
+        self.layers.first().map_or([0; 3], |l| l.blocks.part_lens(n))
+    }
+
+    /// Maps `n` saved blocks per layer from `file`; `offsets` yields each
+    /// layer's three part offsets, in `block_parts` order.
+    pub fn map_blocks(
+        &mut self,
+        file: &std::fs::File,
+        n: usize,
+        mut offsets: impl FnMut() -> anyhow::Result<[u64; 3]>,
+    ) -> anyhow::Result<()> {
+        for l in &mut self.layers {
+            l.blocks.map_from(file, n, offsets()?)?;
+        }
+        Ok(())
+    }
+
+    /// The tensor byte ranges holding the state of `n` buffered tokens:
+    /// their keys and values, all scores (zero past the tokens), the
+    /// initial tokens.
+    fn window_ranges(&self, n: usize) -> Vec<(Tensor<'_>, usize, usize)> {
+        let e = self.shape.n_embd_kv();
+        let mut out = Vec::new();
+        for l in &self.layers {
+            let t = |id| self.ctx.tensor(id);
+            out.push((t(l.k_raw), 0, n * e * 2));
+            out.push((t(l.k_rot), 0, n * e * 2));
+            out.extend((0..e).map(|c| (t(l.v_t), c * self.cap * 2, n * 2)));
+            for id in [l.score, l.init_k, l.init_v_t] {
+                out.push((t(id), 0, t(id).nbytes()));
+            }
+        }
+        out
     }
 
     /// Makes room in the window buffer for `n_tokens` more tokens.

@@ -1,0 +1,270 @@
+//! A conversation over one engine. Each turn renders the whole conversation
+//! with the chat template but evaluates only the text the memory does not
+//! hold yet: earlier turns stay in the attention state, never re-processed.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::template::{ChatTemplate, Message};
+use crate::attention::Snapshot;
+use crate::engine::Engine;
+use crate::sampling::{Sampler, SamplerState};
+use crate::tokenizer::Token;
+
+/// Why an answer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// `-n` tokens were generated.
+    Limit,
+    /// The user interrupted (Ctrl-C).
+    Interrupted,
+    /// The context (`-c`) is full.
+    ContextFull,
+}
+
+/// Timings of the last turn.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurnStats {
+    pub prompt_tokens: usize,
+    pub prompt_time: Duration,
+    pub gen_tokens: usize,
+    pub gen_time: Duration,
+}
+
+/// The state just before the last answer, for `regenerate`.
+struct BeforeAnswer {
+    snapshot: Snapshot,
+    logits: Vec<f32>,
+    fed_len: usize,
+    history: Vec<Token>,
+}
+
+/// What a session file keeps of a conversation besides the engine state.
+#[derive(Serialize, Deserialize)]
+pub struct Record {
+    messages: Vec<Message>,
+    fed: String,
+    logits: Vec<f32>,
+    sampler: SamplerState,
+}
+
+pub struct Conversation {
+    pub engine: Engine,
+    pub sampler: Sampler,
+    template: ChatTemplate,
+    /// The system prompt a cleared conversation starts with.
+    system: Option<String>,
+    messages: Vec<Message>,
+    /// The text the attention state holds: rendered turns and answers.
+    fed: String,
+    /// Logits after the last evaluated token.
+    logits: Vec<f32>,
+    before_answer: Option<BeforeAnswer>,
+    /// Keep the state before each answer for `forget_answer` (a copy of
+    /// the window buffers: up to their size again in memory).
+    pub regen: bool,
+    pub stats: TurnStats,
+}
+
+impl Conversation {
+    pub fn new(engine: Engine, sampler: Sampler, template: ChatTemplate, system: Option<String>) -> Self {
+        let mut c = Self {
+            engine,
+            sampler,
+            template,
+            system,
+            messages: Vec::new(),
+            fed: String::new(),
+            logits: Vec::new(),
+            before_answer: None,
+            regen: true,
+            stats: TurnStats::default(),
+        };
+        c.clear();
+        c
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Starts over: an empty memory and only the system prompt.
+    pub fn clear(&mut self) {
+        self.engine.clear();
+        self.messages = self.system.iter().map(|s| Message::new("system", s)).collect();
+        self.fed.clear();
+        self.logits.clear();
+        self.before_answer = None;
+    }
+
+    /// The tokens a user message adds to the memory: the newly rendered
+    /// text (end of the previous turn, the message, the assistant header).
+    pub fn pending_tokens(&self, content: &str) -> anyhow::Result<Vec<Token>> {
+        Ok(self.render_turn(content)?.2)
+    }
+
+    /// The conversation with `content` added, the new text and its tokens.
+    fn render_turn(&self, content: &str) -> anyhow::Result<(Vec<Message>, String, Vec<Token>)> {
+        let mut messages = self.messages.clone();
+        messages.push(Message::new("user", content));
+        let text = self.new_text(&messages)?;
+        let tok = &self.engine.model.tokenizer;
+        // The first piece gets the BOS token, unless the template wrote it.
+        let bos_in_text = tok
+            .bos()
+            .and_then(|b| tok.token_text(b))
+            .is_some_and(|b| text.starts_with(b));
+        let tokens = tok.encode(&text, self.fed.is_empty() && !bos_in_text, true);
+        Ok((messages, text, tokens))
+    }
+
+    /// The rendered conversation past what the memory holds. Templates that
+    /// rewrite earlier turns (trimming an answer, say) break the prefix; then
+    /// the new text is what follows the earlier messages' rendering, as
+    /// llama.cpp does.
+    fn new_text(&self, messages: &[Message]) -> anyhow::Result<String> {
+        let full = self.template.render(messages, true)?;
+        if let Some(rest) = full.strip_prefix(&self.fed) {
+            return Ok(rest.to_string());
+        }
+        let before = self.template.render(&messages[..messages.len() - 1], false)?;
+        Ok(full
+            .get(before.len()..)
+            .filter(|_| full.starts_with(&before))
+            .unwrap_or(&full)
+            .to_string())
+    }
+
+    /// Adds a user message and evaluates its tokens (`progress(done,
+    /// total)` after each step); returns how many tokens were evaluated.
+    pub fn user_turn(&mut self, content: &str, progress: &mut dyn FnMut(usize, usize)) -> anyhow::Result<usize> {
+        let (messages, text, tokens) = self.render_turn(content)?;
+        let n_ctx = self.engine.n_ctx();
+        anyhow::ensure!(
+            self.engine.n_past() + tokens.len() < n_ctx,
+            "the conversation does not fit the context: {} tokens held + {} new > {n_ctx} (-c)",
+            self.engine.n_past(),
+            tokens.len()
+        );
+        let start = Instant::now();
+        self.logits = self.engine.eval(&tokens, false, progress)?;
+        self.messages = messages;
+        tokens.iter().for_each(|&t| self.sampler.accept(t));
+        self.fed.push_str(&text);
+        self.before_answer = None;
+        self.stats = TurnStats {
+            prompt_tokens: tokens.len(),
+            prompt_time: start.elapsed(),
+            ..Default::default()
+        };
+        Ok(tokens.len())
+    }
+
+    /// Generates the assistant's answer (at most `limit` tokens), passing
+    /// each piece of text to `on_text` as it comes; `interrupted` is polled
+    /// between tokens. What was generated stays in the memory however the
+    /// answer ends.
+    pub fn answer(
+        &mut self,
+        limit: Option<usize>,
+        interrupted: &dyn Fn() -> bool,
+        on_text: &mut dyn FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(String, Stop)> {
+        anyhow::ensure!(!self.logits.is_empty(), "nothing to answer: no user message yet");
+        self.before_answer = self.regen.then(|| BeforeAnswer {
+            snapshot: self.engine.attention.snapshot(),
+            logits: self.logits.clone(),
+            fed_len: self.fed.len(),
+            history: self.sampler.history().to_vec(),
+        });
+        let start = Instant::now();
+        let mut bytes = Vec::new();
+        let mut utf8 = crate::tokenizer::Utf8Stream::new();
+        let mut n = 0;
+        let stop = loop {
+            if interrupted() {
+                break Stop::Interrupted;
+            }
+            if limit.is_some_and(|l| n >= l) {
+                break Stop::Limit;
+            }
+            let t = self.sampler.sample(&self.logits);
+            let tok = &self.engine.model.tokenizer;
+            if tok.is_eog(t) {
+                // Not evaluated now: the template's end of turn comes with the next turn.
+                break Stop::EndOfTurn;
+            }
+            if self.engine.n_past() + 1 >= self.engine.n_ctx() {
+                break Stop::ContextFull;
+            }
+            let piece = tok.token_to_piece(t, false);
+            bytes.extend_from_slice(&piece);
+            on_text(&utf8.push(&piece))?;
+            self.logits = self.engine.eval(&[t], false, &mut |_, _| {})?;
+            self.sampler.accept(t);
+            n += 1;
+        };
+        on_text(&utf8.finish())?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        self.fed.push_str(&text);
+        self.messages.push(Message::new("assistant", &text));
+        self.stats.gen_tokens = n;
+        self.stats.gen_time = start.elapsed();
+        Ok((text, stop))
+    }
+
+    /// Drops the last answer from the memory and the conversation, ready
+    /// to `answer` again (the sampler's random stream goes on).
+    pub fn forget_answer(&mut self) -> anyhow::Result<()> {
+        let b = self.before_answer.take().context("no answer to regenerate")?;
+        self.engine.attention.rollback(&b.snapshot)?;
+        self.logits = b.logits;
+        self.fed.truncate(b.fed_len);
+        self.messages.pop();
+        // The random stream goes on, so a new answer can differ.
+        self.sampler.set_history(b.history);
+        Ok(())
+    }
+
+    /// The conversation and sampler, for a session file.
+    pub fn record(&self) -> Record {
+        Record {
+            messages: self.messages.clone(),
+            fed: self.fed.clone(),
+            logits: self.logits.clone(),
+            sampler: self.sampler.state(),
+        }
+    }
+
+    /// Takes back a `record` saved with the engine state now loaded.
+    pub fn restore(&mut self, r: Record) -> anyhow::Result<()> {
+        self.sampler = Sampler::from_state(&r.sampler)?;
+        self.messages = r.messages;
+        self.fed = r.fed;
+        self.logits = r.logits;
+        self.before_answer = None;
+        Ok(())
+    }
+
+    /// Saves the whole state to `path` (atomically).
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        crate::session::save(path, &self.engine, serde_json::to_value(self.record())?)
+    }
+
+    /// Loads a session saved by `save`; the file is checked before anything
+    /// changes here.
+    pub fn load(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        let record = crate::session::load(path, &mut self.engine, |r| {
+            serde_json::from_value::<Record>(r.clone()).context("corrupt conversation record")
+        })?;
+        self.restore(record)
+    }
+}

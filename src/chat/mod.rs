@@ -1,0 +1,7 @@
+//! Conversations: chat templates and turns over one engine.
+
+pub mod conversation;
+pub mod template;
+
+pub use conversation::{Conversation, Stop, TurnStats};
+pub use template::{ChatTemplate, Message};

@@ -1,0 +1,695 @@
+//! Chat templates: turning a conversation into the prompt text a chat model
+//! was trained on.
+//!
+//! Templates are Jinja, as stored in GGUF `tokenizer.chat_template` and in
+//! Hugging Face `tokenizer_config.json`, rendered with minijinja set up the
+//! way `transformers` sets up Jinja2 (trim/lstrip blocks, Python string
+//! methods, `raise_exception`, `strftime_now`), so that a model's own template
+//! renders here as it does in Python. Three built-ins cover models without a
+//! template and the `--chat-template NAME` choice.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind, Value};
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+/// ChatML (Qwen, SmolLM, ...): no BOS, every turn closed by `<|im_end|>`.
+const CHATML: &str = r#"
+{%- for message in messages %}
+{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
+
+/// Llama 3: BOS once, header per turn, contents trimmed as Meta's template does.
+const LLAMA3: &str = r#"
+{{- bos_token }}
+{%- for message in messages %}
+{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+"#;
+
+/// Gemma (2 and 3): no system role, so a leading system message becomes a
+/// prefix of the first user turn; the assistant is called "model".
+const GEMMA: &str = r#"
+{{- bos_token }}
+{%- if messages and messages[0]['role'] == 'system' %}
+{%- set ns = namespace(prefix=messages[0]['content'] + '\n\n') %}
+{%- set turns = messages[1:] %}
+{%- else %}
+{%- set ns = namespace(prefix='') %}
+{%- set turns = messages %}
+{%- endif %}
+{%- for message in turns %}
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+{%- set text = message['content'] | trim %}
+{%- if message['role'] == 'user' %}
+{%- set text = ns.prefix + text %}
+{%- set ns.prefix = '' %}
+{%- endif %}
+{{- '<start_of_turn>' + role + '\n' + text + '<end_of_turn>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<start_of_turn>model\n' }}
+{%- endif %}
+"#;
+
+const BUILTINS: [(&str, &str); 3] = [("chatml", CHATML), ("llama3", LLAMA3), ("gemma", GEMMA)];
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    name: String,
+    /// Holds the one template, registered under `name`; built once because
+    /// compiling is the costly part and a REPL renders every turn.
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("name", &self.name)
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// A Jinja template (as in GGUF `tokenizer.chat_template`, Hugging Face
+    /// style). Errors (one clear line) if it does not compile.
+    pub fn from_source(name: &str, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = hf_environment();
+        env.add_template_owned(name.to_string(), source.to_string())
+            .map_err(|e| anyhow!("chat template {name} does not compile: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// One of the built-ins: "chatml", "llama3", "gemma".
+    pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        match BUILTINS.iter().find(|(n, _)| *n == name) {
+            Some((n, source)) => Self::from_source(n, source, bos_token, eos_token),
+            None => bail!(
+                "unknown chat template {name:?}; built-in templates are: {}",
+                builtin_names()
+            ),
+        }
+    }
+
+    /// Picks the template as llama-cli does: `file` (--chat-template-file),
+    /// else `name_or_source` (--chat-template: a built-in name, or a Jinja
+    /// source if it contains "{%" or "{{"), else the GGUF's own template,
+    /// else ChatML.
+    pub fn resolve(
+        gguf: Option<&str>,
+        name_or_source: Option<&str>,
+        file: Option<&Path>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<Self> {
+        if let Some(path) = file {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading chat template file {}", path.display()))?;
+            let name = format!("file:{}", path.display());
+            return Self::from_source(&name, &source, bos_token, eos_token);
+        }
+        if let Some(arg) = name_or_source {
+            return if arg.contains("{%") || arg.contains("{{") {
+                Self::from_source("custom", arg, bos_token, eos_token)
+            } else {
+                Self::builtin(arg.trim(), bos_token, eos_token)
+            };
+        }
+        match gguf {
+            Some(source) => Self::from_source("gguf", source, bos_token, eos_token),
+            None => Self::builtin("chatml", bos_token, eos_token),
+        }
+    }
+
+    /// "chatml", "llama3", "gemma", "gguf", "file:<path>" or "custom".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renders `messages`; `add_generation_prompt` appends the header that
+    /// opens the assistant's turn, so the model continues as the assistant.
+    ///
+    /// An empty conversation without a generation prompt is "" without
+    /// running the template, as in llama.cpp: templates such as Gemma 3's
+    /// read `messages[0]` and fail on an empty list, and "" keeps it a prefix
+    /// of every later render.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if messages.is_empty() && !add_generation_prompt {
+            return Ok(String::new());
+        }
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
+            .collect();
+        let template = self
+            .env
+            .get_template(&self.name)
+            .map_err(|e| anyhow!("chat template {}: {e}", self.name))?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(|e| anyhow!("chat template {}: {e}", self.name))
+    }
+}
+
+fn builtin_names() -> String {
+    BUILTINS.map(|(n, _)| n).join(", ")
+}
+
+/// An environment that behaves like the one `transformers` renders chat
+/// templates with, since that is what template authors test against.
+fn hf_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    // `.strip()`, `.startswith()`, `.split()`, `.items()`, ... as in Python.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        format_time(secs, &fmt)
+    });
+    // minijinja's own `tojson` needs a feature we do not enable, and it
+    // HTML-escapes; templates expect Python's `json.dumps`.
+    env.add_filter("tojson", tojson);
+    env
+}
+
+/// `value | tojson(indent=None)` with Python's `json.dumps` separators.
+fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<String, Error> {
+    let indent = match kwargs.get::<Option<usize>>("indent")? {
+        Some(i) => Some(i),
+        None => indent,
+    };
+    // Accepted for compatibility; output is always UTF-8, keys in insertion order.
+    for key in ["ensure_ascii", "sort_keys", "separators"] {
+        let _: Option<Value> = kwargs.get(key)?;
+    }
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(&mut out, value, indent, 0)?;
+    Ok(out)
+}
+
+fn write_json(out: &mut String, v: &Value, indent: Option<usize>, depth: usize) -> Result<(), Error> {
+    let json_err = |e: serde_json::Error| Error::new(ErrorKind::BadSerialization, e.to_string());
+    let (open, close, is_map) = match v.kind() {
+        ValueKind::Seq | ValueKind::Iterable => ('[', ']', false),
+        ValueKind::Map => ('{', '}', true),
+        ValueKind::Undefined | ValueKind::None => {
+            out.push_str("null");
+            return Ok(());
+        }
+        _ => {
+            out.push_str(&serde_json::to_string(v).map_err(json_err)?);
+            return Ok(());
+        }
+    };
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    };
+    out.push(open);
+    let mut empty = true;
+    for (i, item) in v.try_iter()?.enumerate() {
+        empty = false;
+        if i > 0 {
+            out.push_str(if indent.is_some() { "," } else { ", " });
+        }
+        newline(out, depth + 1);
+        if is_map {
+            let key = item.as_str().map_or_else(|| item.to_string(), str::to_string);
+            out.push_str(&serde_json::to_string(&key).map_err(json_err)?);
+            out.push_str(": ");
+            write_json(out, &v.get_item(&item)?, indent, depth + 1)?;
+        } else {
+            write_json(out, &item, indent, depth + 1)?;
+        }
+    }
+    if !empty {
+        newline(out, depth);
+    }
+    out.push(close);
+    Ok(())
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+
+fn is_leap(year: u64) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+/// `strftime` for UTC seconds since 1970, enough for the date lines templates
+/// put in system prompts (Llama 3.x uses "%d %b %Y"). Unknown directives are
+/// written as they are.
+fn format_time(secs: u64, fmt: &str) -> String {
+    let days = secs / 86_400;
+    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let weekday = WEEKDAYS[((days + 4) % 7) as usize]; // 1970-01-01 was a Thursday.
+    let (mut year, mut rest) = (1970, days);
+    while rest >= if is_leap(year) { 366 } else { 365 } {
+        rest -= if is_leap(year) { 366 } else { 365 };
+        year += 1;
+    }
+    let day_of_year = rest + 1;
+    let feb = if is_leap(year) { 29 } else { 28 };
+    let mut month = 0;
+    for len in [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
+        if rest < len {
+            break;
+        }
+        rest -= len;
+        month += 1;
+    }
+    let day = rest + 1;
+
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let _ = match chars.next() {
+            Some('Y') => write!(out, "{year}"),
+            Some('y') => write!(out, "{:02}", year % 100),
+            Some('m') => write!(out, "{:02}", month + 1),
+            Some('d') => write!(out, "{day:02}"),
+            Some('e') => write!(out, "{day:2}"),
+            Some('j') => write!(out, "{day_of_year:03}"),
+            Some('B') => write!(out, "{}", MONTHS[month]),
+            Some('b') => write!(out, "{}", &MONTHS[month][..3]),
+            Some('A') => write!(out, "{weekday}"),
+            Some('a') => write!(out, "{}", &weekday[..3]),
+            Some('H') => write!(out, "{hour:02}"),
+            Some('I') => write!(out, "{:02}", (hour + 11) % 12 + 1),
+            Some('p') => write!(out, "{}", if hour < 12 { "AM" } else { "PM" }),
+            Some('M') => write!(out, "{minute:02}"),
+            Some('S') => write!(out, "{second:02}"),
+            Some('%') => write!(out, "%"),
+            Some(other) => write!(out, "%{other}"),
+            None => write!(out, "%"),
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+    use std::path::PathBuf;
+
+    fn conversation() -> Vec<Message> {
+        vec![
+            Message::new("system", "You are terse."),
+            Message::new("user", "  Hi\n"),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "A joke, please."),
+        ]
+    }
+
+    fn builtin(name: &str) -> ChatTemplate {
+        let (bos, eos) = match name {
+            "llama3" => ("<|begin_of_text|>", "<|eot_id|>"),
+            "gemma" => ("<bos>", "<eos>"),
+            _ => ("<|im_start|>", "<|im_end|>"),
+        };
+        ChatTemplate::builtin(name, bos, eos).unwrap()
+    }
+
+    fn model_path(file: &str) -> PathBuf {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
+        assert!(path.exists(), "{} is missing; run models/fetch", path.display());
+        path
+    }
+
+    /// The GGUF's chat template (if any), BOS and EOS token texts.
+    fn gguf_template(file: &str) -> (Option<String>, String, String) {
+        let gguf = GgufFile::open(model_path(file)).unwrap();
+        let tokens = gguf.get_array("tokenizer.ggml.tokens").unwrap();
+        let token = |key: &str| {
+            let id = gguf.get_u32(key).unwrap() as usize;
+            tokens[id].as_str().unwrap().to_string()
+        };
+        let template = gguf
+            .get("tokenizer.chat_template")
+            .map(|v| v.as_str().unwrap().to_string());
+        (
+            template,
+            token("tokenizer.ggml.bos_token_id"),
+            token("tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    fn smollm2() -> ChatTemplate {
+        let (template, bos, eos) = gguf_template("SmolLM2-135M-Instruct.Q4_1.gguf");
+        let template = template.expect("SmolLM2 GGUF has a chat template");
+        ChatTemplate::resolve(Some(&template), None, None, &bos, &eos).unwrap()
+    }
+
+    /// Asserts what a REPL relies on to extend its prompt turn by turn: the
+    /// finished conversation so far is a prefix of the next prompt, and the
+    /// prompt is a prefix of the conversation with the reply appended.
+    fn assert_prefix_property(t: &ChatTemplate, messages: &[Message]) {
+        for n in 0..messages.len() {
+            let done = t.render(&messages[..n], false).unwrap();
+            let next = t.render(&messages[..n + 1], true).unwrap();
+            assert!(
+                next.starts_with(&done),
+                "{}: {n} messages {done:?} is not a prefix of {next:?}",
+                t.name()
+            );
+            if messages[n].role == "assistant" {
+                let prompt = t.render(&messages[..n], true).unwrap();
+                let answered = t.render(&messages[..n + 1], false).unwrap();
+                assert!(
+                    answered.starts_with(&prompt),
+                    "{}: prompt {prompt:?} is not a prefix of {answered:?}",
+                    t.name()
+                );
+            }
+        }
+    }
+
+    const CHATML_DONE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n\
+        <|im_start|>user\n  Hi\n<|im_end|>\n\
+        <|im_start|>assistant\nHello!<|im_end|>\n\
+        <|im_start|>user\nA joke, please.<|im_end|>\n";
+
+    #[test]
+    fn chatml_builtin() {
+        let t = builtin("chatml");
+        assert_eq!(t.name(), "chatml");
+        assert_eq!(t.render(&conversation(), false).unwrap(), CHATML_DONE);
+        assert_eq!(
+            t.render(&conversation(), true).unwrap(),
+            format!("{CHATML_DONE}<|im_start|>assistant\n")
+        );
+        // An empty history is "" (a prefix of anything); a bare prompt is not.
+        assert_eq!(t.render(&[], false).unwrap(), "");
+        assert_eq!(t.render(&[], true).unwrap(), "<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn llama3_builtin() {
+        let done = "<|begin_of_text|>\
+            <|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
+            <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+            <|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>\
+            <|start_header_id|>user<|end_header_id|>\n\nA joke, please.<|eot_id|>";
+        let t = builtin("llama3");
+        assert_eq!(t.render(&conversation(), false).unwrap(), done);
+        assert_eq!(
+            t.render(&conversation(), true).unwrap(),
+            format!("{done}<|start_header_id|>assistant<|end_header_id|>\n\n")
+        );
+    }
+
+    const GEMMA_DONE: &str = "<bos>\
+        <start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n\
+        <start_of_turn>model\nHello!<end_of_turn>\n\
+        <start_of_turn>user\nA joke, please.<end_of_turn>\n";
+
+    #[test]
+    fn gemma_builtin() {
+        let t = builtin("gemma");
+        assert_eq!(t.render(&conversation(), false).unwrap(), GEMMA_DONE);
+        assert_eq!(
+            t.render(&conversation(), true).unwrap(),
+            format!("{GEMMA_DONE}<start_of_turn>model\n")
+        );
+        // Without a system message there is no prefix.
+        assert_eq!(
+            t.render(&conversation()[1..2], true).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn builtins_keep_the_prefix_property() {
+        for name in ["chatml", "llama3", "gemma"] {
+            assert_prefix_property(&builtin(name), &conversation());
+            assert_prefix_property(&builtin(name), &conversation()[1..]);
+        }
+    }
+
+    #[test]
+    fn raise_exception_fails_the_render_with_its_message() {
+        let t = ChatTemplate::from_source(
+            "strict",
+            "{% if messages[0]['role'] != 'user' %}{{ raise_exception('First message must be from the user') }}{% endif %}ok",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.render(&conversation()[1..], false).unwrap(), "ok");
+        let err = t.render(&conversation(), false).unwrap_err().to_string();
+        assert!(err.contains("First message must be from the user"), "{err}");
+    }
+
+    #[test]
+    fn compile_error_is_one_line() {
+        let err = ChatTemplate::from_source("broken", "{% for m in messages %}", "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken") && !err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn hugging_face_conveniences() {
+        // Block tags on their own lines leave no blank lines or indentation.
+        let source = "{% for m in messages %}\n    {% if m.content.strip().startswith('A') %}\n{{ m.content.split(',')[0] | upper }}\n    {% endif %}\n{% endfor %}\n{{ eos_token }}\n";
+        let t = ChatTemplate::from_source("hf", source, "<s>", "</s>").unwrap();
+        assert_eq!(t.render(&conversation(), false).unwrap(), "A JOKE\n</s>");
+
+        let t = ChatTemplate::from_source("date", "{{ strftime_now('%d %b %Y') }}", "", "").unwrap();
+        let date = t.render(&conversation(), false).unwrap();
+        assert_eq!(date.len(), 11, "{date}");
+
+        let t = ChatTemplate::from_source(
+            "json",
+            "{{ messages[0] | tojson }}|{{ [1, 'a'] | tojson(indent=2) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&conversation()[2..3], false).unwrap(),
+            "{\"role\": \"assistant\", \"content\": \"Hello!\"}|[\n  1,\n  \"a\"\n]"
+        );
+    }
+
+    #[test]
+    fn strftime_formats_utc_dates() {
+        // 2024-07-26 14:05:09 UTC, a Friday.
+        let t = 1_722_002_709;
+        assert_eq!(format_time(t, "%d %b %Y"), "26 Jul 2024");
+        assert_eq!(
+            format_time(t, "%A %a %B %m/%d/%y %H:%M:%S %I%p %j %% %Q"),
+            "Friday Fri July 07/26/24 14:05:09 02PM 208 % %Q"
+        );
+        assert_eq!(format_time(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
+        assert_eq!(format_time(951_782_400, "%Y-%m-%d"), "2000-02-29");
+    }
+
+    #[test]
+    fn resolve_precedence() {
+        let gguf = "{{ 'from gguf' }}";
+        let pick =
+            |name: Option<&str>, file: Option<&Path>| ChatTemplate::resolve(Some(gguf), name, file, "<s>", "</s>");
+        assert_eq!(pick(None, None).unwrap().name(), "gguf");
+        assert_eq!(pick(Some("llama3"), None).unwrap().name(), "llama3");
+        let custom = pick(Some("{{ bos_token }}{{ messages | length }}"), None).unwrap();
+        assert_eq!(custom.name(), "custom");
+        assert_eq!(custom.render(&conversation(), true).unwrap(), "<s>4");
+        let none = ChatTemplate::resolve(None, None, None, "", "").unwrap();
+        assert_eq!(none.name(), "chatml");
+
+        let path = std::env::temp_dir().join(format!("infllm-template-{}.jinja", std::process::id()));
+        std::fs::write(&path, "{% for m in messages %}[{{ m.role }}]{% endfor %}\n").unwrap();
+        let from_file = pick(Some("gemma"), Some(&path)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(from_file.name(), format!("file:{}", path.display()));
+        assert_eq!(
+            from_file.render(&conversation(), false).unwrap(),
+            "[system][user][assistant][user]"
+        );
+    }
+
+    #[test]
+    fn resolve_errors_name_the_problem() {
+        let missing = Path::new("/nonexistent/dir/chat.jinja");
+        let err = ChatTemplate::resolve(None, None, Some(missing), "", "").unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/dir/chat.jinja"), "{err:#}");
+
+        let err = ChatTemplate::resolve(None, Some("vicuna"), None, "", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vicuna") && err.contains("chatml, llama3, gemma"), "{err}");
+    }
+
+    #[test]
+    fn smollm2_gguf_template_is_chatml_with_a_default_system_prompt() {
+        let t = smollm2();
+        assert_eq!(t.name(), "gguf");
+        // With a system message it is exactly ChatML.
+        let chatml = builtin("chatml");
+        for gen in [false, true] {
+            assert_eq!(
+                t.render(&conversation(), gen).unwrap(),
+                chatml.render(&conversation(), gen).unwrap()
+            );
+        }
+        // Without one it injects its own.
+        assert_eq!(
+            t.render(&[Message::new("user", "Hi")], true).unwrap(),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_prefix_property(&t, &conversation());
+        assert_prefix_property(&t, &conversation()[1..]);
+    }
+
+    #[test]
+    fn gemma3_gguf_has_no_template_so_the_builtin_stands_in() {
+        let (template, bos, eos) = gguf_template("gemma-3-270m-q4_k_m.gguf");
+        assert_eq!((bos.as_str(), eos.as_str()), ("<bos>", "<eos>"));
+        // This pinned file carries no `tokenizer.chat_template`; if a newer
+        // one does, it must render as the built-in does.
+        if let Some(source) = template {
+            let t = ChatTemplate::resolve(Some(&source), None, None, &bos, &eos).unwrap();
+            let gemma = builtin("gemma");
+            for gen in [false, true] {
+                assert_eq!(
+                    t.render(&conversation(), gen).unwrap(),
+                    gemma.render(&conversation(), gen).unwrap()
+                );
+            }
+            assert_prefix_property(&t, &conversation());
+        }
+        let t = ChatTemplate::resolve(None, Some("gemma"), None, &bos, &eos).unwrap();
+        assert_eq!(t.render(&conversation(), false).unwrap(), GEMMA_DONE);
+    }
+
+    /// A template in the shape of Gemma 3's published one (content may be a
+    /// string or a list of parts, roles must alternate, the system text
+    /// prefixes the first turn), written here to check the built-in against
+    /// it and that its constructs render.
+    const GEMMA3_STYLE: &str = r#"{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set rest = messages[1:] -%}
+{%- else -%}
+    {%- set first_prefix = "" -%}
+    {%- set rest = messages -%}
+{%- endif -%}
+{%- for message in rest -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- set role = "model" if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for part in message['content'] -%}
+            {%- if part['type'] == 'text' -%}{{ part['text'] | trim }}{%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"#;
+
+    #[test]
+    fn gemma_builtin_matches_gemma3_style_template() {
+        let t = ChatTemplate::from_source("gguf", GEMMA3_STYLE, "<bos>", "<eos>").unwrap();
+        let gemma = builtin("gemma");
+        for messages in [&conversation()[..], &conversation()[1..]] {
+            for gen in [false, true] {
+                assert_eq!(t.render(messages, gen).unwrap(), gemma.render(messages, gen).unwrap());
+            }
+            assert_prefix_property(&t, messages);
+        }
+        let err = t
+            .render(&[Message::new("assistant", "?")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must alternate"), "{err}");
+    }
+}
