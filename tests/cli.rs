@@ -157,3 +157,25 @@ fn tokenize_ids_match_llama_cpp() {
     let want: Vec<String> = rm.tokenize(s, true, true).iter().map(|t| t.to_string()).collect();
     assert_eq!(text(&out.stdout).trim(), format!("[{}]", want.join(", ")));
 }
+
+#[test]
+fn piped_stdin_is_the_prompt() {
+    use std::io::Write as _;
+    let model = common::smollm2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infllm"))
+        .args(["-m", model.to_str().unwrap(), "-n", "4", "--temp", "0", "-t", "2"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Once upon a time").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("Once upon a time") && stdout.len() > 20,
+        "{stdout:?}"
+    );
+    assert!(text(&out.stderr).contains("prompt = 4 tokens"), "{}", text(&out.stderr));
+}

@@ -2,10 +2,11 @@
 //! the prompt (unless --no-display-prompt) and the generated text, streamed;
 //! load information and timings go to stderr.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::attn::describe;
@@ -93,7 +94,18 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }
-    let prompt = read_prompt(&a.prompt, &a.file)?.unwrap_or_default();
+    // Without -p / -f, a piped stdin is the prompt.
+    let prompt = match read_prompt(&a.prompt, &a.file)? {
+        Some(p) => p,
+        None if !std::io::stdin().is_terminal() => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the prompt from stdin")?;
+            s
+        }
+        None => String::new(),
+    };
     let (model, info) = a.run.load()?;
     let tokens = model.tokenizer.encode(&prompt, true, true);
     anyhow::ensure!(
