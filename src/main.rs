@@ -12,9 +12,7 @@ fn main() {
         None => cli::generate::run(&cli.generate),
     };
     if let Err(e) = result {
-        // One line: the error and its causes, outermost first.
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("error: {}", msg.join(": "));
+        eprintln!("{}", cli::error_line(&e));
         std::process::exit(1);
     }
 }

@@ -21,7 +21,7 @@ use anyhow::{bail, ensure, Context as _};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::attention::infllm::{Counters, WindowState};
+use crate::attention::infllm::Counters;
 use crate::attention::Attention;
 use crate::engine::Engine;
 use crate::ggml::{map_readonly, MAP_ALIGN};
@@ -214,7 +214,7 @@ fn load_inner<T>(
             ensure!(instances.len() == layers.all().count(), "saved with other layers");
             for (a, counters) in layers.all_mut().zip(instances) {
                 let (offset, len) = next()?;
-                let window = b[offset as usize..offset as usize + len].to_vec();
+                let window = &b[offset as usize..offset as usize + len];
                 let lens = a.block_part_lens(counters.n_blocks);
                 a.map_blocks(&file, counters.n_blocks, || {
                     let mut offsets = [0u64; 3];
@@ -225,10 +225,7 @@ fn load_inner<T>(
                     }
                     Ok(offsets)
                 })?;
-                a.restore(&WindowState {
-                    counters: *counters,
-                    bytes: window,
-                })?;
+                a.restore(*counters, window)?;
             }
         }
         _ => bail!("saved with another attention mode"),

@@ -72,6 +72,15 @@ impl Repl {
     }
 }
 
+/// The number that follows `marker` in `s`.
+fn number_after(s: &str, marker: &str) -> usize {
+    let rest = s
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker:?} in {s:?}"));
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
 #[test]
 fn the_second_answer_uses_the_first_turn() {
     let _cpu = common::exclusive();
@@ -109,26 +118,8 @@ fn ctrl_c_interrupts_an_answer_and_the_chat_goes_on() {
     chat.0.send_control('c').unwrap();
     chat.0.exp_eof().expect("exit after the second");
     // The partial answer stayed in the memory: more tokens than its prompt.
-    let held = |s: &str| -> usize {
-        s.split("memory: ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let prompt = |s: &str| -> usize {
-        s.split("prompt ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let held = |s: &str| number_after(s, "memory: ");
+    let prompt = |s: &str| number_after(s, "prompt ");
     assert!(held(&stats) > prompt(&stats), "{stats}");
     assert!(held(&after) > held(&stats), "{after}");
 }
@@ -147,15 +138,7 @@ fn a_long_file_read_into_the_chat_is_answered_from_its_start() {
     let settings = ["--n-local", "1024", "--topk", "4", "--n-init", "16"];
     let mut chat = Repl::start(&[&["-n", "24"][..], &settings].concat());
     let read = chat.say(&format!("/read {}", path.display()));
-    let n: usize = read
-        .split(" bytes, ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let n = number_after(&read, " bytes, ");
     assert!(n >= 20_000, "{read}");
     let answer = chat.say("The text above mentions a secret word. What is it?");
     let stats = chat.say("/stats");
@@ -259,13 +242,9 @@ fn piped_chat_prints_only_the_answer() {
     let mut c = conversation(0.0);
     let prompt: Vec<i32> = c.pending_tokens(question).unwrap();
     c.user_turn(question, &mut |_, _| {}).unwrap();
-    let mut tokens = Vec::new();
-    let text = c
-        .answer(Some(32), &|| false, &mut |_| Ok(()))
-        .map(|(text, _)| text)
-        .unwrap();
+    let answer = c.answer(Some(32), &|| false, &mut |_| Ok(())).unwrap();
+    let (text, tokens) = (answer.text, answer.tokens);
     assert_eq!(stdout, format!("{text}\n"), "stdout is the answer and nothing else");
-    tokens.extend(c.engine.model.tokenizer.encode(&text, false, false));
 
     // llama.cpp, fed the same conversation, picks the same tokens (or a
     // near tie: the model amplifies rounding differences between kernels).
@@ -336,7 +315,7 @@ fn conversation_with(path: &Path, temp: f32, small: bool) -> Conversation {
 }
 
 fn answer(c: &mut Conversation, n: usize) -> String {
-    c.answer(Some(n), &|| false, &mut |_| Ok(())).unwrap().0
+    c.answer(Some(n), &|| false, &mut |_| Ok(())).unwrap().text
 }
 
 #[test]

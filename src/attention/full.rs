@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::{AttentionError, LayerAttn, LayerQkv};
+use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16};
 
@@ -97,39 +97,23 @@ impl FullAttention {
     /// The cached keys and values of the tokens so far (rows before
     /// `n_past` are never rewritten, so a snapshot needs only the count).
     pub fn cache_bytes_used(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for (t, offset, len) in self.ranges(self.n_past) {
-            let at = bytes.len();
-            bytes.resize(at + len, 0);
-            t.read_bytes(offset, &mut bytes[at..]);
-        }
-        bytes
+        read_ranges(self.ranges(self.n_past))
     }
 
     /// Goes back (or, with `bytes` from `cache_bytes_used`, forward) to
     /// `n_past` tokens.
     pub fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
         anyhow::ensure!(n_past <= self.n_ctx, "the saved text is longer than the context (-c)");
-        if let Some(bytes) = bytes {
-            let ranges = self.ranges(n_past);
-            anyhow::ensure!(
-                ranges.iter().map(|r| r.2).sum::<usize>() == bytes.len(),
-                "KV cache state of the wrong size"
-            );
-            let mut at = 0;
-            for (t, offset, len) in ranges {
-                t.write_bytes(offset, &bytes[at..at + len]);
-                at += len;
-            }
-        } else {
-            anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to");
+        match bytes {
+            Some(bytes) => write_ranges(self.ranges(n_past), bytes)?,
+            None => anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to"),
         }
         self.n_past = n_past;
         Ok(())
     }
 
     /// Tensor byte ranges holding the first `n` tokens.
-    fn ranges(&self, n: usize) -> Vec<(Tensor<'_>, usize, usize)> {
+    fn ranges(&self, n: usize) -> Ranges<'_> {
         let e = self.n_embd_kv;
         let mut out = Vec::new();
         for (&k, &v) in self.k.iter().zip(&self.v) {

@@ -40,6 +40,34 @@ use crate::ggml::Tensor;
 use full::{FullAttention, FullInputs};
 use infllm::{HeadShape, InfllmAttention, InfllmInputs, InfllmParams, WindowState};
 
+/// Byte ranges of tensors: (tensor, offset, length).
+type Ranges<'a> = Vec<(Tensor<'a>, usize, usize)>;
+
+/// The bytes of `ranges`, one after the other.
+fn read_ranges(ranges: Ranges<'_>) -> Vec<u8> {
+    let mut bytes = vec![0u8; ranges.iter().map(|r| r.2).sum()];
+    let mut at = 0;
+    for (t, offset, len) in ranges {
+        t.read_bytes(offset, &mut bytes[at..at + len]);
+        at += len;
+    }
+    bytes
+}
+
+/// Writes `bytes` (from `read_ranges` over the same ranges) back.
+fn write_ranges(ranges: Ranges<'_>, bytes: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ranges.iter().map(|r| r.2).sum::<usize>() == bytes.len(),
+        "saved attention state of the wrong size"
+    );
+    let mut at = 0;
+    for (t, offset, len) in ranges {
+        t.write_bytes(offset, &bytes[at..at + len]);
+        at += len;
+    }
+    Ok(())
+}
+
 /// A point of the text to come back to (`Attention::snapshot`).
 pub enum Snapshot {
     Full { n_past: usize },
@@ -171,7 +199,9 @@ impl Attention {
             (Attention::Full(a), Snapshot::Full { n_past }) => a.restore(*n_past, None),
             (Attention::Infllm(a), Snapshot::Infllm(states)) => {
                 anyhow::ensure!(states.len() == a.all().count(), "snapshot of another attention");
-                a.all_mut().zip(states).try_for_each(|(a, s)| a.restore(s))
+                a.all_mut()
+                    .zip(states)
+                    .try_for_each(|(a, s)| a.restore(s.counters, &s.bytes))
             }
             _ => anyhow::bail!("snapshot of another attention"),
         }

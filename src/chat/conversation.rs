@@ -26,6 +26,14 @@ pub enum Stop {
     ContextFull,
 }
 
+/// A generated answer: its text, its tokens, why it ended.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub text: String,
+    pub tokens: Vec<Token>,
+    pub stop: Stop,
+}
+
 /// Timings of the last turn.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TurnStats {
@@ -44,11 +52,12 @@ struct BeforeAnswer {
 }
 
 /// What a session file keeps of a conversation besides the engine state.
+/// Not the last logits: a restored conversation goes on with a user turn,
+/// which evaluates new tokens first.
 #[derive(Serialize, Deserialize)]
 pub struct Record {
     messages: Vec<Message>,
     fed: String,
-    logits: Vec<f32>,
     sampler: SamplerState,
 }
 
@@ -177,7 +186,7 @@ impl Conversation {
         limit: Option<usize>,
         interrupted: &dyn Fn() -> bool,
         on_text: &mut dyn FnMut(&str) -> anyhow::Result<()>,
-    ) -> anyhow::Result<(String, Stop)> {
+    ) -> anyhow::Result<Answer> {
         anyhow::ensure!(!self.logits.is_empty(), "nothing to answer: no user message yet");
         self.before_answer = self.regen.then(|| BeforeAnswer {
             snapshot: self.engine.attention.snapshot(),
@@ -188,12 +197,12 @@ impl Conversation {
         let start = Instant::now();
         let mut bytes = Vec::new();
         let mut utf8 = crate::tokenizer::Utf8Stream::new();
-        let mut n = 0;
+        let mut tokens = Vec::new();
         let stop = loop {
             if interrupted() {
                 break Stop::Interrupted;
             }
-            if limit.is_some_and(|l| n >= l) {
+            if limit.is_some_and(|l| tokens.len() >= l) {
                 break Stop::Limit;
             }
             let t = self.sampler.sample(&self.logits);
@@ -210,15 +219,15 @@ impl Conversation {
             on_text(&utf8.push(&piece))?;
             self.logits = self.engine.eval(&[t], false, &mut |_, _| {})?;
             self.sampler.accept(t);
-            n += 1;
+            tokens.push(t);
         };
         on_text(&utf8.finish())?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         self.fed.push_str(&text);
         self.messages.push(Message::new("assistant", &text));
-        self.stats.gen_tokens = n;
+        self.stats.gen_tokens = tokens.len();
         self.stats.gen_time = start.elapsed();
-        Ok((text, stop))
+        Ok(Answer { text, tokens, stop })
     }
 
     /// Drops the last answer from the memory and the conversation, ready
@@ -239,7 +248,6 @@ impl Conversation {
         Record {
             messages: self.messages.clone(),
             fed: self.fed.clone(),
-            logits: self.logits.clone(),
             sampler: self.sampler.state(),
         }
     }
@@ -249,7 +257,7 @@ impl Conversation {
         self.sampler = Sampler::from_state(&r.sampler)?;
         self.messages = r.messages;
         self.fed = r.fed;
-        self.logits = r.logits;
+        self.logits.clear();
         self.before_answer = None;
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! answer alone.
 
 use std::borrow::Cow;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,7 +18,7 @@ use rustyline::{Completer, Editor, Helper, Hinter, Validator};
 use super::attn::describe;
 use super::generate::GenerateArgs;
 use super::progress::Progress;
-use super::read_prompt;
+use super::{error_line, read_prompt, read_stdin};
 use crate::chat::{ChatTemplate, Conversation, Stop};
 use crate::engine::Engine;
 use crate::sampling::Sampler;
@@ -159,11 +159,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         conv.regen = false;
         let turn = match first {
             Some(p) => p,
-            None => {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s).context("cannot read stdin")?;
-                s.trim_end().to_string()
-            }
+            None => read_stdin()?.trim_end().to_string(),
         };
         if !turn.is_empty() {
             answer_turn(&mut conv, &turn, limit)?;
@@ -178,19 +174,24 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
 
 /// Evaluates a user message and streams the answer to stdout.
 fn answer_turn(conv: &mut Conversation, content: &str, limit: Option<usize>) -> anyhow::Result<Stop> {
-    let n = conv.pending_tokens(content)?.len();
-    let mut progress = Progress::new(n);
-    conv.user_turn(content, &mut |done, _| progress.update(done))?;
-    progress.finish();
+    let mut progress = None;
+    conv.user_turn(content, &mut |done, total| {
+        progress.get_or_insert_with(|| Progress::new(total)).update(done)
+    })?;
+    if let Some(p) = progress {
+        p.finish();
+    }
     stream_answer(conv, limit)
 }
 
 fn stream_answer(conv: &mut Conversation, limit: Option<usize>) -> anyhow::Result<Stop> {
     let mut out = std::io::stdout().lock();
-    let (_, stop) = conv.answer(limit, &interrupted, &mut |s| {
-        out.write_all(s.as_bytes())?;
-        Ok(out.flush()?)
-    })?;
+    let stop = conv
+        .answer(limit, &interrupted, &mut |s| {
+            out.write_all(s.as_bytes())?;
+            Ok(out.flush()?)
+        })?
+        .stop;
     writeln!(out)?;
     out.flush()?;
     INTERRUPTED.store(false, Ordering::Relaxed);
@@ -281,8 +282,7 @@ impl Repl<'_> {
             };
             // A failed command or turn is reported; the conversation goes on.
             if let Err(e) = result {
-                let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-                eprintln!("error: {}", msg.join(": "));
+                eprintln!("{}", error_line(&e));
             }
         }
         if let Some(h) = &history {
@@ -317,7 +317,6 @@ impl Repl<'_> {
             }
             "regen" => {
                 self.conv.forget_answer()?;
-                INTERRUPTED.store(false, Ordering::Relaxed);
                 stream_answer(self.conv, self.limit)?;
             }
             "read" => {

@@ -2,17 +2,16 @@
 //! the prompt (unless --no-display-prompt) and the generated text, streamed;
 //! load information and timings go to stderr.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::attn::describe;
 use super::chat::ChatArgs;
 use super::progress::Progress;
-use super::{read_prompt, RunArgs};
+use super::{read_prompt, read_stdin, RunArgs};
 use crate::engine::Engine;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Utf8Stream;
@@ -97,13 +96,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     // Without -p / -f, a piped stdin is the prompt.
     let prompt = match read_prompt(&a.prompt, &a.file)? {
         Some(p) => p,
-        None if !std::io::stdin().is_terminal() => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read the prompt from stdin")?;
-            s
-        }
+        None if !std::io::stdin().is_terminal() => read_stdin()?,
         None => String::new(),
     };
     let (model, info) = a.run.load()?;

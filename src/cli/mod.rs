@@ -160,6 +160,19 @@ pub fn read_prompt(prompt: &Option<String>, file: &Option<PathBuf>) -> anyhow::R
     }
 }
 
+/// All of stdin (a piped prompt or turn).
+pub fn read_stdin() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
+    Ok(s)
+}
+
+/// An error and its causes on one line, outermost first.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    format!("error: {}", msg.join(": "))
+}
+
 /// Default thread count: the machine's cores.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())

@@ -29,7 +29,7 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 use half::f16;
 
 use super::full::{mul_mat_capped, mul_mat_id_capped, softmax_scale};
-use super::{AttentionError, LayerAttn, LayerQkv};
+use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
 
@@ -210,12 +210,6 @@ impl InfllmAttention {
 
     /// The state to come back to with `restore` (taken between steps).
     pub fn window_state(&self) -> WindowState {
-        let mut bytes = Vec::new();
-        for (t, offset, len) in self.window_ranges(self.n_past - self.base) {
-            let at = bytes.len();
-            bytes.resize(at + len, 0);
-            t.read_bytes(offset, &mut bytes[at..]);
-        }
         WindowState {
             counters: Counters {
                 n_past: self.n_past,
@@ -224,14 +218,14 @@ impl InfllmAttention {
                 rem_start: self.rem_start,
                 n_blocks: self.n_blocks(),
             },
-            bytes,
+            bytes: read_ranges(self.window_ranges(self.n_past - self.base)),
         }
     }
 
-    /// Returns to `s`: from a snapshot of this run (its blocks are still
-    /// here) or from a saved session after `map_blocks`.
-    pub fn restore(&mut self, s: &WindowState) -> anyhow::Result<()> {
-        let c = s.counters;
+    /// Returns to the state `c` and `bytes` (a `WindowState`'s) describe:
+    /// a snapshot of this run (its blocks are still here) or a saved
+    /// session after `map_blocks`.
+    pub fn restore(&mut self, c: Counters, bytes: &[u8]) -> anyhow::Result<()> {
         anyhow::ensure!(
             c.n_blocks <= self.n_blocks()
                 && c.base <= c.rem_start
@@ -241,14 +235,7 @@ impl InfllmAttention {
                 && c.n_past - c.base + KEY_PAD <= self.cap,
             "inconsistent attention state"
         );
-        let ranges = self.window_ranges(c.n_past - c.base);
-        let total: usize = ranges.iter().map(|r| r.2).sum();
-        anyhow::ensure!(total == s.bytes.len(), "window state of the wrong size");
-        let mut at = 0;
-        for (t, offset, len) in ranges {
-            t.write_bytes(offset, &s.bytes[at..at + len]);
-            at += len;
-        }
+        write_ranges(self.window_ranges(c.n_past - c.base), bytes)?;
         for l in &mut self.layers {
             l.blocks.truncate(c.n_blocks);
         }
@@ -287,7 +274,7 @@ impl InfllmAttention {
     /// The tensor byte ranges holding the state of `n` buffered tokens:
     /// their keys and values, all scores (zero past the tokens), the
     /// initial tokens.
-    fn window_ranges(&self, n: usize) -> Vec<(Tensor<'_>, usize, usize)> {
+    fn window_ranges(&self, n: usize) -> Ranges<'_> {
         let e = self.shape.n_embd_kv();
         let mut out = Vec::new();
         for l in &self.layers {
