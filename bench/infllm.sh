@@ -14,14 +14,14 @@ T="${THREADS:-2}"
 
 run() { echo "+ infllm passkey $*" >&2; "$bin" passkey -t "$T" "$@" 2>&1 | grep -E '^passkey:|memory:'; }
 
-echo "## passkey, defaults (SmolLM2-135M, trained 8K)"
-run --tokens 32768 --pos 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95
+echo "## passkey, defaults (SmolLM2-135M, trained 8K); prefixes shared between positions"
+run --share-prefix --tokens 32768 --pos 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95
 if [ "$mode" = full ]; then
-  run --tokens 65536 --pos 0.1,0.3,0.5,0.7,0.9
-  run --tokens 131072 --pos 0.1,0.5,0.9
+  run --share-prefix --tokens 65536 --pos 0.1,0.3,0.5,0.7,0.9
+  run --share-prefix --tokens 131072 --pos 0.1,0.5,0.9
 fi
 echo "## full attention at 16K, for contrast"
-run --attn full --tokens 16384 --pos 0.1,0.5,0.9
+run --share-prefix --attn full --tokens 16384 --pos 0.1,0.5,0.9
 
 echo "## decode tokens/s against context length (64 tokens generated)"
 for n in 4096 32768 $([ "$mode" = full ] && echo 131072); do

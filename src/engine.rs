@@ -138,9 +138,12 @@ impl Engine {
         progress: &mut dyn FnMut(usize, usize),
     ) -> anyhow::Result<Vec<f32>> {
         anyhow::ensure!(!tokens.is_empty(), "nothing to evaluate");
+        let alone = !all_logits && tokens.len() > 1 && self.attention.last_token_alone();
+        let (body, last) = tokens.split_at(tokens.len() - usize::from(alone));
+        let steps = body.chunks(self.n_ubatch).chain((!last.is_empty()).then_some(last));
         let mut out = Vec::new();
         let mut done = 0;
-        for chunk in tokens.chunks(self.n_ubatch) {
+        for chunk in steps {
             let last_chunk = done + chunk.len() == tokens.len();
             self.step(chunk, !all_logits)?;
             if all_logits || last_chunk {
@@ -150,6 +153,24 @@ impl Engine {
             progress(done, tokens.len());
         }
         Ok(out)
+    }
+
+    /// Appends `tokens` in steps of `step_tokens()`, keeping no logits: the
+    /// first part of a prompt. Fed in multiples of `step_tokens()`, then
+    /// finished with `eval`, a prompt takes the same steps as in one `eval`.
+    pub fn feed(&mut self, tokens: &[Token], progress: &mut dyn FnMut(usize, usize)) -> anyhow::Result<()> {
+        let mut done = 0;
+        for chunk in tokens.chunks(self.n_ubatch) {
+            self.step(chunk, true)?;
+            done += chunk.len();
+            progress(done, tokens.len());
+        }
+        Ok(())
+    }
+
+    /// Tokens per prompt step.
+    pub fn step_tokens(&self) -> usize {
+        self.n_ubatch
     }
 
     /// One forward pass over at most `n_ubatch` tokens.

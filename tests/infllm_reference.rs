@@ -148,6 +148,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+fn round_f16(x: f64) -> f64 {
+    half::f16::from_f64(x).to_f64()
+}
+
 /// The semantics of infllm.md, written out plainly over the whole history.
 fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
     let group = N_HEAD / N_HEAD_KV;
@@ -190,6 +194,9 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
                     }
                 }
             }
+            // The engine stores representative keys in f16 and its matmul
+            // rounds the query to f16 as well.
+            let mean: Vec<f64> = mean.into_iter().map(round_f16).collect();
             let mut order: Vec<usize> = (0..blocks.len()).collect();
             order.sort_by(|&a, &b| dot(&blocks[b].1, &mean).total_cmp(&dot(&blocks[a].1, &mean)));
             order.truncate(p.topk);
@@ -256,7 +263,7 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
                         }
                     }
                 }
-                blocks.push((rem_start, repr));
+                blocks.push((rem_start, repr.into_iter().map(round_f16).collect()));
             }
             rem_start += p.block_size;
         }
@@ -388,7 +395,7 @@ fn quantized_block_store_round_trip() {
         }
         // Bytes per block (and so per token) follow from the types alone.
         let info = ggml::type_info(ty).unwrap();
-        let per_block = 2 * n as u64 / info.block_size * info.type_size + shape.repr_len() as u64 * 4;
+        let per_block = 2 * n as u64 / info.block_size * info.type_size + shape.repr_len() as u64 * 2;
         assert_eq!(store.bytes() as u64, 2 * per_block, "{name}");
     }
 }
@@ -399,4 +406,14 @@ fn prompt_sized_chunks_match_brute_force() {
     p.n_local = 1024;
     p.chunk = 512;
     compare(p, &[512, 300], 5);
+}
+
+/// Prompt chunks of more than one query tile (128 queries) while blocks,
+/// initial tokens and the remainder are in play: each tile sees its own
+/// span of local keys, and the tiles' scores overlap.
+#[test]
+fn tiled_chunks_with_memory_match_brute_force() {
+    let mut p = params(16, 2);
+    p.chunk = 256;
+    compare(p, &[256, 200, 256, 131, 1, 256, 256, 77, 256], 11);
 }

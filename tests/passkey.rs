@@ -4,18 +4,32 @@
 //! its window.
 //!
 //! Smaller settings than the defaults (a 1024-token window, 4 blocks per
-//! chunk) keep this test to a few minutes on 2 cores; the benchmark script
-//! runs the defaults at 32K-128K.
+//! chunk) and `--share-prefix` keep this test to a few minutes on 2 cores;
+//! the benchmark script runs the defaults at 32K-128K.
 
 mod common;
 
 use std::process::Command;
 
 fn passkey(extra: &[&str]) -> String {
+    let mut args = vec![
+        "--tokens",
+        "16384",
+        "--n-local",
+        "1024",
+        "--topk",
+        "4",
+        "--n-init",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn run(extra: &[&str]) -> String {
     let _one_at_a_time = common::exclusive();
     let model = common::smollm2();
-    let mut args = vec!["passkey", "-m", model.to_str().unwrap(), "--tokens", "16384", "-t", "2"];
-    args.extend_from_slice(&["--n-local", "1024", "--topk", "4", "--n-init", "64"]);
+    let mut args = vec!["passkey", "-m", model.to_str().unwrap(), "-t", "2"];
     args.extend_from_slice(extra);
     let out = Command::new(env!("CARGO_BIN_EXE_infllm"))
         .args(&args)
@@ -29,7 +43,7 @@ fn passkey(extra: &[&str]) -> String {
 
 #[test]
 fn infllm_finds_the_key_anywhere_in_16k_tokens() {
-    let out = passkey(&["--attn", "infllm", "--pos", "0.1,0.5,0.9"]);
+    let out = passkey(&["--attn", "infllm", "--pos", "0.1,0.5,0.9", "--share-prefix"]);
     assert_eq!(out.lines().filter(|l| l.ends_with(": pass")).count(), 3, "{out}");
     assert!(out.contains("accuracy 3/3 (100%)"), "{out}");
     for line in out.lines().filter(|l| l.starts_with("passkey: length ")) {
@@ -48,4 +62,45 @@ fn streaming_llm_misses_a_key_outside_its_window() {
     let out = passkey(&["--attn", "stream", "--pos", "0.5"]);
     assert!(out.contains(": FAIL"), "{out}");
     assert!(out.contains("accuracy 0/1"), "{out}");
+}
+
+/// Runs that go back to a snapshot of the text they share answer exactly as
+/// runs from scratch: same lines, in key order. Small settings (blocks of 32,
+/// a 256-token window) so that blocks, initial tokens and window moves are
+/// all part of the shared state; this model then fails some of the runs,
+/// which must fail the same way.
+#[test]
+fn shared_prefix_runs_answer_as_fresh_runs() {
+    let settings = [
+        "--tokens",
+        "1500",
+        "--n-local",
+        "256",
+        "--chunk",
+        "128",
+        "--block-size",
+        "32",
+    ];
+    let extra = ["--topk", "2", "--n-init", "16", "--pos", "0.9,0.1,0.5,0.5"];
+    let lines = |share: bool| {
+        let mut args = [settings.as_slice(), extra.as_slice()].concat();
+        if share {
+            args.push("--share-prefix");
+        }
+        let out = run(&args);
+        let mut runs: Vec<String> = out
+            .lines()
+            .filter(|l| l.starts_with("passkey: length "))
+            .map(String::from)
+            .collect();
+        runs.sort_by_key(|l| {
+            l.split("filler ")
+                .nth(1)
+                .and_then(|f| f.split('/').next()?.parse::<usize>().ok())
+        });
+        runs
+    };
+    let fresh = lines(false);
+    assert_eq!(fresh.len(), 4);
+    assert_eq!(lines(true), fresh);
 }

@@ -168,6 +168,14 @@ impl Attention {
         }
     }
 
+    /// Whether the last token of a prompt is evaluated as a step of its own.
+    /// InfLLM's reference does so: the logits the answer starts from come
+    /// from a retrieval for that token's query, not for the mean query of a
+    /// chunk (mostly the text before the question).
+    pub fn last_token_alone(&self) -> bool {
+        matches!(self, Attention::Infllm(_))
+    }
+
     /// Tokens per step of prompt processing, given `-ub`: InfLLM's chunk
     /// defines its semantics (one retrieval per chunk), so it wins there.
     pub fn step_tokens(&self, n_ubatch: usize) -> usize {

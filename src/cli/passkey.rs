@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use super::attn::describe;
 use super::progress::Progress;
 use super::RunArgs;
+use crate::attention::Snapshot;
 use crate::engine::Engine;
 use crate::sampling::argmax;
 use crate::tokenizer::{Token, Tokenizer};
@@ -39,6 +40,11 @@ pub struct PasskeyArgs {
     /// Tokens generated after the question
     #[arg(short = 'n', long = "n-predict", default_value_t = 12)]
     pub n_predict: usize,
+    /// Evaluate the text the runs have in common once (runs in key order):
+    /// each run goes back to a snapshot of it. Same answers, less prefill,
+    /// one more copy of the window state in memory
+    #[arg(long)]
+    pub share_prefix: bool,
 }
 
 /// The prompt with the key line inserted before filler sentence `at`.
@@ -106,8 +112,7 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     eprintln!("{info}\ninfllm: {attn_info}");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let mut out = std::io::stdout().lock();
-    let (mut passed, mut prefill, mut decode) = (0, (0usize, Duration::ZERO), (0usize, Duration::ZERO));
+    let mut runs = Vec::with_capacity(positions.len());
     for &at in &positions {
         let key: u32 = rng.gen_range(10_000..100_000);
         let tokens = engine.model.tokenizer.encode(&prompt(n_junk, at, key), true, true);
@@ -117,12 +122,46 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
             tokens.len(),
             engine.n_ctx()
         );
-        engine.clear();
+        runs.push((at, key, tokens));
+    }
+    if a.share_prefix {
+        runs.sort_by_key(|r| r.0);
+    }
+
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut prefill, mut decode) = (0, (0usize, Duration::ZERO), (0usize, Duration::ZERO));
+    // The tokens evaluated in the snapshot, and the snapshot.
+    let mut shared: Option<(&[Token], Snapshot)> = None;
+    for (i, (at, key, tokens)) in runs.iter().enumerate() {
+        let (at, key) = (*at, *key);
         let t0 = Instant::now();
-        let mut progress = Progress::new(tokens.len());
-        let mut logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
+        let mut start = match &shared {
+            Some((prefix, snapshot)) if tokens.starts_with(prefix) => {
+                engine.attention.rollback(snapshot)?;
+                prefix.len()
+            }
+            _ => {
+                engine.clear();
+                0
+            }
+        };
+        let mut progress = Progress::new(tokens.len() - start);
+        let first = start;
+        if let Some((_, _, next)) = runs.get(i + 1).filter(|_| a.share_prefix) {
+            // Whole steps of what the next run has in common with this one.
+            let common = tokens.iter().zip(next).take_while(|(x, y)| x == y).count();
+            let end = common.min(tokens.len() - 1) / engine.step_tokens() * engine.step_tokens();
+            if end > start {
+                engine.feed(&tokens[start..end], &mut |done, _| progress.update(done))?;
+                shared = Some((&tokens[..end], engine.attention.snapshot()));
+                start = end;
+            }
+        }
+        let mut logits = engine.eval(&tokens[start..], false, &mut |done, _| {
+            progress.update(start - first + done)
+        })?;
         progress.finish();
-        prefill.0 += tokens.len();
+        prefill.0 += tokens.len() - first;
         prefill.1 += t0.elapsed();
 
         let t1 = Instant::now();
@@ -167,6 +206,10 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
         rate(decode),
         super::rss::peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
     )?;
+    if a.share_prefix {
+        let all: usize = runs.iter().map(|r| r.2.len()).sum();
+        eprintln!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
+    }
     eprintln!("infllm: {}", engine.memory_report());
     Ok(())
 }

@@ -1,7 +1,14 @@
 //! The memory of one layer: evicted blocks with their K and V quantized in
 //! host memory, and one representative key per block for retrieval.
 
-use crate::ggml::{dequantize, quantize, type_info, Context, HostArena, Tensor, TYPE_F32};
+use half::f16;
+
+use crate::ggml::{dequantize, quantize, type_info, Context, HostArena, Tensor, TYPE_F16};
+
+/// Bytes of one representative key value (f16: retrieval reads every
+/// block's key per step, so this halves the per-token cost that grows with
+/// the text).
+const REPR_BYTES: usize = 2;
 
 /// Shapes shared by the stores of all layers.
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +48,9 @@ impl BlockShape {
             .row_size(self.block_values() as u64) as usize
     }
 
-    /// Bytes one block takes in a layer: K, V and its representative key (f32).
+    /// Bytes one block takes in a layer: K, V and its representative key (f16).
     pub fn bytes_per_block(&self) -> usize {
-        self.k_bytes() + self.v_bytes() + self.repr_len() * 4
+        self.k_bytes() + self.v_bytes() + self.repr_len() * REPR_BYTES
     }
 }
 
@@ -62,7 +69,7 @@ impl BlockStore {
         Ok(Self {
             k: HostArena::reserve(shape.k_bytes() * max_blocks)?,
             v: HostArena::reserve(shape.v_bytes() * max_blocks)?,
-            repr: HostArena::reserve(shape.repr_len() * 4 * max_blocks)?,
+            repr: HostArena::reserve(shape.repr_len() * REPR_BYTES * max_blocks)?,
             shape,
             len: 0,
         })
@@ -92,14 +99,14 @@ impl BlockStore {
         [
             self.k.slice(0, self.len * s.k_bytes()),
             self.v.slice(0, self.len * s.v_bytes()),
-            self.repr.slice(0, self.len * s.repr_len() * 4),
+            self.repr.slice(0, self.len * s.repr_len() * REPR_BYTES),
         ]
     }
 
     /// Byte lengths of `parts` for `n` blocks.
     pub fn part_lens(&self, n: usize) -> [usize; 3] {
         let s = self.shape;
-        [n * s.k_bytes(), n * s.v_bytes(), n * s.repr_len() * 4]
+        [n * s.k_bytes(), n * s.v_bytes(), n * s.repr_len() * REPR_BYTES]
     }
 
     /// Takes `n` blocks saved by `parts` from `file` at `offsets`, mapped
@@ -142,9 +149,11 @@ impl BlockStore {
             s.block_size,
             self.v.slice_mut(i * s.v_bytes(), s.v_bytes()),
         );
-        let r = self.repr.slice_mut(i * s.repr_len() * 4, s.repr_len() * 4);
-        for (dst, x) in r.chunks_exact_mut(4).zip(repr) {
-            dst.copy_from_slice(&x.to_le_bytes());
+        let r = self
+            .repr
+            .slice_mut(i * s.repr_len() * REPR_BYTES, s.repr_len() * REPR_BYTES);
+        for (dst, &x) in r.chunks_exact_mut(REPR_BYTES).zip(repr) {
+            dst.copy_from_slice(&f16::from_f32(x).to_le_bytes());
         }
         self.len += 1;
         Ok(())
@@ -165,9 +174,9 @@ impl BlockStore {
         t
     }
 
-    /// Representative keys [repr_len, len], f32.
+    /// Representative keys [repr_len, len], f16.
     pub fn repr_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
-        let t = ctx.new_tensor(TYPE_F32, &[self.shape.repr_len() as i64, self.len as i64]);
+        let t = ctx.new_tensor(TYPE_F16, &[self.shape.repr_len() as i64, self.len as i64]);
         self.repr.place(t, 0);
         t
     }

@@ -37,6 +37,11 @@ use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
 /// masked keys) so that ggml's tiled matmul kernels apply.
 const KEY_PAD: usize = 32;
 
+/// A chunk's queries attend in tiles of this many, each over only the
+/// local keys its queries can see: causal masking would otherwise waste
+/// half the local work of a first chunk (and chunk / n_local of later ones).
+const QUERY_TILE: usize = 128;
+
 struct LayerStore {
     k_raw: TensorId,
     k_rot: TensorId,
@@ -100,7 +105,8 @@ pub struct InfllmAttention {
 pub struct InfllmInputs<'a> {
     pos_local: Tensor<'a>,
     pos_global: Tensor<'a>,
-    mask: Tensor<'a>,
+    /// The chunk's query tiles (one in decode).
+    tiles: Vec<Tile<'a>>,
     /// Block indices when every block is attended (no retrieval needed).
     all_blocks: Option<Tensor<'a>>,
     /// Decode with blocks: expert index `b * n_head_kv + kv(h)` of block b
@@ -115,15 +121,23 @@ pub struct InfllmInputs<'a> {
     n_tokens: usize,
     /// Buffer index of the first new token.
     at: usize,
-    /// Local keys: buffer indices [local_lo, local_lo + n_local_keys).
-    local_lo: usize,
-    n_local_keys: usize,
     n_blocks: usize,
     n_selected: usize,
     n_init: usize,
     /// Remainder keys: buffer indices [rem_lo, rem_lo + n_rem).
     rem_lo: usize,
     n_rem: usize,
+}
+
+/// Queries [q0, q0 + n_q) of a step and the local keys they see: buffer
+/// indices [lo, lo + n_keys), padded with masked keys.
+struct Tile<'a> {
+    q0: usize,
+    n_q: usize,
+    lo: usize,
+    n_keys: usize,
+    /// [n_keys + global keys, n_q] (decode: a row per query head of a group).
+    mask: Tensor<'a>,
 }
 
 impl InfllmAttention {
@@ -326,10 +340,8 @@ impl InfllmAttention {
     pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> InfllmInputs<'a> {
         let p = &self.p;
         let (start, end) = (self.n_past, self.n_past + n_tokens);
-        let local_lo_pos = (start + 1).saturating_sub(p.n_local).max(self.base);
         // Padded counts reach into later (masked) buffer slots, never past the buffer.
         let pad = |n: usize| if n_tokens > 1 { n.next_multiple_of(KEY_PAD) } else { n };
-        let n_local_keys = pad(end - local_lo_pos);
         let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
@@ -341,23 +353,43 @@ impl InfllmAttention {
         };
         let n_global = n_fixed + n_rem;
 
-        // One mask over [local | blocks | initial | remainder] keys.
-        let width = n_local_keys + n_global;
-        let mut mask = vec![f32::NEG_INFINITY; width * n_tokens];
-        for (i, row) in mask.chunks_mut(width).enumerate() {
-            let q = start + i;
-            for (j, m) in row[..n_local_keys].iter_mut().enumerate() {
-                let d = q as isize - (local_lo_pos + j) as isize;
-                if (0..p.n_local as isize).contains(&d) {
-                    *m = 0.0;
+        let mut tiles = Vec::new();
+        for q0 in (0..n_tokens).step_by(QUERY_TILE) {
+            let n_q = QUERY_TILE.min(n_tokens - q0);
+            let lo_pos = (start + q0 + 1).saturating_sub(p.n_local).max(self.base);
+            let n_keys = pad(start + q0 + n_q - lo_pos);
+            // One mask over [local | blocks | initial | remainder] keys.
+            let width = n_keys + n_global;
+            let mut mask = vec![f32::NEG_INFINITY; width * n_q];
+            for (i, row) in mask.chunks_mut(width).enumerate() {
+                let q = start + q0 + i;
+                for (j, m) in row[..n_keys].iter_mut().enumerate() {
+                    let d = q as isize - (lo_pos + j) as isize;
+                    if (0..p.n_local as isize).contains(&d) {
+                        *m = 0.0;
+                    }
+                }
+                row[n_keys..n_keys + n_fixed].fill(0.0);
+                for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
+                    if q >= self.rem_start + j + p.n_local {
+                        *m = 0.0;
+                    }
                 }
             }
-            row[n_local_keys..n_local_keys + n_fixed].fill(0.0);
-            for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
-                if q >= self.rem_start + j + p.n_local {
-                    *m = 0.0;
-                }
-            }
+            let mask = if n_tokens == 1 {
+                // Decode computes a KV head's query heads together: one mask row each.
+                let group = self.shape.n_head / self.shape.n_head_kv;
+                step.input_f32(&[width as i64, group as i64], mask.repeat(group))
+            } else {
+                step.input_f32(&[width as i64, n_q as i64], mask)
+            };
+            tiles.push(Tile {
+                q0,
+                n_q,
+                lo: lo_pos - self.base,
+                n_keys,
+                mask,
+            });
         }
 
         let t = n_tokens as i64;
@@ -365,13 +397,7 @@ impl InfllmAttention {
         InfllmInputs {
             pos_local: step.input_i32(&[t], (start..end).map(|q| (q - self.base) as i32).collect()),
             pos_global: step.input_i32(&[t], vec![p.n_local as i32 - 1; n_tokens]),
-            // Decode computes a KV head's query heads together: one mask row each.
-            mask: if n_tokens == 1 {
-                let group = self.shape.n_head / self.shape.n_head_kv;
-                step.input_f32(&[width as i64, group as i64], mask.repeat(group))
-            } else {
-                step.input_f32(&[width as i64, t], mask)
-            },
+            tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
             expert_table: (n_tokens == 1 && n_selected > 0).then(|| {
@@ -390,8 +416,6 @@ impl InfllmAttention {
             ones: (n_tokens > 1 && n_blocks > p.topk).then(|| step.input_f32(&[1, t], vec![1.0; n_tokens])),
             n_tokens,
             at: start - self.base,
-            local_lo: local_lo_pos - self.base,
-            n_local_keys,
             n_blocks,
             n_selected,
             n_init,
@@ -455,14 +479,12 @@ impl InfllmAttention {
             return self.attend_one(step, inp, x, la);
         }
 
-        // Logits over [local | blocks | initial | remainder]; one softmax.
-        let q_local = g.cont(g.permute(rope(q, inp.pos_local), [0, 2, 1, 3])); // [hd, T, n_head]
+        // Logits over [local | blocks | initial | remainder]; one softmax per
+        // query tile.
+        let q_local = g.permute(rope(q, inp.pos_local), [0, 2, 1, 3]); // [hd, T, n_head]
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row) // [hd, n_head_kv, n]
         };
-        let local_keys = g.permute(keys(k_rot, inp.n_local_keys, inp.local_lo), [0, 2, 1, 3]);
-        let mut logits = vec![mul_mat_capped(g, local_keys, q_local, la)];
-
         let q_global = rope(q, inp.pos_global);
         let block_rows = (inp.n_selected > 0).then(|| {
             inp.all_blocks.unwrap_or_else(|| {
@@ -495,34 +517,22 @@ impl InfllmAttention {
         if inp.n_rem > 0 {
             global_keys.push(g.permute(g.cast(keys(k_raw, inp.n_rem, inp.rem_lo), TYPE_F32), [0, 2, 1, 3]));
         }
-        let q_global = g.cont(g.permute(q_global, [0, 2, 1, 3]));
-        if !global_keys.is_empty() {
-            // One matmul over all global keys (a small copy) instead of one
-            // per part, whose logits would each be copied into place.
-            let all = global_keys
-                .into_iter()
-                .reduce(|a, b| g.concat(a, b, 1))
-                .expect("non-empty");
-            logits.push(mul_mat_capped(g, all, q_global, la));
-        }
-        let probs = g.soft_max_ext(g.join_rows(&logits), Some(inp.mask), softmax_scale(la));
+        // One matmul over all global keys (a small copy) instead of one per
+        // part, whose logits would each be copied into place.
+        let global_keys = global_keys.into_iter().reduce(|a, b| g.concat(a, b, 1));
+        let q_global = g.permute(q_global, [0, 2, 1, 3]);
 
-        // Outputs: probabilities times values, part by part.
-        let pnb = probs.nb();
-        let part = |n: usize, off: usize| g.view(probs, &[n as i64, t, nh], &[pnb[1], pnb[2]], off * 4);
         // Transposed values [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
         let values = |src: Tensor<'a>, n: usize, lo: usize| {
             let nb1 = src.nb()[1];
             let elem = src.nb()[0];
             g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * elem)
         };
-        let p_local = part(inp.n_local_keys, 0);
-        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo), p_local);
         let n_global = n_blocks_keys + inp.n_init + inp.n_rem;
         let init_v_t = self.ctx.tensor(l.init_v_t);
-        if n_global > 0 {
-            // Gather the global values transposed, in f16, so that
-            // P·V runs as one tiled matmul.
+        // The global values gathered transposed, in f16, so that P·V runs as
+        // one tiled matmul.
+        let global_values = (n_global > 0).then(|| {
             let mut parts = Vec::new();
             if let Some(idx) = block_rows {
                 let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
@@ -538,22 +548,50 @@ impl InfllmAttention {
                 parts.push(g.cast(vr, TYPE_F32));
             }
             let all = parts.into_iter().reduce(|a, b| g.concat(a, b, 0)).expect("non-empty");
-            let all = g.cast(all, TYPE_F16);
-            out = g.add(
-                out,
-                g.mul_mat(values(all, n_global, 0), part(n_global, inp.n_local_keys)),
-            );
-        }
+            values(g.cast(all, TYPE_F16), n_global, 0)
+        });
 
-        // Accumulate each local key's probability mass, per query head.
         let score = self.ctx.tensor(l.score);
-        let n = inp.n_local_keys as i64;
         let ones = inp.ones_heads.expect("multi-token steps have ones");
-        let mass = g.reshape(g.out_prod(p_local, ones), &[n, nh]);
-        let acc = g.view(score, &[n, nh], &[score.nb()[1]], inp.local_lo * 4);
-        step.graph.expand(g.cpy(g.add(acc, mass), acc));
+        let mut outs = Vec::new();
+        for tile in &inp.tiles {
+            // The tile's queries: rows [q0, q0 + n_q) of a [x, T, n_head] tensor.
+            let rows = |x: Tensor<'a>| {
+                let nb = x.nb();
+                g.view(x, &[x.ne()[0], tile.n_q as i64, nh], &[nb[1], nb[2]], tile.q0 * nb[1])
+            };
+            // Queries copied contiguous: ggml's tiled kernels take only those.
+            let local_keys = g.permute(keys(k_rot, tile.n_keys, tile.lo), [0, 2, 1, 3]);
+            let mut logits = vec![mul_mat_capped(g, local_keys, g.cont(rows(q_local)), la)];
+            if let Some(k) = global_keys {
+                logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
+            }
+            let probs = g.soft_max_ext(g.join_rows(&logits), Some(tile.mask), softmax_scale(la));
 
-        let out = g.cont(g.permute(out, [0, 2, 1, 3])); // [hd, n_head, T]
+            // Outputs: probabilities times values, local then global.
+            let pnb = probs.nb();
+            let part =
+                |n: usize, off: usize| g.view(probs, &[n as i64, tile.n_q as i64, nh], &[pnb[1], pnb[2]], off * 4);
+            let p_local = part(tile.n_keys, 0);
+            let mut out = g.mul_mat(values(v_t, tile.n_keys, tile.lo), p_local);
+            if let Some(v) = global_values {
+                out = g.add(out, g.mul_mat(v, part(n_global, tile.n_keys)));
+            }
+            outs.push(g.permute(out, [0, 2, 1, 3])); // [hd, n_head, n_q]
+
+            // Accumulate each local key's probability mass, per query head
+            // (only blocks use it). Tiles overlap: graph order sums them.
+            if self.p.topk > 0 {
+                let n = tile.n_keys as i64;
+                let mass = g.reshape(g.out_prod(p_local, rows(ones)), &[n, nh]);
+                let acc = g.view(score, &[n, nh], &[score.nb()[1]], tile.lo * 4);
+                step.graph.expand(g.cpy(g.add(acc, mass), acc));
+            }
+        }
+        let out = match outs.len() {
+            1 => g.cont(outs[0]),
+            _ => outs.into_iter().reduce(|a, b| g.concat(a, b, 2)).expect("non-empty"),
+        };
         g.reshape(out, &[hd * nh, t])
     }
 
@@ -582,18 +620,14 @@ impl InfllmAttention {
         let row = k_raw.nb()[1];
         let head = row / nkv as usize;
         let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
+        let tile = &inp.tiles[0];
         // [hd, group, n_head_kv]: head h = kv * group + j.
         let q_local = g.reshape(rope(q, inp.pos_local), &[hd, r, nkv]);
         let q_global = g.reshape(rope(q, inp.pos_global), &[hd, r, nkv]);
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
         };
-        let mut logits = vec![mul_mat_capped(
-            g,
-            keys(k_rot, inp.n_local_keys, inp.local_lo),
-            q_local,
-            la,
-        )];
+        let mut logits = vec![mul_mat_capped(g, keys(k_rot, tile.n_keys, tile.lo), q_local, la)];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
         // Experts = (block, KV head) pairs, each head reading only its own
@@ -629,7 +663,7 @@ impl InfllmAttention {
         if inp.n_rem > 0 {
             logits.push(mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la));
         }
-        let probs = g.soft_max_ext(g.join_rows(&logits), Some(inp.mask), softmax_scale(la)); // [W, group, n_head_kv]
+        let probs = g.soft_max_ext(g.join_rows(&logits), Some(tile.mask), softmax_scale(la)); // [W, group, n_head_kv]
 
         let width = probs.ne()[0] as usize;
         let part = |n: usize, off: usize| {
@@ -644,8 +678,8 @@ impl InfllmAttention {
             let nb1 = src.nb()[1];
             g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
         };
-        let mut out = g.mul_mat(values(v_t, inp.n_local_keys, inp.local_lo), part(inp.n_local_keys, 0));
-        let mut off = inp.n_local_keys;
+        let mut out = g.mul_mat(values(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
+        let mut off = tile.n_keys;
         if let Some(ids) = block_ids {
             // Transposed values, [bs, hd] per (block, KV head) expert; then the sum over blocks.
             let v_store = l.blocks.v_tensor(g);
@@ -677,12 +711,14 @@ impl InfllmAttention {
             out = g.add(out, g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)));
         }
 
-        // Accumulate each local key's probability (per query head).
-        let score = self.ctx.tensor(l.score);
-        let n = inp.n_local_keys as i64;
-        let mass = g.view(probs, &[n, nh], &[width * 4], 0);
-        let acc = g.view(score, &[n, nh], &[score.nb()[1]], inp.local_lo * 4);
-        step.graph.expand(g.cpy(g.add(acc, mass), acc));
+        // Accumulate each local key's probability (per query head; only blocks use it).
+        if self.p.topk > 0 {
+            let score = self.ctx.tensor(l.score);
+            let n = tile.n_keys as i64;
+            let mass = g.view(probs, &[n, nh], &[width * 4], 0);
+            let acc = g.view(score, &[n, nh], &[score.nb()[1]], tile.lo * 4);
+            step.graph.expand(g.cpy(g.add(acc, mass), acc));
+        }
         g.reshape(out, &[hd * nh, 1])
     }
 
