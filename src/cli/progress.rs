@@ -1,10 +1,11 @@
 //! Prefill progress on stderr: a bar with tokens/s when stderr is a
 //! terminal, plain periodic lines otherwise (logs, pipes, CI).
 
+use std::fmt::Write;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// Prompts shorter than this get no progress report.
 const MIN_TOKENS: usize = 2048;
@@ -22,10 +23,25 @@ impl Progress {
     pub fn new(total: usize) -> Self {
         let bar = (total >= MIN_TOKENS && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
-            bar.set_style(
-                ProgressStyle::with_template("prefill {bar:40} {pos}/{len} tokens  {per_sec}  eta {eta}")
-                    .expect("valid template"),
-            );
+            // Rate and ETA from the mean since the start: indicatif's own
+            // estimates swing with every step (a first step read as millions/s).
+            let rate = |s: &ProgressState| s.pos() as f64 / s.elapsed().as_secs_f64().max(1e-3);
+            let style = ProgressStyle::with_template("prefill {bar:40} {pos}/{len} tokens  {rate}  eta {left}")
+                .expect("valid template")
+                .with_key("rate", move |s: &ProgressState, w: &mut dyn Write| {
+                    let _ = write!(w, "{:.1} tokens/s", rate(s));
+                })
+                .with_key("left", move |s: &ProgressState, w: &mut dyn Write| {
+                    let left = s.len().unwrap_or(0).saturating_sub(s.pos()) as f64;
+                    let _ = match s.pos() {
+                        0 => write!(w, "-"),
+                        _ => {
+                            let secs = (left / rate(s)).round() as u64;
+                            write!(w, "{}:{:02}", secs / 60, secs % 60)
+                        }
+                    };
+                });
+            bar.set_style(style);
             bar
         });
         let now = Instant::now();
