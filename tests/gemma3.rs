@@ -110,12 +110,11 @@ fn greedy_continuations_match_llama_cpp() {
 fn infllm_matches_llama_cpp_past_the_sliding_window() {
     // 1,400 tokens: past the 512-token sliding window (the window layers
     // run on their own window buffers) but inside n_local, where InfLLM's
-    // global layers are plain causal attention. InfLLM computes Q·K,
-    // softmax and P·V as separate ops, like llama.cpp without flash
-    // attention: the first chunk (same shapes) is bit-identical; later
-    // chunks round differently and this model amplifies rounding, so the
-    // bound is llama.cpp's own difference between its fused and unfused
-    // kernels on the same prompt.
+    // global layers are plain causal attention. InfLLM computes Q·K (our
+    // kernel over transposed keys), softmax and P·V as separate ops, like
+    // llama.cpp without flash attention, but sums in another order; this
+    // model amplifies rounding, so the bound is llama.cpp's own difference
+    // between its fused and unfused kernels on the same prompt.
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let rm = RefModel::load_unpacked(&common::gemma3()).unwrap();
@@ -128,12 +127,6 @@ fn infllm_matches_llama_cpp_past_the_sliding_window() {
     let got = engine(AttnMode::Infllm(InfllmParams::defaults_for(32768)), 0)
         .eval(&tokens, true, &mut |_, _| {})
         .unwrap();
-    let first_chunk = 512 * n_vocab;
-    assert_eq!(
-        compare_top1(&got[..first_chunk], &want[..first_chunk], n_vocab).1,
-        0.0,
-        "first chunk"
-    );
     let (mismatches, diff) = compare_top1(&got, &want, n_vocab);
     eprintln!(
         "gemma3 infllm: {} positions, max |logit difference| {diff:e}, top-1 differs at {mismatches:?}; \

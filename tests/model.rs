@@ -111,12 +111,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn infllm_equals_full_attention_inside_the_window() {
     // Prompt and generation stay within n_local: InfLLM is plain causal
-    // attention then. It computes Q·K, softmax and P·V as separate ggml ops,
-    // like llama.cpp without flash attention. Where the shapes agree (the
-    // first 512-token chunk) the logits are bit-identical; later, rows of
-    // different length (llama.cpp pads keys to 256) round differently, and
-    // this model amplifies that: the bound is llama.cpp's own difference
-    // between its fused and unfused kernels on the same prompt.
+    // attention then. It computes Q·K (our kernel over transposed keys),
+    // softmax and P·V as separate ops, like llama.cpp without flash
+    // attention, but sums in another order; this model amplifies rounding,
+    // so the bound is llama.cpp's own difference between its fused and
+    // unfused kernels on the same prompt.
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let rm = RefModel::load(&common::smollm2()).unwrap();
@@ -145,17 +144,26 @@ fn infllm_equals_full_attention_inside_the_window() {
         0.0,
         "full attention without flash attention is llama.cpp's"
     );
-    let first_chunk = 512 * n_vocab;
-    assert_eq!(
-        max_abs_diff(&b[..first_chunk], &want[..first_chunk]),
-        0.0,
-        "first chunk"
+    // Top-1 may differ only at the near ties where llama.cpp's own two
+    // kernels disagree.
+    let flips = |x: &[f32]| -> Vec<usize> {
+        let chunks = x.chunks(n_vocab).zip(want.chunks(n_vocab));
+        chunks
+            .enumerate()
+            .filter(|(_, (x, y))| argmax_of(x) != argmax_of(y))
+            .map(|(pos, _)| pos)
+            .collect()
+    };
+    let (ours, theirs) = (flips(&b), flips(&fused));
+    assert!(
+        ours.iter().all(|p| theirs.contains(p)),
+        "top-1 differs at {ours:?}; llama.cpp -fa on vs off at {theirs:?}"
     );
-    for (pos, (x, y)) in b.chunks(n_vocab).zip(want.chunks(n_vocab)).enumerate() {
-        assert_eq!(argmax_of(x), argmax_of(y), "top-1 differs at position {pos}");
-    }
     let diff = max_abs_diff(&b, &want);
-    eprintln!("infllm vs llama.cpp -fa off: max |logit difference| {diff:e}; llama.cpp -fa on vs off: {bound:e}");
+    eprintln!(
+        "infllm vs llama.cpp -fa off: max |logit difference| {diff:e}, top-1 differs at {ours:?}; \
+         llama.cpp -fa on vs off: {bound:e}, top-1 differs at {theirs:?}"
+    );
     assert!(diff <= bound, "max |logit difference| {diff} > {bound}");
 
     let (mut la, mut lb) = (a[a.len() - n_vocab..].to_vec(), b[b.len() - n_vocab..].to_vec());

@@ -242,12 +242,7 @@ impl FullAttention {
 
 /// Q·K logits, soft-capped when the model asks for it (then scaled already).
 pub fn mul_mat_capped<'a>(g: &'a Context, k: Tensor<'a>, q: Tensor<'a>, la: &LayerAttn) -> Tensor<'a> {
-    let kq = g.mul_mat_f32(k, q);
-    if la.softcap > 0.0 {
-        g.scale(g.tanh(g.scale(kq, la.scale / la.softcap)), la.softcap)
-    } else {
-        kq
-    }
+    soft_cap(g, g.mul_mat_f32(k, q), la)
 }
 
 /// `mul_mat_id` logits, soft-capped like `mul_mat_capped`.
@@ -258,7 +253,11 @@ pub fn mul_mat_id_capped<'a>(
     ids: Tensor<'a>,
     la: &LayerAttn,
 ) -> Tensor<'a> {
-    let kq = g.mul_mat_id(k, q, ids);
+    soft_cap(g, g.mul_mat_id(k, q, ids), la)
+}
+
+/// Logits soft-capped when the model asks for it (then scaled already).
+pub fn soft_cap<'a>(g: &'a Context, kq: Tensor<'a>, la: &LayerAttn) -> Tensor<'a> {
     if la.softcap > 0.0 {
         g.scale(g.tanh(g.scale(kq, la.scale / la.softcap)), la.softcap)
     } else {

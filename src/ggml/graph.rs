@@ -5,11 +5,11 @@
 //! intermediates: the graph allocator). A `Tensor` is a copyable handle that
 //! borrows its context, so it can never outlive it.
 
-use std::ffi::CString;
+use std::ffi::{c_int, c_void, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use super::sys;
+use super::{kernels, sys};
 
 /// Owns a `ggml_context`.
 pub struct Context {
@@ -156,6 +156,11 @@ impl<'c> Tensor<'c> {
     pub fn nbytes(self) -> usize {
         // SAFETY: pure query on a valid tensor.
         unsafe { sys::ggml_nbytes(self.raw()) }
+    }
+
+    pub fn is_contiguous(self) -> bool {
+        // SAFETY: pure query on a valid tensor.
+        unsafe { sys::ggml_is_contiguous(self.raw()) }
     }
 
     pub fn n_elements(self) -> i64 {
@@ -407,6 +412,43 @@ impl Context {
         self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
     }
 
+    /// Logits of queries against keys stored transposed: `keys_t` [n, dim,
+    /// n_kv] f16 (a row per channel; rows and heads may be strided), `q`
+    /// [dim, n_q, n_head] f32 contiguous, query head h reading KV head
+    /// h / (n_head / n_kv) as `mul_mat` broadcasts. Result [n, n_q, n_head]
+    /// f32, rows written at their strides (so `join_rows` can place it). Our
+    /// kernel (`kernels::key_scores`) as a ggml custom op.
+    pub fn key_scores<'a>(&'a self, keys_t: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
+        let [n, dim, n_kv, _] = keys_t.ne();
+        let [q_dim, n_q, n_head, _] = q.ne();
+        assert!(
+            keys_t.ty() == sys::GGML_TYPE_F16 && keys_t.nb()[0] == 2 && q.ty() == sys::GGML_TYPE_F32,
+            "key_scores: f16 keys with unit stride, f32 queries"
+        );
+        assert!(
+            q_dim == dim && n_head % n_kv == 0 && q.ne()[3] == 1 && q.is_contiguous(),
+            "key_scores: query shape"
+        );
+        let mut args = [keys_t.raw(), q.raw()];
+        // SAFETY: valid context and tensors (checked above to be what the op
+        // reads); ggml copies the two source pointers into the new node.
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                n,
+                n_q,
+                n_head,
+                1,
+                args.as_mut_ptr(),
+                2,
+                Some(key_scores_op),
+                -1, // GGML_N_TASKS_MAX: every thread takes a share of the keys
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
     /// F32 tensors with equal dims 1..3 joined along dim 0.
     ///
     /// No copy for parts that are fresh `mul_mat` results (not yet used by
@@ -435,7 +477,8 @@ impl Context {
             assert_eq!(p.ne()[1..], [n1, n2, n3], "join_rows: parts differ beyond dim 0");
             assert_eq!(p.ty(), sys::GGML_TYPE_F32, "join_rows: parts must be f32");
             let pt = p.get();
-            if pt.op == sys::GGML_OP_MUL_MAT && pt.view_src.is_null() && pt.data.is_null() {
+            let writes_strided = pt.op == sys::GGML_OP_MUL_MAT || pt.op == sys::GGML_OP_CUSTOM;
+            if writes_strided && pt.view_src.is_null() && pt.data.is_null() {
                 // SAFETY: `p` is a fresh, unallocated mul_mat node (checked
                 // above; callers pass only new results); making it a view
                 // with `joined`'s strides keeps it inside `joined` (dims
@@ -496,4 +539,43 @@ pub struct RopeParams {
     pub attn_factor: f32,
     pub beta_fast: f32,
     pub beta_slow: f32,
+}
+
+/// The `key_scores` op, run by each of ggml's `nth` threads on its share
+/// of the keys (whole 16-key tiles).
+unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::key_scores`,
+    // whose sources were checked there (f16 keys with unit element stride,
+    // contiguous f32 queries, matching shapes) and which are allocated when
+    // the graph runs. Each slice below stays inside its tensor: keys span
+    // channels 0..dim of the thread's key range for one KV head, queries one
+    // head's rows, outputs one row's key range. Threads write disjoint key
+    // ranges of `dst`; nothing writes the sources during the op.
+    unsafe {
+        let dst = &*dst;
+        let (k, q) = (&*dst.src[0], &*dst.src[1]);
+        let (n, dim, n_kv) = (k.ne[0] as usize, k.ne[1] as usize, k.ne[2] as usize);
+        let (n_q, n_head) = (q.ne[1] as usize, q.ne[2] as usize);
+        let tiles = n.div_ceil(kernels::LANES);
+        let (ith, nth) = (ith as usize, nth as usize);
+        let lo = (tiles * ith / nth * kernels::LANES).min(n);
+        let hi = (tiles * (ith + 1) / nth * kernels::LANES).min(n);
+        if lo == hi {
+            return;
+        }
+        let row = k.nb[1] / 2;
+        for h in 0..n_head {
+            let kv = h / (n_head / n_kv);
+            let keys = (k.data as *const u8).add(kv * k.nb[2] + lo * 2) as *const u16;
+            let keys = std::slice::from_raw_parts(keys, (dim - 1) * row + (hi - lo));
+            let qs = std::slice::from_raw_parts((q.data as *const u8).add(h * q.nb[2]) as *const f32, n_q * dim);
+            let mut out: Vec<&mut [f32]> = (0..n_q)
+                .map(|j| {
+                    let o = (dst.data as *mut u8).add(h * dst.nb[2] + j * dst.nb[1] + lo * 4);
+                    std::slice::from_raw_parts_mut(o as *mut f32, hi - lo)
+                })
+                .collect();
+            kernels::key_scores(keys, row, qs, dim, &mut out);
+        }
+    }
 }

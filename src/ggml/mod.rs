@@ -6,6 +6,7 @@
 //! - `backend`: the CPU backend, thread pool, buffers, graph execution.
 //! - `arena`: growable host memory for InfLLM's block store.
 //! - `quant`: row quantization with ggml's kernels.
+//! - `kernels`: kernels of our own, run as custom ops (safe code).
 //! - `reference`: llama.cpp's own `llama_*` API, used only by tests and the
 //!   bench as the oracle for tokens and logits.
 //! - `gguf_ref`: ggml's own GGUF reader, the oracle for our parser.
@@ -14,6 +15,7 @@ mod arena;
 mod backend;
 pub mod gguf_ref;
 mod graph;
+mod kernels;
 mod quant;
 pub mod reference;
 mod types;

@@ -7,7 +7,8 @@
 //! Storage per layer:
 //! - a linear *window buffer* of the most recent tokens (everything not yet
 //!   initial or in a block): un-rotated keys, keys rotated at their
-//!   position relative to the buffer start (bounded, never the raw index),
+//!   position relative to the buffer start (bounded, never the raw index;
+//!   stored transposed, a row per channel, for our logits kernel),
 //!   transposed values, and each token's accumulated local attention score
 //!   per query head. When it fills, the buffer drops what it no longer
 //!   needs, moves the rest to the front and re-rotates the keys.
@@ -28,7 +29,7 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 
 use half::f16;
 
-use super::full::{mul_mat_capped, mul_mat_id_capped, softmax_scale};
+use super::full::{mul_mat_capped, mul_mat_id_capped, soft_cap, softmax_scale};
 use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
@@ -44,7 +45,7 @@ const QUERY_TILE: usize = 128;
 
 struct LayerStore {
     k_raw: TensorId,
-    k_rot: TensorId,
+    k_rot_t: TensorId,
     v_t: TensorId,
     score: TensorId,
     init_k: TensorId,
@@ -163,7 +164,7 @@ impl InfllmAttention {
             let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
             layers.push(LayerStore {
                 k_raw: t(TYPE_F16, &[e, cap as i64], "win_k_raw"),
-                k_rot: t(TYPE_F16, &[e, cap as i64], "win_k_rot"),
+                k_rot_t: t(TYPE_F16, &[cap as i64, e], "win_k_rot_t"),
                 v_t: t(TYPE_F16, &[cap as i64, e], "win_v_t"),
                 score: t(TYPE_F32, &[cap as i64, h.n_head as i64], "win_score"),
                 init_k: t(TYPE_F32, &[e, n_init], "init_k"),
@@ -294,8 +295,9 @@ impl InfllmAttention {
         for l in &self.layers {
             let t = |id| self.ctx.tensor(id);
             out.push((t(l.k_raw), 0, n * e * 2));
-            out.push((t(l.k_rot), 0, n * e * 2));
-            out.extend((0..e).map(|c| (t(l.v_t), c * self.cap * 2, n * 2)));
+            for id in [l.k_rot_t, l.v_t] {
+                out.extend((0..e).map(|c| (t(id), c * self.cap * 2, n * 2)));
+            }
             for id in [l.score, l.init_k, l.init_v_t] {
                 out.push((t(id), 0, t(id).nbytes()));
             }
@@ -450,30 +452,32 @@ impl InfllmAttention {
         );
         let t = inp.n_tokens as i64;
         let k_raw = self.ctx.tensor(l.k_raw);
-        let k_rot = self.ctx.tensor(l.k_rot);
+        let k_rot_t = self.ctx.tensor(l.k_rot_t);
         let v_t = self.ctx.tensor(l.v_t);
         let row = k_raw.nb()[1]; // bytes of one token's keys (f16)
         let head = row / nkv as usize;
-        let vt_row = v_t.nb()[1]; // bytes of one channel's values over the buffer
+        let vt_row = v_t.nb()[1]; // bytes of one channel over the buffer (k_rot_t, v_t)
         let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
+        // [n, e] f32 rows into buffer slots [at, at + n) of a transposed buffer.
+        let put_t = |x: Tensor<'a>, dst: Tensor<'a>, at: usize| {
+            let n = x.ne()[1];
+            g.cpy(g.transpose(x), g.view(dst, &[n, e], &[vt_row], at * 2))
+        };
 
         // After the buffer moved, rotate every kept key at its new index.
         if let Some(idx) = inp.rerotate {
             let n = idx.ne()[0];
             let raw = g.view(k_raw, &[hd, nkv, n], &[head, row], 0);
-            let rot = g.view(k_rot, &[hd, nkv, n], &[head, row], 0);
-            step.graph.expand(g.cpy(rope(raw, idx), rot));
+            step.graph.expand(put_t(g.reshape(rope(raw, idx), &[e, n]), k_rot_t, 0));
         }
 
-        // Append the chunk: raw and rotated keys, transposed values.
+        // Append the chunk: raw keys, rotated keys and values (transposed).
         let at = inp.at;
         step.graph
             .expand(g.cpy(g.reshape(k, &[e, t]), g.view(k_raw, &[e, t], &[row], at * row)));
-        let k_new = g.reshape(rope(k, inp.pos_local), &[e, t]);
         step.graph
-            .expand(g.cpy(k_new, g.view(k_rot, &[e, t], &[row], at * row)));
-        let v_new = g.transpose(g.reshape(v, &[e, t]));
-        step.graph.expand(g.cpy(v_new, g.view(v_t, &[t, e], &[vt_row], at * 2)));
+            .expand(put_t(g.reshape(rope(k, inp.pos_local), &[e, t]), k_rot_t, at));
+        step.graph.expand(put_t(g.reshape(v, &[e, t]), v_t, at));
 
         if t == 1 {
             return self.attend_one(step, inp, x, la);
@@ -522,8 +526,8 @@ impl InfllmAttention {
         let global_keys = global_keys.into_iter().reduce(|a, b| g.concat(a, b, 1));
         let q_global = g.permute(q_global, [0, 2, 1, 3]);
 
-        // Transposed values [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
-        let values = |src: Tensor<'a>, n: usize, lo: usize| {
+        // Transposed values or rotated keys [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
+        let transposed = |src: Tensor<'a>, n: usize, lo: usize| {
             let nb1 = src.nb()[1];
             let elem = src.nb()[0];
             g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * elem)
@@ -548,7 +552,7 @@ impl InfllmAttention {
                 parts.push(g.cast(vr, TYPE_F32));
             }
             let all = parts.into_iter().reduce(|a, b| g.concat(a, b, 0)).expect("non-empty");
-            values(g.cast(all, TYPE_F16), n_global, 0)
+            transposed(g.cast(all, TYPE_F16), n_global, 0)
         });
 
         let score = self.ctx.tensor(l.score);
@@ -560,9 +564,9 @@ impl InfllmAttention {
                 let nb = x.nb();
                 g.view(x, &[x.ne()[0], tile.n_q as i64, nh], &[nb[1], nb[2]], tile.q0 * nb[1])
             };
-            // Queries copied contiguous: ggml's tiled kernels take only those.
-            let local_keys = g.permute(keys(k_rot, tile.n_keys, tile.lo), [0, 2, 1, 3]);
-            let mut logits = vec![mul_mat_capped(g, local_keys, g.cont(rows(q_local)), la)];
+            // Queries copied contiguous: our kernel and ggml's tiled ones take only those.
+            let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), g.cont(rows(q_local)));
+            let mut logits = vec![soft_cap(g, local, la)];
             if let Some(k) = global_keys {
                 logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
             }
@@ -573,7 +577,7 @@ impl InfllmAttention {
             let part =
                 |n: usize, off: usize| g.view(probs, &[n as i64, tile.n_q as i64, nh], &[pnb[1], pnb[2]], off * 4);
             let p_local = part(tile.n_keys, 0);
-            let mut out = g.mul_mat(values(v_t, tile.n_keys, tile.lo), p_local);
+            let mut out = g.mul_mat(transposed(v_t, tile.n_keys, tile.lo), p_local);
             if let Some(v) = global_values {
                 out = g.add(out, g.mul_mat(v, part(n_global, tile.n_keys)));
             }
@@ -615,7 +619,7 @@ impl InfllmAttention {
         let (hd, nkv, nh) = (s.head_dim as i64, s.n_head_kv as i64, s.n_head as i64);
         let r = nh / nkv;
         let k_raw = self.ctx.tensor(l.k_raw);
-        let k_rot = self.ctx.tensor(l.k_rot);
+        let k_rot_t = self.ctx.tensor(l.k_rot_t);
         let v_t = self.ctx.tensor(l.v_t);
         let row = k_raw.nb()[1];
         let head = row / nkv as usize;
@@ -627,7 +631,15 @@ impl InfllmAttention {
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
         };
-        let mut logits = vec![mul_mat_capped(g, keys(k_rot, tile.n_keys, tile.lo), q_local, la)];
+        // Transposed values or rotated keys [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
+        let transposed = |src: Tensor<'a>, n: usize, lo: usize| {
+            let nb1 = src.nb()[1];
+            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
+        };
+        // The local window through our kernel: a matmul over key rows spends
+        // most of its time in a horizontal sum per dot product (docs/perf.md).
+        let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), q_local);
+        let mut logits = vec![soft_cap(g, local, la)];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
         // Experts = (block, KV head) pairs, each head reading only its own
@@ -674,11 +686,7 @@ impl InfllmAttention {
                 off * 4,
             )
         };
-        let values = |src: Tensor<'a>, n: usize, lo: usize| {
-            let nb1 = src.nb()[1];
-            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
-        };
-        let mut out = g.mul_mat(values(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
+        let mut out = g.mul_mat(transposed(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
         let mut off = tile.n_keys;
         if let Some(ids) = block_ids {
             // Transposed values, [bs, hd] per (block, KV head) expert; then the sum over blocks.
@@ -701,14 +709,17 @@ impl InfllmAttention {
             out = g.add(
                 out,
                 g.mul_mat(
-                    values(self.ctx.tensor(l.init_v_t), inp.n_init, 0),
+                    transposed(self.ctx.tensor(l.init_v_t), inp.n_init, 0),
                     part(inp.n_init, off),
                 ),
             );
             off += inp.n_init;
         }
         if inp.n_rem > 0 {
-            out = g.add(out, g.mul_mat(values(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)));
+            out = g.add(
+                out,
+                g.mul_mat(transposed(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)),
+            );
         }
 
         // Accumulate each local key's probability (per query head; only blocks use it).
