@@ -451,10 +451,10 @@ impl Context {
 
     /// F32 tensors with equal dims 1..3 joined along dim 0.
     ///
-    /// No copy for parts that are fresh `mul_mat` results (not yet used by
-    /// any op): they are turned into views of the joined tensor, so the
-    /// matmul writes its rows straight into place (ggml's mul_mat honours
-    /// destination strides). Other parts are copied in with `set`. The
+    /// No copy for parts that are fresh `mul_mat` or `key_scores` results
+    /// (not yet used by any op): they are turned into views of the joined
+    /// tensor, so the op writes its rows straight into place (both honour
+    /// destination strides; `key_scores` is our only custom op). Other parts are copied in with `set`. The
     /// joined tensor is a graph node (never a leaf, which the allocator would
     /// keep alive for the whole graph), and the returned view depends on
     /// every part, so the parts run before its readers and the allocator
@@ -479,7 +479,7 @@ impl Context {
             let pt = p.get();
             let writes_strided = pt.op == sys::GGML_OP_MUL_MAT || pt.op == sys::GGML_OP_CUSTOM;
             if writes_strided && pt.view_src.is_null() && pt.data.is_null() {
-                // SAFETY: `p` is a fresh, unallocated mul_mat node (checked
+                // SAFETY: `p` is a fresh, unallocated mul_mat or key_scores node (checked
                 // above; callers pass only new results); making it a view
                 // with `joined`'s strides keeps it inside `joined` (dims
                 // 1..3 equal, dim 0 ends at offset + ne0 <= n0).
