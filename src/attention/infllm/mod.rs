@@ -526,12 +526,7 @@ impl InfllmAttention {
         let global_keys = global_keys.into_iter().reduce(|a, b| g.concat(a, b, 1));
         let q_global = g.permute(q_global, [0, 2, 1, 3]);
 
-        // Transposed values or rotated keys [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
-        let transposed = |src: Tensor<'a>, n: usize, lo: usize| {
-            let nb1 = src.nb()[1];
-            let elem = src.nb()[0];
-            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * elem)
-        };
+        let transposed = |src, n, lo| transposed_rows(g, src, s, n, lo);
         let n_global = n_blocks_keys + inp.n_init + inp.n_rem;
         let init_v_t = self.ctx.tensor(l.init_v_t);
         // The global values gathered transposed, in f16, so that P·V runs as
@@ -631,11 +626,7 @@ impl InfllmAttention {
         let keys = |src: Tensor<'a>, n: usize, lo: usize| {
             g.permute(g.view(src, &[hd, nkv, n as i64], &[head, row], lo * row), [0, 2, 1, 3])
         };
-        // Transposed values or rotated keys [n, hd, n_head_kv] from a [slots, n_embd_kv] tensor.
-        let transposed = |src: Tensor<'a>, n: usize, lo: usize| {
-            let nb1 = src.nb()[1];
-            g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
-        };
+        let transposed = |src, n, lo| transposed_rows(g, src, s, n, lo);
         // The local window through our kernel: a matmul over key rows spends
         // most of its time in a horizontal sum per dot product (docs/perf.md).
         let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), q_local);
@@ -794,6 +785,14 @@ impl InfllmAttention {
         let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
         self.layers[il].blocks.push(&k, &v_t, &repr)
     }
+}
+
+/// Slots [lo, lo + n) of a transposed buffer ([slots, n_embd_kv]: values or
+/// rotated keys) as [n, head_dim, n_head_kv].
+fn transposed_rows<'a>(g: &'a Context, src: Tensor<'a>, s: &BlockShape, n: usize, lo: usize) -> Tensor<'a> {
+    let nb1 = src.nb()[1];
+    let (hd, nkv) = (s.head_dim as i64, s.n_head_kv as i64);
+    g.view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
 }
 
 fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
