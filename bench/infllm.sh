@@ -23,12 +23,13 @@ fi
 echo "## full attention at 16K, for contrast"
 run --share-prefix --attn full --tokens 16384 --pos 0.1,0.5,0.9
 
-echo "## decode tokens/s against context length (64 tokens generated)"
-for n in 4096 32768 $([ "$mode" = full ] && echo 131072); do
-  run --tokens "$n" --pos 0.5 -n 64
-done
+# Speed and memory through `infllm bench` (no llama.cpp: its 128K prefill
+# would take hours; its KV size is computed in docs/perf.md instead).
+bench() { echo "+ infllm bench $*" >&2; "$bin" bench -t "$T" -p 0 -n 128 --no-ref -o md "$@" 2>/dev/null | grep '^|'; }
+long=$([ "$mode" = full ] && echo 131072 || echo 32768)
 
-echo "## block memory at the longest length, q8_0 and q4_0"
-n=$([ "$mode" = full ] && echo 131072 || echo 32768)
-run --tokens "$n" --pos 0.5 -ctk q8_0 -ctv q8_0
-run --tokens "$n" --pos 0.5 -ctk q4_0 -ctv q4_0
+echo "## decode tokens/s against context length (tg128, defaults)"
+bench -r 3 -d "4096,32768$([ "$mode" = full ] && echo ,131072)"
+
+echo "## peak RSS and block memory at the longest length, q4_0 blocks (q8_0: the row above)"
+bench -r 2 -d "$long" -ctk q4_0 -ctv q4_0
