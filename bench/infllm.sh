@@ -25,7 +25,8 @@ run --share-prefix --attn full --tokens 16384 --pos 0.1,0.5,0.9
 
 # Speed and memory through `infllm bench` (no llama.cpp: its 128K prefill
 # would take hours; its KV size is computed in docs/perf.md instead).
-bench() { echo "+ infllm bench $*" >&2; "$bin" bench -t "$T" -p 0 -n 128 --no-ref -o md "$@" 2>/dev/null | grep '^|'; }
+# Its stderr stays visible: progress rows, and any error.
+bench() { echo "+ infllm bench $*" >&2; "$bin" bench -t "$T" -p 0 -n 128 --no-ref -o md "$@" | grep '^|'; }
 long=$([ "$mode" = full ] && echo 131072 || echo 32768)
 
 echo "## decode tokens/s against context length (tg128, defaults)"
