@@ -245,17 +245,6 @@ pub fn mul_mat_capped<'a>(g: &'a Context, k: Tensor<'a>, q: Tensor<'a>, la: &Lay
     soft_cap(g, g.mul_mat_f32(k, q), la)
 }
 
-/// `mul_mat_id` logits, soft-capped like `mul_mat_capped`.
-pub fn mul_mat_id_capped<'a>(
-    g: &'a Context,
-    k: Tensor<'a>,
-    q: Tensor<'a>,
-    ids: Tensor<'a>,
-    la: &LayerAttn,
-) -> Tensor<'a> {
-    soft_cap(g, g.mul_mat_id(k, q, ids), la)
-}
-
 /// Logits soft-capped when the model asks for it (then scaled already).
 pub fn soft_cap<'a>(g: &'a Context, kq: Tensor<'a>, la: &LayerAttn) -> Tensor<'a> {
     if la.softcap > 0.0 {

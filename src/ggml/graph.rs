@@ -406,12 +406,6 @@ impl Context {
         })
     }
 
-    /// Indirect matmul: for each row of `b` and each id in `ids`, `as[id] @ b`.
-    pub fn mul_mat_id<'a>(&'a self, as_: Tensor<'a>, b: Tensor<'a>, ids: Tensor<'a>) -> Tensor<'a> {
-        // SAFETY: valid context and tensors; ggml validates shapes and types.
-        self.wrap(unsafe { sys::ggml_mul_mat_id(self.raw(), as_.raw(), b.raw(), ids.raw()) })
-    }
-
     /// Logits of queries against keys stored transposed: `keys_t` [n, dim,
     /// n_kv] f16 (a row per channel; rows and heads may be strided), `q`
     /// [dim, n_q, n_head] f32 contiguous, query head h reading KV head
@@ -449,16 +443,72 @@ impl Context {
         })
     }
 
+    /// Logits of query heads against the keys of chosen memory blocks, read
+    /// in their stored type (no gathered or dequantized copy). `store`
+    /// [hd x bs x n_kv, n_blocks] holds each block's keys KV-head-major (bs
+    /// rows of hd values per KV head), `ids` [n_sel] I32 the chosen blocks,
+    /// `q` [hd, group, n_kv] f32 contiguous the query heads by KV head.
+    /// Result [bs x n_sel, group, n_kv] f32 (rows at their strides, for
+    /// `join_rows`). Our kernel (`kernels::row_dots`).
+    pub fn block_scores<'a>(&'a self, store: Tensor<'a>, ids: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
+        let [hd, group, n_kv, _] = q.ne();
+        let bs = check_block_op(store, ids, hd * n_kv, q);
+        assert!(q.is_contiguous(), "block_scores: contiguous queries");
+        self.block_op(store, ids, q, [bs * ids.ne()[0], group, n_kv], Some(block_scores_op))
+    }
+
+    /// The chosen memory blocks' values weighted by attention probabilities
+    /// and summed over the blocks. `store` [bs x hd x n_kv, n_blocks] holds
+    /// each block's values transposed (hd rows of bs values per KV head),
+    /// `ids` [n_sel] I32 the chosen blocks (in `block_scores`' order), `p`
+    /// [bs * n_sel, group, n_kv] f32 (rows may be strided) their
+    /// probabilities. Result [hd, group, n_kv] f32.
+    pub fn block_values<'a>(&'a self, store: Tensor<'a>, ids: Tensor<'a>, p: Tensor<'a>, hd: i64) -> Tensor<'a> {
+        let [_, group, n_kv, _] = p.ne();
+        let bs = check_block_op(store, ids, hd * n_kv, p);
+        assert_eq!(p.ne()[0], bs * ids.ne()[0], "block_values: one probability per key");
+        self.block_op(store, ids, p, [hd, group, n_kv], Some(block_values_op))
+    }
+
+    /// A custom op over a block store, chosen block ids and f32 vectors.
+    fn block_op<'a>(
+        &'a self,
+        store: Tensor<'a>,
+        ids: Tensor<'a>,
+        x: Tensor<'a>,
+        ne: [i64; 3],
+        op: sys::ggml_custom_op_t,
+    ) -> Tensor<'a> {
+        let mut args = [store.raw(), ids.raw(), x.raw()];
+        // SAFETY: valid context and tensors (checked by the callers to be
+        // what `op` reads); ggml copies the source pointers into the node.
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                ne[0],
+                ne[1],
+                ne[2],
+                1,
+                args.as_mut_ptr(),
+                3,
+                op,
+                -1, // GGML_N_TASKS_MAX: the threads share the (block, head) pairs
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
     /// F32 tensors with equal dims 1..3 joined along dim 0.
     ///
-    /// No copy for parts that are fresh `mul_mat` or `key_scores` results
-    /// (not yet used by any op): they are turned into views of the joined
-    /// tensor, so the op writes its rows straight into place (both honour
-    /// destination strides; `key_scores` is our only custom op). Other parts are copied in with `set`. The
-    /// joined tensor is a graph node (never a leaf, which the allocator would
-    /// keep alive for the whole graph), and the returned view depends on
-    /// every part, so the parts run before its readers and the allocator
-    /// frees the joined memory after its last reader.
+    /// No copy for parts that are fresh `mul_mat` or custom-op results (not
+    /// yet used by any op): they are turned into views of the joined tensor,
+    /// so the op writes its rows straight into place (ggml's matmul and all
+    /// our custom ops honour destination strides). Other parts are copied in
+    /// with `set`. The joined tensor is a graph node (never a leaf, which the
+    /// allocator would keep alive for the whole graph), and the returned view
+    /// depends on every part, so the parts run before its readers and the
+    /// allocator frees the joined memory after its last reader.
     pub fn join_rows<'a>(&'a self, parts: &[Tensor<'a>]) -> Tensor<'a> {
         if let [only] = parts {
             return *only;
@@ -479,7 +529,7 @@ impl Context {
             let pt = p.get();
             let writes_strided = pt.op == sys::GGML_OP_MUL_MAT || pt.op == sys::GGML_OP_CUSTOM;
             if writes_strided && pt.view_src.is_null() && pt.data.is_null() {
-                // SAFETY: `p` is a fresh, unallocated mul_mat or key_scores node (checked
+                // SAFETY: `p` is a fresh, unallocated mul_mat or custom node (checked
                 // above; callers pass only new results); making it a view
                 // with `joined`'s strides keeps it inside `joined` (dims
                 // 1..3 equal, dim 0 ends at offset + ne0 <= n0).
@@ -539,6 +589,167 @@ pub struct RopeParams {
     pub attn_factor: f32,
     pub beta_fast: f32,
     pub beta_slow: f32,
+}
+
+/// Checks what `block_scores` and `block_values` read; returns the block
+/// size: `store` is [n_embd * bs, n_blocks] of a block-store type with
+/// contiguous rows of whole kernel tiles, `ids` a contiguous I32 vector,
+/// `x` f32 vectors with unit element stride.
+fn check_block_op(store: Tensor<'_>, ids: Tensor<'_>, n_embd: i64, x: Tensor<'_>) -> i64 {
+    let [per_block, _, one, _] = store.ne();
+    let info = super::type_info(store.ty()).expect("block store of a known type");
+    assert!(
+        one == 1 && per_block % n_embd == 0 && store.nb()[0] as u64 == info.type_size,
+        "block op: store shape"
+    );
+    let bs = per_block / n_embd;
+    let unit = (kernels::LANES as u64).max(info.block_size) as i64;
+    assert!(
+        bs % unit == 0 && (n_embd / x.ne()[2]) % unit == 0,
+        "block op: rows of whole tiles"
+    );
+    assert!(
+        ids.ty() == sys::GGML_TYPE_I32 && ids.is_contiguous() && ids.ne()[1..] == [1, 1, 1],
+        "block op: ids"
+    );
+    assert!(
+        x.ty() == sys::GGML_TYPE_F32 && x.nb()[0] == 4 && x.ne()[3] == 1,
+        "block op: f32 vectors"
+    );
+    bs
+}
+
+/// Runs `f` with the kernels' reading of `store`'s rows.
+///
+/// # Safety
+/// `store` must be a valid tensor of a known ggml type.
+unsafe fn with_row_format(store: &sys::ggml_tensor, f: impl FnOnce(&kernels::RowFormat)) {
+    match store.type_ {
+        sys::GGML_TYPE_F32 => f(&kernels::RowFormat::F32),
+        sys::GGML_TYPE_Q8_0 => f(&kernels::RowFormat::Q8_0),
+        ty => {
+            let info = super::type_info(ty).expect("known type");
+            // SAFETY: `ty` is a known type (the caller's contract), so its
+            // traits entry is valid for the whole program.
+            let to_float = unsafe { (*sys::ggml_get_type_traits(ty)).to_float }.expect("type with to_float");
+            let convert = |src: &[u8], dst: &mut [f32]| {
+                assert_eq!(src.len() as u64, info.row_size(dst.len() as u64), "a whole row");
+                // SAFETY: `src` holds exactly one row of dst.len() values of
+                // type `ty` (checked), `dst` has room for them.
+                unsafe { to_float(src.as_ptr().cast(), dst.as_mut_ptr(), dst.len() as i64) }
+            };
+            f(&kernels::RowFormat::Convert(&convert))
+        }
+    }
+}
+
+/// Bytes of one row of `n` values of `ty` (a known type).
+fn row_bytes(ty: u32, n: usize) -> usize {
+    super::type_info(ty).expect("known type").row_size(n as u64) as usize
+}
+
+/// The chosen blocks' ids, each checked to be a block of the store.
+///
+/// # Safety
+/// `ids` must be an allocated, contiguous I32 vector.
+unsafe fn block_ids(ids: &sys::ggml_tensor, n_blocks: i64) -> &[i32] {
+    // SAFETY: the caller's contract.
+    let ids = unsafe { std::slice::from_raw_parts(ids.data as *const i32, ids.ne[0] as usize) };
+    assert!(
+        ids.iter().all(|&b| (0..n_blocks).contains(&i64::from(b))),
+        "block id out of range"
+    );
+    ids
+}
+
+/// The `block_scores` op: each of ggml's `nth` threads takes every nth
+/// (block, KV head) pair.
+unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::block_scores`,
+    // whose sources were checked there (store rows of whole tiles of a known
+    // type, contiguous I32 ids, contiguous f32 queries [hd, group, n_kv]),
+    // allocated when the graph runs. Ids are checked against the store; each
+    // slice below stays inside its tensor: a block's keys for one KV head
+    // (bs rows), one query head's hd values, one output row's bs logits.
+    // Threads write disjoint (block, KV head) ranges of `dst`.
+    unsafe {
+        let dst = &*dst;
+        let (store, ids, q) = (&*dst.src[0], &*dst.src[1], &*dst.src[2]);
+        let (hd, group, n_kv) = (q.ne[0] as usize, q.ne[1] as usize, q.ne[2] as usize);
+        let ids = block_ids(ids, store.ne[1]);
+        let bs = dst.ne[0] as usize / ids.len();
+        let row = row_bytes(store.type_, hd);
+        with_row_format(store, |fmt| {
+            for item in (ith as usize..ids.len() * n_kv).step_by(nth as usize) {
+                let (i, kv) = (item / n_kv, item % n_kv);
+                let keys = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * bs * row);
+                let keys = std::slice::from_raw_parts(keys, bs * row);
+                let heads: Vec<&[f32]> = (0..group)
+                    .map(|j| {
+                        let x = (q.data as *const u8).add(kv * q.nb[2] + j * q.nb[1]) as *const f32;
+                        std::slice::from_raw_parts(x, hd)
+                    })
+                    .collect();
+                let mut out: Vec<&mut [f32]> = (0..group)
+                    .map(|j| {
+                        let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
+                        std::slice::from_raw_parts_mut(o as *mut f32, bs)
+                    })
+                    .collect();
+                kernels::row_dots(fmt, row, &[(keys, heads)], &mut out);
+            }
+        });
+    }
+}
+
+/// The `block_values` op: each of ggml's `nth` threads takes every nth
+/// (KV head, 16 channels) pair, summing over all chosen blocks.
+unsafe extern "C" fn block_values_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::block_values`,
+    // whose sources were checked there (store rows of whole tiles of a known
+    // type, contiguous I32 ids, f32 probabilities [bs * n_sel, group, n_kv]
+    // with unit element stride), allocated when the graph runs. Ids are
+    // checked against the store; each slice below stays inside its tensor:
+    // a block's value rows c0..c1 for one KV head, one head's bs
+    // probabilities of one block, one output row's channels c0..c1. Threads
+    // write disjoint (KV head, channel) ranges of `dst`.
+    unsafe {
+        let dst = &*dst;
+        let (store, ids, p) = (&*dst.src[0], &*dst.src[1], &*dst.src[2]);
+        let (hd, group, n_kv) = (dst.ne[0] as usize, dst.ne[1] as usize, dst.ne[2] as usize);
+        let ids = block_ids(ids, store.ne[1]);
+        let bs = p.ne[0] as usize / ids.len();
+        let row = row_bytes(store.type_, bs);
+        let tiles = hd.div_ceil(kernels::LANES);
+        with_row_format(store, |fmt| {
+            for item in (ith as usize..n_kv * tiles).step_by(nth as usize) {
+                let (kv, c0) = (item / tiles, item % tiles * kernels::LANES);
+                let c1 = (c0 + kernels::LANES).min(hd);
+                let sets: Vec<(&[u8], Vec<&[f32]>)> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        let at = b as usize * store.nb[1] + (kv * hd + c0) * row;
+                        let rows = std::slice::from_raw_parts((store.data as *const u8).add(at), (c1 - c0) * row);
+                        let probs = (0..group)
+                            .map(|j| {
+                                let x = (p.data as *const u8).add(kv * p.nb[2] + j * p.nb[1] + i * bs * 4);
+                                std::slice::from_raw_parts(x as *const f32, bs)
+                            })
+                            .collect();
+                        (rows, probs)
+                    })
+                    .collect();
+                let mut out: Vec<&mut [f32]> = (0..group)
+                    .map(|j| {
+                        let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + c0 * 4);
+                        std::slice::from_raw_parts_mut(o as *mut f32, c1 - c0)
+                    })
+                    .collect();
+                kernels::row_dots(fmt, row, &sets, &mut out);
+            }
+        });
+    }
 }
 
 /// The `key_scores` op, run by each of ggml's `nth` threads on its share

@@ -1,8 +1,9 @@
-//! Kernels of our own, run as ggml custom ops (`Context::key_scores`).
+//! Kernels of our own, run as ggml custom ops (`Context::key_scores`,
+//! `block_scores`, `block_values`).
 //! Safe code on slices; the op trampolines in `graph` hand them the data.
 
 /// Keys per tile: one vector register of f32 lanes on AVX-512, two on AVX2.
-pub(super) const LANES: usize = 16;
+pub const LANES: usize = 16;
 
 /// f16 bits to f32, for finite values (keys are), written so that compilers
 /// vectorize it: the magnitude's bits shifted into f32 place and rescaled
@@ -114,6 +115,156 @@ fn tile_scores<const G: usize>(
     G
 }
 
+/// How the rows of a memory block are stored (their ggml type).
+pub enum RowFormat<'a> {
+    F32,
+    /// Blocks of 32 values: an f16 scale and 32 signed bytes.
+    Q8_0,
+    /// Any other type, converted to f32 a row at a time (ggml's `to_float`).
+    Convert(&'a dyn Fn(&[u8], &mut [f32])),
+}
+
+/// Bytes of one q8_0 block (32 values).
+const Q8_0_BYTES: usize = 34;
+
+/// Per-lane partial dot products of one row with `G` vectors.
+type Lanes<const G: usize> = [[f32; LANES]; G];
+
+/// Adds the products of stored rows with vectors `xs` (one per query head)
+/// into lane accumulators: `acc[i][g][l] += sum_j row_i[j] * xs[g][j]` over
+/// `j % LANES == l`, for the `acc.len()` rows of `row_bytes` bytes in
+/// `rows`. Lanes, not sums: a row's dot products end in one horizontal sum
+/// (`lane_sum`), which the caller may defer over several blocks' rows.
+/// Rows hold `xs[g].len()` values, whole tiles (and whole q8_0 blocks).
+fn accumulate_rows<const G: usize>(
+    fmt: &RowFormat,
+    rows: &[u8],
+    row_bytes: usize,
+    xs: [&[f32]; G],
+    acc: &mut [Lanes<G>],
+) {
+    let len = xs[0].len();
+    let rows = rows.chunks_exact(row_bytes).take(acc.len());
+    match fmt {
+        RowFormat::Q8_0 => {
+            let n_blk = len / (2 * LANES);
+            for (row, out) in rows.zip(acc) {
+                // Accumulators local to the row, so that they live in registers.
+                let mut a = [[0f32; LANES]; G];
+                for b in 0..n_blk {
+                    let blk = &row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+                    let d = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                    for h in 0..2 {
+                        let mut k = [0f32; LANES];
+                        for l in 0..LANES {
+                            k[l] = f32::from(blk[2 + h * LANES + l] as i8) * d;
+                        }
+                        add_products(&k, &xs, (2 * b + h) * LANES, &mut a);
+                    }
+                }
+                add_lanes(out, &a);
+            }
+        }
+        RowFormat::F32 => {
+            for (row, out) in rows.zip(acc) {
+                let mut a = [[0f32; LANES]; G];
+                for (j, vals) in row.chunks_exact(4 * LANES).enumerate() {
+                    let mut k = [0f32; LANES];
+                    for (o, b) in k.iter_mut().zip(vals.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                    add_products(&k, &xs, j * LANES, &mut a);
+                }
+                add_lanes(out, &a);
+            }
+        }
+        RowFormat::Convert(to_f32) => {
+            let mut buf = vec![0f32; len];
+            for (row, out) in rows.zip(acc) {
+                to_f32(row, &mut buf);
+                let mut a = [[0f32; LANES]; G];
+                for (j, k) in buf.chunks_exact(LANES).enumerate() {
+                    add_products(k.try_into().expect("a tile"), &xs, j * LANES, &mut a);
+                }
+                add_lanes(out, &a);
+            }
+        }
+    }
+}
+
+/// `out += a`, lane by lane.
+#[inline(always)]
+fn add_lanes<const G: usize>(out: &mut Lanes<G>, a: &Lanes<G>) {
+    for g in 0..G {
+        for l in 0..LANES {
+            out[g][l] += a[g][l];
+        }
+    }
+}
+
+/// Dot products of stored rows with vectors, summed over row sets:
+/// `out[g][i] = sum over sets (rows, xs) of row_i · xs[g]`, for the
+/// `out[g].len()` rows of each set. Decode's block keys are one set (a
+/// block's rows of keys, the query heads); its block values are one set per
+/// block (channel rows, that block's probabilities), summed.
+pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[(&[u8], Vec<&[f32]>)], out: &mut [&mut [f32]]) {
+    // Vectors four at a time: 4 x 16 lanes of accumulators per row.
+    let n = out.len();
+    for g0 in (0..n).step_by(4) {
+        let out = &mut out[g0..(g0 + 4).min(n)];
+        match out.len() {
+            1 => summed_row_dots::<1>(fmt, row_bytes, sets, g0, out),
+            2 => summed_row_dots::<2>(fmt, row_bytes, sets, g0, out),
+            3 => summed_row_dots::<3>(fmt, row_bytes, sets, g0, out),
+            _ => summed_row_dots::<4>(fmt, row_bytes, sets, g0, out),
+        }
+    }
+}
+
+/// `row_dots` for vectors `g0..g0 + G`.
+fn summed_row_dots<const G: usize>(
+    fmt: &RowFormat,
+    row_bytes: usize,
+    sets: &[(&[u8], Vec<&[f32]>)],
+    g0: usize,
+    out: &mut [&mut [f32]],
+) {
+    let mut acc = vec![[[0f32; LANES]; G]; out[0].len()];
+    for (rows, xs) in sets {
+        accumulate_rows(fmt, rows, row_bytes, std::array::from_fn(|g| xs[g0 + g]), &mut acc);
+    }
+    for (i, a) in acc.iter().enumerate() {
+        for (o, a) in out.iter_mut().zip(a) {
+            o[i] = lane_sum(a);
+        }
+    }
+}
+
+/// `a[g] += k * xs[g][at..at + LANES]`, lane by lane.
+#[inline(always)]
+fn add_products<const G: usize>(k: &[f32; LANES], xs: &[&[f32]; G], at: usize, a: &mut Lanes<G>) {
+    for g in 0..G {
+        let x = &xs[g][at..at + LANES];
+        for l in 0..LANES {
+            a[g][l] += k[l] * x[l];
+        }
+    }
+}
+
+/// The sum of a lane accumulator, pairwise (so that it vectorizes).
+#[inline(always)]
+fn lane_sum(a: &[f32; LANES]) -> f32 {
+    let mut v = *a;
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            v[l] += v[l + w];
+        }
+        w /= 2;
+    }
+    v[0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +274,81 @@ mod tests {
         for bits in (0..=u16::MAX).filter(|b| b & 0x7c00 != 0x7c00) {
             let want = half::f16::from_bits(bits).to_f32();
             assert_eq!(f16_bits_to_f32(bits).to_bits(), want.to_bits(), "bits {bits:#06x}");
+        }
+    }
+
+    /// q8_0 rows of `n` values (an f16 scale, then 32 signed bytes per 32)
+    /// and their values.
+    fn q8_0_rows(n_rows: usize, n: usize, seed: usize) -> (Vec<u8>, Vec<f32>) {
+        let (mut bytes, mut vals) = (Vec::new(), Vec::new());
+        for b in 0..n_rows * n / 32 {
+            let d = half::f16::from_f32(0.01 + (b * 7 + seed) as f32 % 5.0 / 100.0);
+            bytes.extend(d.to_le_bytes());
+            for j in 0..32 {
+                let q = ((b * 31 + j * 17 + seed) % 255) as i32 - 127;
+                bytes.push(q as i8 as u8);
+                vals.push(q as f32 * d.to_f32());
+            }
+        }
+        (bytes, vals)
+    }
+
+    fn plain_dots(vals: &[f32], n: usize, x: &[f32]) -> Vec<f32> {
+        vals.chunks(n)
+            .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+
+    #[test]
+    fn row_dots_sum_plain_dot_products_over_sets() {
+        let (n_rows, n) = (5, 64);
+        let sets: Vec<(Vec<u8>, Vec<f32>)> = (0..3).map(|s| q8_0_rows(n_rows, n, s)).collect();
+        // 1 to 6 vectors: groups of up to four, and what is left.
+        for g in 1..=6 {
+            let xs: Vec<Vec<f32>> = (0..sets.len() * g)
+                .map(|v| (0..n).map(|i| ((i * 13 + v * 7) % 23) as f32 / 11.0 - 1.0).collect())
+                .collect();
+            let f32_rows: Vec<Vec<u8>> = sets
+                .iter()
+                .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                .collect();
+            let as_f32 = |src: &[u8], dst: &mut [f32]| {
+                for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            };
+            for (fmt, row_bytes) in [
+                (RowFormat::Q8_0, n / 32 * Q8_0_BYTES),
+                (RowFormat::F32, n * 4),
+                (RowFormat::Convert(&as_f32), n * 4),
+            ] {
+                let input: Vec<(&[u8], Vec<&[f32]>)> = (0..sets.len())
+                    .map(|s| {
+                        let rows = match fmt {
+                            RowFormat::Q8_0 => &sets[s].0[..],
+                            _ => &f32_rows[s][..],
+                        };
+                        (rows, xs[s * g..(s + 1) * g].iter().map(|x| x.as_slice()).collect())
+                    })
+                    .collect();
+                let mut out = vec![vec![0f32; n_rows]; g];
+                let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+                row_dots(&fmt, row_bytes, &input, &mut views);
+                for (j, o) in out.iter().enumerate() {
+                    let mut want = vec![0f32; n_rows];
+                    for (s, (_, vals)) in sets.iter().enumerate() {
+                        for (w, d) in want.iter_mut().zip(plain_dots(vals, n, &xs[s * g + j])) {
+                            *w += d;
+                        }
+                    }
+                    for (i, (&got, &want)) in o.iter().zip(&want).enumerate() {
+                        assert!(
+                            (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                            "vector {j} row {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 

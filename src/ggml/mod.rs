@@ -23,6 +23,9 @@ mod types;
 pub use arena::{HostArena, MAP_ALIGN};
 pub use backend::{Backend, Buffer, GraphAllocator};
 pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
+/// Values the block kernels read at a time: block rows (head dim, block
+/// size) are whole multiples of it.
+pub use kernels::LANES as ROW_TILE;
 pub use quant::{dequantize, quantize};
 pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
 pub use types::{type_by_name, type_info, TypeInfo};

@@ -18,8 +18,8 @@
 //! Retrieval runs inside the step graph (`mul_mat` against the
 //! representative keys, then `top_k`), so a chunk is one graph over all
 //! layers. A prompt chunk gathers the chosen blocks (`get_rows`, dequantized)
-//! and runs tiled matmuls; a decode step reads them quantized in place
-//! (`mul_mat_id`).
+//! and runs tiled matmuls; a decode step reads them in their stored type
+//! with our kernels (`block_scores`, `block_values`).
 
 mod memory;
 mod params;
@@ -29,7 +29,7 @@ pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 
 use half::f16;
 
-use super::full::{mul_mat_capped, mul_mat_id_capped, soft_cap, softmax_scale};
+use super::full::{mul_mat_capped, soft_cap, softmax_scale};
 use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
@@ -110,9 +110,6 @@ pub struct InfllmInputs<'a> {
     tiles: Vec<Tile<'a>>,
     /// Block indices when every block is attended (no retrieval needed).
     all_blocks: Option<Tensor<'a>>,
-    /// Decode with blocks: expert index `b * n_head_kv + kv(h)` of block b
-    /// for query head h, [n_head, n_blocks] I32.
-    expert_table: Option<Tensor<'a>>,
     /// Positions 0..n for re-rotating the whole buffer after it moved.
     rerotate: Option<Tensor<'a>>,
     /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
@@ -402,11 +399,6 @@ impl InfllmAttention {
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&[n_blocks as i64], (0..n_blocks as i32).collect())),
-            expert_table: (n_tokens == 1 && n_selected > 0).then(|| {
-                let (nh, nkv) = (self.shape.n_head, self.shape.n_head_kv);
-                let table = (0..n_blocks * nh).map(|i| ((i / nh) * nkv + (i % nh) / (nh / nkv)) as i32);
-                step.input_i32(&[nh as i64, n_blocks as i64], table.collect())
-            }),
             rerotate: (self.rerotate && n_valid > 0)
                 .then(|| step.input_i32(&[n_valid as i64], (0..n_valid as i32).collect())),
             ones_heads: (n_tokens > 1).then(|| {
@@ -596,8 +588,10 @@ impl InfllmAttention {
 
     /// Attention of a single new token (decode), reading every key and value
     /// once: the query heads sharing a KV head form the columns of one
-    /// matmul, and the retrieved blocks are read quantized in place through
-    /// `mul_mat_id` (no gathered copy). The new token is already appended.
+    /// matmul, and the retrieved blocks are read in their stored type by our
+    /// kernels (no gathered copy; `mul_mat_id` with an expert per block and
+    /// KV head spent most of its time on per-expert bookkeeping that grows
+    /// with the text, docs/perf.md). The new token is already appended.
     fn attend_one<'a>(
         &'a self,
         step: &mut Step<'a>,
@@ -633,29 +627,15 @@ impl InfllmAttention {
         let mut logits = vec![soft_cap(g, local, la)];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
-        // Experts = (block, KV head) pairs, each head reading only its own
-        // KV head's rows of the chosen blocks, quantized in place.
-        let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
-        let n_experts = inp.n_blocks as i64 * nkv;
+        // The chosen blocks, read in their stored type by our kernels.
         let block_ids = (inp.n_selected > 0).then(|| {
-            let idx = inp.all_blocks.unwrap_or_else(|| {
+            inp.all_blocks.unwrap_or_else(|| {
                 let scores = g.mul_mat(l.blocks.repr_tensor(g), g.reshape(q_global, &[hd * nh, 1]));
                 g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
-            });
-            // Rows of the expert table [n_head, n_blocks]: [n_head, n_sel], read transposed.
-            let table = inp.expert_table.expect("decode with blocks has the expert table");
-            g.transpose(g.get_rows(table, idx)) // [n_sel, n_head]
+            })
         });
         if let Some(ids) = block_ids {
-            // Blocks store keys KV-head-major ([hd, bs, n_head_kv] per block),
-            // so expert (b, kv) is the [hd, bs] slice b * n_head_kv + kv.
-            let k_store = l.blocks.k_tensor(g);
-            let row = crate::ggml::type_info(k_store.ty())
-                .expect("checked type")
-                .row_size(hd as u64) as usize;
-            let as_k = g.view(k_store, &[hd, bs, n_experts], &[row, row * bs as usize], 0);
-            let kq = mul_mat_id_capped(g, as_k, g.reshape(q_global, &[hd, 1, nh]), ids, la); // [bs, n_sel, nh]
-            logits.push(g.reshape(kq, &[bs * n_sel, r, nkv]));
+            logits.push(soft_cap(g, g.block_scores(l.blocks.k_tensor(g), ids, q_global), la));
         }
         if inp.n_init > 0 {
             let ki = self.ctx.tensor(l.init_k);
@@ -680,20 +660,8 @@ impl InfllmAttention {
         let mut out = g.mul_mat(transposed(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
         let mut off = tile.n_keys;
         if let Some(ids) = block_ids {
-            // Transposed values, [bs, hd] per (block, KV head) expert; then the sum over blocks.
-            let v_store = l.blocks.v_tensor(g);
-            let row = crate::ggml::type_info(v_store.ty())
-                .expect("checked type")
-                .row_size(bs as u64) as usize;
-            let as_v = g.view(v_store, &[bs, hd, n_experts], &[row, row * hd as usize], 0);
-            let pb = g.view(probs, &[bs, n_sel, nh], &[bs as usize * 4, width * 4], off * 4);
-            let per_block = g.mul_mat_id(as_v, pb, ids); // [hd, n_sel, nh]
-            let summed = if n_sel == 1 {
-                per_block
-            } else {
-                g.sum_rows(g.cont(g.permute(per_block, [1, 0, 2, 3]))) // [1, hd, nh]
-            };
-            out = g.add(out, g.reshape(summed, &[hd, r, nkv]));
+            let probs = part(n_blocks_keys, off);
+            out = g.add(out, g.block_values(l.blocks.v_tensor(g), ids, probs, hd)); // [hd, r, nkv]
             off += n_blocks_keys;
         }
         if inp.n_init > 0 {

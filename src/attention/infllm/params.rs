@@ -2,7 +2,7 @@
 
 use anyhow::ensure;
 
-use crate::ggml::{type_by_name, type_info, TYPE_F16};
+use crate::ggml::{type_by_name, type_info, ROW_TILE, TYPE_F16};
 
 /// Types allowed for the quantized block store (`-ctk` / `-ctv`): their
 /// quantization blocks (1 or 32 values) divide any head dimension we run.
@@ -84,13 +84,15 @@ impl InfllmParams {
                 info.name,
                 BLOCK_TYPES.join(", ")
             );
+            // Rows of whole quantization blocks, and (when blocks are kept)
+            // of whole tiles for the kernels that read them in decode.
+            let tile = if self.topk > 0 { ROW_TILE as u64 } else { 1 };
+            let unit = info.block_size.max(tile);
             ensure!(
-                (head_dim as u64).is_multiple_of(info.block_size)
-                    && (self.block_size as u64).is_multiple_of(info.block_size),
-                "{flag} {}: head dim {head_dim} and --block-size {} must be multiples of {}",
+                (head_dim as u64).is_multiple_of(unit) && (self.block_size as u64).is_multiple_of(unit),
+                "{flag} {}: head dim {head_dim} and --block-size {} must be multiples of {unit}",
                 info.name,
                 self.block_size,
-                info.block_size
             );
         }
         Ok(())
