@@ -626,7 +626,9 @@ fn check_block_op(store: Tensor<'_>, ids: Tensor<'_>, n_embd: i64, x: Tensor<'_>
 unsafe fn with_row_format(store: &sys::ggml_tensor, f: impl FnOnce(&kernels::RowFormat)) {
     match store.type_ {
         sys::GGML_TYPE_F32 => f(&kernels::RowFormat::F32),
+        sys::GGML_TYPE_F16 => f(&kernels::RowFormat::F16),
         sys::GGML_TYPE_Q8_0 => f(&kernels::RowFormat::Q8_0),
+        sys::GGML_TYPE_Q4_0 => f(&kernels::RowFormat::Q4_0),
         ty => {
             let info = super::type_info(ty).expect("known type");
             // SAFETY: `ty` is a known type (the caller's contract), so its

@@ -118,14 +118,20 @@ fn tile_scores<const G: usize>(
 /// How the rows of a memory block are stored (their ggml type).
 pub enum RowFormat<'a> {
     F32,
+    F16,
     /// Blocks of 32 values: an f16 scale and 32 signed bytes.
     Q8_0,
+    /// Blocks of 32 values: an f16 scale and 16 bytes, value j in the low
+    /// nibble of byte j and value j + 16 in its high nibble, offset by 8.
+    Q4_0,
     /// Any other type, converted to f32 a row at a time (ggml's `to_float`).
     Convert(&'a dyn Fn(&[u8], &mut [f32])),
 }
 
 /// Bytes of one q8_0 block (32 values).
 const Q8_0_BYTES: usize = 34;
+/// Bytes of one q4_0 block (32 values).
+const Q4_0_BYTES: usize = 18;
 
 /// Per-lane partial dot products of one row with `G` vectors.
 type Lanes<const G: usize> = [[f32; LANES]; G];
@@ -161,6 +167,38 @@ fn accumulate_rows<const G: usize>(
                         }
                         add_products(&k, &xs, (2 * b + h) * LANES, &mut a);
                     }
+                }
+                add_lanes(out, &a);
+            }
+        }
+        RowFormat::Q4_0 => {
+            let n_blk = len / (2 * LANES);
+            for (row, out) in rows.zip(acc) {
+                let mut a = [[0f32; LANES]; G];
+                for b in 0..n_blk {
+                    let blk = &row[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
+                    let d = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+                    for h in 0..2 {
+                        let mut k = [0f32; LANES];
+                        for l in 0..LANES {
+                            let nibble = (blk[2 + l] >> (4 * h)) & 0x0f;
+                            k[l] = (f32::from(nibble) - 8.0) * d;
+                        }
+                        add_products(&k, &xs, (2 * b + h) * LANES, &mut a);
+                    }
+                }
+                add_lanes(out, &a);
+            }
+        }
+        RowFormat::F16 => {
+            for (row, out) in rows.zip(acc) {
+                let mut a = [[0f32; LANES]; G];
+                for (j, vals) in row.chunks_exact(2 * LANES).enumerate() {
+                    let mut k = [0f32; LANES];
+                    for (o, b) in k.iter_mut().zip(vals.chunks_exact(2)) {
+                        *o = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+                    }
+                    add_products(&k, &xs, j * LANES, &mut a);
                 }
                 add_lanes(out, &a);
             }
@@ -293,6 +331,18 @@ mod tests {
         (bytes, vals)
     }
 
+    /// Each set's stored rows and the values they hold.
+    type RowSets = Vec<(Vec<u8>, Vec<f32>)>;
+
+    /// Rows of `vals` quantized by ggml to type `ty`, and ggml's values of them.
+    fn ggml_rows(ty: u32, vals: &[f32], n: usize) -> (Vec<u8>, Vec<f32>) {
+        let info = crate::ggml::type_info(ty).unwrap();
+        let mut bytes = vec![0u8; info.row_size(n as u64) as usize * vals.len() / n];
+        crate::ggml::quantize(ty, vals, n, &mut bytes);
+        let back = crate::ggml::dequantize(ty, &bytes, vals.len());
+        (bytes, back)
+    }
+
     fn plain_dots(vals: &[f32], n: usize, x: &[f32]) -> Vec<f32> {
         vals.chunks(n)
             .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
@@ -308,32 +358,39 @@ mod tests {
             let xs: Vec<Vec<f32>> = (0..sets.len() * g)
                 .map(|v| (0..n).map(|i| ((i * 13 + v * 7) % 23) as f32 / 11.0 - 1.0).collect())
                 .collect();
-            let f32_rows: Vec<Vec<u8>> = sets
-                .iter()
-                .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                .collect();
             let as_f32 = |src: &[u8], dst: &mut [f32]| {
                 for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
                     *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             };
-            for (fmt, row_bytes) in [
-                (RowFormat::Q8_0, n / 32 * Q8_0_BYTES),
-                (RowFormat::F32, n * 4),
-                (RowFormat::Convert(&as_f32), n * 4),
+            // (format, row bytes, each set's rows and their values)
+            let mut cases: Vec<(RowFormat, usize, RowSets)> = Vec::new();
+            cases.push((RowFormat::Q8_0, n / 32 * Q8_0_BYTES, sets.clone()));
+            let f32_sets: Vec<(Vec<u8>, Vec<f32>)> = sets
+                .iter()
+                .map(|(_, v)| (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.clone()))
+                .collect();
+            cases.push((RowFormat::F32, n * 4, f32_sets.clone()));
+            cases.push((RowFormat::Convert(&as_f32), n * 4, f32_sets));
+            // q4_0 and f16 rows as ggml writes them.
+            for (fmt, ty, row_bytes) in [
+                (RowFormat::Q4_0, super::super::sys::GGML_TYPE_Q4_0, n / 32 * Q4_0_BYTES),
+                (RowFormat::F16, super::super::sys::GGML_TYPE_F16, n * 2),
             ] {
+                cases.push((fmt, row_bytes, sets.iter().map(|(_, v)| ggml_rows(ty, v, n)).collect()));
+            }
+            for (fmt, row_bytes, sets) in &cases {
                 let input: Vec<(&[u8], Vec<&[f32]>)> = (0..sets.len())
                     .map(|s| {
-                        let rows = match fmt {
-                            RowFormat::Q8_0 => &sets[s].0[..],
-                            _ => &f32_rows[s][..],
-                        };
-                        (rows, xs[s * g..(s + 1) * g].iter().map(|x| x.as_slice()).collect())
+                        (
+                            &sets[s].0[..],
+                            xs[s * g..(s + 1) * g].iter().map(|x| x.as_slice()).collect(),
+                        )
                     })
                     .collect();
                 let mut out = vec![vec![0f32; n_rows]; g];
                 let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
-                row_dots(&fmt, row_bytes, &input, &mut views);
+                row_dots(fmt, *row_bytes, &input, &mut views);
                 for (j, o) in out.iter().enumerate() {
                     let mut want = vec![0f32; n_rows];
                     for (s, (_, vals)) in sets.iter().enumerate() {
