@@ -141,7 +141,7 @@ type Lanes<const G: usize> = [[f32; LANES]; G];
 /// `j % LANES == l`, for the `acc.len()` rows of `row_bytes` bytes in
 /// `rows`. Lanes, not sums: a row's dot products end in one horizontal sum
 /// (`lane_sum`), which the caller may defer over several blocks' rows.
-/// Rows hold `xs[g].len()` values, whole tiles (and whole q8_0 blocks).
+/// Rows hold `xs[g].len()` values, whole tiles (and whole quantization blocks).
 fn accumulate_rows<const G: usize>(
     fmt: &RowFormat,
     rows: &[u8],
