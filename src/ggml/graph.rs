@@ -681,24 +681,24 @@ unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
         let ids = block_ids(ids, store.ne[1]);
         let bs = dst.ne[0] as usize / ids.len();
         let row = row_bytes(store.type_, hd);
+        let heads: Vec<&[f32]> = (0..n_kv * group)
+            .map(|h| {
+                let x = (q.data as *const u8).add(h / group * q.nb[2] + h % group * q.nb[1]);
+                std::slice::from_raw_parts(x as *const f32, hd)
+            })
+            .collect();
+        let mut out: Vec<&mut [f32]> = Vec::with_capacity(group);
         with_row_format(store, |fmt| {
             for item in (ith as usize..ids.len() * n_kv).step_by(nth as usize) {
                 let (i, kv) = (item / n_kv, item % n_kv);
                 let keys = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * bs * row);
                 let keys = std::slice::from_raw_parts(keys, bs * row);
-                let heads: Vec<&[f32]> = (0..group)
-                    .map(|j| {
-                        let x = (q.data as *const u8).add(kv * q.nb[2] + j * q.nb[1]) as *const f32;
-                        std::slice::from_raw_parts(x, hd)
-                    })
-                    .collect();
-                let mut out: Vec<&mut [f32]> = (0..group)
-                    .map(|j| {
-                        let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
-                        std::slice::from_raw_parts_mut(o as *mut f32, bs)
-                    })
-                    .collect();
-                kernels::row_dots(fmt, row, &[(keys, heads)], &mut out);
+                out.clear();
+                out.extend((0..group).map(|j| {
+                    let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
+                    std::slice::from_raw_parts_mut(o as *mut f32, bs)
+                }));
+                kernels::row_dots(fmt, row, &[(keys, &heads[kv * group..][..group])], &mut out);
             }
         });
     }
@@ -723,31 +723,31 @@ unsafe extern "C" fn block_values_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
         let bs = p.ne[0] as usize / ids.len();
         let row = row_bytes(store.type_, bs);
         let tiles = hd.div_ceil(kernels::LANES);
+        // Each (KV head, block)'s probabilities, one slice per query head.
+        let probs: Vec<&[f32]> = (0..n_kv * ids.len() * group)
+            .map(|h| {
+                let (kv, i, j) = (h / group / ids.len(), h / group % ids.len(), h % group);
+                let x = (p.data as *const u8).add(kv * p.nb[2] + j * p.nb[1] + i * bs * 4);
+                std::slice::from_raw_parts(x as *const f32, bs)
+            })
+            .collect();
+        let mut sets: Vec<kernels::RowSet> = Vec::with_capacity(ids.len());
+        let mut out: Vec<&mut [f32]> = Vec::with_capacity(group);
         with_row_format(store, |fmt| {
             for item in (ith as usize..n_kv * tiles).step_by(nth as usize) {
                 let (kv, c0) = (item / tiles, item % tiles * kernels::LANES);
                 let c1 = (c0 + kernels::LANES).min(hd);
-                let sets: Vec<(&[u8], Vec<&[f32]>)> = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &b)| {
-                        let at = b as usize * store.nb[1] + (kv * hd + c0) * row;
-                        let rows = std::slice::from_raw_parts((store.data as *const u8).add(at), (c1 - c0) * row);
-                        let probs = (0..group)
-                            .map(|j| {
-                                let x = (p.data as *const u8).add(kv * p.nb[2] + j * p.nb[1] + i * bs * 4);
-                                std::slice::from_raw_parts(x as *const f32, bs)
-                            })
-                            .collect();
-                        (rows, probs)
-                    })
-                    .collect();
-                let mut out: Vec<&mut [f32]> = (0..group)
-                    .map(|j| {
-                        let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + c0 * 4);
-                        std::slice::from_raw_parts_mut(o as *mut f32, c1 - c0)
-                    })
-                    .collect();
+                sets.clear();
+                sets.extend(ids.iter().enumerate().map(|(i, &b)| {
+                    let at = b as usize * store.nb[1] + (kv * hd + c0) * row;
+                    let rows = std::slice::from_raw_parts((store.data as *const u8).add(at), (c1 - c0) * row);
+                    (rows, &probs[(kv * ids.len() + i) * group..][..group])
+                }));
+                out.clear();
+                out.extend((0..group).map(|j| {
+                    let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + c0 * 4);
+                    std::slice::from_raw_parts_mut(o as *mut f32, c1 - c0)
+                }));
                 kernels::row_dots(fmt, row, &sets, &mut out);
             }
         });

@@ -149,85 +149,99 @@ fn accumulate_rows<const G: usize>(
     xs: [&[f32]; G],
     acc: &mut [Lanes<G>],
 ) {
-    let len = xs[0].len();
     let rows = rows.chunks_exact(row_bytes).take(acc.len());
     match fmt {
-        RowFormat::Q8_0 => {
-            let n_blk = len / (2 * LANES);
-            for (row, out) in rows.zip(acc) {
-                // Accumulators local to the row, so that they live in registers.
-                let mut a = [[0f32; LANES]; G];
-                for b in 0..n_blk {
-                    let blk = &row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-                    let d = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-                    for h in 0..2 {
-                        let mut k = [0f32; LANES];
-                        for l in 0..LANES {
-                            k[l] = f32::from(blk[2 + h * LANES + l] as i8) * d;
-                        }
-                        add_products(&k, &xs, (2 * b + h) * LANES, &mut a);
-                    }
-                }
-                add_lanes(out, &a);
-            }
-        }
-        RowFormat::Q4_0 => {
-            let n_blk = len / (2 * LANES);
-            for (row, out) in rows.zip(acc) {
-                let mut a = [[0f32; LANES]; G];
-                for b in 0..n_blk {
-                    let blk = &row[b * Q4_0_BYTES..(b + 1) * Q4_0_BYTES];
-                    let d = f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
-                    for h in 0..2 {
-                        let mut k = [0f32; LANES];
-                        for l in 0..LANES {
-                            let nibble = (blk[2 + l] >> (4 * h)) & 0x0f;
-                            k[l] = (f32::from(nibble) - 8.0) * d;
-                        }
-                        add_products(&k, &xs, (2 * b + h) * LANES, &mut a);
-                    }
-                }
-                add_lanes(out, &a);
-            }
-        }
-        RowFormat::F16 => {
-            for (row, out) in rows.zip(acc) {
-                let mut a = [[0f32; LANES]; G];
-                for (j, vals) in row.chunks_exact(2 * LANES).enumerate() {
-                    let mut k = [0f32; LANES];
-                    for (o, b) in k.iter_mut().zip(vals.chunks_exact(2)) {
-                        *o = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
-                    }
-                    add_products(&k, &xs, j * LANES, &mut a);
-                }
-                add_lanes(out, &a);
-            }
-        }
-        RowFormat::F32 => {
-            for (row, out) in rows.zip(acc) {
-                let mut a = [[0f32; LANES]; G];
-                for (j, vals) in row.chunks_exact(4 * LANES).enumerate() {
-                    let mut k = [0f32; LANES];
-                    for (o, b) in k.iter_mut().zip(vals.chunks_exact(4)) {
-                        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
-                    add_products(&k, &xs, j * LANES, &mut a);
-                }
-                add_lanes(out, &a);
-            }
-        }
+        RowFormat::Q8_0 => add_rows(rows, &xs, acc, Q8_0_BYTES, q8_0_block),
+        RowFormat::Q4_0 => add_rows(rows, &xs, acc, Q4_0_BYTES, q4_0_block),
+        RowFormat::F16 => add_rows(rows, &xs, acc, 2 * LANES, f16_tile),
+        RowFormat::F32 => add_rows(rows, &xs, acc, 4 * LANES, f32_tile),
         RowFormat::Convert(to_f32) => {
-            let mut buf = vec![0f32; len];
+            let mut buf = vec![0f32; xs[0].len()];
             for (row, out) in rows.zip(acc) {
                 to_f32(row, &mut buf);
                 let mut a = [[0f32; LANES]; G];
-                for (j, k) in buf.chunks_exact(LANES).enumerate() {
-                    add_products(k.try_into().expect("a tile"), &xs, j * LANES, &mut a);
+                for (t, k) in buf.chunks_exact(LANES).enumerate() {
+                    add_products(k.try_into().expect("a tile"), &xs, t * LANES, &mut a);
                 }
                 add_lanes(out, &a);
             }
         }
     }
+}
+
+/// `accumulate_rows` for rows stored in steps of `step_bytes`, each
+/// decoded by `decode` into `T` tiles of f32.
+#[inline(always)]
+fn add_rows<'a, const G: usize, const T: usize>(
+    rows: impl Iterator<Item = &'a [u8]>,
+    xs: &[&[f32]; G],
+    acc: &mut [Lanes<G>],
+    step_bytes: usize,
+    decode: impl Fn(&[u8]) -> [[f32; LANES]; T],
+) {
+    for (row, out) in rows.zip(acc) {
+        // Accumulators local to the row, so that they live in registers
+        // (updated through `out` they stayed in memory: scalar code).
+        let mut a = [[0f32; LANES]; G];
+        for (s, step) in row.chunks_exact(step_bytes).enumerate() {
+            for (t, k) in decode(step).iter().enumerate() {
+                add_products(k, xs, (s * T + t) * LANES, &mut a);
+            }
+        }
+        add_lanes(out, &a);
+    }
+}
+
+/// The f16 scale at the start of a quantization block.
+#[inline(always)]
+fn block_scale(blk: &[u8]) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([blk[0], blk[1]]))
+}
+
+/// A q8_0 block's 32 values: scale x signed bytes.
+#[inline(always)]
+fn q8_0_block(blk: &[u8]) -> [[f32; LANES]; 2] {
+    let d = block_scale(blk);
+    let mut k = [[0f32; LANES]; 2];
+    for (h, k) in k.iter_mut().enumerate() {
+        for (k, &q) in k.iter_mut().zip(&blk[2 + h * LANES..][..LANES]) {
+            *k = f32::from(q as i8) * d;
+        }
+    }
+    k
+}
+
+/// A q4_0 block's 32 values: the low nibbles, then the high ones, less 8.
+#[inline(always)]
+fn q4_0_block(blk: &[u8]) -> [[f32; LANES]; 2] {
+    let d = block_scale(blk);
+    let mut k = [[0f32; LANES]; 2];
+    for (h, k) in k.iter_mut().enumerate() {
+        for (k, &q) in k.iter_mut().zip(&blk[2..2 + LANES]) {
+            *k = (f32::from((q >> (4 * h)) & 0x0f) - 8.0) * d;
+        }
+    }
+    k
+}
+
+/// 16 f16 values.
+#[inline(always)]
+fn f16_tile(bytes: &[u8]) -> [[f32; LANES]; 1] {
+    let mut k = [0f32; LANES];
+    for (k, b) in k.iter_mut().zip(bytes.chunks_exact(2)) {
+        *k = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    }
+    [k]
+}
+
+/// 16 f32 values.
+#[inline(always)]
+fn f32_tile(bytes: &[u8]) -> [[f32; LANES]; 1] {
+    let mut k = [0f32; LANES];
+    for (k, b) in k.iter_mut().zip(bytes.chunks_exact(4)) {
+        *k = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    [k]
 }
 
 /// `out += a`, lane by lane.
@@ -240,12 +254,15 @@ fn add_lanes<const G: usize>(out: &mut Lanes<G>, a: &Lanes<G>) {
     }
 }
 
+/// Stored rows and the vectors they are multiplied with.
+pub type RowSet<'a> = (&'a [u8], &'a [&'a [f32]]);
+
 /// Dot products of stored rows with vectors, summed over row sets:
 /// `out[g][i] = sum over sets (rows, xs) of row_i · xs[g]`, for the
 /// `out[g].len()` rows of each set. Decode's block keys are one set (a
 /// block's rows of keys, the query heads); its block values are one set per
 /// block (channel rows, that block's probabilities), summed.
-pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[(&[u8], Vec<&[f32]>)], out: &mut [&mut [f32]]) {
+pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[RowSet], out: &mut [&mut [f32]]) {
     // Vectors four at a time: 4 x 16 lanes of accumulators per row.
     let n = out.len();
     for g0 in (0..n).step_by(4) {
@@ -259,21 +276,28 @@ pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[(&[u8], Vec<&[f32]>)]
     }
 }
 
-/// `row_dots` for vectors `g0..g0 + G`.
+/// `row_dots` for vectors `g0..g0 + G`, `ROWS` rows at a time (their
+/// accumulators on the stack).
 fn summed_row_dots<const G: usize>(
     fmt: &RowFormat,
     row_bytes: usize,
-    sets: &[(&[u8], Vec<&[f32]>)],
+    sets: &[RowSet],
     g0: usize,
     out: &mut [&mut [f32]],
 ) {
-    let mut acc = vec![[[0f32; LANES]; G]; out[0].len()];
-    for (rows, xs) in sets {
-        accumulate_rows(fmt, rows, row_bytes, std::array::from_fn(|g| xs[g0 + g]), &mut acc);
-    }
-    for (i, a) in acc.iter().enumerate() {
-        for (o, a) in out.iter_mut().zip(a) {
-            o[i] = lane_sum(a);
+    const ROWS: usize = 16;
+    let n = out[0].len();
+    for r0 in (0..n).step_by(ROWS) {
+        let mut acc = [[[0f32; LANES]; G]; ROWS];
+        let acc = &mut acc[..ROWS.min(n - r0)];
+        for (rows, xs) in sets {
+            let xs = std::array::from_fn(|g| xs[g0 + g]);
+            accumulate_rows(fmt, &rows[r0 * row_bytes..], row_bytes, xs, acc);
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (o, a) in out.iter_mut().zip(a) {
+                o[r0 + i] = lane_sum(a);
+            }
         }
     }
 }
@@ -351,7 +375,8 @@ mod tests {
 
     #[test]
     fn row_dots_sum_plain_dot_products_over_sets() {
-        let (n_rows, n) = (5, 64);
+        // More rows than one stack tile of accumulators (16), not a multiple.
+        let (n_rows, n) = (37, 64);
         let sets: Vec<(Vec<u8>, Vec<f32>)> = (0..3).map(|s| q8_0_rows(n_rows, n, s)).collect();
         // 1 to 6 vectors: groups of up to four, and what is left.
         for g in 1..=6 {
@@ -380,13 +405,9 @@ mod tests {
                 cases.push((fmt, row_bytes, sets.iter().map(|(_, v)| ggml_rows(ty, v, n)).collect()));
             }
             for (fmt, row_bytes, sets) in &cases {
-                let input: Vec<(&[u8], Vec<&[f32]>)> = (0..sets.len())
-                    .map(|s| {
-                        (
-                            &sets[s].0[..],
-                            xs[s * g..(s + 1) * g].iter().map(|x| x.as_slice()).collect(),
-                        )
-                    })
+                let vectors: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+                let input: Vec<RowSet> = (0..sets.len())
+                    .map(|s| (&sets[s].0[..], &vectors[s * g..(s + 1) * g]))
                     .collect();
                 let mut out = vec![vec![0f32; n_rows]; g];
                 let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
