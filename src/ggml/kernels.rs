@@ -141,13 +141,15 @@ type Lanes<const G: usize> = [[f32; LANES]; G];
 /// `j % LANES == l`, for the `acc.len()` rows of `row_bytes` bytes in
 /// `rows`. Lanes, not sums: a row's dot products end in one horizontal sum
 /// (`lane_sum`), which the caller may defer over several blocks' rows.
-/// Rows hold `xs[g].len()` values, whole tiles (and whole quantization blocks).
+/// Rows hold `xs[g].len()` values, whole tiles (and whole quantization blocks);
+/// `buf` holds one row in f32 for `RowFormat::Convert`.
 fn accumulate_rows<const G: usize>(
     fmt: &RowFormat,
     rows: &[u8],
     row_bytes: usize,
     xs: [&[f32]; G],
     acc: &mut [Lanes<G>],
+    buf: &mut [f32],
 ) {
     let rows = rows.chunks_exact(row_bytes).take(acc.len());
     match fmt {
@@ -156,9 +158,8 @@ fn accumulate_rows<const G: usize>(
         RowFormat::F16 => add_rows(rows, &xs, acc, 2 * LANES, f16_tile),
         RowFormat::F32 => add_rows(rows, &xs, acc, 4 * LANES, f32_tile),
         RowFormat::Convert(to_f32) => {
-            let mut buf = vec![0f32; xs[0].len()];
             for (row, out) in rows.zip(acc) {
-                to_f32(row, &mut buf);
+                to_f32(row, buf);
                 let mut a = [[0f32; LANES]; G];
                 for (t, k) in buf.chunks_exact(LANES).enumerate() {
                     add_products(k.try_into().expect("a tile"), &xs, t * LANES, &mut a);
@@ -287,12 +288,16 @@ fn summed_row_dots<const G: usize>(
 ) {
     const ROWS: usize = 16;
     let n = out[0].len();
+    let mut buf = match fmt {
+        RowFormat::Convert(_) => vec![0f32; sets.first().map_or(0, |(_, xs)| xs[g0].len())],
+        _ => Vec::new(),
+    };
     for r0 in (0..n).step_by(ROWS) {
         let mut acc = [[[0f32; LANES]; G]; ROWS];
         let acc = &mut acc[..ROWS.min(n - r0)];
         for (rows, xs) in sets {
             let xs = std::array::from_fn(|g| xs[g0 + g]);
-            accumulate_rows(fmt, &rows[r0 * row_bytes..], row_bytes, xs, acc);
+            accumulate_rows(fmt, &rows[r0 * row_bytes..], row_bytes, xs, acc, &mut buf);
         }
         for (i, a) in acc.iter().enumerate() {
             for (o, a) in out.iter_mut().zip(a) {
