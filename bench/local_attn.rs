@@ -1,8 +1,8 @@
 //! Local-window logits (Q·K) and P·V over 30 layers' window buffers
 //! (SmolLM2's shapes), as one graph per "token": ggml's matmul over
 //! token-major or head-major key rows against our `key_scores` kernel over
-//! transposed keys. GROUP queries per KV head: 3 is decode, 384 a prompt's
-//! 128-query tile.
+//! transposed keys; P·V by ggml's matmul against our `value_sums` kernel.
+//! GROUP queries per KV head: 3 is decode, 384 a prompt's 128-query tile.
 //!   GROUP=3 cargo run --release --example local_attn -- [THREADS] [N_KEYS]
 use std::time::Instant;
 
@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         "K head-major",
         "K kernel",
         "V",
+        "V kernel",
         "K+V token-major",
         "K+V kernel",
     ] {
@@ -66,7 +67,9 @@ fn main() -> anyhow::Result<()> {
                         let kk = if mode.contains("head") { khm } else { kt };
                         step.graph.expand(g.mul_mat(kk, q));
                     }
-                    if mode.contains('V') {
+                    if mode.contains('V') && mode.contains("kernel") {
+                        step.graph.expand(g.value_sums(v, p));
+                    } else if mode.contains('V') {
                         step.graph.expand(g.mul_mat(v, p));
                     }
                 }

@@ -1,6 +1,7 @@
 //! Kernels of our own, run as ggml custom ops (`Context::key_scores`,
-//! `block_scores`, `block_values`).
-//! Safe code on slices; the op trampolines in `graph` hand them the data.
+//! `value_sums`, `block_scores`, `block_values`).
+//! Safe code on slices (but a prefetch hint); the op trampolines in `graph`
+//! hand them the data.
 
 /// Keys per tile: one vector register of f32 lanes on AVX-512, two on AVX2.
 pub const LANES: usize = 16;
@@ -13,6 +14,37 @@ fn f16_bits_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
     let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
     f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
+}
+
+/// How far ahead of the tile in use `fused_scores` prefetches, in keys
+/// (two tiles: the next cache line of each row). Measured with
+/// `bench/local_attn.rs`, see docs/perf.md.
+const PREFETCH_KEYS: usize = 2 * LANES;
+
+/// Asks the CPU to start loading the cache line of `s[i]` (or of the last
+/// element, if `i` is past the end). A hint only: no effect on results.
+#[inline(always)]
+fn prefetch<T>(s: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(last) = s.len().checked_sub(1) {
+        let p = &s[i.min(last)] as *const T;
+        // SAFETY: `_mm_prefetch` reads nothing and cannot fault; it needs
+        // SSE, which every x86-64 CPU has. `p` points into `s`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, i);
+}
+
+/// `a * b + c`, fused where the CPU has FMA (built for it: `f32::mul_add`
+/// without hardware support is a library call).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(target_feature = "fma") {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// A tile of f16 bits in f32 (a plain loop: `array::map` does not always
@@ -56,11 +88,14 @@ fn fused_scores<const G: usize>(keys: &[u16], row: usize, q: &[f32], dim: usize,
     for i in (0..full).step_by(LANES) {
         let mut acc = [[0f32; LANES]; G];
         for c in 0..dim {
+            // A tile reads 32 bytes from each of `dim` rows, rows that lie
+            // in different pages: the hardware prefetcher does not follow.
+            prefetch(keys, c * row + i + PREFETCH_KEYS);
             let k = to_f32(&keys[c * row + i..][..LANES]);
             for (g, a) in acc.iter_mut().enumerate() {
                 let qc = q[g * dim + c];
                 for (a, k) in a.iter_mut().zip(k) {
-                    *a += k * qc;
+                    *a = fma(k, qc, *a);
                 }
             }
         }
@@ -113,6 +148,53 @@ fn tile_scores<const G: usize>(
         o[i..i + LANES].copy_from_slice(&a);
     }
     G
+}
+
+/// Probability-weighted sums of values stored transposed (a row per
+/// channel, f16): `out[g][c] = sum_i value(c, i) * p[g][i]` over `i` in
+/// `0..p[g].len()`, for channels `c` in `0..out[g].len()`, channel `c`'s
+/// row starting at byte `c * row_bytes` of `vals`. Each row is read once,
+/// front to back, for all `p.len()` vectors (decode's P·V over the local
+/// window: a KV head's query group).
+pub fn value_sums(vals: &[u8], row_bytes: usize, p: &[&[f32]], out: &mut [&mut [f32]]) {
+    assert_eq!(p.len(), out.len(), "value_sums: one output per vector");
+    let n = out.len();
+    for g0 in (0..n).step_by(4) {
+        let (p, out) = (&p[g0..], &mut out[g0..(g0 + 4).min(n)]);
+        match out.len() {
+            1 => fused_value_sums::<1>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
+            2 => fused_value_sums::<2>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
+            3 => fused_value_sums::<3>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
+            _ => fused_value_sums::<4>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
+        }
+    }
+}
+
+/// `value_sums` for `G` vectors: whole tiles through `add_rows`, 16
+/// channels at a time, then each row's last `n % 16` values.
+fn fused_value_sums<const G: usize>(vals: &[u8], row_bytes: usize, p: [&[f32]; G], out: &mut [&mut [f32]]) {
+    const ROWS: usize = 16;
+    let n = p[0].len();
+    let full = n - n % LANES;
+    let xs = p.map(|x| &x[..full]);
+    let value = |c: usize, i: usize| {
+        f16_bits_to_f32(u16::from_le_bytes([
+            vals[c * row_bytes + 2 * i],
+            vals[c * row_bytes + 2 * i + 1],
+        ]))
+    };
+    for c0 in (0..out[0].len()).step_by(ROWS) {
+        let mut acc = [[[0f32; LANES]; G]; ROWS];
+        let acc = &mut acc[..ROWS.min(out[0].len() - c0)];
+        let rows = (c0..c0 + acc.len()).map(|c| &vals[c * row_bytes..][..2 * full]);
+        add_rows(rows, &xs, acc, 2 * LANES, f16_tile);
+        for (i, a) in acc.iter().enumerate() {
+            let c = c0 + i;
+            for (g, o) in out.iter_mut().enumerate() {
+                o[c] = lane_sum(&a[g]) + (full..n).map(|i| value(c, i) * p[g][i]).sum::<f32>();
+            }
+        }
+    }
 }
 
 /// How the rows of a memory block are stored (their ggml type).
@@ -230,7 +312,7 @@ fn q4_0_block(blk: &[u8]) -> [[f32; LANES]; 2] {
 fn f16_tile(bytes: &[u8]) -> [[f32; LANES]; 1] {
     let mut k = [0f32; LANES];
     for (k, b) in k.iter_mut().zip(bytes.chunks_exact(2)) {
-        *k = f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        *k = f16_bits_to_f32(u16::from_le_bytes(b.try_into().expect("two bytes")));
     }
     [k]
 }
@@ -313,7 +395,7 @@ fn add_products<const G: usize>(k: &[f32; LANES], xs: &[&[f32]; G], at: usize, a
     for g in 0..G {
         let x = &xs[g][at..at + LANES];
         for l in 0..LANES {
-            a[g][l] += k[l] * x[l];
+            a[g][l] = fma(k[l], x[l], a[g][l]);
         }
     }
 }
@@ -430,6 +512,34 @@ mod tests {
                             "vector {j} row {i}: {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn value_sums_match_plain_dot_products() {
+        // Rows longer than their values (a window of a larger buffer), a
+        // length that is not a multiple of 16.
+        let (dim, n, row) = (24, 37, 40);
+        let vals: Vec<u16> = (0..dim * row)
+            .map(|i| half::f16::from_f32(((i * 7919) % 201) as f32 / 100.0 - 1.0).to_bits())
+            .collect();
+        for r in 1..=7 {
+            let p: Vec<Vec<f32>> = (0..r)
+                .map(|j| (0..n).map(|i| ((i * 31 + j * 5) % 17) as f32 / 8.0 - 1.0).collect())
+                .collect();
+            let ps: Vec<&[f32]> = p.iter().map(|x| x.as_slice()).collect();
+            let mut out = vec![vec![0f32; dim]; r];
+            let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            value_sums(&bytes, 2 * row, &ps, &mut views);
+            for (j, o) in out.iter().enumerate() {
+                for (c, &got) in o.iter().enumerate() {
+                    let want: f32 = (0..n)
+                        .map(|i| half::f16::from_bits(vals[c * row + i]).to_f32() * p[j][i])
+                        .sum();
+                    assert!((got - want).abs() < 1e-4, "vector {j} channel {c}: {got} vs {want}");
                 }
             }
         }

@@ -587,9 +587,10 @@ impl InfllmAttention {
     }
 
     /// Attention of a single new token (decode), reading every key and value
-    /// once: the query heads sharing a KV head form the columns of one
-    /// matmul, and the retrieved blocks are read in their stored type by our
-    /// kernels (no gathered copy; `mul_mat_id` with an expert per block and
+    /// once: our kernels read the query heads sharing a KV head together
+    /// (`key_scores` and `value_sums` over the window: ggml's f16 matmul
+    /// of three columns ran them at a third of the speed, docs/perf.md),
+    /// and the retrieved blocks in their stored type (no gathered copy; `mul_mat_id` with an expert per block and
     /// KV head spent most of its time on per-expert bookkeeping that grows
     /// with the text, docs/perf.md). The new token is already appended.
     fn attend_one<'a>(
@@ -657,7 +658,7 @@ impl InfllmAttention {
                 off * 4,
             )
         };
-        let mut out = g.mul_mat(transposed(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
+        let mut out = g.value_sums(transposed(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
         let mut off = tile.n_keys;
         if let Some(ids) = block_ids {
             let probs = part(n_blocks_keys, off);
@@ -677,7 +678,7 @@ impl InfllmAttention {
         if inp.n_rem > 0 {
             out = g.add(
                 out,
-                g.mul_mat(transposed(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)),
+                g.value_sums(transposed(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)),
             );
         }
 
