@@ -447,7 +447,7 @@ impl Context {
     /// f16 (a row per channel; rows and heads may be strided), `p` [n, group,
     /// n_kv] f32 (rows may be strided). Result [hd, group, n_kv] f32, as
     /// `mul_mat(vals_t, p)`. Our kernel (`kernels::value_sums`): ggml's f16
-    /// matmul of a few columns reads these rows at a third of the speed.
+    /// matmul of a few columns took 1.8x as long (docs/perf.md).
     pub fn value_sums<'a>(&'a self, vals_t: Tensor<'a>, p: Tensor<'a>) -> Tensor<'a> {
         let [n, hd, n_kv, one] = vals_t.ne();
         let [pn, group, p_kv, p_one] = p.ne();

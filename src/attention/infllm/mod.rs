@@ -589,10 +589,11 @@ impl InfllmAttention {
     /// Attention of a single new token (decode), reading every key and value
     /// once: our kernels read the query heads sharing a KV head together
     /// (`key_scores` and `value_sums` over the window: ggml's f16 matmul
-    /// of three columns ran them at a third of the speed, docs/perf.md),
-    /// and the retrieved blocks in their stored type (no gathered copy; `mul_mat_id` with an expert per block and
-    /// KV head spent most of its time on per-expert bookkeeping that grows
-    /// with the text, docs/perf.md). The new token is already appended.
+    /// of three columns took 4x and 1.8x as long), and the retrieved
+    /// blocks in their stored type (no gathered copy; `mul_mat_id` with an
+    /// expert per block and KV head spent most of its time on per-expert
+    /// bookkeeping that grows with the text). Measurements: docs/perf.md.
+    /// The new token is already appended.
     fn attend_one<'a>(
         &'a self,
         step: &mut Step<'a>,
