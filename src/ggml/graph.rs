@@ -731,7 +731,7 @@ unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
                     let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
                     std::slice::from_raw_parts_mut(o as *mut f32, bs)
                 }));
-                kernels::row_dots(fmt, row, &[(keys, &heads[kv * group..][..group])], &mut out);
+                kernels::row_dots(fmt, row, row, &[(keys, &heads[kv * group..][..group])], &mut out);
             }
         });
     }
@@ -781,7 +781,7 @@ unsafe extern "C" fn block_values_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
                     let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + c0 * 4);
                     std::slice::from_raw_parts_mut(o as *mut f32, c1 - c0)
                 }));
-                kernels::row_dots(fmt, row, &sets, &mut out);
+                kernels::row_dots(fmt, row, row, &sets, &mut out);
             }
         });
     }

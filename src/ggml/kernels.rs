@@ -153,45 +153,20 @@ fn tile_scores<const G: usize>(
 /// Probability-weighted sums of values stored transposed (a row per
 /// channel, f16): `out[g][c] = sum_i value(c, i) * p[g][i]` over `i` in
 /// `0..p[g].len()`, for channels `c` in `0..out[g].len()`, channel `c`'s
-/// row starting at byte `c * row_bytes` of `vals`. Each row is read once,
+/// row starting at byte `c * stride` of `vals`. Each row is read once,
 /// front to back, for all `p.len()` vectors (decode's P·V over the local
-/// window: a KV head's query group).
-pub fn value_sums(vals: &[u8], row_bytes: usize, p: &[&[f32]], out: &mut [&mut [f32]]) {
+/// window: a KV head's query group): `row_dots` over the whole tiles, then
+/// each row's last `n % 16` values.
+pub fn value_sums(vals: &[u8], stride: usize, p: &[&[f32]], out: &mut [&mut [f32]]) {
     assert_eq!(p.len(), out.len(), "value_sums: one output per vector");
-    let n = out.len();
-    for g0 in (0..n).step_by(4) {
-        let (p, out) = (&p[g0..], &mut out[g0..(g0 + 4).min(n)]);
-        match out.len() {
-            1 => fused_value_sums::<1>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
-            2 => fused_value_sums::<2>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
-            3 => fused_value_sums::<3>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
-            _ => fused_value_sums::<4>(vals, row_bytes, std::array::from_fn(|g| p[g]), out),
-        }
-    }
-}
-
-/// `value_sums` for `G` vectors: whole tiles through `add_rows`, 16
-/// channels at a time, then each row's last `n % 16` values.
-fn fused_value_sums<const G: usize>(vals: &[u8], row_bytes: usize, p: [&[f32]; G], out: &mut [&mut [f32]]) {
-    const ROWS: usize = 16;
-    let n = p[0].len();
+    let Some(n) = p.first().map(|x| x.len()) else { return };
     let full = n - n % LANES;
-    let xs = p.map(|x| &x[..full]);
-    let value = |c: usize, i: usize| {
-        f16_bits_to_f32(u16::from_le_bytes([
-            vals[c * row_bytes + 2 * i],
-            vals[c * row_bytes + 2 * i + 1],
-        ]))
-    };
-    for c0 in (0..out[0].len()).step_by(ROWS) {
-        let mut acc = [[[0f32; LANES]; G]; ROWS];
-        let acc = &mut acc[..ROWS.min(out[0].len() - c0)];
-        let rows = (c0..c0 + acc.len()).map(|c| &vals[c * row_bytes..][..2 * full]);
-        add_rows(rows, &xs, acc, 2 * LANES, f16_tile);
-        for (i, a) in acc.iter().enumerate() {
-            let c = c0 + i;
-            for (g, o) in out.iter_mut().enumerate() {
-                o[c] = lane_sum(&a[g]) + (full..n).map(|i| value(c, i) * p[g][i]).sum::<f32>();
+    row_dots(&RowFormat::F16, 2 * full, stride, &[(vals, p)], out);
+    for (o, p) in out.iter_mut().zip(p) {
+        for (c, o) in o.iter_mut().enumerate() {
+            let row = &vals[c * stride..][..2 * n];
+            for (v, &x) in row[2 * full..].chunks_exact(2).zip(&p[full..]) {
+                *o += f16_bits_to_f32(u16::from_le_bytes(v.try_into().expect("two bytes"))) * x;
             }
         }
     }
@@ -221,19 +196,21 @@ type Lanes<const G: usize> = [[f32; LANES]; G];
 /// Adds the products of stored rows with vectors `xs` (one per query head)
 /// into lane accumulators: `acc[i][g][l] += sum_j row_i[j] * xs[g][j]` over
 /// `j % LANES == l`, for the `acc.len()` rows of `row_bytes` bytes in
-/// `rows`. Lanes, not sums: a row's dot products end in one horizontal sum
-/// (`lane_sum`), which the caller may defer over several blocks' rows.
-/// Rows hold `xs[g].len()` values, whole tiles (and whole quantization blocks);
-/// `buf` holds one row in f32 for `RowFormat::Convert`.
+/// `rows`, `stride` bytes apart. Lanes, not sums: a row's dot products end
+/// in one horizontal sum (`lane_sum`), which the caller may defer over
+/// several blocks' rows. Rows hold whole tiles (and whole quantization
+/// blocks); `xs` may run longer (its first values are read), except for
+/// `RowFormat::Convert`, whose rows hold `xs[g].len()` values, converted
+/// into `buf`.
 fn accumulate_rows<const G: usize>(
     fmt: &RowFormat,
     rows: &[u8],
-    row_bytes: usize,
+    (row_bytes, stride): (usize, usize),
     xs: [&[f32]; G],
     acc: &mut [Lanes<G>],
     buf: &mut [f32],
 ) {
-    let rows = rows.chunks_exact(row_bytes).take(acc.len());
+    let rows = (0..acc.len()).map(|r| &rows[r * stride..][..row_bytes]);
     match fmt {
         RowFormat::Q8_0 => add_rows(rows, &xs, acc, Q8_0_BYTES, q8_0_block),
         RowFormat::Q4_0 => add_rows(rows, &xs, acc, Q4_0_BYTES, q4_0_block),
@@ -342,19 +319,21 @@ pub type RowSet<'a> = (&'a [u8], &'a [&'a [f32]]);
 
 /// Dot products of stored rows with vectors, summed over row sets:
 /// `out[g][i] = sum over sets (rows, xs) of row_i · xs[g]`, for the
-/// `out[g].len()` rows of each set. Decode's block keys are one set (a
-/// block's rows of keys, the query heads); its block values are one set per
-/// block (channel rows, that block's probabilities), summed.
-pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[RowSet], out: &mut [&mut [f32]]) {
-    // Vectors four at a time: 4 x 16 lanes of accumulators per row.
+/// `out[g].len()` rows of each set, each row `row_bytes` bytes (whole
+/// tiles) and `stride` bytes after the one before. Decode's block keys are
+/// one set (a block's rows of keys, the query heads); its block values are
+/// one set per block (channel rows, that block's probabilities), summed.
+pub fn row_dots(fmt: &RowFormat, row_bytes: usize, stride: usize, sets: &[RowSet], out: &mut [&mut [f32]]) {
+    let rows = (row_bytes, stride); // every set's layout
+                                    // Vectors four at a time: 4 x 16 lanes of accumulators per row.
     let n = out.len();
     for g0 in (0..n).step_by(4) {
         let out = &mut out[g0..(g0 + 4).min(n)];
         match out.len() {
-            1 => summed_row_dots::<1>(fmt, row_bytes, sets, g0, out),
-            2 => summed_row_dots::<2>(fmt, row_bytes, sets, g0, out),
-            3 => summed_row_dots::<3>(fmt, row_bytes, sets, g0, out),
-            _ => summed_row_dots::<4>(fmt, row_bytes, sets, g0, out),
+            1 => summed_row_dots::<1>(fmt, rows, sets, g0, out),
+            2 => summed_row_dots::<2>(fmt, rows, sets, g0, out),
+            3 => summed_row_dots::<3>(fmt, rows, sets, g0, out),
+            _ => summed_row_dots::<4>(fmt, rows, sets, g0, out),
         }
     }
 }
@@ -363,7 +342,7 @@ pub fn row_dots(fmt: &RowFormat, row_bytes: usize, sets: &[RowSet], out: &mut [&
 /// accumulators on the stack).
 fn summed_row_dots<const G: usize>(
     fmt: &RowFormat,
-    row_bytes: usize,
+    (row_bytes, stride): (usize, usize),
     sets: &[RowSet],
     g0: usize,
     out: &mut [&mut [f32]],
@@ -377,9 +356,9 @@ fn summed_row_dots<const G: usize>(
     for r0 in (0..n).step_by(ROWS) {
         let mut acc = [[[0f32; LANES]; G]; ROWS];
         let acc = &mut acc[..ROWS.min(n - r0)];
-        for (rows, xs) in sets {
+        for (data, xs) in sets {
             let xs = std::array::from_fn(|g| xs[g0 + g]);
-            accumulate_rows(fmt, &rows[r0 * row_bytes..], row_bytes, xs, acc, &mut buf);
+            accumulate_rows(fmt, &data[r0 * stride..], (row_bytes, stride), xs, acc, &mut buf);
         }
         for (i, a) in acc.iter().enumerate() {
             for (o, a) in out.iter_mut().zip(a) {
@@ -498,7 +477,7 @@ mod tests {
                     .collect();
                 let mut out = vec![vec![0f32; n_rows]; g];
                 let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
-                row_dots(fmt, *row_bytes, &input, &mut views);
+                row_dots(fmt, *row_bytes, *row_bytes, &input, &mut views);
                 for (j, o) in out.iter().enumerate() {
                     let mut want = vec![0f32; n_rows];
                     for (s, (_, vals)) in sets.iter().enumerate() {
@@ -517,14 +496,19 @@ mod tests {
         }
     }
 
+    /// `len` f16 values (as bits) in [-1, 1].
+    fn f16_values(len: usize) -> Vec<u16> {
+        (0..len)
+            .map(|i| half::f16::from_f32(((i * 7919) % 201) as f32 / 100.0 - 1.0).to_bits())
+            .collect()
+    }
+
     #[test]
     fn value_sums_match_plain_dot_products() {
         // Rows longer than their values (a window of a larger buffer), a
         // length that is not a multiple of 16.
         let (dim, n, row) = (24, 37, 40);
-        let vals: Vec<u16> = (0..dim * row)
-            .map(|i| half::f16::from_f32(((i * 7919) % 201) as f32 / 100.0 - 1.0).to_bits())
-            .collect();
+        let vals = f16_values(dim * row);
         for r in 1..=7 {
             let p: Vec<Vec<f32>> = (0..r)
                 .map(|j| (0..n).map(|i| ((i * 31 + j * 5) % 17) as f32 / 8.0 - 1.0).collect())
@@ -548,9 +532,7 @@ mod tests {
     #[test]
     fn key_scores_match_plain_dot_products() {
         let (dim, n, row) = (64, 37, 40);
-        let keys: Vec<u16> = (0..dim * row)
-            .map(|i| half::f16::from_f32(((i * 7919) % 201) as f32 / 100.0 - 1.0).to_bits())
-            .collect();
+        let keys = f16_values(dim * row);
         for r in 1..=7 {
             let q: Vec<f32> = (0..r * dim).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
             let mut out = vec![vec![0f32; n]; r];
