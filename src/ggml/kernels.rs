@@ -201,24 +201,27 @@ type Lanes<const G: usize> = [[f32; LANES]; G];
 /// several blocks' rows. Rows hold whole tiles (and whole quantization
 /// blocks); `xs` may run longer (its first values are read), except for
 /// `RowFormat::Convert`, whose rows hold `xs[g].len()` values, converted
-/// into `buf`.
+/// into `buf`. `next` holds the rows the caller reads next (same layout),
+/// to prefetch.
 fn accumulate_rows<const G: usize>(
     fmt: &RowFormat,
-    rows: &[u8],
+    (rows, next): (&[u8], &[u8]),
     (row_bytes, stride): (usize, usize),
     xs: [&[f32]; G],
     acc: &mut [Lanes<G>],
     buf: &mut [f32],
 ) {
-    let rows = (0..acc.len()).map(|r| &rows[r * stride..][..row_bytes]);
+    let rows = |r: usize| &rows[r * stride..][..row_bytes];
+    let next = |r: usize| next.get(r * stride..).map_or(&[][..], |n| &n[..row_bytes.min(n.len())]);
+    let rows = (rows, next);
     match fmt {
         RowFormat::Q8_0 => add_rows(rows, &xs, acc, Q8_0_BYTES, q8_0_block),
         RowFormat::Q4_0 => add_rows(rows, &xs, acc, Q4_0_BYTES, q4_0_block),
         RowFormat::F16 => add_rows(rows, &xs, acc, 2 * LANES, f16_tile),
         RowFormat::F32 => add_rows(rows, &xs, acc, 4 * LANES, f32_tile),
         RowFormat::Convert(to_f32) => {
-            for (row, out) in rows.zip(acc) {
-                to_f32(row, buf);
+            for (r, out) in acc.iter_mut().enumerate() {
+                to_f32(rows.0(r), buf);
                 let mut a = [[0f32; LANES]; G];
                 for (t, k) in buf.chunks_exact(LANES).enumerate() {
                     add_products(k.try_into().expect("a tile"), &xs, t * LANES, &mut a);
@@ -229,27 +232,63 @@ fn accumulate_rows<const G: usize>(
     }
 }
 
+/// Values of each row read per pass over the rows (at most: rows are cut
+/// at whole steps), so that the vectors' matching values stay in the L1
+/// cache while every row reads them. Long rows (the window's values, 4K+)
+/// read whole would fetch the vectors from L2 for each row.
+const SEGMENT: usize = 512;
+
 /// `accumulate_rows` for rows stored in steps of `step_bytes`, each
-/// decoded by `decode` into `T` tiles of f32.
+/// decoded by `decode` into `T` tiles of f32; row `r` is `rows.0(r)`, and
+/// `rows.1(r)` the same row of the rows read next.
+///
+/// Reading a piece of a row (a segment) prefetches the piece the same row
+/// reads one pass later: its next segment, or the next rows' first one.
+/// The pieces lie in different pages (channel rows of a buffer, chosen
+/// blocks), where the hardware prefetcher does not follow (docs/perf.md).
 #[inline(always)]
 fn add_rows<'a, const G: usize, const T: usize>(
-    rows: impl Iterator<Item = &'a [u8]>,
+    rows: (impl Fn(usize) -> &'a [u8], impl Fn(usize) -> &'a [u8]),
     xs: &[&[f32]; G],
     acc: &mut [Lanes<G>],
     step_bytes: usize,
     decode: impl Fn(&[u8]) -> [[f32; LANES]; T],
 ) {
-    for (row, out) in rows.zip(acc) {
-        // Accumulators local to the row, so that they live in registers
-        // (updated through `out` they stayed in memory: scalar code).
-        let mut a = [[0f32; LANES]; G];
-        for (s, step) in row.chunks_exact(step_bytes).enumerate() {
-            for (t, k) in decode(step).iter().enumerate() {
-                add_products(k, xs, (s * T + t) * LANES, &mut a);
+    let (row, next) = rows;
+    let Some(row_bytes) = (!acc.is_empty()).then(|| row(0).len()) else {
+        return;
+    };
+    let segment = step_bytes * (SEGMENT / (T * LANES)).max(1);
+    for s0 in (0..row_bytes).step_by(segment) {
+        let first = s0 / step_bytes * T; // the segment's first tile
+        let end = (s0 + segment).min(row_bytes);
+        for (r, out) in acc.iter_mut().enumerate() {
+            let row = row(r);
+            prefetch_bytes(if end < row_bytes {
+                &row[end..(end + segment).min(row_bytes)]
+            } else {
+                next(r)
+            });
+            // Accumulators local to the row, so that they live in registers
+            // (updated through `out` they stayed in memory: scalar code).
+            let mut a = [[0f32; LANES]; G];
+            for (s, step) in row[s0..end].chunks_exact(step_bytes).enumerate() {
+                for (t, k) in decode(step).iter().enumerate() {
+                    add_products(k, xs, (first + s * T + t) * LANES, &mut a);
+                }
             }
+            add_lanes(out, &a);
         }
-        add_lanes(out, &a);
     }
+}
+
+/// Prefetches every cache line of `s` (for a piece of at most a segment).
+#[inline(always)]
+fn prefetch_bytes(s: &[u8]) {
+    for i in (0..s.len()).step_by(64) {
+        prefetch(s, i);
+    }
+    prefetch(s, s.len().saturating_sub(1)); // the last line, if the piece is not aligned
 }
 
 /// The f16 scale at the start of a quantization block.
@@ -356,9 +395,22 @@ fn summed_row_dots<const G: usize>(
     for r0 in (0..n).step_by(ROWS) {
         let mut acc = [[[0f32; LANES]; G]; ROWS];
         let acc = &mut acc[..ROWS.min(n - r0)];
-        for (data, xs) in sets {
+        for (s, (data, xs)) in sets.iter().enumerate() {
             let xs = std::array::from_fn(|g| xs[g0 + g]);
-            accumulate_rows(fmt, &data[r0 * stride..], (row_bytes, stride), xs, acc, &mut buf);
+            // What is read next: this group of rows in the next set, else
+            // the next group in the first set.
+            let next = match sets.get(s + 1) {
+                Some((d, _)) => &d[r0 * stride..],
+                None => sets[0].0.get((r0 + ROWS) * stride..).unwrap_or_default(),
+            };
+            accumulate_rows(
+                fmt,
+                (&data[r0 * stride..], next),
+                (row_bytes, stride),
+                xs,
+                acc,
+                &mut buf,
+            );
         }
         for (i, a) in acc.iter().enumerate() {
             for (o, a) in out.iter_mut().zip(a) {
@@ -505,9 +557,15 @@ mod tests {
 
     #[test]
     fn value_sums_match_plain_dot_products() {
-        // Rows longer than their values (a window of a larger buffer), a
-        // length that is not a multiple of 16.
-        let (dim, n, row) = (24, 37, 40);
+        // Rows longer than their values (a window of a larger buffer),
+        // lengths that are not a multiple of 16, shorter and longer than
+        // a segment (the part of each row read per pass).
+        for (dim, n, row) in [(24, 37, 40), (20, 2 * SEGMENT + 77, 2 * SEGMENT + 90)] {
+            value_sums_case(dim, n, row);
+        }
+    }
+
+    fn value_sums_case(dim: usize, n: usize, row: usize) {
         let vals = f16_values(dim * row);
         for r in 1..=7 {
             let p: Vec<Vec<f32>> = (0..r)
