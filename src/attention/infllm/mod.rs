@@ -134,8 +134,9 @@ struct Tile<'a> {
     n_q: usize,
     lo: usize,
     n_keys: usize,
-    /// [n_keys + global keys, n_q] (decode: a row per query head of a group).
-    mask: Tensor<'a>,
+    /// [n_keys + global keys, n_q]; none for a single query (decode), which
+    /// sees every key it is given.
+    mask: Option<Tensor<'a>>,
 }
 
 impl InfllmAttention {
@@ -357,6 +358,18 @@ impl InfllmAttention {
             let n_q = QUERY_TILE.min(n_tokens - q0);
             let lo_pos = (start + q0 + 1).saturating_sub(p.n_local).max(self.base);
             let n_keys = pad(start + q0 + n_q - lo_pos);
+            if n_tokens == 1 {
+                // Its window ends at itself and its remainder keys are those
+                // that left the window: all visible, no mask.
+                tiles.push(Tile {
+                    q0,
+                    n_q,
+                    lo: lo_pos - self.base,
+                    n_keys,
+                    mask: None,
+                });
+                continue;
+            }
             // One mask over [local | blocks | initial | remainder] keys.
             let width = n_keys + n_global;
             let mut mask = vec![f32::NEG_INFINITY; width * n_q];
@@ -375,19 +388,12 @@ impl InfllmAttention {
                     }
                 }
             }
-            let mask = if n_tokens == 1 {
-                // Decode computes a KV head's query heads together: one mask row each.
-                let group = self.shape.n_head / self.shape.n_head_kv;
-                step.input_f32(&[width as i64, group as i64], mask.repeat(group))
-            } else {
-                step.input_f32(&[width as i64, n_q as i64], mask)
-            };
             tiles.push(Tile {
                 q0,
                 n_q,
                 lo: lo_pos - self.base,
                 n_keys,
-                mask,
+                mask: Some(step.input_f32(&[width as i64, n_q as i64], mask)),
             });
         }
 
@@ -557,7 +563,7 @@ impl InfllmAttention {
             if let Some(k) = global_keys {
                 logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
             }
-            let probs = g.soft_max_ext(g.join_rows(&logits), Some(tile.mask), softmax_scale(la));
+            let probs = g.soft_max_ext(g.join_rows(&logits), tile.mask, softmax_scale(la));
 
             // Outputs: probabilities times values, local then global.
             let pnb = probs.nb();
@@ -576,7 +582,7 @@ impl InfllmAttention {
                 let n = tile.n_keys as i64;
                 let mass = g.reshape(g.out_prod(p_local, rows(ones)), &[n, nh]);
                 let acc = g.view(score, &[n, nh], &[score.nb()[1]], tile.lo * 4);
-                step.graph.expand(g.cpy(g.add(acc, mass), acc));
+                step.graph.expand(g.add_inplace(acc, mass));
             }
         }
         let out = match outs.len() {
@@ -648,9 +654,14 @@ impl InfllmAttention {
         if inp.n_rem > 0 {
             logits.push(mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la));
         }
-        let probs = g.soft_max_ext(g.join_rows(&logits), Some(tile.mask), softmax_scale(la)); // [W, group, n_head_kv]
+        // One softmax over all query heads' rows as one matrix (ggml splits
+        // rows, not heads, between threads: [W, 3, 3] left one thread 6 rows).
+        let logits = g.join_rows(&logits);
+        let width = logits.ne()[0];
+        let probs = g.soft_max_ext(g.reshape(logits, &[width, nh]), None, softmax_scale(la));
+        let probs = g.reshape(probs, &[width, r, nkv]);
 
-        let width = probs.ne()[0] as usize;
+        let width = width as usize;
         let part = |n: usize, off: usize| {
             g.view(
                 probs,
@@ -689,7 +700,7 @@ impl InfllmAttention {
             let n = tile.n_keys as i64;
             let mass = g.view(probs, &[n, nh], &[width * 4], 0);
             let acc = g.view(score, &[n, nh], &[score.nb()[1]], tile.lo * 4);
-            step.graph.expand(g.cpy(g.add(acc, mass), acc));
+            step.graph.expand(g.add_inplace(acc, mass));
         }
         g.reshape(out, &[hd * nh, 1])
     }
