@@ -16,13 +16,14 @@ fn main() -> anyhow::Result<()> {
     let r: i64 = std::env::var("GROUP").map_or(Ok(3), |s| s.parse())?;
     let (hd, nkv, layers, cap) = (64i64, 3i64, 30usize, 5632i64);
     let e = hd * nkv;
-    let ctx = Context::new(6 * layers, 0);
+    let ctx = Context::new(7 * layers, 0);
     let bufs: Vec<_> = (0..layers)
         .map(|_| {
             (
                 ctx.new_tensor(TYPE_F16, &[e, cap]),
                 ctx.new_tensor(TYPE_F16, &[cap, e]),
                 ctx.new_tensor(TYPE_F16, &[hd, cap, nkv]),
+                ctx.new_tensor(TYPE_F16, &[cap, e]),
             )
         })
         .collect();
@@ -58,7 +59,7 @@ fn main() -> anyhow::Result<()> {
                 let sctx = Step::context();
                 let mut step = Step::new(&sctx);
                 let g = step.ctx;
-                for ((k, vt, kh), &(q, p)) in bufs.iter().zip(&inputs) {
+                for ((k, vt, kh, kt_buf), &(q, p)) in bufs.iter().zip(&inputs) {
                     let kt = g.permute(g.view(*k, &[hd, nkv, n], &[128, e as usize * 2], 0), [0, 2, 1, 3]);
                     let khm = g.view(*kh, &[hd, n, nkv], &[128, cap as usize * 128], 0);
                     let v = g.view(
@@ -68,8 +69,9 @@ fn main() -> anyhow::Result<()> {
                         0,
                     );
                     if mode.starts_with('K') && mode.contains("kernel") {
+                        // Transposed keys in their own buffer (as in the engine).
                         let kt = g.view(
-                            *vt,
+                            *kt_buf,
                             &[n, hd, nkv],
                             &[cap as usize * 2, cap as usize * 2 * hd as usize],
                             0,
