@@ -275,7 +275,8 @@ impl Context {
         swiglu_fused => ggml_swiglu,
     }
     binary! {
-        add => ggml_add, add_inplace => ggml_add_inplace, mul => ggml_mul, mul_mat => ggml_mul_mat, get_rows => ggml_get_rows,
+        add => ggml_add, add_inplace => ggml_add_inplace, mul => ggml_mul, mul_mat => ggml_mul_mat,
+        get_rows => ggml_get_rows,
         swiglu => ggml_swiglu_split, geglu => ggml_geglu_split, cpy => ggml_cpy, out_prod => ggml_out_prod,
     }
 

@@ -211,17 +211,16 @@ fn accumulate_rows<const G: usize>(
     acc: &mut [Lanes<G>],
     buf: &mut [f32],
 ) {
-    let rows = |r: usize| &rows[r * stride..][..row_bytes];
+    let row = |r: usize| &rows[r * stride..][..row_bytes];
     let next = |r: usize| next.get(r * stride..).map_or(&[][..], |n| &n[..row_bytes.min(n.len())]);
-    let rows = (rows, next);
     match fmt {
-        RowFormat::Q8_0 => add_rows(rows, &xs, acc, Q8_0_BYTES, q8_0_block),
-        RowFormat::Q4_0 => add_rows(rows, &xs, acc, Q4_0_BYTES, q4_0_block),
-        RowFormat::F16 => add_rows(rows, &xs, acc, 2 * LANES, f16_tile),
-        RowFormat::F32 => add_rows(rows, &xs, acc, 4 * LANES, f32_tile),
+        RowFormat::Q8_0 => add_rows(row, next, &xs, acc, Q8_0_BYTES, q8_0_block),
+        RowFormat::Q4_0 => add_rows(row, next, &xs, acc, Q4_0_BYTES, q4_0_block),
+        RowFormat::F16 => add_rows(row, next, &xs, acc, 2 * LANES, f16_tile),
+        RowFormat::F32 => add_rows(row, next, &xs, acc, 4 * LANES, f32_tile),
         RowFormat::Convert(to_f32) => {
             for (r, out) in acc.iter_mut().enumerate() {
-                to_f32(rows.0(r), buf);
+                to_f32(row(r), buf);
                 let mut a = [[0f32; LANES]; G];
                 for (t, k) in buf.chunks_exact(LANES).enumerate() {
                     add_products(k.try_into().expect("a tile"), &xs, t * LANES, &mut a);
@@ -239,8 +238,8 @@ fn accumulate_rows<const G: usize>(
 const SEGMENT: usize = 512;
 
 /// `accumulate_rows` for rows stored in steps of `step_bytes`, each
-/// decoded by `decode` into `T` tiles of f32; row `r` is `rows.0(r)`, and
-/// `rows.1(r)` the same row of the rows read next.
+/// decoded by `decode` into `T` tiles of f32; row `r` is `row(r)`, and
+/// `next(r)` the same row of the rows read next.
 ///
 /// Reading a piece of a row (a segment) prefetches the piece the same row
 /// reads one pass later: its next segment, or the next rows' first one.
@@ -248,13 +247,13 @@ const SEGMENT: usize = 512;
 /// blocks), where the hardware prefetcher does not follow (docs/perf.md).
 #[inline(always)]
 fn add_rows<'a, const G: usize, const T: usize>(
-    rows: (impl Fn(usize) -> &'a [u8], impl Fn(usize) -> &'a [u8]),
+    row: impl Fn(usize) -> &'a [u8],
+    next: impl Fn(usize) -> &'a [u8],
     xs: &[&[f32]; G],
     acc: &mut [Lanes<G>],
     step_bytes: usize,
     decode: impl Fn(&[u8]) -> [[f32; LANES]; T],
 ) {
-    let (row, next) = rows;
     let Some(row_bytes) = (!acc.is_empty()).then(|| row(0).len()) else {
         return;
     };

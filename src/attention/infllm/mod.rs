@@ -358,42 +358,35 @@ impl InfllmAttention {
             let n_q = QUERY_TILE.min(n_tokens - q0);
             let lo_pos = (start + q0 + 1).saturating_sub(p.n_local).max(self.base);
             let n_keys = pad(start + q0 + n_q - lo_pos);
-            if n_tokens == 1 {
-                // Its window ends at itself and its remainder keys are those
-                // that left the window: all visible, no mask.
-                tiles.push(Tile {
-                    q0,
-                    n_q,
-                    lo: lo_pos - self.base,
-                    n_keys,
-                    mask: None,
-                });
-                continue;
-            }
-            // One mask over [local | blocks | initial | remainder] keys.
-            let width = n_keys + n_global;
-            let mut mask = vec![f32::NEG_INFINITY; width * n_q];
-            for (i, row) in mask.chunks_mut(width).enumerate() {
-                let q = start + q0 + i;
-                for (j, m) in row[..n_keys].iter_mut().enumerate() {
-                    let d = q as isize - (lo_pos + j) as isize;
-                    if (0..p.n_local as isize).contains(&d) {
-                        *m = 0.0;
+            // One mask over [local | blocks | initial | remainder] keys. A
+            // lone query (decode) needs none: its window ends at itself and
+            // its remainder keys are those that left the window.
+            let mask = (n_tokens > 1).then(|| {
+                let width = n_keys + n_global;
+                let mut mask = vec![f32::NEG_INFINITY; width * n_q];
+                for (i, row) in mask.chunks_mut(width).enumerate() {
+                    let q = start + q0 + i;
+                    for (j, m) in row[..n_keys].iter_mut().enumerate() {
+                        let d = q as isize - (lo_pos + j) as isize;
+                        if (0..p.n_local as isize).contains(&d) {
+                            *m = 0.0;
+                        }
+                    }
+                    row[n_keys..n_keys + n_fixed].fill(0.0);
+                    for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
+                        if q >= self.rem_start + j + p.n_local {
+                            *m = 0.0;
+                        }
                     }
                 }
-                row[n_keys..n_keys + n_fixed].fill(0.0);
-                for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
-                    if q >= self.rem_start + j + p.n_local {
-                        *m = 0.0;
-                    }
-                }
-            }
+                step.input_f32(&[width as i64, n_q as i64], mask)
+            });
             tiles.push(Tile {
                 q0,
                 n_q,
                 lo: lo_pos - self.base,
                 n_keys,
-                mask: Some(step.input_f32(&[width as i64, n_q as i64], mask)),
+                mask,
             });
         }
 
@@ -657,11 +650,10 @@ impl InfllmAttention {
         // One softmax over all query heads' rows as one matrix (ggml splits
         // rows, not heads, between threads: [W, 3, 3] left one thread 6 rows).
         let logits = g.join_rows(&logits);
-        let width = logits.ne()[0];
-        let probs = g.soft_max_ext(g.reshape(logits, &[width, nh]), None, softmax_scale(la));
-        let probs = g.reshape(probs, &[width, r, nkv]);
+        let width = logits.ne()[0] as usize;
+        let probs = g.soft_max_ext(g.reshape(logits, &[width as i64, nh]), None, softmax_scale(la));
+        let probs = g.reshape(probs, &[width as i64, r, nkv]);
 
-        let width = width as usize;
         let part = |n: usize, off: usize| {
             g.view(
                 probs,
