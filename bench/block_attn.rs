@@ -1,7 +1,10 @@
 //! Decode's reads of retrieved memory blocks over 30 layers (SmolLM2's
 //! shapes): `block_scores` (Q·K) and `block_values` (P·V) over TOPK chosen
 //! blocks of stores holding N_BLOCKS blocks per layer, one graph per "token".
-//!   TYPE=q8_0 cargo run --release --example block_attn -- [THREADS] [N_BLOCKS] [TOPK]
+//! MODE=keys or MODE=values times one of the two; MODE=retrieval the
+//! retrieval instead: every block's representative key scored, then the
+//! top TOPK.
+//!   TYPE=q8_0 [MODE=keys|values|retrieval] cargo run --release --example block_attn -- [THREADS] [N_BLOCKS] [TOPK]
 use std::time::Instant;
 
 use infllm::attention::infllm::{BlockShape, BlockStore};
@@ -13,6 +16,8 @@ fn main() -> anyhow::Result<()> {
     let threads: usize = args.next().map_or(Ok(2), |s| s.parse())?;
     let n_blocks: usize = args.next().map_or(Ok(300), |s| s.parse())?;
     let topk: usize = args.next().map_or(Ok(16), |s| s.parse())?;
+    let mode = std::env::var("MODE").unwrap_or_default();
+    let retrieval = mode == "retrieval";
     let ty = std::env::var("TYPE").unwrap_or_else(|_| "q8_0".into());
     let ty = type_by_name(&ty)
         .ok_or_else(|| anyhow::anyhow!("unknown type {ty}"))?
@@ -29,11 +34,13 @@ fn main() -> anyhow::Result<()> {
     let vals: Vec<f32> = (0..shape.block_values())
         .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
         .collect();
-    let repr = vec![0.5; shape.repr_len()];
     let mut stores = Vec::new();
     for _ in 0..layers {
         let mut s = BlockStore::new(shape, n_blocks)?;
-        for _ in 0..n_blocks {
+        for j in 0..n_blocks {
+            let repr: Vec<f32> = (0..shape.repr_len())
+                .map(|i| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5)
+                .collect();
             s.push(&vals, &vals, &repr)?;
         }
         stores.push(s);
@@ -62,10 +69,21 @@ fn main() -> anyhow::Result<()> {
             let mut step = Step::new(&sctx);
             let g = step.ctx;
             for (il, (s, &(q, p))) in stores.iter().zip(&inputs).enumerate() {
+                if retrieval {
+                    let q = g.reshape(q, &[(hd * r * nkv) as i64, 1]);
+                    let scores = g.mul_mat(s.repr_tensor(g), q);
+                    step.graph
+                        .expand(g.top_k(g.reshape(scores, &[n_blocks as i64]), topk as i32));
+                    continue;
+                }
                 let ids = (0..topk).map(|i| ((i * 131 + il * 17 + rep * 7 + seed) % n_blocks) as i32);
                 let ids = step.input_i32(&[topk as i64], ids.collect());
-                step.graph.expand(g.block_scores(s.k_tensor(g), ids, q));
-                step.graph.expand(g.block_values(s.v_tensor(g), ids, p, hd as i64));
+                if mode != "values" {
+                    step.graph.expand(g.block_scores(s.k_tensor(g), ids, q));
+                }
+                if mode != "keys" {
+                    step.graph.expand(g.block_values(s.v_tensor(g), ids, p, hd as i64));
+                }
             }
             step.run(&mut backend, &mut alloc)?;
         }

@@ -28,7 +28,7 @@ use crate::ggml::{map_readonly, MAP_ALIGN};
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;

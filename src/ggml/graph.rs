@@ -479,11 +479,11 @@ impl Context {
 
     /// Logits of query heads against the keys of chosen memory blocks, read
     /// in their stored type (no gathered or dequantized copy). `store`
-    /// [hd x bs x n_kv, n_blocks] holds each block's keys KV-head-major (bs
-    /// rows of hd values per KV head), `ids` [n_sel] I32 the chosen blocks,
-    /// `q` [hd, group, n_kv] f32 contiguous the query heads by KV head.
-    /// Result [bs x n_sel, group, n_kv] f32 (rows at their strides, for
-    /// `join_rows`). Our kernel (`kernels::row_dots`).
+    /// [bs x hd x n_kv, n_blocks] holds each block's keys transposed (a row
+    /// of bs values per channel, channels KV-head-major), `ids` [n_sel] I32
+    /// the chosen blocks, `q` [hd, group, n_kv] f32 contiguous the query
+    /// heads by KV head. Result [bs x n_sel, group, n_kv] f32 (rows at their
+    /// strides, for `join_rows`). Our kernel (`kernels::column_dots`).
     pub fn block_scores<'a>(&'a self, store: Tensor<'a>, ids: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
         let [hd, group, n_kv, _] = q.ne();
         let bs = check_block_op(store, ids, hd * n_kv, q);
@@ -706,7 +706,8 @@ unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
     // type, contiguous I32 ids, contiguous f32 queries [hd, group, n_kv]),
     // allocated when the graph runs. Ids are checked against the store; each
     // slice below stays inside its tensor: a block's keys for one KV head
-    // (bs rows), one query head's hd values, one output row's bs logits.
+    // (hd rows of bs values), one query head's hd values, one output row's
+    // bs logits.
     // Threads write disjoint (block, KV head) ranges of `dst`.
     unsafe {
         let dst = &*dst;
@@ -714,7 +715,7 @@ unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
         let (hd, group, n_kv) = (q.ne[0] as usize, q.ne[1] as usize, q.ne[2] as usize);
         let ids = block_ids(ids, store.ne[1]);
         let bs = dst.ne[0] as usize / ids.len();
-        let row = row_bytes(store.type_, hd);
+        let row = row_bytes(store.type_, bs);
         let heads: Vec<&[f32]> = (0..n_kv * group)
             .map(|h| {
                 let x = (q.data as *const u8).add(h / group * q.nb[2] + h % group * q.nb[1]);
@@ -725,14 +726,14 @@ unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth
         with_row_format(store, |fmt| {
             for item in (ith as usize..ids.len() * n_kv).step_by(nth as usize) {
                 let (i, kv) = (item / n_kv, item % n_kv);
-                let keys = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * bs * row);
-                let keys = std::slice::from_raw_parts(keys, bs * row);
+                let keys = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * hd * row);
+                let keys = std::slice::from_raw_parts(keys, hd * row);
                 out.clear();
                 out.extend((0..group).map(|j| {
                     let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
                     std::slice::from_raw_parts_mut(o as *mut f32, bs)
                 }));
-                kernels::row_dots(fmt, row, row, &[(keys, &heads[kv * group..][..group])], &mut out);
+                kernels::column_dots(fmt, (keys, row, row), &heads[kv * group..][..group], &mut out);
             }
         });
     }

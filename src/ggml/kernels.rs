@@ -419,6 +419,93 @@ fn summed_row_dots<const G: usize>(
     }
 }
 
+/// Dot products down the columns of stored rows: `out[g][t] = sum_c
+/// row_c[t] * xs[g][c]` over the `xs[g].len()` rows of `rows` (`row_bytes`
+/// bytes each, `stride` apart), for the `out[g].len()` values of a row.
+/// Decode's block keys: a row per channel, a column per token, so each
+/// channel's step is a vector FMA per query over the tokens of a tile, with
+/// no horizontal sum per key (what a block's 64-value token rows paid, per
+/// key and query head: twice the time per key of the window's keys).
+pub fn column_dots(
+    fmt: &RowFormat,
+    (rows, row_bytes, stride): (&[u8], usize, usize),
+    xs: &[&[f32]],
+    out: &mut [&mut [f32]],
+) {
+    let layout = (rows, row_bytes, stride);
+    if let RowFormat::Convert(to_f32) = fmt {
+        // Other types: every row converted once, then read as f32 rows.
+        let n = out.first().map_or(0, |o| o.len());
+        let mut f32_rows = vec![0u8; xs.first().map_or(0, |x| x.len()) * n * 4];
+        let mut buf = vec![0f32; n];
+        for (c, dst) in f32_rows.chunks_exact_mut(n * 4).enumerate() {
+            to_f32(&rows[c * stride..][..row_bytes], &mut buf);
+            for (d, x) in dst.chunks_exact_mut(4).zip(&buf) {
+                d.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        return column_dots(&RowFormat::F32, (&f32_rows, n * 4, n * 4), xs, out);
+    }
+    for g0 in (0..xs.len()).step_by(4) {
+        let (xs, out) = (&xs[g0..(g0 + 4).min(xs.len())], &mut out[g0..(g0 + 4).min(xs.len())]);
+        match xs.len() {
+            1 => column_format::<1>(fmt, layout, xs, out),
+            2 => column_format::<2>(fmt, layout, xs, out),
+            3 => column_format::<3>(fmt, layout, xs, out),
+            _ => column_format::<4>(fmt, layout, xs, out),
+        }
+    }
+}
+
+/// `column_dots` for `G` vectors, by the rows' format.
+fn column_format<const G: usize>(
+    fmt: &RowFormat,
+    layout: (&[u8], usize, usize),
+    xs: &[&[f32]],
+    out: &mut [&mut [f32]],
+) {
+    let xs: [&[f32]; G] = std::array::from_fn(|g| xs[g]);
+    match fmt {
+        RowFormat::Q8_0 => column_steps(layout, &xs, out, Q8_0_BYTES, q8_0_block),
+        RowFormat::Q4_0 => column_steps(layout, &xs, out, Q4_0_BYTES, q4_0_block),
+        RowFormat::F16 => column_steps(layout, &xs, out, 2 * LANES, f16_tile),
+        RowFormat::F32 | RowFormat::Convert(_) => column_steps(layout, &xs, out, 4 * LANES, f32_tile),
+    }
+}
+
+/// `column_dots` of rows stored in steps of `step_bytes`, each decoded by
+/// `decode` into `T` tiles: per step, every row's piece (a block's keys fit
+/// in L1, so the passes over them after the first hit it).
+#[inline(always)]
+fn column_steps<const G: usize, const T: usize>(
+    (rows, row_bytes, stride): (&[u8], usize, usize),
+    xs: &[&[f32]; G],
+    out: &mut [&mut [f32]],
+    step_bytes: usize,
+    decode: impl Fn(&[u8]) -> [[f32; LANES]; T],
+) {
+    let n_rows = xs[0].len();
+    for (s, s0) in (0..row_bytes).step_by(step_bytes).enumerate() {
+        let mut acc = [[[0f32; LANES]; T]; G];
+        for c in 0..n_rows {
+            let tiles = decode(&rows[c * stride + s0..][..step_bytes]);
+            for (a, x) in acc.iter_mut().zip(xs) {
+                let w = x[c];
+                for (a, k) in a.iter_mut().zip(&tiles) {
+                    for l in 0..LANES {
+                        a[l] = fma(k[l], w, a[l]);
+                    }
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (t, a) in a.iter().enumerate() {
+                o[(s * T + t) * LANES..][..LANES].copy_from_slice(a);
+            }
+        }
+    }
+}
+
 /// `a[g] += k * xs[g][at..at + LANES]`, lane by lane.
 #[inline(always)]
 fn add_products<const G: usize>(k: &[f32; LANES], xs: &[&[f32]; G], at: usize, a: &mut Lanes<G>) {
@@ -540,6 +627,56 @@ mod tests {
                         assert!(
                             (got - want).abs() < 1e-3 * want.abs().max(1.0),
                             "vector {j} row {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn column_dots_match_plain_sums_down_columns() {
+        // 24 channel rows of 64 values (two q8_0 / q4_0 blocks, four tiles).
+        let (n_rows, n) = (24, 64);
+        let (q8, q8_vals) = q8_0_rows(n_rows, n, 3);
+        let as_f32 = |src: &[u8], dst: &mut [f32]| {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        };
+        let f32_bytes: Vec<u8> = q8_vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut cases: Vec<(RowFormat, usize, Vec<u8>, Vec<f32>)> = vec![
+            (RowFormat::Q8_0, n / 32 * Q8_0_BYTES, q8, q8_vals.clone()),
+            (RowFormat::F32, n * 4, f32_bytes.clone(), q8_vals.clone()),
+            (RowFormat::Convert(&as_f32), n * 4, f32_bytes, q8_vals.clone()),
+        ];
+        for (fmt, ty, row_bytes) in [
+            (RowFormat::Q4_0, super::super::sys::GGML_TYPE_Q4_0, n / 32 * Q4_0_BYTES),
+            (RowFormat::F16, super::super::sys::GGML_TYPE_F16, n * 2),
+        ] {
+            let (bytes, vals) = ggml_rows(ty, &q8_vals, n);
+            cases.push((fmt, row_bytes, bytes, vals));
+        }
+        // 1 to 6 vectors: groups of up to four, and what is left.
+        for g in 1..=6 {
+            let xs: Vec<Vec<f32>> = (0..g)
+                .map(|v| {
+                    (0..n_rows)
+                        .map(|c| ((c * 13 + v * 7) % 23) as f32 / 11.0 - 1.0)
+                        .collect()
+                })
+                .collect();
+            let vectors: Vec<&[f32]> = xs.iter().map(|x| x.as_slice()).collect();
+            for (fmt, row_bytes, bytes, vals) in &cases {
+                let mut out = vec![vec![0f32; n]; g];
+                let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+                column_dots(fmt, (bytes, *row_bytes, *row_bytes), &vectors, &mut views);
+                for (j, o) in out.iter().enumerate() {
+                    for (t, &got) in o.iter().enumerate() {
+                        let want: f32 = (0..n_rows).map(|c| vals[c * n + t] * xs[j][c]).sum();
+                        assert!(
+                            (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                            "vector {j} column {t}: {got} vs {want}"
                         );
                     }
                 }

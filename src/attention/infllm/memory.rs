@@ -126,15 +126,14 @@ impl BlockStore {
 
     /// Appends a block. `k` is token-major (block_size rows of n_embd_kv),
     /// `v_t` channel-major (n_embd_kv rows of block_size). Keys are stored
-    /// KV-head-major ([n_head_kv][block_size][head_dim]) so that each KV
-    /// head's rows are contiguous for the decode matmul.
+    /// channel-major too (a row of block_size per channel, so quantization
+    /// groups run along tokens): decode scores them a tile of tokens at a
+    /// time, with no horizontal sum per key (`kernels::column_dots`).
     pub fn push(&mut self, k: &[f32], v_t: &[f32], repr: &[f32]) -> anyhow::Result<()> {
         let s = self.shape;
         assert_eq!(k.len(), s.block_values());
-        let (bs, hd, e) = (s.block_size, s.head_dim, s.n_embd_kv());
-        let k: Vec<f32> = (0..s.n_head_kv)
-            .flat_map(|h| (0..bs).flat_map(move |t| k[t * e + h * hd..t * e + (h + 1) * hd].iter().copied()))
-            .collect();
+        let (bs, e) = (s.block_size, s.n_embd_kv());
+        let k_t: Vec<f32> = (0..e).flat_map(|c| (0..bs).map(move |t| k[t * e + c])).collect();
         assert_eq!(v_t.len(), s.block_values());
         assert_eq!(repr.len(), s.repr_len());
         let i = self.len;
@@ -142,7 +141,7 @@ impl BlockStore {
             (i + 1) * s.k_bytes() <= self.k.len(),
             "the text is longer than the block memory reserved for it (raise -c)"
         );
-        quantize(s.type_k, &k, s.head_dim, self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
+        quantize(s.type_k, &k_t, bs, self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
         quantize(
             s.type_v,
             v_t,
@@ -160,7 +159,7 @@ impl BlockStore {
     }
 
     /// All blocks' keys as one tensor [block_values, len] of `type_k`
-    /// (each block KV-head-major).
+    /// (each block channel-major, as `push` stores it).
     pub fn k_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
         let t = ctx.new_tensor(self.shape.type_k, &[self.shape.block_values() as i64, self.len as i64]);
         self.k.place(t, 0);
@@ -184,12 +183,13 @@ impl BlockStore {
     /// Block `i` dequantized, in `push`'s layouts: (k token-major, v_t).
     pub fn read(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
         let s = self.shape;
-        let (bs, hd, e, n) = (s.block_size, s.head_dim, s.n_embd_kv(), s.block_values());
-        let by_head = dequantize(s.type_k, self.k.slice(i * s.k_bytes(), s.k_bytes()), n);
+        let (bs, e, n) = (s.block_size, s.n_embd_kv(), s.block_values());
+        let k_t = dequantize(s.type_k, self.k.slice(i * s.k_bytes(), s.k_bytes()), n);
         let mut k = vec![0f32; n];
-        for (row, x) in by_head.chunks_exact(hd).enumerate() {
-            let (h, t) = (row / bs, row % bs);
-            k[t * e + h * hd..t * e + (h + 1) * hd].copy_from_slice(x);
+        for (c, row) in k_t.chunks_exact(bs).enumerate() {
+            for (t, &x) in row.iter().enumerate() {
+                k[t * e + c] = x;
+            }
         }
         (k, dequantize(s.type_v, self.v.slice(i * s.v_bytes(), s.v_bytes()), n))
     }

@@ -497,10 +497,10 @@ impl InfllmAttention {
         // Global keys, un-rotated, f32, [hd, n, n_head_kv] per part.
         let mut global_keys = Vec::new();
         if let Some(idx) = block_rows {
-            // Blocks store keys KV-head-major: [hd, block_size, n_head_kv] each.
+            // Blocks store keys channel-major: [block_size, hd, n_head_kv] each.
             let (bs, n_sel) = (s.block_size as i64, inp.n_selected as i64);
-            let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[hd, bs, nkv, n_sel]);
-            let kb = g.cont(g.permute(kb, [0, 1, 3, 2])); // [hd, bs, n_sel, nkv]
+            let kb = g.reshape(g.get_rows(l.blocks.k_tensor(g), idx), &[bs, hd, nkv, n_sel]);
+            let kb = g.cont(g.permute(kb, [1, 0, 3, 2])); // [hd, bs, n_sel, nkv]
             global_keys.push(g.reshape(kb, &[hd, n_blocks_keys as i64, nkv]));
         }
         if inp.n_init > 0 {

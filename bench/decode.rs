@@ -1,0 +1,80 @@
+//! Decode speed from a saved state. Filling 128K tokens takes ~20 minutes
+//! on 2 cores; a session file holds that state, and each timing run maps it
+//! back in seconds, so old and new code can be compared at 128K many times
+//! over one fill. Default InfLLM settings (TYPE=q4_0: another type for the
+//! blocks' K and V), the default model.
+//!
+//!   [TYPE=q8_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
+//!   [TYPE=q8_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
+//!
+//! `time` decodes N random tokens REPS times, each time from the saved state,
+//! and prints tokens/s per repetition (the state is the same in every one).
+
+use std::path::Path;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+
+use infllm::attention::infllm::InfllmParams;
+use infllm::cli::ModelArgs;
+use infllm::engine::{AttnMode, Engine, EngineParams};
+use infllm::ggml::type_by_name;
+use infllm::model::Model;
+
+fn engine(threads: usize) -> anyhow::Result<Engine> {
+    let model = Model::load(&ModelArgs { model: None }.path()?)?;
+    let mut p = InfllmParams::defaults_for(model.hp.n_ctx_train);
+    if let Ok(name) = std::env::var("TYPE") {
+        let ty = type_by_name(&name).ok_or_else(|| anyhow::anyhow!("unknown type {name}"))?;
+        (p.type_k, p.type_v) = (ty.id, ty.id);
+    }
+    let params = EngineParams {
+        attn: AttnMode::Infllm(p),
+        n_threads: threads,
+        n_ctx: 0,
+        n_ubatch: 512,
+    };
+    Engine::new(model, params)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, default: usize| args.get(i).map_or(Ok(default), |s| s.parse::<usize>());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    match args.first().map(String::as_str) {
+        Some("fill") => {
+            let (n, path) = (num(1, 0)?, Path::new(&args[2]));
+            let mut e = engine(num(3, 2)?)?;
+            let n_vocab = e.model.hp.n_vocab as i32;
+            let tokens: Vec<i32> = (0..n).map(|_| rng.gen_range(0..n_vocab)).collect();
+            let start = Instant::now();
+            e.feed(&tokens, &mut |_, _| {})?;
+            eprintln!("filled {n} tokens in {:.0} s", start.elapsed().as_secs_f64());
+            infllm::session::save(path, &e, serde_json::Value::Null)
+        }
+        Some("time") => {
+            let path = Path::new(&args[1]);
+            let (n, reps) = (num(2, 128)?, num(3, 3)?);
+            let mut e = engine(num(4, 2)?)?;
+            let n_vocab = e.model.hp.n_vocab as i32;
+            for _ in 0..reps {
+                infllm::session::load(path, &mut e, |_| Ok(()))?;
+                // One token untimed: the first step after a load touches the mapped pages.
+                e.eval(&[rng.gen_range(0..n_vocab)], false, &mut |_, _| {})?;
+                let start = Instant::now();
+                for _ in 0..n {
+                    e.eval(&[rng.gen_range(0..n_vocab)], false, &mut |_, _| {})?;
+                }
+                let s = start.elapsed().as_secs_f64();
+                println!(
+                    "depth {}: {:.2} t/s ({:.2} ms per token)",
+                    e.n_past() - n,
+                    n as f64 / s,
+                    s * 1e3 / n as f64
+                );
+            }
+            Ok(())
+        }
+        _ => anyhow::bail!("usage: decode fill TOKENS SESSION [THREADS] | decode time SESSION N [REPS] [THREADS]"),
+    }
+}
