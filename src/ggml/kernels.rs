@@ -358,9 +358,10 @@ pub type RowSet<'a> = (&'a [u8], &'a [&'a [f32]]);
 /// Dot products of stored rows with vectors, summed over row sets:
 /// `out[g][i] = sum over sets (rows, xs) of row_i · xs[g]`, for the
 /// `out[g].len()` rows of each set, each row `row_bytes` bytes (whole
-/// tiles) and `stride` bytes after the one before. Decode's block keys are
-/// one set (a block's rows of keys, the query heads); its block values are
-/// one set per block (channel rows, that block's probabilities), summed.
+/// tiles) and `stride` bytes after the one before. Decode's window values
+/// are one set (channel rows, the query heads' probabilities); its block
+/// values are one set per block (channel rows, that block's probabilities),
+/// summed.
 pub fn row_dots(fmt: &RowFormat, row_bytes: usize, stride: usize, sets: &[RowSet], out: &mut [&mut [f32]]) {
     let rows = (row_bytes, stride); // every set's layout
                                     // Vectors four at a time: 4 x 16 lanes of accumulators per row.
