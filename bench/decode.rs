@@ -40,10 +40,15 @@ fn engine(threads: usize) -> anyhow::Result<Engine> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, default: usize| args.get(i).map_or(Ok(default), |s| s.parse::<usize>());
+    let path = |i: usize| {
+        args.get(i)
+            .map(Path::new)
+            .ok_or_else(|| anyhow::anyhow!("missing SESSION argument"))
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     match args.first().map(String::as_str) {
         Some("fill") => {
-            let (n, path) = (num(1, 0)?, Path::new(&args[2]));
+            let (n, path) = (num(1, 0)?, path(2)?);
             let mut e = engine(num(3, 2)?)?;
             let n_vocab = e.model.hp.n_vocab as i32;
             let tokens: Vec<i32> = (0..n).map(|_| rng.gen_range(0..n_vocab)).collect();
@@ -53,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             infllm::session::save(path, &e, serde_json::Value::Null)
         }
         Some("time") => {
-            let path = Path::new(&args[1]);
+            let path = path(1)?;
             let (n, reps) = (num(2, 128)?, num(3, 3)?);
             let mut e = engine(num(4, 2)?)?;
             let n_vocab = e.model.hp.n_vocab as i32;
