@@ -1,11 +1,11 @@
-//! Decode speed from a saved state. Filling 128K tokens takes ~20 minutes
+//! Decode speed from a saved state. Filling 128K tokens takes ~23 minutes
 //! on 2 cores; a session file holds that state, and each timing run maps it
 //! back in seconds, so old and new code can be compared at 128K many times
-//! over one fill. Default InfLLM settings (TYPE=q4_0: another type for the
-//! blocks' K and V), the default model.
+//! over one fill. Default InfLLM settings (TYPE, e.g. q4_0: another type for
+//! the blocks' K and V than the default q8_0), the default model.
 //!
-//!   [TYPE=q8_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
-//!   [TYPE=q8_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
+//!   [TYPE=q4_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
+//!   [TYPE=q4_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
 //!
 //! `time` decodes N random tokens REPS times, each time from the saved state,
 //! and prints tokens/s per repetition (the state is the same in every one).
