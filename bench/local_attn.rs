@@ -76,13 +76,13 @@ fn main() -> anyhow::Result<()> {
                             &[cap as usize * 2, cap as usize * 2 * hd as usize],
                             0,
                         );
-                        step.graph.expand(g.key_scores(kt, q));
+                        step.graph.expand(g.key_scores(kt, q, None));
                     } else if mode.starts_with("K") {
                         let kk = if mode.contains("head") { khm } else { kt };
                         step.graph.expand(g.mul_mat(kk, q));
                     }
                     if mode.contains('V') && mode.contains("kernel") {
-                        step.graph.expand(g.value_sums(v, p));
+                        step.graph.expand(g.value_sums(v, p, None));
                     } else if mode.contains('V') {
                         step.graph.expand(g.mul_mat(v, p));
                     }

@@ -4,7 +4,7 @@
 use crate::attention::full::FullAttention;
 use crate::attention::infllm::{HeadShape, InfllmParams};
 use crate::attention::{Attention, InfllmLayers};
-use crate::compute::Step;
+use crate::compute::{BuiltStep, Step};
 use crate::ggml::{Backend, GraphAllocator};
 use crate::model::Model;
 use crate::tokenizer::Token;
@@ -38,6 +38,10 @@ pub struct Engine {
     n_ubatch: usize,
     logits: Vec<f32>,
     params: EngineParams,
+    /// The last decode graph and the key it was built for.
+    built: Option<((Vec<usize>, bool), BuiltStep)>,
+    reuse_graphs: bool,
+    reused_steps: usize,
 }
 
 impl Engine {
@@ -72,6 +76,9 @@ impl Engine {
             model,
             logits: Vec::new(),
             params: p,
+            built: None,
+            reuse_graphs: true,
+            reused_steps: 0,
         })
     }
 
@@ -168,26 +175,65 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether decode steps may run the last step's graph again (on by
+    /// default; off: every step builds its graph, for comparison).
+    pub fn set_graph_reuse(&mut self, on: bool) {
+        self.reuse_graphs = on;
+        self.built = None;
+    }
+
+    /// Steps that ran a kept graph instead of building one.
+    pub fn reused_steps(&self) -> usize {
+        self.reused_steps
+    }
+
     /// Tokens per prompt step.
     pub fn step_tokens(&self) -> usize {
         self.n_ubatch
     }
 
-    /// One forward pass over at most `n_ubatch` tokens.
+    /// One forward pass over at most `n_ubatch` tokens. A decode step whose
+    /// graph would come out as the last one's (`Attention::reuse_key`)
+    /// runs that graph again with new inputs instead of building one.
     fn step(&mut self, tokens: &[Token], last_only: bool) -> anyhow::Result<()> {
         self.attention.prepare(tokens.len())?;
-        let ctx = Step::context();
-        let mut step = Step::new(&ctx);
-        let attn_inputs = self.attention.begin(&mut step, tokens.len())?;
-        let tok = step.input_i32(&[tokens.len() as i64], tokens.to_vec());
-        let logits = self
-            .model
-            .forward(&mut step, &self.attention, &attn_inputs, tok, last_only)
-            .set_output();
-        step.graph.expand(logits);
-        step.run(&mut self.backend, &mut self.alloc)?;
-        logits.read_f32(&mut self.logits);
-        drop(step);
+        let n = tokens.len() as i64;
+        let key = self
+            .attention
+            .reuse_key(tokens.len())
+            .filter(|_| self.reuse_graphs)
+            .map(|k| (k, last_only));
+        let reuse = matches!((&self.built, &key), (Some((built_key, _)), Some(key)) if built_key == key);
+        if reuse {
+            let (built_key, built) = self.built.take().expect("checked above");
+            let mut step = Step::replay(&built);
+            self.attention.begin(&mut step, tokens.len())?;
+            step.input_i32(&[n], tokens.to_vec());
+            step.run(&mut self.backend, &mut self.alloc)?;
+            built.output().read_f32(&mut self.logits);
+            self.built = Some((built_key, built));
+            self.reused_steps += 1;
+        } else {
+            // Building allocates anew, which invalidates the kept graph.
+            self.built = None;
+            let ctx = Step::context();
+            let mut step = Step::new(&ctx);
+            let attn_inputs = self.attention.begin(&mut step, tokens.len())?;
+            let tok = step.input_i32(&[n], tokens.to_vec());
+            let logits = self
+                .model
+                .forward(&mut step, &self.attention, &attn_inputs, tok, last_only)
+                .set_output();
+            step.graph.expand(logits);
+            step.run(&mut self.backend, &mut self.alloc)?;
+            logits.read_f32(&mut self.logits);
+            let (graph, inputs) = step.ids();
+            let output = ctx.id(logits);
+            drop(step);
+            if let Some(key) = key {
+                self.built = Some((key, BuiltStep::keep(ctx, graph, inputs, output)));
+            }
+        }
         self.attention.commit(tokens.len())
     }
 }

@@ -174,3 +174,40 @@ fn infllm_equals_full_attention_inside_the_window() {
         lb = inf.eval(&[tb], false, &mut |_, _| {}).unwrap();
     }
 }
+
+#[test]
+fn reused_decode_graphs_match_built_ones() {
+    // Decode steps that run the last step's graph again with new inputs
+    // give the logits a freshly built graph gives, bit for bit, while blocks
+    // form, the remainder grows and the window buffer moves (small InfLLM
+    // settings, so that 600 tokens do all of it).
+    let _one_at_a_time = common::exclusive();
+    infllm::ggml::set_quiet_logs(true);
+    let p = InfllmParams {
+        n_init: 16,
+        n_local: 256,
+        block_size: 32,
+        topk: 2,
+        chunk: 64,
+        ..InfllmParams::defaults_for(8192)
+    };
+    let run = |reuse: bool| {
+        let mut e = engine_with(AttnMode::Infllm(p), 0);
+        e.set_graph_reuse(reuse);
+        let tokens = e.model.tokenizer.encode(&STORY.repeat(16), true, true);
+        let (prompt, rest) = tokens[..600].split_at(64);
+        let mut logits = e.eval(prompt, false, &mut |_, _| {}).unwrap();
+        for &t in rest {
+            logits.extend(e.eval(&[t], false, &mut |_, _| {}).unwrap());
+        }
+        (logits, e.reused_steps(), e.block_bytes())
+    };
+    let (built, n_built, _) = run(false);
+    let (reused, n_reused, blocks) = run(true);
+    assert_eq!(n_built, 0);
+    assert!(n_reused > 400, "only {n_reused} of 536 decode steps reused a graph");
+    assert!(blocks.is_some_and(|b| b > 0), "no blocks formed");
+    let n_vocab = reused.len() / 537;
+    let first = built.iter().zip(&reused).position(|(a, b)| a.to_bits() != b.to_bits());
+    assert_eq!(first.map(|i| i / n_vocab), None, "logits differ from this step on");
+}

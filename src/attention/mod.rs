@@ -215,6 +215,21 @@ impl Attention {
         }
     }
 
+    /// For a decode step (one token), what shapes its graph besides input
+    /// data, to be called after `prepare`: two steps with equal keys build
+    /// the same graph, so the engine runs the last one again. None: the
+    /// step builds its own (prompt steps; full attention, whose graph
+    /// follows the cache length).
+    pub fn reuse_key(&self, n_tokens: usize) -> Option<Vec<usize>> {
+        match self {
+            Attention::Infllm(a) if n_tokens == 1 => {
+                let shapes: Option<Vec<_>> = a.all().map(|a| a.decode_shape()).collect();
+                shapes.map(|s| s.concat())
+            }
+            _ => None,
+        }
+    }
+
     /// Makes room for a step of `n_tokens`.
     pub fn prepare(&mut self, n_tokens: usize) -> Result<(), AttentionError> {
         match self {

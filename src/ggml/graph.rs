@@ -48,6 +48,18 @@ pub struct Graph<'c> {
     _ctx: PhantomData<&'c Context>,
 }
 
+/// A graph handle that does not borrow its context (as `TensorId`), for
+/// keeping a built graph next to the context that owns it.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphId {
+    ctx: *const sys::ggml_context,
+    raw: NonNull<sys::ggml_cgraph>,
+}
+
+// SAFETY: an inert pair of addresses, dereferenced only through
+// `Context::graph`, which checks it belongs to that (live) context.
+unsafe impl Send for GraphId {}
+
 // ggml.h #defines (not exported by bindgen): GGML_ROPE_TYPE_NORMAL, GGML_ROPE_TYPE_NEOX.
 pub const ROPE_NORMAL: i32 = 0;
 pub const ROPE_NEOX: i32 = 2;
@@ -114,6 +126,26 @@ impl Context {
             "tensor id used with another context"
         );
         Tensor {
+            raw: id.raw,
+            _ctx: PhantomData,
+        }
+    }
+
+    /// A storable handle to `g`, which must belong to this context.
+    pub fn graph_id(&self, g: &Graph<'_>) -> GraphId {
+        GraphId {
+            ctx: self.raw.as_ptr(),
+            raw: g.raw,
+        }
+    }
+
+    /// The graph behind `id`.
+    pub fn graph(&self, id: GraphId) -> Graph<'_> {
+        assert!(
+            std::ptr::eq(id.ctx, self.raw.as_ptr()),
+            "graph id used with another context"
+        );
+        Graph {
             raw: id.raw,
             _ctx: PhantomData,
         }
@@ -349,6 +381,43 @@ impl Context {
         self.wrap(unsafe { sys::ggml_set_rows(self.raw(), dst.raw(), src.raw(), rows.raw()) })
     }
 
+    /// Writes vectors `x` [n_rows, n] (f32 or f16, contiguous) as columns
+    /// of `dst` [cap, n_rows] f16 (a row per channel): x's vector i into
+    /// column `slots[i]` (I32 [n], each below cap). ggml's `set_rows` on a
+    /// transposed view does the same on one thread when n = 1 (it splits
+    /// vectors between threads); this op splits the rows.
+    pub fn put_columns<'a>(&'a self, dst: Tensor<'a>, x: Tensor<'a>, slots: Tensor<'a>) -> Tensor<'a> {
+        let n_rows = dst.ne()[1];
+        let [x_rows, n, ..] = x.ne();
+        assert!(
+            dst.ty() == sys::GGML_TYPE_F16 && dst.nb()[0] == 2 && dst.ne()[2..] == [1, 1],
+            "put_columns: f16 rows with unit stride"
+        );
+        assert!(
+            matches!(x.ty(), sys::GGML_TYPE_F32 | sys::GGML_TYPE_F16) && x.is_contiguous() && x_rows == n_rows,
+            "put_columns: contiguous f32 or f16 vectors of the row count"
+        );
+        assert!(
+            slots.ty() == sys::GGML_TYPE_I32 && slots.is_contiguous() && slots.ne() == [n, 1, 1, 1],
+            "put_columns: a slot per vector"
+        );
+        let mut args = [x.raw(), slots.raw()];
+        // SAFETY: valid context and tensors (checked above to be what the op
+        // reads and writes); ggml copies the source pointers into the node,
+        // a view of `dst`.
+        self.wrap(unsafe {
+            sys::ggml_custom_inplace(
+                self.raw(),
+                dst.raw(),
+                args.as_mut_ptr(),
+                2,
+                Some(put_columns_op),
+                -1, // every thread takes a share of the rows
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
     /// Rotary embedding of `a` ([head_dim, n_head, n_tokens]) at positions `pos` (I32).
     /// `freq_factors` optionally divides each dimension pair's frequency.
     pub fn rope<'a>(
@@ -412,8 +481,10 @@ impl Context {
     /// [dim, n_q, n_head] f32 contiguous, query head h reading KV head
     /// h / (n_head / n_kv) as `mul_mat` broadcasts. Result [n, n_q, n_head]
     /// f32, rows written at their strides (so `join_rows` can place it). Our
-    /// kernel (`kernels::key_scores`) as a ggml custom op.
-    pub fn key_scores<'a>(&'a self, keys_t: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
+    /// kernel (`kernels::key_scores`) as a ggml custom op. With `valid` (I32
+    /// [2], a key range [from, to) given as data), keys outside it score
+    /// -inf without being read.
+    pub fn key_scores<'a>(&'a self, keys_t: Tensor<'a>, q: Tensor<'a>, valid: Option<Tensor<'a>>) -> Tensor<'a> {
         let [n, dim, n_kv, _] = keys_t.ne();
         let [q_dim, n_q, n_head, _] = q.ne();
         assert!(
@@ -424,9 +495,10 @@ impl Context {
             q_dim == dim && n_head % n_kv == 0 && q.ne()[3] == 1 && q.is_contiguous(),
             "key_scores: query shape"
         );
-        let mut args = [keys_t.raw(), q.raw()];
-        // SAFETY: valid context and tensors (checked above to be what the op
-        // reads); ggml copies the two source pointers into the new node.
+        let mut args = with_range([keys_t.raw(), q.raw()], valid);
+        // SAFETY: valid context and tensors (checked above and in
+        // `with_range` to be what the op reads); ggml copies the source
+        // pointers into the new node.
         self.wrap(unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
@@ -436,7 +508,7 @@ impl Context {
                 n_head,
                 1,
                 args.as_mut_ptr(),
-                2,
+                args.len() as c_int,
                 Some(key_scores_op),
                 -1, // GGML_N_TASKS_MAX: every thread takes a share of the keys
                 std::ptr::null_mut(),
@@ -448,8 +520,10 @@ impl Context {
     /// f16 (a row per channel; rows and heads may be strided), `p` [n, group,
     /// n_kv] f32 (rows may be strided). Result [hd, group, n_kv] f32, as
     /// `mul_mat(vals_t, p)`. Our kernel (`kernels::value_sums`): ggml's f16
-    /// matmul of a few columns took 1.8x as long (docs/perf.md).
-    pub fn value_sums<'a>(&'a self, vals_t: Tensor<'a>, p: Tensor<'a>) -> Tensor<'a> {
+    /// matmul of a few columns took 1.8x as long (docs/perf.md). With
+    /// `valid` (as `key_scores`'), only the values in that range are read
+    /// (the others' probabilities are zero).
+    pub fn value_sums<'a>(&'a self, vals_t: Tensor<'a>, p: Tensor<'a>, valid: Option<Tensor<'a>>) -> Tensor<'a> {
         let [n, hd, n_kv, one] = vals_t.ne();
         let [pn, group, p_kv, p_one] = p.ne();
         assert!(
@@ -457,9 +531,10 @@ impl Context {
             "value_sums: f16 values and f32 probabilities with unit stride"
         );
         assert!(pn == n && p_kv == n_kv && one == 1 && p_one == 1, "value_sums: shapes");
-        let mut args = [vals_t.raw(), p.raw()];
-        // SAFETY: valid context and tensors (checked above to be what the op
-        // reads); ggml copies the two source pointers into the new node.
+        let mut args = with_range([vals_t.raw(), p.raw()], valid);
+        // SAFETY: valid context and tensors (checked above and in
+        // `with_range` to be what the op reads); ggml copies the source
+        // pointers into the new node.
         self.wrap(unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
@@ -469,9 +544,38 @@ impl Context {
                 n_kv,
                 1,
                 args.as_mut_ptr(),
-                2,
+                args.len() as c_int,
                 Some(value_sums_op),
                 -1, // GGML_N_TASKS_MAX: the threads share the (KV head, channel) pairs
+                std::ptr::null_mut(),
+            )
+        })
+    }
+
+    /// `x` [n, ...] f32 (unit element stride) with every row's entries
+    /// outside `valid` (I32 [2], a range [from, to) given as data) set to
+    /// -inf: a softmax then gives them no weight.
+    pub fn mask_outside<'a>(&'a self, x: Tensor<'a>, valid: Tensor<'a>) -> Tensor<'a> {
+        let [n, n1, n2, n3] = x.ne();
+        assert!(
+            x.ty() == sys::GGML_TYPE_F32 && x.nb()[0] == 4,
+            "mask_outside: f32 with unit stride"
+        );
+        let mut args = with_range([x.raw()], Some(valid));
+        // SAFETY: valid context and tensors (checked above and in
+        // `with_range`); ggml copies the source pointers into the new node.
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.raw(),
+                sys::GGML_TYPE_F32,
+                n,
+                n1,
+                n2,
+                n3,
+                args.as_mut_ptr(),
+                args.len() as c_int,
+                Some(mask_outside_op),
+                -1, // the threads share the rows
                 std::ptr::null_mut(),
             )
         })
@@ -653,6 +757,40 @@ fn check_block_op(store: Tensor<'_>, ids: Tensor<'_>, n_embd: i64, x: Tensor<'_>
     bs
 }
 
+/// An op's sources followed by its optional range input, checked to be
+/// I32 [2] (read by `range_of`).
+fn with_range<const N: usize>(
+    srcs: [*mut sys::ggml_tensor; N],
+    valid: Option<Tensor<'_>>,
+) -> Vec<*mut sys::ggml_tensor> {
+    let mut args = srcs.to_vec();
+    if let Some(v) = valid {
+        assert!(
+            v.ty() == sys::GGML_TYPE_I32 && v.is_contiguous() && v.ne() == [2, 1, 1, 1],
+            "a range input is I32 [2]"
+        );
+        args.push(v.raw());
+    }
+    args
+}
+
+/// The range [from, to) an op's source `i` holds (clamped to `n`), or all
+/// of 0..n without one.
+///
+/// # Safety
+/// Source `i` of `dst`, if any, must be an allocated I32 [2] tensor (as
+/// `with_range` checks at build time).
+unsafe fn range_of(dst: &sys::ggml_tensor, i: usize, n: usize) -> (usize, usize) {
+    let src = dst.src[i];
+    if src.is_null() {
+        return (0, n);
+    }
+    // SAFETY: an allocated I32 [2] tensor (the caller's contract).
+    let r = unsafe { std::slice::from_raw_parts((*src).data as *const i32, 2) };
+    let to = (r[1].max(0) as usize).min(n);
+    ((r[0].max(0) as usize).min(to), to)
+}
+
 /// Runs `f` with the kernels' reading of `store`'s rows.
 ///
 /// # Safety
@@ -802,23 +940,19 @@ unsafe extern "C" fn value_sums_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: 
     unsafe {
         let dst = &*dst;
         let (v, p) = (&*dst.src[0], &*dst.src[1]);
-        let (n, hd, group, n_kv) = (
-            v.ne[0] as usize,
-            dst.ne[0] as usize,
-            dst.ne[1] as usize,
-            dst.ne[2] as usize,
-        );
+        let (from, to) = range_of(dst, 2, v.ne[0] as usize);
+        let (n, hd, group, n_kv) = (to - from, dst.ne[0] as usize, dst.ne[1] as usize, dst.ne[2] as usize);
         let tiles = hd.div_ceil(kernels::LANES);
         let mut probs: Vec<&[f32]> = Vec::with_capacity(group);
         let mut out: Vec<&mut [f32]> = Vec::with_capacity(group);
         for item in (ith as usize..n_kv * tiles).step_by(nth as usize) {
             let (kv, c0) = (item / tiles, item % tiles * kernels::LANES);
             let c1 = (c0 + kernels::LANES).min(hd);
-            let vals = (v.data as *const u8).add(kv * v.nb[2] + c0 * v.nb[1]);
+            let vals = (v.data as *const u8).add(kv * v.nb[2] + c0 * v.nb[1] + from * 2);
             let vals = std::slice::from_raw_parts(vals, (c1 - c0 - 1) * v.nb[1] + 2 * n);
             probs.clear();
             probs.extend((0..group).map(|j| {
-                let x = (p.data as *const u8).add(kv * p.nb[2] + j * p.nb[1]);
+                let x = (p.data as *const u8).add(kv * p.nb[2] + j * p.nb[1] + from * 4);
                 std::slice::from_raw_parts(x as *const f32, n)
             }));
             out.clear();
@@ -844,12 +978,21 @@ unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: 
     unsafe {
         let dst = &*dst;
         let (k, q) = (&*dst.src[0], &*dst.src[1]);
-        let (n, dim, n_kv) = (k.ne[0] as usize, k.ne[1] as usize, k.ne[2] as usize);
+        let (dim, n_kv) = (k.ne[1] as usize, k.ne[2] as usize);
         let (n_q, n_head) = (q.ne[1] as usize, q.ne[2] as usize);
-        let tiles = n.div_ceil(kernels::LANES);
         let (ith, nth) = (ith as usize, nth as usize);
-        let lo = (tiles * ith / nth * kernels::LANES).min(n);
-        let hi = (tiles * (ith + 1) / nth * kernels::LANES).min(n);
+        // Keys outside the range score -inf: the first thread writes those.
+        let (from, to) = range_of(dst, 2, k.ne[0] as usize);
+        if ith == 0 {
+            for_rows(dst, |row| {
+                row[..from].fill(f32::NEG_INFINITY);
+                row[to..].fill(f32::NEG_INFINITY);
+            });
+        }
+        let n = to - from;
+        let tiles = n.div_ceil(kernels::LANES);
+        let lo = from + (tiles * ith / nth * kernels::LANES).min(n);
+        let hi = from + (tiles * (ith + 1) / nth * kernels::LANES).min(n);
         if lo == hi {
             return;
         }
@@ -866,6 +1009,87 @@ unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: 
                 })
                 .collect();
             kernels::key_scores(keys, row, qs, dim, &mut out);
+        }
+    }
+}
+
+/// The `put_columns` op: each of ggml's `nth` threads writes its share of
+/// the destination rows.
+unsafe extern "C" fn put_columns_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::put_columns`,
+    // whose tensors were checked there (f16 destination rows with unit
+    // element stride, contiguous f32 / f16 vectors of the row count, one I32
+    // slot per vector) and are allocated when the graph runs. Slots are
+    // checked below against the row length before any write. Threads write
+    // disjoint destination rows; nothing writes the sources.
+    unsafe {
+        let dst = &*dst;
+        let (x, slots) = (&*dst.src[1], &*dst.src[2]);
+        let (cap, n_rows, n) = (dst.ne[0] as usize, dst.ne[1] as usize, x.ne[1] as usize);
+        let slots = std::slice::from_raw_parts(slots.data as *const i32, n);
+        assert!(
+            slots.iter().all(|&s| (0..cap as i32).contains(&s)),
+            "put_columns: slot past the row"
+        );
+        let (r0, r1) = (
+            n_rows * ith as usize / nth as usize,
+            n_rows * (ith as usize + 1) / nth as usize,
+        );
+        let f16_src = x.type_ == sys::GGML_TYPE_F16;
+        for r in r0..r1 {
+            let row = (dst.data as *mut u8).add(r * dst.nb[1]) as *mut half::f16;
+            for (i, &slot) in slots.iter().enumerate() {
+                let at = (x.data as *const u8).add(i * x.nb[1] + r * x.nb[0]);
+                let v = match f16_src {
+                    true => *(at as *const half::f16),
+                    false => half::f16::from_f32(*(at as *const f32)),
+                };
+                *row.add(slot as usize) = v;
+            }
+        }
+    }
+}
+
+/// Runs `f` on every row (dim 0) of the f32 tensor `t`, at its strides.
+///
+/// # Safety
+/// `t` must be an allocated f32 tensor with unit element stride, whose rows
+/// nothing else accesses during the call.
+unsafe fn for_rows(t: &sys::ggml_tensor, mut f: impl FnMut(&mut [f32])) {
+    for i3 in 0..t.ne[3] as usize {
+        for i2 in 0..t.ne[2] as usize {
+            for i1 in 0..t.ne[1] as usize {
+                // SAFETY: row (i1, i2, i3) of `t`, inside it (the caller's contract).
+                let row = unsafe {
+                    let at = (t.data as *mut u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]);
+                    std::slice::from_raw_parts_mut(at as *mut f32, t.ne[0] as usize)
+                };
+                f(row);
+            }
+        }
+    }
+}
+
+/// The `mask_outside` op: each of ggml's `nth` threads takes every nth row.
+unsafe extern "C" fn mask_outside_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::mask_outside`:
+    // `dst` and its source `x` are allocated f32 tensors of one shape with
+    // unit element stride, source 1 the checked range; each slice below is
+    // one row of its tensor. Threads write disjoint rows of `dst`.
+    unsafe {
+        let dst = &*dst;
+        let x = &*dst.src[0];
+        let n = dst.ne[0] as usize;
+        let (from, to) = range_of(dst, 1, n);
+        let (n1, n2) = (dst.ne[1] as usize, dst.ne[2] as usize);
+        let rows = n1 * n2 * dst.ne[3] as usize;
+        for r in (ith as usize..rows).step_by(nth as usize) {
+            let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
+            let at = |t: &sys::ggml_tensor| (t.data as *mut u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]);
+            let src = std::slice::from_raw_parts(at(x) as *const f32, n);
+            let out = std::slice::from_raw_parts_mut(at(dst) as *mut f32, n);
+            out.fill(f32::NEG_INFINITY);
+            out[from..to].copy_from_slice(&src[from..to]);
         }
     }
 }

@@ -22,7 +22,7 @@ mod types;
 
 pub use arena::{HostArena, MAP_ALIGN};
 pub use backend::{Backend, Buffer, GraphAllocator};
-pub use graph::{Context, Graph, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
+pub use graph::{Context, Graph, GraphId, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
 /// Values the block kernels read at a time: block rows (head dim, block
 /// size) are whole multiples of it.
 pub use kernels::LANES as ROW_TILE;

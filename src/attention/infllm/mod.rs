@@ -34,8 +34,9 @@ use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Rang
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
 
-/// Key counts of a multi-token step are padded to a multiple of this (with
-/// masked keys) so that ggml's tiled matmul kernels apply.
+/// Key counts are padded to a multiple of this (with masked keys): in a
+/// prompt step so that ggml's tiled matmul kernels apply, in decode so that
+/// consecutive steps share their graph.
 const KEY_PAD: usize = 32;
 
 /// A chunk's queries attend in tiles of this many, each over only the
@@ -117,8 +118,9 @@ pub struct InfllmInputs<'a> {
     /// Ones [1, T], to average the chunk's queries for retrieval.
     ones: Option<Tensor<'a>>,
     n_tokens: usize,
-    /// Buffer index of the first new token.
-    at: usize,
+    /// Decode: the local keys' and the remainder's valid ranges within
+    /// their (padded) key spans, I32 [2] each.
+    ranges: Option<(Tensor<'a>, Tensor<'a>)>,
     n_blocks: usize,
     n_selected: usize,
     n_init: usize,
@@ -134,9 +136,43 @@ struct Tile<'a> {
     n_q: usize,
     lo: usize,
     n_keys: usize,
-    /// [n_keys + global keys, n_q]; none for a single query (decode), which
-    /// sees every key it is given.
+    /// [n_keys + global keys, n_q]; none for a single query (decode),
+    /// whose key ranges come as data instead.
     mask: Option<Tensor<'a>>,
+}
+
+/// Where a step's keys lie: its tiles' local ranges and its global keys.
+struct Layout {
+    start: usize,
+    n_tokens: usize,
+    base: usize,
+    rem_start: usize,
+    n_local: usize,
+    /// Keys of the blocks attended and the initial tokens.
+    n_fixed: usize,
+    /// Remainder keys, padded so that the global keys are a multiple of
+    /// `KEY_PAD` (masked past the tokens that left the window).
+    n_rem: usize,
+}
+
+impl Layout {
+    /// Position of the first local key of the tile starting at query `q0`.
+    /// A decode step's range starts at the remainder (masked up to the
+    /// window), which moves only when a block forms, and is padded like a
+    /// prompt's: consecutive steps then share a graph shape.
+    fn lo_pos(&self, q0: usize) -> usize {
+        match self.n_tokens {
+            1 => self.rem_start,
+            _ => (self.start + q0 + 1).saturating_sub(self.n_local).max(self.base),
+        }
+    }
+
+    /// Local keys (padded) of the tile starting at query `q0`; padding
+    /// reaches into later, masked buffer slots, never past the buffer.
+    fn n_keys(&self, q0: usize) -> usize {
+        let n_q = QUERY_TILE.min(self.n_tokens - q0);
+        (self.start + q0 + n_q - self.lo_pos(q0)).next_multiple_of(KEY_PAD)
+    }
 }
 
 impl InfllmAttention {
@@ -336,31 +372,55 @@ impl InfllmAttention {
         Ok(())
     }
 
+    /// The shape of a decode step's graph: where its key ranges start in
+    /// the window buffer and how long they are (padded), the blocks and
+    /// initial tokens. Two decode steps of equal shape build the same graph;
+    /// none for a step that re-rotates the buffer.
+    pub fn decode_shape(&self) -> Option<[usize; 5]> {
+        let l = self.layout(1);
+        let lo = l.rem_start - self.base;
+        (!self.rerotate).then_some([lo, l.n_keys(0), l.n_rem, self.n_blocks(), self.n_init_cur])
+    }
+
+    fn layout(&self, n_tokens: usize) -> Layout {
+        let p = &self.p;
+        let end = self.n_past + n_tokens;
+        let n_selected = self.n_blocks().min(p.topk);
+        let n_fixed = n_selected * p.block_size + self.n_init_cur;
+        let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
+        let n_rem = match rem_end - self.rem_start {
+            0 if n_fixed.is_multiple_of(KEY_PAD) => 0,
+            n => (n_fixed + n).next_multiple_of(KEY_PAD) - n_fixed,
+        };
+        Layout {
+            start: self.n_past,
+            n_tokens,
+            base: self.base,
+            rem_start: self.rem_start,
+            n_local: p.n_local,
+            n_fixed,
+            n_rem,
+        }
+    }
+
     /// Declares this step's positions, masks and index inputs.
     pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> InfllmInputs<'a> {
         let p = &self.p;
         let (start, end) = (self.n_past, self.n_past + n_tokens);
-        // Padded counts reach into later (masked) buffer slots, never past the buffer.
-        let pad = |n: usize| if n_tokens > 1 { n.next_multiple_of(KEY_PAD) } else { n };
-        let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
+        let lay = self.layout(n_tokens);
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
         let n_init = self.n_init_cur;
-        let n_fixed = n_selected * p.block_size + n_init;
-        let n_rem = match rem_end - self.rem_start {
-            0 if n_fixed.is_multiple_of(KEY_PAD) => 0,
-            n => pad(n_fixed + n) - n_fixed,
-        };
+        let (n_fixed, n_rem) = (lay.n_fixed, lay.n_rem);
         let n_global = n_fixed + n_rem;
 
         let mut tiles = Vec::new();
         for q0 in (0..n_tokens).step_by(QUERY_TILE) {
             let n_q = QUERY_TILE.min(n_tokens - q0);
-            let lo_pos = (start + q0 + 1).saturating_sub(p.n_local).max(self.base);
-            let n_keys = pad(start + q0 + n_q - lo_pos);
+            let lo_pos = lay.lo_pos(q0);
+            let n_keys = lay.n_keys(q0);
             // One mask over [local | blocks | initial | remainder] keys. A
-            // lone query (decode) needs none: its window ends at itself and
-            // its remainder keys are those that left the window.
+            // lone query (decode) has key ranges instead (`ranges`).
             let mask = (n_tokens > 1).then(|| {
                 let width = n_keys + n_global;
                 let mut mask = vec![f32::NEG_INFINITY; width * n_q];
@@ -389,6 +449,14 @@ impl InfllmAttention {
                 mask,
             });
         }
+        // Decode: the local keys are those from the window's start on; the
+        // remainder's, those that left it.
+        let ranges = (n_tokens == 1).then(|| {
+            let window = (start + 1).saturating_sub(p.n_local).max(self.base) - self.rem_start;
+            let left = end.saturating_sub(p.n_local).max(self.rem_start) - self.rem_start;
+            let mut range = |r: [usize; 2]| step.input_i32(&[2], r.map(|x| x as i32).to_vec());
+            (range([window, end - self.rem_start]), range([0, left]))
+        });
 
         let t = n_tokens as i64;
         let n_valid = self.n_past - self.base;
@@ -408,7 +476,7 @@ impl InfllmAttention {
             }),
             ones: (n_tokens > 1 && n_blocks > p.topk).then(|| step.input_f32(&[1, t], vec![1.0; n_tokens])),
             n_tokens,
-            at: start - self.base,
+            ranges,
             n_blocks,
             n_selected,
             n_init,
@@ -449,26 +517,26 @@ impl InfllmAttention {
         let head = row / nkv as usize;
         let vt_row = v_t.nb()[1]; // bytes of one channel over the buffer (k_rot_t, v_t)
         let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
-        // [n, e] f32 rows into buffer slots [at, at + n) of a transposed buffer.
-        let put_t = |x: Tensor<'a>, dst: Tensor<'a>, at: usize| {
-            let n = x.ne()[1];
-            g.cpy(g.transpose(x), g.view(dst, &[n, e], &[vt_row], at * 2))
-        };
+        // Tokens' vectors x [e, n] into buffer slots `slots` of a transposed
+        // buffer. Slots come as input data, so a decode graph does not
+        // depend on them.
+        let put_t = |x: Tensor<'a>, dst: Tensor<'a>, slots: Tensor<'a>| g.put_columns(dst, x, slots);
 
         // After the buffer moved, rotate every kept key at its new index.
         if let Some(idx) = inp.rerotate {
             let n = idx.ne()[0];
             let raw = g.view(k_raw, &[hd, nkv, n], &[head, row], 0);
-            step.graph.expand(put_t(g.reshape(rope(raw, idx), &[e, n]), k_rot_t, 0));
+            step.graph
+                .expand(put_t(g.reshape(rope(raw, idx), &[e, n]), k_rot_t, idx));
         }
 
-        // Append the chunk: raw keys, rotated keys and values (transposed).
-        let at = inp.at;
+        // Append the chunk: raw keys, rotated keys and values (transposed),
+        // at the slots of their positions relative to the buffer start.
+        let slots = inp.pos_local;
+        step.graph.expand(g.set_rows(k_raw, g.reshape(k, &[e, t]), slots));
         step.graph
-            .expand(g.cpy(g.reshape(k, &[e, t]), g.view(k_raw, &[e, t], &[row], at * row)));
-        step.graph
-            .expand(put_t(g.reshape(rope(k, inp.pos_local), &[e, t]), k_rot_t, at));
-        step.graph.expand(put_t(g.reshape(v, &[e, t]), v_t, at));
+            .expand(put_t(g.reshape(rope(k, slots), &[e, t]), k_rot_t, slots));
+        step.graph.expand(put_t(g.reshape(v, &[e, t]), v_t, slots));
 
         if t == 1 {
             return self.attend_one(step, inp, x, la);
@@ -551,7 +619,7 @@ impl InfllmAttention {
                 g.view(x, &[x.ne()[0], tile.n_q as i64, nh], &[nb[1], nb[2]], tile.q0 * nb[1])
             };
             // Queries copied contiguous: our kernel and ggml's tiled ones take only those.
-            let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), g.cont(rows(q_local)));
+            let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), g.cont(rows(q_local)), None);
             let mut logits = vec![soft_cap(g, local, la)];
             if let Some(k) = global_keys {
                 logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
@@ -624,7 +692,8 @@ impl InfllmAttention {
         let transposed = |src, n, lo| transposed_rows(g, src, s, n, lo);
         // The local window through our kernel: a matmul over key rows spends
         // most of its time in a horizontal sum per dot product (docs/perf.md).
-        let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), q_local);
+        let (local_keys, left_keys) = inp.ranges.expect("decode steps have key ranges");
+        let local = g.key_scores(transposed(k_rot_t, tile.n_keys, tile.lo), q_local, Some(local_keys));
         let mut logits = vec![soft_cap(g, local, la)];
 
         let n_blocks_keys = inp.n_selected * s.block_size;
@@ -645,7 +714,8 @@ impl InfllmAttention {
             logits.push(mul_mat_capped(g, g.permute(ki, [0, 2, 1, 3]), q_global, la));
         }
         if inp.n_rem > 0 {
-            logits.push(mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la));
+            let rem = mul_mat_capped(g, keys(k_raw, inp.n_rem, inp.rem_lo), q_global, la);
+            logits.push(g.mask_outside(rem, left_keys));
         }
         // One softmax over all query heads' rows as one matrix (ggml splits
         // rows, not heads, between threads: [W, 3, 3] left one thread 6 rows).
@@ -662,7 +732,11 @@ impl InfllmAttention {
                 off * 4,
             )
         };
-        let mut out = g.value_sums(transposed(v_t, tile.n_keys, tile.lo), part(tile.n_keys, 0));
+        let mut out = g.value_sums(
+            transposed(v_t, tile.n_keys, tile.lo),
+            part(tile.n_keys, 0),
+            Some(local_keys),
+        );
         let mut off = tile.n_keys;
         if let Some(ids) = block_ids {
             let probs = part(n_blocks_keys, off);
@@ -682,7 +756,11 @@ impl InfllmAttention {
         if inp.n_rem > 0 {
             out = g.add(
                 out,
-                g.value_sums(transposed(v_t, inp.n_rem, inp.rem_lo), part(inp.n_rem, off)),
+                g.value_sums(
+                    transposed(v_t, inp.n_rem, inp.rem_lo),
+                    part(inp.n_rem, off),
+                    Some(left_keys),
+                ),
             );
         }
 
