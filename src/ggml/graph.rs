@@ -974,7 +974,8 @@ unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: 
     // the graph runs. Each slice below stays inside its tensor: keys span
     // channels 0..dim of the thread's key range for one KV head, queries one
     // head's rows, outputs one row's key range. Threads write disjoint key
-    // ranges of `dst`; nothing writes the sources during the op.
+    // ranges of `dst` (the first also the keys outside the valid range,
+    // which no thread's range holds); nothing writes the sources.
     unsafe {
         let dst = &*dst;
         let (k, q) = (&*dst.src[0], &*dst.src[1]);
@@ -984,10 +985,7 @@ unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: 
         // Keys outside the range score -inf: the first thread writes those.
         let (from, to) = range_of(dst, 2, k.ne[0] as usize);
         if ith == 0 {
-            for_rows(dst, |row| {
-                row[..from].fill(f32::NEG_INFINITY);
-                row[to..].fill(f32::NEG_INFINITY);
-            });
+            fill_outside(dst, from, to, f32::NEG_INFINITY);
         }
         let n = to - from;
         let tiles = n.div_ceil(kernels::LANES);
@@ -1050,21 +1048,25 @@ unsafe extern "C" fn put_columns_op(dst: *mut sys::ggml_tensor, ith: c_int, nth:
     }
 }
 
-/// Runs `f` on every row (dim 0) of the f32 tensor `t`, at its strides.
+/// Sets the entries of every row (dim 0) of the f32 tensor `t` outside
+/// [from, to) to `value`.
 ///
 /// # Safety
-/// `t` must be an allocated f32 tensor with unit element stride, whose rows
-/// nothing else accesses during the call.
-unsafe fn for_rows(t: &sys::ggml_tensor, mut f: impl FnMut(&mut [f32])) {
+/// `t` must be an allocated f32 tensor with unit element stride, `from <=
+/// to <= ne[0]`, and nothing else may access those entries during the call
+/// (other threads may use the rest of the rows: no reference covers it).
+unsafe fn fill_outside(t: &sys::ggml_tensor, from: usize, to: usize, value: f32) {
+    let n = t.ne[0] as usize;
     for i3 in 0..t.ne[3] as usize {
         for i2 in 0..t.ne[2] as usize {
             for i1 in 0..t.ne[1] as usize {
-                // SAFETY: row (i1, i2, i3) of `t`, inside it (the caller's contract).
-                let row = unsafe {
-                    let at = (t.data as *mut u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]);
-                    std::slice::from_raw_parts_mut(at as *mut f32, t.ne[0] as usize)
-                };
-                f(row);
+                // SAFETY: the two runs lie inside row (i1, i2, i3) of `t` and
+                // are ours alone (the caller's contract).
+                unsafe {
+                    let row = (t.data as *mut u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]) as *mut f32;
+                    std::slice::from_raw_parts_mut(row, from).fill(value);
+                    std::slice::from_raw_parts_mut(row.add(to), n - to).fill(value);
+                }
             }
         }
     }

@@ -517,26 +517,23 @@ impl InfllmAttention {
         let head = row / nkv as usize;
         let vt_row = v_t.nb()[1]; // bytes of one channel over the buffer (k_rot_t, v_t)
         let rope = |x, pos| g.rope(x, pos, freq_factors, &la.rope);
-        // Tokens' vectors x [e, n] into buffer slots `slots` of a transposed
-        // buffer. Slots come as input data, so a decode graph does not
-        // depend on them.
-        let put_t = |x: Tensor<'a>, dst: Tensor<'a>, slots: Tensor<'a>| g.put_columns(dst, x, slots);
 
         // After the buffer moved, rotate every kept key at its new index.
         if let Some(idx) = inp.rerotate {
             let n = idx.ne()[0];
             let raw = g.view(k_raw, &[hd, nkv, n], &[head, row], 0);
             step.graph
-                .expand(put_t(g.reshape(rope(raw, idx), &[e, n]), k_rot_t, idx));
+                .expand(g.put_columns(k_rot_t, g.reshape(rope(raw, idx), &[e, n]), idx));
         }
 
         // Append the chunk: raw keys, rotated keys and values (transposed),
-        // at the slots of their positions relative to the buffer start.
+        // at the slots of their positions relative to the buffer start. The
+        // slots come as input data, so a decode graph does not depend on them.
         let slots = inp.pos_local;
         step.graph.expand(g.set_rows(k_raw, g.reshape(k, &[e, t]), slots));
         step.graph
-            .expand(put_t(g.reshape(rope(k, slots), &[e, t]), k_rot_t, slots));
-        step.graph.expand(put_t(g.reshape(v, &[e, t]), v_t, slots));
+            .expand(g.put_columns(k_rot_t, g.reshape(rope(k, slots), &[e, t]), slots));
+        step.graph.expand(g.put_columns(v_t, g.reshape(v, &[e, t]), slots));
 
         if t == 1 {
             return self.attend_one(step, inp, x, la);
