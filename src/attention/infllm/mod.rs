@@ -19,7 +19,10 @@
 //! representative keys, then `top_k`), so a chunk is one graph over all
 //! layers. A prompt chunk gathers the chosen blocks (`get_rows`, dequantized)
 //! and runs tiled matmuls; a decode step reads them in their stored type
-//! with our kernels (`block_scores`, `block_values`).
+//! with our kernels (`block_scores`, `block_values`). What moves from one
+//! decode step to the next (the new token's slot, the window's valid keys)
+//! is input data, so the engine runs one graph for many steps
+//! (`decode_shape`).
 
 mod memory;
 mod params;
@@ -150,20 +153,30 @@ struct Layout {
     n_local: usize,
     /// Keys of the blocks attended and the initial tokens.
     n_fixed: usize,
-    /// Remainder keys, padded so that the global keys are a multiple of
-    /// `KEY_PAD` (masked past the tokens that left the window).
+    /// Remainder keys from `rem_lo`, padded (masked outside the tokens
+    /// that left the window): in a prompt step so that the global keys are
+    /// a multiple of `KEY_PAD`, in decode to a multiple of it.
     n_rem: usize,
 }
 
 impl Layout {
     /// Position of the first local key of the tile starting at query `q0`.
-    /// A decode step's range starts at the remainder (masked up to the
-    /// window), which moves only when a block forms, and is padded like a
-    /// prompt's: consecutive steps then share a graph shape.
+    /// A decode step's keys, local and remainder alike, start at the
+    /// remainder rounded down to `KEY_PAD` (masked up to where each part
+    /// starts) and are padded like a prompt's: the span moves only every
+    /// `KEY_PAD` tokens, so consecutive steps share a graph shape.
     fn lo_pos(&self, q0: usize) -> usize {
         match self.n_tokens {
-            1 => self.rem_start,
+            1 => (self.rem_start - self.rem_start % KEY_PAD).max(self.base),
             _ => (self.start + q0 + 1).saturating_sub(self.n_local).max(self.base),
+        }
+    }
+
+    /// First remainder key (a position).
+    fn rem_lo(&self) -> usize {
+        match self.n_tokens {
+            1 => self.lo_pos(0),
+            _ => self.rem_start,
         }
     }
 
@@ -378,7 +391,7 @@ impl InfllmAttention {
     /// none for a step that re-rotates the buffer.
     pub fn decode_shape(&self) -> Option<[usize; 5]> {
         let l = self.layout(1);
-        let lo = l.rem_start - self.base;
+        let lo = l.lo_pos(0) - self.base;
         (!self.rerotate).then_some([lo, l.n_keys(0), l.n_rem, self.n_blocks(), self.n_init_cur])
     }
 
@@ -388,19 +401,22 @@ impl InfllmAttention {
         let n_selected = self.n_blocks().min(p.topk);
         let n_fixed = n_selected * p.block_size + self.n_init_cur;
         let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
-        let n_rem = match rem_end - self.rem_start {
-            0 if n_fixed.is_multiple_of(KEY_PAD) => 0,
-            n => (n_fixed + n).next_multiple_of(KEY_PAD) - n_fixed,
-        };
-        Layout {
+        let mut lay = Layout {
             start: self.n_past,
             n_tokens,
             base: self.base,
             rem_start: self.rem_start,
             n_local: p.n_local,
             n_fixed,
-            n_rem,
-        }
+            n_rem: 0,
+        };
+        lay.n_rem = match (rem_end - self.rem_start, n_tokens) {
+            (0, 1) => 0,
+            (_, 1) => (rem_end - lay.rem_lo()).next_multiple_of(KEY_PAD),
+            (0, _) if n_fixed.is_multiple_of(KEY_PAD) => 0,
+            (n, _) => (n_fixed + n).next_multiple_of(KEY_PAD) - n_fixed,
+        };
+        lay
     }
 
     /// Declares this step's positions, masks and index inputs.
@@ -449,13 +465,14 @@ impl InfllmAttention {
                 mask,
             });
         }
-        // Decode: the local keys are those from the window's start on; the
-        // remainder's, those that left it.
+        // Decode: within the keys from `lo_pos` on, the local ones are those
+        // from the window's start; the remainder's, those that left it.
         let ranges = (n_tokens == 1).then(|| {
-            let window = (start + 1).saturating_sub(p.n_local).max(self.base) - self.rem_start;
-            let left = end.saturating_sub(p.n_local).max(self.rem_start) - self.rem_start;
-            let mut range = |r: [usize; 2]| step.input_i32(&[2], r.map(|x| x as i32).to_vec());
-            (range([window, end - self.rem_start]), range([0, left]))
+            let lo = lay.lo_pos(0);
+            let window = (start + 1).saturating_sub(p.n_local).max(self.base);
+            let left = end.saturating_sub(p.n_local).max(self.rem_start);
+            let mut range = |r: [usize; 2]| step.input_i32(&[2], r.map(|x| (x - lo) as i32).to_vec());
+            (range([window, end]), range([self.rem_start, left]))
         });
 
         let t = n_tokens as i64;
@@ -480,7 +497,7 @@ impl InfllmAttention {
             n_blocks,
             n_selected,
             n_init,
-            rem_lo: self.rem_start - self.base,
+            rem_lo: lay.rem_lo() - self.base,
             n_rem,
         }
     }
