@@ -153,13 +153,32 @@ struct Layout {
     n_local: usize,
     /// Keys of the blocks attended and the initial tokens.
     n_fixed: usize,
-    /// Remainder keys from `rem_lo`, padded (masked outside the tokens
-    /// that left the window): in a prompt step so that the global keys are
-    /// a multiple of `KEY_PAD`, in decode to a multiple of it.
-    n_rem: usize,
 }
 
 impl Layout {
+    /// Position of the first key in query `q`'s window.
+    fn window_start(&self, q: usize) -> usize {
+        (q + 1).saturating_sub(self.n_local).max(self.base)
+    }
+
+    /// End of the remainder: the tokens that left the window of the step's
+    /// last query and are in no block.
+    fn rem_end(&self) -> usize {
+        self.window_start(self.start + self.n_tokens - 1).max(self.rem_start)
+    }
+
+    /// Remainder keys from `rem_lo`, padded (masked outside the tokens
+    /// that left the window): in a prompt step so that the global keys are
+    /// a multiple of `KEY_PAD`, in decode to a multiple of it.
+    fn n_rem(&self) -> usize {
+        match (self.rem_end() - self.rem_start, self.n_tokens) {
+            (0, 1) => 0,
+            (_, 1) => (self.rem_end() - self.rem_lo()).next_multiple_of(KEY_PAD),
+            (0, _) if self.n_fixed.is_multiple_of(KEY_PAD) => 0,
+            (n, _) => (self.n_fixed + n).next_multiple_of(KEY_PAD) - self.n_fixed,
+        }
+    }
+
     /// Position of the first local key of the tile starting at query `q0`.
     /// A decode step's keys, local and remainder alike, start at the
     /// remainder rounded down to `KEY_PAD` (masked up to where each part
@@ -168,7 +187,7 @@ impl Layout {
     fn lo_pos(&self, q0: usize) -> usize {
         match self.n_tokens {
             1 => (self.rem_start - self.rem_start % KEY_PAD).max(self.base),
-            _ => (self.start + q0 + 1).saturating_sub(self.n_local).max(self.base),
+            _ => self.window_start(self.start + q0),
         }
     }
 
@@ -392,31 +411,19 @@ impl InfllmAttention {
     pub fn decode_shape(&self) -> Option<[usize; 5]> {
         let l = self.layout(1);
         let lo = l.lo_pos(0) - self.base;
-        (!self.rerotate).then_some([lo, l.n_keys(0), l.n_rem, self.n_blocks(), self.n_init_cur])
+        (!self.rerotate).then_some([lo, l.n_keys(0), l.n_rem(), self.n_blocks(), self.n_init_cur])
     }
 
     fn layout(&self, n_tokens: usize) -> Layout {
         let p = &self.p;
-        let end = self.n_past + n_tokens;
-        let n_selected = self.n_blocks().min(p.topk);
-        let n_fixed = n_selected * p.block_size + self.n_init_cur;
-        let rem_end = end.saturating_sub(p.n_local).max(self.rem_start);
-        let mut lay = Layout {
+        Layout {
             start: self.n_past,
             n_tokens,
             base: self.base,
             rem_start: self.rem_start,
             n_local: p.n_local,
-            n_fixed,
-            n_rem: 0,
-        };
-        lay.n_rem = match (rem_end - self.rem_start, n_tokens) {
-            (0, 1) => 0,
-            (_, 1) => (rem_end - lay.rem_lo()).next_multiple_of(KEY_PAD),
-            (0, _) if n_fixed.is_multiple_of(KEY_PAD) => 0,
-            (n, _) => (n_fixed + n).next_multiple_of(KEY_PAD) - n_fixed,
-        };
-        lay
+            n_fixed: self.n_blocks().min(p.topk) * p.block_size + self.n_init_cur,
+        }
     }
 
     /// Declares this step's positions, masks and index inputs.
@@ -427,7 +434,7 @@ impl InfllmAttention {
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
         let n_init = self.n_init_cur;
-        let (n_fixed, n_rem) = (lay.n_fixed, lay.n_rem);
+        let (n_fixed, n_rem) = (lay.n_fixed, lay.n_rem());
         let n_global = n_fixed + n_rem;
 
         let mut tiles = Vec::new();
@@ -469,10 +476,11 @@ impl InfllmAttention {
         // from the window's start; the remainder's, those that left it.
         let ranges = (n_tokens == 1).then(|| {
             let lo = lay.lo_pos(0);
-            let window = (start + 1).saturating_sub(p.n_local).max(self.base);
-            let left = end.saturating_sub(p.n_local).max(self.rem_start);
             let mut range = |r: [usize; 2]| step.input_i32(&[2], r.map(|x| (x - lo) as i32).to_vec());
-            (range([window, end]), range([self.rem_start, left]))
+            (
+                range([lay.window_start(start), end]),
+                range([self.rem_start, lay.rem_end()]),
+            )
         });
 
         let t = n_tokens as i64;
