@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 let ids = (0..topk).map(|i| ((i * 131 + il * 17 + rep * 7 + seed) % n_blocks) as i32);
-                let ids = step.input_i32(&[topk as i64], ids.collect());
+                let ids = step.input_i32("ids", &[topk as i64], ids.collect());
                 if mode != "values" {
                     step.graph.expand(g.block_scores(s.k_tensor(g), ids, q));
                 }

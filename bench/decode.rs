@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         Some("fill") => {
             let (n, path) = (num(1, 0)?, path(2)?);
             let mut e = engine(num(3, 2)?)?;
-            let n_vocab = e.model.hp.n_vocab as i32;
+            let n_vocab = e.model().hp.n_vocab as i32;
             let tokens: Vec<i32> = (0..n).map(|_| rng.gen_range(0..n_vocab)).collect();
             let start = Instant::now();
             e.feed(&tokens, &mut |_, _| {})?;
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             let path = path(1)?;
             let (n, reps) = (num(2, 128)?, num(3, 3)?);
             let mut e = engine(num(4, 2)?)?;
-            let n_vocab = e.model.hp.n_vocab as i32;
+            let n_vocab = e.model().hp.n_vocab as i32;
             for _ in 0..reps {
                 infllm::session::load(path, &mut e, |_| Ok(()))?;
                 // One token untimed: the first step after a load touches the mapped pages.

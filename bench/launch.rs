@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..n {
             let ctx = Step::context();
             let mut step = Step::new(&ctx);
-            let mut x = step.input_f32(&[64], vec![1.0; 64]);
+            let mut x = step.input_f32("x", &[64], vec![1.0; 64]);
             for _ in 0..nodes {
                 x = ctx.scale(x, 0.5);
             }

@@ -2,12 +2,12 @@
 //! backend, keeping the attention state between calls.
 
 use crate::attention::full::FullAttention;
-use crate::attention::infllm::{HeadShape, InfllmParams};
-use crate::attention::{Attention, InfllmLayers};
+use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
+use crate::attention::{Attention, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
 use crate::ggml::{Backend, GraphAllocator};
 use crate::model::Model;
-use crate::tokenizer::Token;
+use crate::tokenizer::{Token, Tokenizer};
 
 /// Which attention a run uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,44 +30,30 @@ pub struct EngineParams {
     pub n_ubatch: usize,
 }
 
+/// What a kept decode graph was built for: a step whose key is equal runs
+/// it again with new input data.
+#[derive(PartialEq)]
+struct StepKey {
+    attention: ReuseKey,
+    last_only: bool,
+}
+
 pub struct Engine {
-    pub model: Model,
-    pub attention: Attention,
+    model: Model,
+    attention: Box<dyn Attention>,
     backend: Backend,
     alloc: GraphAllocator,
     n_ubatch: usize,
     logits: Vec<f32>,
-    params: EngineParams,
     /// The last decode graph and the key it was built for.
-    built: Option<((Vec<usize>, bool), BuiltStep)>,
+    kept: Option<(StepKey, BuiltStep)>,
     reuse_graphs: bool,
     reused_steps: usize,
 }
 
 impl Engine {
     pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
-        let hp = &model.hp;
-        let attention = match p.attn {
-            AttnMode::Full { flash_attn } => {
-                let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
-                Attention::Full(FullAttention::new(
-                    &hp.layer_window,
-                    n_ctx,
-                    hp.head_dim,
-                    hp.n_head_kv,
-                    flash_attn,
-                )?)
-            }
-            AttnMode::Infllm(ip) => {
-                let heads = HeadShape {
-                    n_layer: hp.n_layer,
-                    head_dim: hp.head_dim,
-                    n_head: hp.n_head,
-                    n_head_kv: hp.n_head_kv,
-                };
-                Attention::Infllm(Box::new(InfllmLayers::new(ip, heads, &hp.layer_window)?))
-            }
-        };
+        let attention = new_attention(&model, &p)?;
         Ok(Self {
             backend: Backend::cpu(p.n_threads)?,
             alloc: GraphAllocator::cpu(),
@@ -75,11 +61,18 @@ impl Engine {
             attention,
             model,
             logits: Vec::new(),
-            params: p,
-            built: None,
+            kept: None,
             reuse_graphs: true,
             reused_steps: 0,
         })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.model.tokenizer
     }
 
     /// Context size in tokens (after rounding up to the cache padding).
@@ -87,33 +80,19 @@ impl Engine {
         self.attention.n_ctx()
     }
 
+    /// Memory held for the past.
+    pub fn memory(&self) -> MemoryReport {
+        self.attention.memory()
+    }
+
     /// Memory held for the past, in words: blocks, bytes, bytes per token.
     pub fn memory_report(&self) -> String {
-        let mib = |b: usize| b as f64 / (1 << 20) as f64;
-        match &self.attention {
-            Attention::Full(a) => format!("memory: KV cache {:.1} MiB", mib(a.cache_bytes())),
-            Attention::Infllm(layers) => {
-                let a = &layers.memory;
-                let window: usize = layers.all().map(|a| a.window_bytes()).sum();
-                let n = self.n_past().max(1);
-                format!(
-                    "memory: {} tokens, {} blocks, block memory {:.1} MiB ({:.0} bytes/token), window and initial tokens {:.1} MiB",
-                    self.n_past(),
-                    a.n_blocks(),
-                    mib(a.block_bytes()),
-                    a.block_bytes() as f64 / n as f64,
-                    mib(window)
-                )
-            }
-        }
+        self.memory().to_string()
     }
 
     /// Bytes of InfLLM memory blocks (None for full attention).
     pub fn block_bytes(&self) -> Option<usize> {
-        match &self.attention {
-            Attention::Full(_) => None,
-            Attention::Infllm(a) => Some(a.memory.block_bytes()),
-        }
+        self.memory().blocks.map(|(_, bytes)| bytes)
     }
 
     /// Tokens processed so far.
@@ -122,17 +101,35 @@ impl Engine {
     }
 
     /// The attention settings that shape the state (what a saved session
-    /// must match), in words.
-    pub fn settings(&self) -> String {
-        match self.params.attn {
-            AttnMode::Full { flash_attn } => format!("full attention, flash_attn {flash_attn}, n_ctx {}", self.n_ctx()),
-            AttnMode::Infllm(p) => format!("{p:?}"),
-        }
+    /// must match).
+    pub fn settings(&self) -> Settings {
+        self.attention.settings()
     }
 
     /// Forgets the conversation.
     pub fn clear(&mut self) {
         self.attention.clear();
+    }
+
+    /// The state after the tokens so far, to `rollback` to in this run.
+    pub fn snapshot(&self) -> Snapshot {
+        self.attention.snapshot()
+    }
+
+    pub fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()> {
+        self.attention.rollback(s)
+    }
+
+    /// Writes the attention state as sections (`session.rs`); returns what
+    /// reading it back needs besides them.
+    pub fn state_write(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value> {
+        self.attention.state_write(out)
+    }
+
+    /// Reads back what `state_write` wrote.
+    pub fn state_read(&mut self, state: &serde_json::Value, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
+        self.kept = None;
+        self.attention.state_read(state, sections)
     }
 
     /// Appends `tokens`; returns the logits of every token (`all_logits`,
@@ -179,7 +176,7 @@ impl Engine {
     /// default; off: every step builds its graph, for comparison).
     pub fn set_graph_reuse(&mut self, on: bool) {
         self.reuse_graphs = on;
-        self.built = None;
+        self.kept = None;
     }
 
     /// Steps that ran a kept graph instead of building one.
@@ -197,43 +194,72 @@ impl Engine {
     /// runs that graph again with new inputs instead of building one.
     fn step(&mut self, tokens: &[Token], last_only: bool) -> anyhow::Result<()> {
         self.attention.prepare(tokens.len())?;
-        let n = tokens.len() as i64;
-        let key = self
-            .attention
-            .reuse_key(tokens.len())
-            .filter(|_| self.reuse_graphs)
-            .map(|k| (k, last_only));
-        let reuse = matches!((&self.built, &key), (Some((built_key, _)), Some(key)) if built_key == key);
-        if reuse {
-            let (built_key, built) = self.built.take().expect("checked above");
-            let mut step = Step::replay(&built);
-            self.attention.begin(&mut step, tokens.len())?;
-            step.input_i32(&[n], tokens.to_vec());
-            step.run(&mut self.backend, &mut self.alloc)?;
-            built.output().read_f32(&mut self.logits);
-            self.built = Some((built_key, built));
-            self.reused_steps += 1;
-        } else {
-            // Building allocates anew, which invalidates the kept graph.
-            self.built = None;
-            let ctx = Step::context();
-            let mut step = Step::new(&ctx);
-            let attn_inputs = self.attention.begin(&mut step, tokens.len())?;
-            let tok = step.input_i32(&[n], tokens.to_vec());
-            let logits = self
-                .model
-                .forward(&mut step, &self.attention, &attn_inputs, tok, last_only)
-                .set_output();
-            step.graph.expand(logits);
-            step.run(&mut self.backend, &mut self.alloc)?;
-            logits.read_f32(&mut self.logits);
-            let (graph, inputs) = step.ids();
-            let output = ctx.id(logits);
-            drop(step);
-            if let Some(key) = key {
-                self.built = Some((key, BuiltStep::keep(ctx, graph, inputs, output)));
+        let key = self.attention.reuse_key(tokens.len()).filter(|_| self.reuse_graphs);
+        let key = key.map(|attention| StepKey { attention, last_only });
+        // A kept graph that does not fit is dropped before building, which
+        // allocates anew and so invalidates it.
+        match self.kept.take().filter(|(kept, _)| Some(kept) == key.as_ref()) {
+            Some((kept, built)) => {
+                self.replay(&built, tokens)?;
+                self.kept = Some((kept, built));
+                self.reused_steps += 1;
+            }
+            None => {
+                let built = self.build(tokens, last_only)?;
+                self.kept = key.map(|key| (key, built));
             }
         }
         self.attention.commit(tokens.len())
     }
+
+    /// Runs a kept graph with this step's inputs.
+    fn replay(&mut self, built: &BuiltStep, tokens: &[Token]) -> anyhow::Result<()> {
+        let mut step = Step::replay(built);
+        self.attention.begin(&mut step, tokens.len())?;
+        step.input_i32("tokens", &[tokens.len() as i64], tokens.to_vec());
+        step.run(&mut self.backend, &mut self.alloc)?;
+        built.output().read_f32(&mut self.logits);
+        Ok(())
+    }
+
+    /// Builds and runs this step's graph; returns it, to keep.
+    fn build(&mut self, tokens: &[Token], last_only: bool) -> anyhow::Result<BuiltStep> {
+        let ctx = Step::context();
+        let mut step = Step::new(&ctx);
+        let attention = self.attention.begin(&mut step, tokens.len())?;
+        let tok = step.input_i32("tokens", &[tokens.len() as i64], tokens.to_vec());
+        let logits = self.model.forward(&mut step, &*attention, tok, last_only).set_output();
+        step.graph.expand(logits);
+        step.run(&mut self.backend, &mut self.alloc)?;
+        logits.read_f32(&mut self.logits);
+        drop(attention);
+        let ids = step.into_ids(logits);
+        Ok(BuiltStep::keep(ctx, ids))
+    }
+}
+
+/// The attention `p` asks for, sized for `model`.
+fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Attention>> {
+    let hp = &model.hp;
+    Ok(match p.attn {
+        AttnMode::Full { flash_attn } => {
+            let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
+            Box::new(FullAttention::new(
+                &hp.layer_window,
+                n_ctx,
+                hp.head_dim,
+                hp.n_head_kv,
+                flash_attn,
+            )?)
+        }
+        AttnMode::Infllm(ip) => {
+            let heads = HeadShape {
+                n_layer: hp.n_layer,
+                head_dim: hp.head_dim,
+                n_head: hp.n_head,
+                n_head_kv: hp.n_head_kv,
+            };
+            Box::new(Infllm::new(ip, heads, &hp.layer_window)?)
+        }
+    })
 }

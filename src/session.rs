@@ -21,14 +21,13 @@ use anyhow::{bail, ensure, Context as _};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use crate::attention::infllm::Counters;
-use crate::attention::Attention;
+use crate::attention::{Settings, StateReader, StateWriter};
 use crate::engine::Engine;
 use crate::ggml::{map_readonly, MAP_ALIGN};
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;
@@ -37,18 +36,13 @@ const TRAILER_LEN: usize = 24;
 struct Index {
     /// Hex of the model's identity hash (GGUF header and tensor table).
     model: String,
-    /// The attention settings, as `Engine::settings` words them.
-    attention: String,
-    state: State,
+    /// The attention settings.
+    attention: Settings,
+    /// What the attention needs besides its sections (`Attention::state_write`).
+    state: serde_json::Value,
     /// (offset, length) of each section, in the order the state reads them.
     sections: Vec<(u64, u64)>,
     record: serde_json::Value,
-}
-
-#[derive(Serialize, Deserialize)]
-enum State {
-    Full { n_past: usize },
-    Infllm { instances: Vec<Counters> },
 }
 
 /// Writes `engine`'s state and `record` to `path` (atomically).
@@ -95,7 +89,9 @@ impl SectionWriter {
         self.pos += data.len() as u64;
         Ok(())
     }
+}
 
+impl StateWriter for SectionWriter {
     /// A section; `mappable` ones start at a multiple of `MAP_ALIGN`.
     fn section(&mut self, data: &[u8], mappable: bool) -> std::io::Result<()> {
         if mappable && !data.is_empty() {
@@ -118,28 +114,9 @@ fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow:
     w.write(MAGIC)?;
     w.write(&VERSION.to_le_bytes())?;
     w.write(&0u32.to_le_bytes())?;
-    let state = match &engine.attention {
-        Attention::Full(a) => {
-            w.section(&a.cache_bytes_used(), false)?;
-            State::Full { n_past: a.n_past() }
-        }
-        Attention::Infllm(layers) => {
-            let mut instances = Vec::new();
-            for a in layers.all() {
-                let s = a.window_state();
-                w.section(&s.bytes, false)?;
-                for parts in a.block_parts() {
-                    for part in parts {
-                        w.section(part, true)?;
-                    }
-                }
-                instances.push(s.counters);
-            }
-            State::Infllm { instances }
-        }
-    };
+    let state = engine.state_write(&mut w)?;
     let index = serde_json::to_vec(&Index {
-        model: format!("{:016x}", engine.model.identity),
+        model: format!("{:016x}", engine.model().identity),
         attention: engine.settings(),
         state,
         sections: std::mem::take(&mut w.sections),
@@ -183,52 +160,17 @@ fn load_inner<T>(
         .context("corrupt (index length)")?;
     let index: Index = serde_json::from_slice(&b[index_start..b.len() - TRAILER_LEN]).context("corrupt index")?;
 
-    let model = format!("{:016x}", engine.model.identity);
+    let model = format!("{:016x}", engine.model().identity);
     ensure!(
         index.model == model,
         "saved with another model (identity {}, this model {model})",
         index.model
     );
-    let settings = engine.settings();
-    ensure!(
-        index.attention == settings,
-        "saved with other attention settings ({}; now {settings})",
-        index.attention
-    );
-    for &(offset, len) in &index.sections {
-        ensure!(
-            offset.checked_add(len).is_some_and(|end| end <= index_start as u64),
-            "corrupt (section past the data)"
-        );
+    if let Some(why) = engine.settings().mismatch(&index.attention) {
+        bail!("{why}");
     }
+    let mut sections = StateReader::new(&file, &b[..index_start], &index.sections)?;
     let record = check(&index.record)?;
-    let mut sections = index.sections.iter().map(|&(o, l)| (o, l as usize));
-    let mut next = || sections.next().context("corrupt (missing sections)");
-
-    match (&mut engine.attention, &index.state) {
-        (Attention::Full(a), State::Full { n_past }) => {
-            let (offset, len) = next()?;
-            a.restore(*n_past, Some(&b[offset as usize..offset as usize + len]))?;
-        }
-        (Attention::Infllm(layers), State::Infllm { instances }) => {
-            ensure!(instances.len() == layers.all().count(), "saved with other layers");
-            for (a, counters) in layers.all_mut().zip(instances) {
-                let (offset, len) = next()?;
-                let window = &b[offset as usize..offset as usize + len];
-                let lens = a.block_part_lens(counters.n_blocks);
-                a.map_blocks(&file, counters.n_blocks, || {
-                    let mut offsets = [0u64; 3];
-                    for (o, want) in offsets.iter_mut().zip(lens) {
-                        let (offset, len) = next()?;
-                        ensure!(len == want, "corrupt (block section size)");
-                        *o = offset;
-                    }
-                    Ok(offsets)
-                })?;
-                a.restore(*counters, window)?;
-            }
-        }
-        _ => bail!("saved with another attention mode"),
-    }
+    engine.state_read(&index.state, &mut sections)?;
     Ok(record)
 }

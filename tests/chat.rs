@@ -328,7 +328,7 @@ fn the_second_turn_evaluates_only_its_own_tokens() {
     let n = c.user_turn(QUESTION, &mut |_, _| {}).unwrap();
     // Exactly the end of the answer's turn and the new turn, as the template writes them.
     let new_text = format!("<|im_end|>\n<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n");
-    let expected = c.engine.model.tokenizer.encode(&new_text, false, true);
+    let expected = c.engine.tokenizer().encode(&new_text, false, true);
     assert_eq!(n, expected.len());
     assert_eq!(c.engine.n_past(), held + n);
     assert!(n < first, "{n} new tokens vs {first} in the first turn");

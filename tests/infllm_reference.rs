@@ -1,5 +1,5 @@
 //! InfLLM attention against an independent brute-force implementation of
-//! `shared/docs/infllm.md`, on random tensors with small settings: block
+//! docs/infllm.md, on random tensors with small settings: block
 //! formation across chunk edges, initial / remainder bookkeeping, per-head
 //! representative tokens under GQA, the joint softmax with both masks, and
 //! top-k retrieval.
@@ -7,8 +7,10 @@
 // Token positions index the history, as in the page this restates.
 #![allow(clippy::needless_range_loop)]
 
-use infllm::attention::infllm::{representative_key, BlockShape, BlockStore, HeadShape, InfllmAttention, InfllmParams};
-use infllm::attention::{LayerAttn, LayerQkv};
+use infllm::attention::infllm::{
+    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams,
+};
+use infllm::attention::{LayerAttn, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
 use infllm::ggml::{self, Backend, GraphAllocator, RopeParams, Tensor, ROPE_NORMAL};
 
@@ -95,7 +97,7 @@ fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
         n_head: N_HEAD,
         n_head_kv: N_HEAD_KV,
     };
-    let mut attn = InfllmAttention::new(p, heads).unwrap();
+    let mut attn = InfllmAttention::new(p, heads, "mem").unwrap();
     let mut backend = Backend::cpu(2).unwrap();
     let mut alloc = GraphAllocator::cpu();
     let la = LayerAttn {
@@ -104,7 +106,7 @@ fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
         softcap: 0.0,
     };
     let mut outputs = Vec::new();
-    let mut built: Option<([usize; 5], BuiltStep)> = None;
+    let mut built: Option<(DecodeShape, BuiltStep)> = None;
     let mut reused = 0;
     for c in chunks {
         let t = c.k.len() / (N_HEAD_KV * HEAD_DIM);
@@ -133,14 +135,13 @@ fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
                     v,
                     freq_factors: None,
                 };
-                let out = attn.attend(&mut step, &inp, qkv, &la).set_output();
+                let out = inp.attend(&mut step, qkv, &la).set_output();
                 step.graph.expand(out);
                 step.run(&mut backend, &mut alloc).unwrap();
                 out.read_f32(&mut data);
-                let (graph, ids) = step.ids();
-                let out = ctx.id(out);
-                drop(step);
-                built = key.map(|k| (k, BuiltStep::keep(ctx, graph, ids, out)));
+                drop(inp);
+                let ids = step.into_ids(out);
+                built = key.map(|k| (k, BuiltStep::keep(ctx, ids)));
             }
         }
         outputs.extend(data.chunks(N_HEAD * HEAD_DIM).map(|x| x.to_vec()));
@@ -174,9 +175,9 @@ fn round_f16(x: f64) -> f64 {
 fn chunk_inputs<'a>(step: &mut Step<'a>, c: &Chunk) -> (Tensor<'a>, Tensor<'a>, Tensor<'a>) {
     let t = (c.k.len() / (N_HEAD_KV * HEAD_DIM)) as i64;
     let (hd, nh, nkv) = (HEAD_DIM as i64, N_HEAD as i64, N_HEAD_KV as i64);
-    let q = step.input_f32(&[hd, nh, t], c.q.clone());
-    let k = step.input_f32(&[hd, nkv, t], c.k.clone());
-    let v = step.input_f32(&[hd, nkv, t], c.v.clone());
+    let q = step.input_f32("q", &[hd, nh, t], c.q.clone());
+    let k = step.input_f32("k", &[hd, nkv, t], c.k.clone());
+    let v = step.input_f32("v", &[hd, nkv, t], c.v.clone());
     (q, k, v)
 }
 

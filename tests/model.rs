@@ -131,9 +131,9 @@ fn infllm_equals_full_attention_inside_the_window() {
     };
     let mut full = engine_with(AttnMode::Full { flash_attn: false }, 2048);
     let mut inf = engine_with(AttnMode::Infllm(InfllmParams::defaults_for(8192)), 0);
-    let tokens = full.model.tokenizer.encode(&STORY.repeat(16), true, true);
+    let tokens = full.tokenizer().encode(&STORY.repeat(16), true, true);
     assert!(tokens.len() > 700 && tokens.len() < 1000, "{} tokens", tokens.len());
-    let n_vocab = full.model.hp.n_vocab;
+    let n_vocab = full.model().hp.n_vocab;
     let want = reference(false).decode(&tokens, 512, true).unwrap();
     let fused = reference(true).decode(&tokens, 512, true).unwrap();
     let bound = max_abs_diff(&want, &fused);
@@ -194,7 +194,7 @@ fn reused_decode_graphs_match_built_ones() {
     let run = |reuse: bool| {
         let mut e = engine_with(AttnMode::Infllm(p), 0);
         e.set_graph_reuse(reuse);
-        let tokens = e.model.tokenizer.encode(&STORY.repeat(16), true, true);
+        let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
         let (prompt, rest) = tokens[..600].split_at(64);
         let mut logits = e.eval(prompt, false, &mut |_, _| {}).unwrap();
         for &t in rest {

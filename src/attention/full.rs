@@ -5,7 +5,11 @@
 
 use half::f16;
 
-use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
+use super::state::{read_ranges, write_ranges, Ranges};
+use super::{
+    Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, Settings, Snapshot, StateReader, StateWriter,
+    StepAttention,
+};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16};
 
@@ -77,32 +81,15 @@ impl FullAttention {
         })
     }
 
-    pub fn n_ctx(&self) -> usize {
-        self.n_ctx
-    }
-
-    pub fn n_past(&self) -> usize {
-        self.n_past
-    }
-
-    /// Bytes of the K and V caches.
-    pub fn cache_bytes(&self) -> usize {
-        self._buffer.size()
-    }
-
-    pub fn clear(&mut self) {
-        self.n_past = 0;
-    }
-
     /// The cached keys and values of the tokens so far (rows before
     /// `n_past` are never rewritten, so a snapshot needs only the count).
-    pub fn cache_bytes_used(&self) -> Vec<u8> {
+    fn cache_bytes_used(&self) -> Vec<u8> {
         read_ranges(self.ranges(self.n_past))
     }
 
     /// Goes back (or, with `bytes` from `cache_bytes_used`, forward) to
     /// `n_past` tokens.
-    pub fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
+    fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
         anyhow::ensure!(n_past <= self.n_ctx, "the saved text is longer than the context (-c)");
         match bytes {
             Some(bytes) => write_ranges(self.ranges(n_past), bytes)?,
@@ -129,7 +116,7 @@ impl FullAttention {
     }
 
     /// Declares this step's positions, causal mask and cache rows.
-    pub fn begin<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<FullInputs<'a>, AttentionError> {
+    fn inputs<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<FullInputs<'a>, AttentionError> {
         let end = self.n_past + n_tokens;
         if end > self.n_ctx {
             return Err(AttentionError::ContextFull {
@@ -142,7 +129,7 @@ impl FullAttention {
         let t = n_tokens as i64;
         // Query i (position n_past + i) sees key j if j <= its position and,
         // with a sliding window w, if the distance is below w.
-        let mut mask = |window: usize| {
+        let mut mask = |window: usize, name: &str| {
             let visible = |x: usize| {
                 let (q, j) = (self.n_past + x / n_kv, x % n_kv);
                 j <= q && (window == 0 || q - j < window)
@@ -152,27 +139,31 @@ impl FullAttention {
                 let m = (0..n_tokens * n_kv)
                     .map(|x| if visible(x) { f16::ZERO } else { f16::NEG_INFINITY })
                     .collect();
-                step.input_f16(&[n_kv as i64, t], m)
+                step.input_f16(name, &[n_kv as i64, t], m)
             } else {
                 let m = (0..n_tokens * n_kv)
                     .map(|x| if visible(x) { 0.0 } else { f32::NEG_INFINITY })
                     .collect();
-                step.input_f32(&[n_kv as i64, t], m)
+                step.input_f32(name, &[n_kv as i64, t], m)
             }
         };
         let window = self.layer_window.iter().copied().max().unwrap_or(0);
-        let mask_window = if window > 0 { Some(mask(window)) } else { None };
-        let mask = mask(0);
+        let mask_window = if window > 0 {
+            Some(mask(window, "kq_mask_swa"))
+        } else {
+            None
+        };
+        let mask = mask(0, "kq_mask");
         // Transposed V: value (token p, channel c) is element c * n_ctx + p.
         let v_cells = (!self.flash_attn).then(|| {
             let cells = (0..self.n_embd_kv)
                 .flat_map(|c| pos.iter().map(move |&p| (c * self.n_ctx) as i32 + p))
                 .collect::<Vec<_>>();
-            step.input_i32(&[(self.n_embd_kv * n_tokens) as i64], cells)
+            step.input_i32("v_cells", &[(self.n_embd_kv * n_tokens) as i64], cells)
         });
         Ok(FullInputs {
-            pos: step.input_i32(&[t], pos.clone()),
-            rows: step.input_i32(&[t], pos),
+            pos: step.input_i32("pos", &[t], pos.clone()),
+            rows: step.input_i32("kv_rows", &[t], pos),
             mask,
             mask_window,
             v_cells,
@@ -181,13 +172,7 @@ impl FullAttention {
     }
 
     /// Returns [head_dim * n_head, T].
-    pub fn attend<'a>(
-        &'a self,
-        step: &mut Step<'a>,
-        inp: &FullInputs<'a>,
-        x: LayerQkv<'a>,
-        la: &LayerAttn,
-    ) -> Tensor<'a> {
+    fn attend<'a>(&'a self, step: &mut Step<'a>, inp: &FullInputs<'a>, x: LayerQkv<'a>, la: &LayerAttn) -> Tensor<'a> {
         let g = step.ctx;
         let LayerQkv {
             layer,
@@ -233,10 +218,92 @@ impl FullAttention {
         let out = g.flash_attn(q, k_view, v_view, Some(mask), la.scale, la.softcap);
         g.reshape(out, &[out.ne()[0] * out.ne()[1], t])
     }
+}
 
-    /// Records that the step's tokens are now in the cache.
-    pub fn commit(&mut self, n_tokens: usize) {
+/// One step's attention: the cache and the step's inputs.
+struct FullStep<'a> {
+    attn: &'a FullAttention,
+    inputs: FullInputs<'a>,
+}
+
+impl<'a> StepAttention<'a> for FullStep<'a> {
+    fn attend(&self, step: &mut Step<'a>, x: LayerQkv<'a>, la: &LayerAttn) -> Tensor<'a> {
+        self.attn.attend(step, &self.inputs, x, la)
+    }
+}
+
+impl Attention for FullAttention {
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn step_tokens(&self, n_ubatch: usize) -> usize {
+        n_ubatch.max(1)
+    }
+
+    fn clear(&mut self) {
+        self.n_past = 0;
+    }
+
+    fn prepare(&mut self, _n_tokens: usize) -> Result<(), AttentionError> {
+        Ok(())
+    }
+
+    fn begin<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        n_tokens: usize,
+    ) -> Result<Box<dyn StepAttention<'a> + 'a>, AttentionError> {
+        let inputs = self.inputs(step, n_tokens)?;
+        Ok(Box::new(FullStep { attn: self, inputs }))
+    }
+
+    fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
         self.n_past += n_tokens;
+        Ok(())
+    }
+
+    /// Cheap: the cache is only appended to, so the count is the state.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot(Box::new(self.n_past))
+    }
+
+    fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()> {
+        let n_past =
+            s.0.downcast_ref::<usize>()
+                .ok_or_else(|| anyhow::anyhow!("snapshot of another attention"))?;
+        self.restore(*n_past, None)
+    }
+
+    fn memory(&self) -> MemoryReport {
+        MemoryReport {
+            n_past: self.n_past,
+            buffer_bytes: self._buffer.size(),
+            blocks: None,
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::Full {
+            flash_attn: self.flash_attn,
+            n_ctx: self.n_ctx,
+        }
+    }
+
+    fn state_write(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value> {
+        out.section(&self.cache_bytes_used(), false)?;
+        Ok(serde_json::json!({ "n_past": self.n_past }))
+    }
+
+    fn state_read(&mut self, state: &serde_json::Value, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
+        let n_past = state["n_past"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("corrupt (no n_past)"))?;
+        self.restore(usize::try_from(n_past)?, Some(sections.next_bytes()?))
     }
 }
 

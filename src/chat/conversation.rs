@@ -125,7 +125,7 @@ impl Conversation {
         let mut messages = self.messages.clone();
         messages.push(Message::new("user", content));
         let text = self.new_text(&messages)?;
-        let tok = &self.engine.model.tokenizer;
+        let tok = &self.engine.tokenizer();
         // The first piece gets the BOS token, unless the template wrote it.
         let bos_in_text = tok
             .bos()
@@ -189,7 +189,7 @@ impl Conversation {
     ) -> anyhow::Result<Answer> {
         anyhow::ensure!(!self.logits.is_empty(), "nothing to answer: no user message yet");
         self.before_answer = self.regen.then(|| BeforeAnswer {
-            snapshot: self.engine.attention.snapshot(),
+            snapshot: self.engine.snapshot(),
             logits: self.logits.clone(),
             fed_len: self.fed.len(),
             history: self.sampler.history().to_vec(),
@@ -206,7 +206,7 @@ impl Conversation {
                 break Stop::Limit;
             }
             let t = self.sampler.sample(&self.logits);
-            let tok = &self.engine.model.tokenizer;
+            let tok = &self.engine.tokenizer();
             if tok.is_eog(t) {
                 // Not evaluated now: the template's end of turn comes with the next turn.
                 break Stop::EndOfTurn;
@@ -234,7 +234,7 @@ impl Conversation {
     /// to `answer` again (the sampler's random stream goes on).
     pub fn forget_answer(&mut self) -> anyhow::Result<()> {
         let b = self.before_answer.take().context("no answer to regenerate")?;
-        self.engine.attention.rollback(&b.snapshot)?;
+        self.engine.rollback(&b.snapshot)?;
         self.logits = b.logits;
         self.fed.truncate(b.fed_len);
         self.messages.pop();

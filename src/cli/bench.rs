@@ -223,6 +223,32 @@ impl Plan {
 }
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    let models = model_paths(a)?;
+    let plan = plan(a)?;
+    let threads = a.threads.unwrap_or_else(default_threads);
+    let rss_resets = reset_peak_rss();
+    let mut rows = Vec::new();
+    for path in &models {
+        for &depth in &a.n_depth {
+            // llama.cpp runs once per depth, whatever the attention modes.
+            let mut reference: Option<Result<Vec<Timing>, String>> = None;
+            for &kind in &a.attn {
+                let ours = bench_ours(a, &plan, path, kind, depth, threads)?;
+                let reference = reference.get_or_insert_with(|| reference_timings(a, &plan, path, depth, threads));
+                for (i, (&test, timing)) in plan.tests.iter().zip(ours.timings).enumerate() {
+                    let row = ours.meta.row(test, depth, timing, reference.as_ref().map(|r| &r[i]));
+                    eprintln!("bench: {}", markdown_line(&row));
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    print!("{}", format_rows(a, &plan, &rows, threads, rss_resets)?);
+    Ok(())
+}
+
+/// The models to bench: `-m` (repeatable) or the default one.
+fn model_paths(a: &BenchArgs) -> anyhow::Result<Vec<PathBuf>> {
     let models = if a.models.is_empty() {
         vec![ModelArgs { model: None }.path()?]
     } else {
@@ -231,90 +257,130 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     for m in &models {
         anyhow::ensure!(m.is_file(), "model file {} does not exist", m.display());
     }
+    Ok(models)
+}
+
+fn plan(a: &BenchArgs) -> anyhow::Result<Plan> {
     let tests: Vec<Test> = (a.n_prompt.iter().filter(|&&n| n > 0).map(|&n| Test::Prompt(n)))
         .chain(a.n_gen.iter().filter(|&&n| n > 0).map(|&n| Test::Gen(n)))
         .collect();
     anyhow::ensure!(!tests.is_empty(), "nothing to bench: every -p and -n is 0");
     anyhow::ensure!(a.reps > 0, "-r must be at least 1");
-    let plan = Plan {
+    Ok(Plan {
         tests,
         reps: a.reps,
         warmup: !a.no_warmup,
-    };
-    let threads = a.threads.unwrap_or_else(default_threads);
-    let rss_resets = reset_peak_rss();
+    })
+}
 
-    let mut rows = Vec::new();
-    for path in &models {
-        for &depth in &a.n_depth {
-            let mut reference: Option<Result<Vec<Timing>, String>> = None;
-            for &kind in &a.attn {
-                let model = Model::load(path)?;
-                let n_vocab = model.hp.n_vocab;
-                let model_type = model.hp.arch.clone();
-                let mode = a.settings.mode(kind, &model.hp, None)?;
-                let (type_k, type_v) = match &mode {
-                    AttnMode::Full { .. } => ("f16".to_string(), "f16".to_string()),
-                    AttnMode::Infllm(p) => (type_name(p.type_k), type_name(p.type_v)),
-                };
-                let params = EngineParams {
-                    attn: mode,
-                    n_threads: threads,
-                    n_ctx: plan.n_ctx(depth),
-                    n_ubatch: 512,
-                };
-                reset_peak_rss();
-                let (ours, block_bytes) = {
-                    let mut engine = Engine::new(model, params)?;
-                    let t = plan.session(&mut engine, depth, n_vocab)?;
-                    (t, engine.block_bytes())
-                };
-                let reference = reference.get_or_insert_with(|| {
-                    if a.no_ref {
-                        Err("--no-ref".into())
-                    } else if depth > a.ref_max_depth {
-                        Err(format!("depth {depth} > --ref-max-depth {}", a.ref_max_depth))
-                    } else {
-                        reset_peak_rss();
-                        run_reference(path, &plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
-                    }
-                });
-                for (i, (&test, timing)) in plan.tests.iter().zip(ours).enumerate() {
-                    let (n_prompt, n_gen) = match test {
-                        Test::Prompt(n) => (n, 0),
-                        Test::Gen(n) => (0, n),
-                    };
-                    let (llama_cpp, llama_cpp_na) = match reference {
-                        Ok(r) => (Some(r[i].clone()), None),
-                        Err(e) => (None, Some(e.clone())),
-                    };
-                    let row = Row {
-                        model: file_name(path),
-                        model_type: model_type.clone(),
-                        n_threads: threads,
-                        attn: format!("{kind:?}").to_lowercase(),
-                        type_k: type_k.clone(),
-                        type_v: type_v.clone(),
-                        test: test.name(depth),
-                        n_prompt,
-                        n_gen,
-                        n_depth: depth,
-                        ratio: llama_cpp.as_ref().map(|r| timing.avg_ts / r.avg_ts),
-                        infllm: timing,
-                        block_memory_bytes: block_bytes.map(|b| b as u64),
-                        llama_cpp,
-                        llama_cpp_na,
-                    };
-                    eprintln!("bench: {}", markdown_line(&row));
-                    rows.push(row);
-                }
-            }
+/// What one engine configuration's rows share.
+struct RowMeta {
+    model: String,
+    model_type: String,
+    n_threads: usize,
+    attn: String,
+    type_k: String,
+    type_v: String,
+    block_bytes: Option<usize>,
+}
+
+impl RowMeta {
+    fn row(&self, test: Test, depth: usize, timing: Timing, reference: Result<&Timing, &String>) -> Row {
+        let (n_prompt, n_gen) = match test {
+            Test::Prompt(n) => (n, 0),
+            Test::Gen(n) => (0, n),
+        };
+        let (llama_cpp, llama_cpp_na) = match reference {
+            Ok(r) => (Some(r.clone()), None),
+            Err(e) => (None, Some(e.clone())),
+        };
+        Row {
+            model: self.model.clone(),
+            model_type: self.model_type.clone(),
+            n_threads: self.n_threads,
+            attn: self.attn.clone(),
+            type_k: self.type_k.clone(),
+            type_v: self.type_v.clone(),
+            test: test.name(depth),
+            n_prompt,
+            n_gen,
+            n_depth: depth,
+            ratio: llama_cpp.as_ref().map(|r| timing.avg_ts / r.avg_ts),
+            infllm: timing,
+            block_memory_bytes: self.block_bytes.map(|b| b as u64),
+            llama_cpp,
+            llama_cpp_na,
         }
     }
+}
 
-    let out = match a.output {
-        Format::Json => serde_json::to_string_pretty(&rows)? + "\n",
-        Format::Csv => csv(&rows),
+/// Our timings of every test, with what their rows say of the engine.
+struct Ours {
+    meta: RowMeta,
+    timings: Vec<Timing>,
+}
+
+/// Runs the plan on a fresh engine of attention `kind` at `depth`.
+fn bench_ours(
+    a: &BenchArgs,
+    plan: &Plan,
+    path: &Path,
+    kind: AttnKind,
+    depth: usize,
+    threads: usize,
+) -> anyhow::Result<Ours> {
+    let model = Model::load(path)?;
+    let n_vocab = model.hp.n_vocab;
+    let model_type = model.hp.arch.clone();
+    let mode = a.settings.mode(kind, &model.hp, None)?;
+    let (type_k, type_v) = match &mode {
+        AttnMode::Full { .. } => ("f16".to_string(), "f16".to_string()),
+        AttnMode::Infllm(p) => (type_name(p.type_k), type_name(p.type_v)),
+    };
+    let params = EngineParams {
+        attn: mode,
+        n_threads: threads,
+        n_ctx: plan.n_ctx(depth),
+        n_ubatch: 512,
+    };
+    reset_peak_rss();
+    let mut engine = Engine::new(model, params)?;
+    let timings = plan.session(&mut engine, depth, n_vocab)?;
+    let meta = RowMeta {
+        model: file_name(path),
+        model_type,
+        n_threads: threads,
+        attn: format!("{kind:?}").to_lowercase(),
+        type_k,
+        type_v,
+        block_bytes: engine.block_bytes(),
+    };
+    Ok(Ours { meta, timings })
+}
+
+/// llama.cpp's timings at `depth`, or why there are none.
+fn reference_timings(
+    a: &BenchArgs,
+    plan: &Plan,
+    path: &Path,
+    depth: usize,
+    threads: usize,
+) -> Result<Vec<Timing>, String> {
+    if a.no_ref {
+        Err("--no-ref".into())
+    } else if depth > a.ref_max_depth {
+        Err(format!("depth {depth} > --ref-max-depth {}", a.ref_max_depth))
+    } else {
+        reset_peak_rss();
+        run_reference(path, plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
+    }
+}
+
+/// The rows as `-o` asks.
+fn format_rows(a: &BenchArgs, plan: &Plan, rows: &[Row], threads: usize, rss_resets: bool) -> anyhow::Result<String> {
+    Ok(match a.output {
+        Format::Json => serde_json::to_string_pretty(rows)? + "\n",
+        Format::Csv => csv(rows),
         Format::Md => {
             let rss_note = if rss_resets {
                 ""
@@ -325,12 +391,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 "threads: {threads}, repetitions: {}, warm-up: {}{rss_note}\n\n{}",
                 a.reps,
                 if plan.warmup { "yes" } else { "no" },
-                markdown(&rows)
+                markdown(rows)
             )
         }
-    };
-    print!("{out}");
-    Ok(())
+    })
 }
 
 fn run_reference(path: &Path, plan: &Plan, depth: usize, threads: usize) -> anyhow::Result<Vec<Timing>> {

@@ -91,17 +91,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let first = read_prompt(&a.prompt, &a.file)?;
     let system = read_prompt(&c.system_prompt, &c.system_prompt_file)?;
     let (model, info) = a.run.load()?;
-    let tok = &model.tokenizer;
-    let token_text = |t: Option<crate::tokenizer::Token>| t.and_then(|t| tok.token_text(t)).unwrap_or("").to_string();
-    // Gemma files often come without a template; their format is known.
-    let fallback = (model.chat_template.is_none() && model.hp.arch.starts_with("gemma")).then_some("gemma");
-    let template = ChatTemplate::resolve(
-        model.chat_template.as_deref(),
-        c.chat_template.as_deref().or(fallback),
-        c.chat_template_file.as_deref(),
-        &token_text(tok.bos()),
-        &token_text(tok.eos()),
-    )?;
+    let template = chat_template(&model, c)?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
     let engine = Engine::new(model, params)?;
@@ -138,15 +128,40 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     })
     .context("cannot install the Ctrl-C handler")?;
 
-    let limit = usize::try_from(a.n_predict).ok();
+    converse(&mut conv, first, usize::try_from(a.n_predict).ok(), c.color)?;
+    if let Some(path) = &c.session {
+        conv.save(path)?;
+        eprintln!("infllm: session saved to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The model's template, or the one the flags name.
+fn chat_template(model: &crate::model::Model, c: &ChatArgs) -> anyhow::Result<ChatTemplate> {
+    let tok = &model.tokenizer;
+    let token_text = |t: Option<crate::tokenizer::Token>| t.and_then(|t| tok.token_text(t)).unwrap_or("").to_string();
+    // Gemma files often come without a template; their format is known.
+    let fallback = (model.chat_template.is_none() && model.hp.arch.starts_with("gemma")).then_some("gemma");
+    ChatTemplate::resolve(
+        model.chat_template.as_deref(),
+        c.chat_template.as_deref().or(fallback),
+        c.chat_template_file.as_deref(),
+        &token_text(tok.bos()),
+        &token_text(tok.eos()),
+    )
+}
+
+/// On a terminal, the REPL (after the `-p` turn, if any); otherwise one
+/// turn from `-p` / `-f` or the piped stdin.
+fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>, color: Color) -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() {
-        let color = match c.color {
+        let color = match color {
             Color::Auto => std::io::stdout().is_terminal(),
             Color::On => true,
             Color::Off => false,
         };
         let mut repl = Repl {
-            conv: &mut conv,
+            conv,
             limit,
             pending_doc: None,
             color,
@@ -154,7 +169,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         if let Some(p) = first {
             repl.turn(&p)?;
         }
-        repl.run()?;
+        repl.run()
     } else {
         conv.regen = false;
         let turn = match first {
@@ -162,14 +177,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
             None => read_stdin()?.trim_end().to_string(),
         };
         if !turn.is_empty() {
-            answer_turn(&mut conv, &turn, limit)?;
+            answer_turn(conv, &turn, limit)?;
         }
+        Ok(())
     }
-    if let Some(path) = &c.session {
-        conv.save(path)?;
-        eprintln!("infllm: session saved to {}", path.display());
-    }
-    Ok(())
 }
 
 /// Evaluates a user message and streams the answer to stdout.
@@ -322,7 +333,7 @@ impl Repl<'_> {
             "read" => {
                 let path = file_arg()?;
                 let doc = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let n = self.conv.engine.model.tokenizer.encode(&doc, false, false).len();
+                let n = self.conv.engine.tokenizer().encode(&doc, false, false).len();
                 println!(
                     "(read {}: {} bytes, {n} tokens; it goes with your next message)",
                     path.display(),

@@ -93,12 +93,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }
-    // Without -p / -f, a piped stdin is the prompt.
-    let prompt = match read_prompt(&a.prompt, &a.file)? {
-        Some(p) => p,
-        None if !std::io::stdin().is_terminal() => read_stdin()?,
-        None => String::new(),
-    };
+    let prompt = prompt_text(a)?;
     let (model, info) = a.run.load()?;
     let tokens = model.tokenizer.encode(&prompt, true, true);
     anyhow::ensure!(
@@ -132,27 +127,53 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     }
     let t0 = Instant::now();
     let mut progress = Progress::new(tokens.len());
-    let mut logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
+    let logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
     progress.finish();
     let prompt_time = t0.elapsed();
     tokens.iter().for_each(|&t| sampler.accept(t));
 
-    let mut utf8 = Utf8Stream::new();
-    let (mut n_gen, mut n_eval) = (0usize, 0usize);
     let t1 = Instant::now();
     let limit = if a.n_predict < 0 {
         usize::MAX
     } else {
         a.n_predict as usize
     };
+    let n_eval = generate(&mut engine, &mut sampler, logits, limit, &mut out)?;
+    let gen_time = t1.elapsed();
+    print_timings(tokens.len(), prompt_time, n_eval, gen_time);
+    eprintln!("infllm: {}", engine.memory_report());
+    Ok(())
+}
+
+/// The prompt: -p, -f, or without them a piped stdin.
+fn prompt_text(a: &GenerateArgs) -> anyhow::Result<String> {
+    Ok(match read_prompt(&a.prompt, &a.file)? {
+        Some(p) => p,
+        None if !std::io::stdin().is_terminal() => read_stdin()?,
+        None => String::new(),
+    })
+}
+
+/// Samples and prints up to `limit` tokens from `logits` on, stopping at
+/// end of text or a full context; returns the decode steps run.
+fn generate(
+    engine: &mut Engine,
+    sampler: &mut Sampler,
+    mut logits: Vec<f32>,
+    limit: usize,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    let n_ctx = engine.n_ctx();
+    let mut utf8 = Utf8Stream::new();
+    let (mut n_gen, mut n_eval) = (0usize, 0usize);
     while n_gen < limit {
         let t = sampler.sample(&logits);
-        if engine.model.tokenizer.is_eog(t) {
+        if engine.tokenizer().is_eog(t) {
             break;
         }
         sampler.accept(t);
         n_gen += 1;
-        write!(out, "{}", utf8.push(&engine.model.tokenizer.token_to_piece(t, false)))?;
+        write!(out, "{}", utf8.push(&engine.tokenizer().token_to_piece(t, false)))?;
         out.flush()?;
         if engine.n_past() + 1 > n_ctx {
             eprintln!("\ninfllm: context full ({n_ctx} tokens): stopping");
@@ -167,10 +188,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     write!(out, "{}", utf8.finish())?;
     writeln!(out)?;
     out.flush()?;
-    let gen_time = t1.elapsed();
-    print_timings(tokens.len(), prompt_time, n_eval, gen_time);
-    eprintln!("infllm: {}", engine.memory_report());
-    Ok(())
+    Ok(n_eval)
 }
 
 /// llama.cpp-style timing lines on stderr.

@@ -91,6 +91,26 @@ fn position(arg: &str, n_junk: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// One run: the key's filler index, the key, the prompt's tokens.
+struct KeyRun {
+    at: usize,
+    key: u32,
+    tokens: Vec<Token>,
+}
+
+/// Tokens and time, summed over the runs.
+#[derive(Default)]
+struct Rate(usize, Duration);
+
+impl Rate {
+    fn per_second(&self) -> f64 {
+        self.0 as f64 / self.1.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The snapshot after a prefix the runs share, and that prefix's tokens.
+type SharedPrefix<'t> = Option<(&'t [Token], Snapshot)>;
+
 pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     let (model, info) = a.run.load()?;
     let n_junk = match a.junk {
@@ -110,106 +130,125 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
     eprintln!("{info}\ninfllm: {attn_info}");
+    let runs = key_runs(a, &engine, n_junk, &positions)?;
 
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut prefill, mut decode) = (0, Rate::default(), Rate::default());
+    let mut shared: SharedPrefix = None;
+    for (i, run) in runs.iter().enumerate() {
+        let next = runs.get(i + 1).filter(|_| a.share_prefix);
+        let t0 = Instant::now();
+        let (logits, n_read) = read_prompt(&mut engine, run, next, &mut shared)?;
+        prefill.0 += n_read;
+        prefill.1 += t0.elapsed();
+        let t1 = Instant::now();
+        let answer = greedy_answer(&mut engine, logits, a.n_predict)?;
+        decode.0 += answer.len().saturating_sub(1);
+        decode.1 += t1.elapsed();
+        let text = String::from_utf8_lossy(&engine.tokenizer().decode(&answer, false, false)).into_owned();
+        let ok = text.contains(&run.key.to_string());
+        passed += ok as usize;
+        writeln!(
+            out,
+            "passkey: length {} tokens, position {:.0}% (filler {}/{n_junk}), key {}, generated {text:?}: {}",
+            run.tokens.len(),
+            100.0 * run.at as f64 / n_junk.max(1) as f64,
+            run.at,
+            run.key,
+            if ok { "pass" } else { "FAIL" }
+        )?;
+        out.flush()?;
+    }
+    writeln!(
+        out,
+        "passkey: accuracy {passed}/{} ({:.0}%), prefill {:.1} tokens/s, decode {:.1} tokens/s, peak RSS {}",
+        positions.len(),
+        100.0 * passed as f64 / positions.len().max(1) as f64,
+        prefill.per_second(),
+        decode.per_second(),
+        super::rss::peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+    )?;
+    if a.share_prefix {
+        let all: usize = runs.iter().map(|r| r.tokens.len()).sum();
+        eprintln!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
+    }
+    eprintln!("infllm: {}", engine.memory_report());
+    Ok(())
+}
+
+/// A run per key position, keys drawn from the seed in `--pos` order; in
+/// key order with `--share-prefix`, so that consecutive prompts share most.
+fn key_runs(a: &PasskeyArgs, engine: &Engine, n_junk: usize, positions: &[usize]) -> anyhow::Result<Vec<KeyRun>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::with_capacity(positions.len());
-    for &at in &positions {
+    for &at in positions {
         let key: u32 = rng.gen_range(10_000..100_000);
-        let tokens = engine.model.tokenizer.encode(&prompt(n_junk, at, key), true, true);
+        let tokens = engine.tokenizer().encode(&prompt(n_junk, at, key), true, true);
         anyhow::ensure!(
             tokens.len() < engine.n_ctx(),
             "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
             tokens.len(),
             engine.n_ctx()
         );
-        runs.push((at, key, tokens));
+        runs.push(KeyRun { at, key, tokens });
     }
     if a.share_prefix {
-        runs.sort_by_key(|r| r.0);
+        runs.sort_by_key(|r| r.at);
     }
+    Ok(runs)
+}
 
-    let mut out = std::io::stdout().lock();
-    let (mut passed, mut prefill, mut decode) = (0, (0usize, Duration::ZERO), (0usize, Duration::ZERO));
-    // The tokens evaluated in the snapshot, and the snapshot.
-    let mut shared: Option<(&[Token], Snapshot)> = None;
-    for (i, (at, key, tokens)) in runs.iter().enumerate() {
-        let (at, key) = (*at, *key);
-        let t0 = Instant::now();
-        let mut start = match &shared {
-            Some((prefix, snapshot)) if tokens.starts_with(prefix) => {
-                engine.attention.rollback(snapshot)?;
-                prefix.len()
-            }
-            _ => {
-                engine.clear();
-                0
-            }
-        };
-        let mut progress = Progress::new(tokens.len() - start);
-        let first = start;
-        if let Some((_, _, next)) = runs.get(i + 1).filter(|_| a.share_prefix) {
-            // Whole steps of what the next run has in common with this one.
-            let common = tokens.iter().zip(next).take_while(|(x, y)| x == y).count();
-            let end = common.min(tokens.len() - 1) / engine.step_tokens() * engine.step_tokens();
-            if end > start {
-                engine.feed(&tokens[start..end], &mut |done, _| progress.update(done))?;
-                shared = Some((&tokens[..end], engine.attention.snapshot()));
-                start = end;
-            }
+/// Evaluates `run`'s prompt, from the shared snapshot where it starts with
+/// its prefix; when `next` is given, first snapshots whole steps of what the
+/// two prompts have in common. Returns the last logits and the tokens read.
+fn read_prompt<'t>(
+    engine: &mut Engine,
+    run: &'t KeyRun,
+    next: Option<&KeyRun>,
+    shared: &mut SharedPrefix<'t>,
+) -> anyhow::Result<(Vec<f32>, usize)> {
+    let tokens = &run.tokens;
+    let mut start = match shared {
+        Some((prefix, snapshot)) if tokens.starts_with(prefix) => {
+            engine.rollback(snapshot)?;
+            prefix.len()
         }
-        let mut logits = engine.eval(&tokens[start..], false, &mut |done, _| {
-            progress.update(start - first + done)
-        })?;
-        progress.finish();
-        prefill.0 += tokens.len() - first;
-        prefill.1 += t0.elapsed();
+        _ => {
+            engine.clear();
+            0
+        }
+    };
+    let first = start;
+    let mut progress = Progress::new(tokens.len() - start);
+    if let Some(next) = next {
+        let common = tokens.iter().zip(&next.tokens).take_while(|(x, y)| x == y).count();
+        let end = common.min(tokens.len() - 1) / engine.step_tokens() * engine.step_tokens();
+        if end > start {
+            engine.feed(&tokens[start..end], &mut |done, _| progress.update(done))?;
+            *shared = Some((&tokens[..end], engine.snapshot()));
+            start = end;
+        }
+    }
+    let logits = engine.eval(&tokens[start..], false, &mut |done, _| {
+        progress.update(start - first + done)
+    })?;
+    progress.finish();
+    Ok((logits, tokens.len() - first))
+}
 
-        let t1 = Instant::now();
-        let mut answer: Vec<Token> = Vec::new();
-        for i in 0..a.n_predict {
-            let t = argmax(
-                &logits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &l)| (i as Token, l))
-                    .collect::<Vec<_>>(),
-            );
-            if engine.model.tokenizer.is_eog(t) {
-                break;
-            }
-            answer.push(t);
-            if i + 1 < a.n_predict {
-                logits = engine.eval(&[t], false, &mut |_, _| {})?;
-            }
+/// Up to `n_predict` greedy tokens from `logits`, stopping at end of text.
+fn greedy_answer(engine: &mut Engine, mut logits: Vec<f32>, n_predict: usize) -> anyhow::Result<Vec<Token>> {
+    let mut answer: Vec<Token> = Vec::new();
+    for i in 0..n_predict {
+        let scored: Vec<_> = logits.iter().enumerate().map(|(i, &l)| (i as Token, l)).collect();
+        let t = argmax(&scored);
+        if engine.tokenizer().is_eog(t) {
+            break;
         }
-        decode.0 += answer.len().saturating_sub(1);
-        decode.1 += t1.elapsed();
-        let text = String::from_utf8_lossy(&engine.model.tokenizer.decode(&answer, false, false)).into_owned();
-        let ok = text.contains(&key.to_string());
-        passed += ok as usize;
-        writeln!(
-            out,
-            "passkey: length {} tokens, position {:.0}% (filler {at}/{n_junk}), key {key}, generated {text:?}: {}",
-            tokens.len(),
-            100.0 * at as f64 / n_junk.max(1) as f64,
-            if ok { "pass" } else { "FAIL" }
-        )?;
-        out.flush()?;
+        answer.push(t);
+        if i + 1 < n_predict {
+            logits = engine.eval(&[t], false, &mut |_, _| {})?;
+        }
     }
-    let rate = |(n, d): (usize, Duration)| n as f64 / d.as_secs_f64().max(1e-9);
-    writeln!(
-        out,
-        "passkey: accuracy {passed}/{} ({:.0}%), prefill {:.1} tokens/s, decode {:.1} tokens/s, peak RSS {}",
-        positions.len(),
-        100.0 * passed as f64 / positions.len().max(1) as f64,
-        rate(prefill),
-        rate(decode),
-        super::rss::peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
-    )?;
-    if a.share_prefix {
-        let all: usize = runs.iter().map(|r| r.2.len()).sum();
-        eprintln!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
-    }
-    eprintln!("infllm: {}", engine.memory_report());
-    Ok(())
+    Ok(answer)
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::attention::{Attention, LayerAttn, LayerQkv, StepInputs};
+use crate::attention::{LayerAttn, LayerQkv, StepAttention};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use crate::gguf::GgufFile;
@@ -91,8 +91,7 @@ impl Model {
     pub fn forward<'a>(
         &'a self,
         step: &mut Step<'a>,
-        attention: &'a Attention,
-        attn_inputs: &StepInputs<'a>,
+        attention: &dyn StepAttention<'a>,
         tokens: Tensor<'a>,
         last_only: bool,
     ) -> Tensor<'a> {
@@ -100,7 +99,6 @@ impl Model {
             tokens,
             last_only,
             attention,
-            attn_inputs,
         };
         self.arch.forward(&self.hp, &self.weights, step, &inp)
     }
@@ -112,12 +110,11 @@ pub struct ForwardInputs<'a, 's> {
     pub tokens: Tensor<'a>,
     /// Produce logits for the last token only.
     pub last_only: bool,
-    attention: &'a Attention,
-    attn_inputs: &'s StepInputs<'a>,
+    attention: &'s dyn StepAttention<'a>,
 }
 
 impl<'a> ForwardInputs<'a, '_> {
     pub fn attend(&self, step: &mut Step<'a>, x: LayerQkv<'a>, la: &LayerAttn) -> Tensor<'a> {
-        self.attention.attend(step, self.attn_inputs, x, la)
+        self.attention.attend(step, x, la)
     }
 }

@@ -12,7 +12,7 @@ pub const BLOCK_TYPES: &[&str] = &["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0",
 /// reserved for it, memory is used only as the text grows).
 pub const NO_CAP_TOKENS: usize = 1 << 24;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InfllmParams {
     /// First tokens kept forever (attention sinks).
     pub n_init: usize,

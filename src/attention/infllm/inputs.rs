@@ -1,0 +1,148 @@
+//! A step's inputs, declared before its graph is built: positions, the
+//! query tiles with their masks, the key ranges of a decode step, index
+//! tensors. Everything that moves from one decode step to the next is
+//! here, as data, so that one graph serves many steps.
+
+use super::layout::{Layout, QUERY_TILE};
+use super::InfllmAttention;
+use crate::compute::Step;
+use crate::ggml::Tensor;
+
+/// One step's inputs, shared by all layers of an instance.
+pub(super) struct InfllmInputs<'a> {
+    /// Window buffer slots of the step's tokens (where they are appended,
+    /// and the positions their local queries rotate at).
+    pub pos_local: Tensor<'a>,
+    /// `n_local - 1` for every token: where global queries rotate.
+    pub pos_global: Tensor<'a>,
+    /// The chunk's query tiles (one in decode).
+    pub tiles: Vec<Tile<'a>>,
+    /// Block indices when every block is attended (no retrieval needed).
+    pub all_blocks: Option<Tensor<'a>>,
+    /// Slots 0..n for re-rotating the whole buffer after it moved.
+    pub rerotate: Option<Tensor<'a>>,
+    /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
+    pub ones_heads: Option<Tensor<'a>>,
+    /// Ones [1, T], to average the chunk's queries for retrieval.
+    pub ones: Option<Tensor<'a>>,
+    pub n_tokens: usize,
+    /// Decode: the valid ranges of the local keys and of the remainder
+    /// within their (padded) key spans, I32 [2] each.
+    pub ranges: Option<DecodeRanges<'a>>,
+    pub n_blocks: usize,
+    pub n_selected: usize,
+    pub n_init: usize,
+    /// Remainder keys: buffer slots [rem_lo, rem_lo + n_rem).
+    pub rem_lo: usize,
+    pub n_rem: usize,
+}
+
+/// A decode step's valid key ranges, relative to its span's start.
+#[derive(Clone, Copy)]
+pub(super) struct DecodeRanges<'a> {
+    pub local: Tensor<'a>,
+    pub remainder: Tensor<'a>,
+}
+
+/// Queries [q0, q0 + n_q) of a step and the local keys they see: buffer
+/// slots [lo, lo + n_keys), padded with masked keys.
+pub(super) struct Tile<'a> {
+    pub q0: usize,
+    pub n_q: usize,
+    pub lo: usize,
+    pub n_keys: usize,
+    /// [n_keys + global keys, n_q]; none for a single query (decode),
+    /// whose key ranges come as data instead.
+    pub mask: Option<Tensor<'a>>,
+}
+
+impl InfllmAttention {
+    /// Declares this step's positions, masks and index inputs.
+    pub(super) fn declare_inputs<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> InfllmInputs<'a> {
+        let p = &self.p;
+        let pos = self.pos;
+        let (start, end) = (pos.n_past, pos.n_past + n_tokens);
+        let lay = self.layout(n_tokens);
+        let n_blocks = self.n_blocks();
+        let n_selected = n_blocks.min(p.topk);
+        let name = |what: &str| format!("{}.{what}", self.name);
+        let tiles = (0..n_tokens)
+            .step_by(QUERY_TILE)
+            .map(|q0| self.tile(step, &lay, q0))
+            .collect();
+        // Decode: within the keys from `lo_pos` on, the local ones are those
+        // from the window's start; the remainder's, those that left it.
+        let ranges = (n_tokens == 1).then(|| {
+            let lo = lay.lo_pos(0);
+            let mut range =
+                |what: &str, r: [usize; 2]| step.input_i32(&name(what), &[2], r.map(|x| (x - lo) as i32).to_vec());
+            DecodeRanges {
+                local: range("local_range", [lay.window_start(start), end]),
+                remainder: range("remainder_range", [pos.remainder_start, lay.rem_end()]),
+            }
+        });
+
+        let t = n_tokens as i64;
+        let n_valid = pos.n_past - pos.buffer_start;
+        let nh = self.shape.n_head;
+        let slots = (start..end).map(|q| (q - pos.buffer_start) as i32).collect();
+        InfllmInputs {
+            pos_local: step.input_i32(&name("pos_local"), &[t], slots),
+            pos_global: step.input_i32(&name("pos_global"), &[t], vec![p.n_local as i32 - 1; n_tokens]),
+            tiles,
+            all_blocks: (n_selected > 0 && n_blocks <= p.topk)
+                .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),
+            rerotate: (self.rerotate && n_valid > 0)
+                .then(|| step.input_i32(&name("rerotate"), &[n_valid as i64], (0..n_valid as i32).collect())),
+            ones_heads: (n_tokens > 1)
+                .then(|| step.input_f32(&name("ones_heads"), &[1, t, nh as i64], vec![1.0; n_tokens * nh])),
+            ones: (n_tokens > 1 && n_blocks > p.topk)
+                .then(|| step.input_f32(&name("ones"), &[1, t], vec![1.0; n_tokens])),
+            n_tokens,
+            ranges,
+            n_blocks,
+            n_selected,
+            n_init: pos.n_init,
+            rem_lo: lay.rem_lo() - pos.buffer_start,
+            n_rem: lay.n_rem(),
+        }
+    }
+
+    /// The tile of queries from `q0`: its local key range and, for a prompt
+    /// step, one mask over [local | blocks | initial | remainder] keys.
+    fn tile<'a>(&self, step: &mut Step<'a>, lay: &Layout, q0: usize) -> Tile<'a> {
+        let n_q = QUERY_TILE.min(lay.n_tokens - q0);
+        let lo_pos = lay.lo_pos(q0);
+        let n_keys = lay.n_keys(q0);
+        let (n_fixed, n_rem) = (lay.n_fixed, lay.n_rem());
+        let n_local = self.p.n_local;
+        let mask = (lay.n_tokens > 1).then(|| {
+            let width = n_keys + n_fixed + n_rem;
+            let mut mask = vec![f32::NEG_INFINITY; width * n_q];
+            for (i, row) in mask.chunks_mut(width).enumerate() {
+                let q = lay.start + q0 + i;
+                for (j, m) in row[..n_keys].iter_mut().enumerate() {
+                    let d = q as isize - (lo_pos + j) as isize;
+                    if (0..n_local as isize).contains(&d) {
+                        *m = 0.0;
+                    }
+                }
+                row[n_keys..n_keys + n_fixed].fill(0.0);
+                for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
+                    if q >= lay.remainder_start + j + n_local {
+                        *m = 0.0;
+                    }
+                }
+            }
+            let name = format!("{}.mask{q0}", self.name);
+            step.input_f32(&name, &[width as i64, n_q as i64], mask)
+        });
+        Tile {
+            q0,
+            n_q,
+            lo: lo_pos - lay.buffer_start,
+            n_keys,
+            mask,
+        }
+    }
+}

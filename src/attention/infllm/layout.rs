@@ -1,0 +1,124 @@
+//! Where a step's keys lie in the window buffer: the index maths of one
+//! step, kept apart from the buffers they index.
+
+use super::InfllmAttention;
+
+/// Key counts are padded to a multiple of this (with masked keys): in a
+/// prompt step so that ggml's tiled matmul kernels apply, in decode so that
+/// consecutive steps share their graph.
+pub(super) const KEY_PAD: usize = 32;
+
+/// A chunk's queries attend in tiles of this many, each over only the
+/// local keys its queries can see: causal masking would otherwise waste
+/// half the local work of a first chunk (and chunk / n_local of later ones).
+pub(super) const QUERY_TILE: usize = 128;
+
+/// Where a step's keys lie: its tiles' local ranges and its global keys.
+/// Positions are token indices in the text.
+pub(super) struct Layout {
+    /// Position of the step's first token.
+    pub start: usize,
+    pub n_tokens: usize,
+    /// Position held by window buffer slot 0.
+    pub buffer_start: usize,
+    /// First position neither initial nor in a block.
+    pub remainder_start: usize,
+    pub n_local: usize,
+    /// Keys of the blocks attended and the initial tokens.
+    pub n_fixed: usize,
+}
+
+/// The shape of a decode step's graph besides its input data: two decode
+/// steps of equal shape build the same graph (`Attention::reuse_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeShape {
+    /// Buffer slot of the first key the step reads (local and remainder).
+    pub span_start: usize,
+    /// Local keys read (padded).
+    pub span_len: usize,
+    /// Remainder keys read (padded).
+    pub n_rem: usize,
+    pub n_blocks: usize,
+    pub n_init: usize,
+}
+
+impl Layout {
+    /// Position of the first key in query `q`'s window.
+    pub fn window_start(&self, q: usize) -> usize {
+        (q + 1).saturating_sub(self.n_local).max(self.buffer_start)
+    }
+
+    /// End of the remainder: the tokens that left the window of the step's
+    /// last query and are in no block.
+    pub fn rem_end(&self) -> usize {
+        self.window_start(self.start + self.n_tokens - 1)
+            .max(self.remainder_start)
+    }
+
+    /// Remainder keys from `rem_lo`, padded (masked outside the tokens
+    /// that left the window): in a prompt step so that the global keys are
+    /// a multiple of `KEY_PAD`, in decode to a multiple of it.
+    pub fn n_rem(&self) -> usize {
+        match (self.rem_end() - self.remainder_start, self.n_tokens) {
+            (0, 1) => 0,
+            (_, 1) => (self.rem_end() - self.rem_lo()).next_multiple_of(KEY_PAD),
+            (0, _) if self.n_fixed.is_multiple_of(KEY_PAD) => 0,
+            (n, _) => (self.n_fixed + n).next_multiple_of(KEY_PAD) - self.n_fixed,
+        }
+    }
+
+    /// Position of the first local key of the tile starting at query `q0`.
+    /// A decode step's keys, local and remainder alike, start at the
+    /// remainder rounded down to `KEY_PAD` (masked up to where each part
+    /// starts) and are padded like a prompt's: the span moves only every
+    /// `KEY_PAD` tokens, so consecutive steps share a graph shape.
+    pub fn lo_pos(&self, q0: usize) -> usize {
+        match self.n_tokens {
+            1 => (self.remainder_start - self.remainder_start % KEY_PAD).max(self.buffer_start),
+            _ => self.window_start(self.start + q0),
+        }
+    }
+
+    /// First remainder key (a position).
+    pub fn rem_lo(&self) -> usize {
+        match self.n_tokens {
+            1 => self.lo_pos(0),
+            _ => self.remainder_start,
+        }
+    }
+
+    /// Local keys (padded) of the tile starting at query `q0`; padding
+    /// reaches into later, masked buffer slots, never past the buffer.
+    pub fn n_keys(&self, q0: usize) -> usize {
+        let n_q = QUERY_TILE.min(self.n_tokens - q0);
+        (self.start + q0 + n_q - self.lo_pos(q0)).next_multiple_of(KEY_PAD)
+    }
+}
+
+impl InfllmAttention {
+    /// The layout of a step of `n_tokens` from the current position.
+    pub(super) fn layout(&self, n_tokens: usize) -> Layout {
+        let p = &self.p;
+        Layout {
+            start: self.pos.n_past,
+            n_tokens,
+            buffer_start: self.pos.buffer_start,
+            remainder_start: self.pos.remainder_start,
+            n_local: p.n_local,
+            n_fixed: self.n_blocks().min(p.topk) * p.block_size + self.pos.n_init,
+        }
+    }
+
+    /// The shape of the next decode step's graph; none for a step that
+    /// re-rotates the buffer (its graph has that extra work).
+    pub fn decode_shape(&self) -> Option<DecodeShape> {
+        let l = self.layout(1);
+        (!self.rerotate).then(|| DecodeShape {
+            span_start: l.lo_pos(0) - self.pos.buffer_start,
+            span_len: l.n_keys(0),
+            n_rem: l.n_rem(),
+            n_blocks: self.n_blocks(),
+            n_init: self.pos.n_init,
+        })
+    }
+}

@@ -1,0 +1,175 @@
+//! The graph of a prompt step (a chunk of queries): one retrieval for the
+//! chunk's mean query, the chosen blocks gathered and dequantized with the
+//! initial tokens and the remainder into one set of global keys and values,
+//! then per query tile one softmax over [local | global] logits and tiled
+//! matmuls.
+
+use super::inputs::{InfllmInputs, Tile};
+use super::views::LayerTensors;
+use super::InfllmAttention;
+use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
+use crate::attention::{LayerAttn, LayerQkv};
+use crate::compute::Step;
+use crate::ggml::{Tensor, TYPE_F16, TYPE_F32};
+
+/// The global keys and values of a step, shared by its tiles.
+struct Global<'a> {
+    /// [hd, n, n_head_kv], f32.
+    keys: Option<Tensor<'a>>,
+    /// Transposed [n, hd, n_head_kv], f16.
+    values: Option<Tensor<'a>>,
+    n: usize,
+}
+
+impl InfllmAttention {
+    /// Returns [head_dim * n_head, T]; the chunk is already appended.
+    pub(super) fn attend_prefill<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        x: LayerQkv<'a>,
+        la: &LayerAttn,
+    ) -> Tensor<'a> {
+        let g = lt.g;
+        let (hd, nh, t) = (lt.hd, lt.n_head, inp.n_tokens as i64);
+        let rope = |pos| g.rope(x.q, pos, x.freq_factors, &la.rope);
+        let q_local = g.permute(rope(inp.pos_local), [0, 2, 1, 3]); // [hd, T, n_head]
+        let q_global = rope(inp.pos_global); // [hd, n_head, T]
+        let blocks = self.select_blocks(lt, inp, || {
+            // The chunk's mean global query.
+            let q_flat = g.reshape(q_global, &[hd * nh, t]);
+            match inp.ones {
+                Some(ones) => g.scale(g.out_prod(q_flat, ones), 1.0 / t as f32),
+                None => q_flat,
+            }
+        });
+        let global = self.gather_global(lt, inp, blocks);
+        let q_global = g.permute(q_global, [0, 2, 1, 3]); // [hd, T, n_head]
+        let outs: Vec<_> = inp
+            .tiles
+            .iter()
+            .map(|tile| self.attend_tile(step, lt, inp, tile, [q_local, q_global], &global, la))
+            .collect();
+        let out = match outs.len() {
+            1 => g.cont(outs[0]),
+            _ => outs.into_iter().reduce(|a, b| g.concat(a, b, 2)).expect("non-empty"),
+        };
+        g.reshape(out, &[hd * nh, t])
+    }
+
+    /// Indices of the blocks the step attends: all of them when they are
+    /// at most top-k, else the top-k by their representative keys' dot
+    /// product with `query()` [hd * n_head, 1]. None without blocks.
+    pub(super) fn select_blocks<'a>(
+        &self,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        query: impl FnOnce() -> Tensor<'a>,
+    ) -> Option<Tensor<'a>> {
+        let g = lt.g;
+        (inp.n_selected > 0).then(|| {
+            inp.all_blocks.unwrap_or_else(|| {
+                let scores = g.mul_mat(lt.blocks.repr_tensor(g), query());
+                g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
+            })
+        })
+    }
+
+    /// The step's global keys (f32) and transposed values (f16): the
+    /// selected blocks, dequantized, then the initial tokens, then the
+    /// remainder. One matmul over them all (after a small copy) beats one
+    /// per part, whose logits would each be copied into place.
+    fn gather_global<'a>(
+        &self,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        blocks: Option<Tensor<'a>>,
+    ) -> Global<'a> {
+        let g = lt.g;
+        let (hd, nkv, e) = (lt.hd, lt.n_head_kv, lt.hd * lt.n_head_kv);
+        let (bs, n_sel) = (self.shape.block_size as i64, inp.n_selected as i64);
+        let n_block_keys = bs * n_sel;
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        if let Some(idx) = blocks {
+            // Blocks store keys channel-major: [block_size, hd, n_head_kv] each.
+            let kb = g.reshape(g.get_rows(lt.blocks.k_tensor(g), idx), &[bs, hd, nkv, n_sel]);
+            let kb = g.cont(g.permute(kb, [1, 0, 3, 2])); // [hd, bs, n_sel, nkv]
+            keys.push(g.reshape(kb, &[hd, n_block_keys, nkv]));
+            let vb = g.reshape(g.get_rows(lt.blocks.v_tensor(g), idx), &[bs, e, n_sel]);
+            let vb = g.cont(g.permute(vb, [0, 2, 1, 3])); // [bs, n_sel, e]
+            values.push(g.reshape(vb, &[n_block_keys, e]));
+        }
+        if inp.n_init > 0 {
+            keys.push(lt.initial_keys(inp.n_init));
+            values.push(g.view(lt.init_v_t, &[inp.n_init as i64, e], &[lt.init_v_t.nb()[1]], 0));
+        }
+        if inp.n_rem > 0 {
+            let rem = g.cast(lt.raw_keys(inp.n_rem, inp.rem_lo), TYPE_F32);
+            keys.push(g.permute(rem, [0, 2, 1, 3]));
+            let vr = g.view(lt.v_t, &[inp.n_rem as i64, e], &[lt.v_t.nb()[1]], inp.rem_lo * 2);
+            values.push(g.cast(vr, TYPE_F32));
+        }
+        let n = n_block_keys as usize + inp.n_init + inp.n_rem;
+        // Values transposed, in f16, so that P·V runs as one tiled matmul.
+        let values = values
+            .into_iter()
+            .reduce(|a, b| g.concat(a, b, 0))
+            .map(|all| lt.transposed(g.cast(all, TYPE_F16), n, 0));
+        Global {
+            keys: keys.into_iter().reduce(|a, b| g.concat(a, b, 1)),
+            values,
+            n,
+        }
+    }
+
+    /// One tile's output [hd, n_head, n_q]: logits over its local keys and
+    /// the global ones, one softmax, P·V; adds each local key's probability
+    /// mass to its accumulated score (blocks pick representatives by it).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_tile<'a>(
+        &self,
+        step: &mut Step<'a>,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        tile: &Tile<'a>,
+        [q_local, q_global]: [Tensor<'a>; 2],
+        global: &Global<'a>,
+        la: &LayerAttn,
+    ) -> Tensor<'a> {
+        let g = lt.g;
+        let nh = lt.n_head;
+        // The tile's queries: rows [q0, q0 + n_q) of a [x, T, n_head] tensor.
+        let rows = |x: Tensor<'a>| {
+            let nb = x.nb();
+            g.view(x, &[x.ne()[0], tile.n_q as i64, nh], &[nb[1], nb[2]], tile.q0 * nb[1])
+        };
+        // Queries copied contiguous: our kernel and ggml's tiled ones take only those.
+        let local_keys = lt.transposed(lt.k_rot_t, tile.n_keys, tile.lo);
+        let local = g.key_scores(local_keys, g.cont(rows(q_local)), None);
+        let mut logits = vec![soft_cap(g, local, la)];
+        if let Some(k) = global.keys {
+            logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
+        }
+        let probs = g.soft_max_ext(g.join_rows(&logits), tile.mask, softmax_scale(la));
+
+        // Outputs: probabilities times values, local then global.
+        let pnb = probs.nb();
+        let part = |n: usize, off: usize| g.view(probs, &[n as i64, tile.n_q as i64, nh], &[pnb[1], pnb[2]], off * 4);
+        let p_local = part(tile.n_keys, 0);
+        let mut out = g.mul_mat(lt.transposed(lt.v_t, tile.n_keys, tile.lo), p_local);
+        if let Some(v) = global.values {
+            out = g.add(out, g.mul_mat(v, part(global.n, tile.n_keys)));
+        }
+        // Tiles overlap: graph order sums their masses.
+        if self.p.topk > 0 {
+            let ones = inp.ones_heads.expect("multi-token steps have ones");
+            let n = tile.n_keys as i64;
+            let mass = g.reshape(g.out_prod(p_local, rows(ones)), &[n, nh]);
+            let acc = g.view(lt.score, &[n, nh], &[lt.score.nb()[1]], tile.lo * 4);
+            step.graph.expand(g.add_inplace(acc, mass));
+        }
+        g.permute(out, [0, 2, 1, 3]) // [hd, n_head, n_q]
+    }
+}

@@ -1,0 +1,113 @@
+//! A layer's buffers as tensors of a step's graph, with the views the
+//! prefill and decode graphs take of them, and the append that both start
+//! with.
+
+use super::blocks::BlockStore;
+use super::inputs::InfllmInputs;
+use super::InfllmAttention;
+use crate::attention::{LayerAttn, LayerQkv};
+use crate::compute::Step;
+use crate::ggml::{Context, Tensor};
+
+/// One layer's window buffer, initial tokens and blocks in a step's graph.
+pub(super) struct LayerTensors<'a> {
+    pub g: &'a Context,
+    /// Un-rotated keys [n_embd_kv, cap], f16.
+    pub k_raw: Tensor<'a>,
+    /// Rotated keys, transposed [cap, n_embd_kv], f16.
+    pub k_rot_t: Tensor<'a>,
+    /// Values, transposed [cap, n_embd_kv], f16.
+    pub v_t: Tensor<'a>,
+    /// Accumulated local attention score [cap, n_head], f32.
+    pub score: Tensor<'a>,
+    pub init_k: Tensor<'a>,
+    pub init_v_t: Tensor<'a>,
+    pub blocks: &'a BlockStore,
+    pub hd: i64,
+    pub n_head_kv: i64,
+    pub n_head: i64,
+}
+
+impl<'a> LayerTensors<'a> {
+    /// Bytes of one token's keys in `k_raw` and of one head's.
+    fn key_strides(&self) -> (usize, usize) {
+        let row = self.k_raw.nb()[1];
+        (row, row / self.n_head_kv as usize)
+    }
+
+    /// Un-rotated keys of slots [lo, lo + n): [hd, n_head_kv, n].
+    pub fn raw_keys(&self, n: usize, lo: usize) -> Tensor<'a> {
+        let (row, head) = self.key_strides();
+        self.g
+            .view(self.k_raw, &[self.hd, self.n_head_kv, n as i64], &[head, row], lo * row)
+    }
+
+    /// Slots [lo, lo + n) of a transposed buffer ([slots, n_embd_kv]:
+    /// values or rotated keys) as [n, hd, n_head_kv].
+    pub fn transposed(&self, src: Tensor<'a>, n: usize, lo: usize) -> Tensor<'a> {
+        let nb1 = src.nb()[1];
+        let (hd, nkv) = (self.hd, self.n_head_kv);
+        self.g
+            .view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
+    }
+
+    /// The first `n` initial tokens' keys: [hd, n, n_head_kv], f32.
+    pub fn initial_keys(&self, n: usize) -> Tensor<'a> {
+        let kb1 = self.init_k.nb()[1];
+        let (hd, nkv) = (self.hd, self.n_head_kv);
+        let ki = self
+            .g
+            .view(self.init_k, &[hd, nkv, n as i64], &[kb1 / nkv as usize, kb1], 0);
+        self.g.permute(ki, [0, 2, 1, 3])
+    }
+}
+
+impl InfllmAttention {
+    pub(super) fn layer_tensors<'a>(&'a self, g: &'a Context, layer: usize) -> LayerTensors<'a> {
+        let l = &self.layers[layer];
+        let s = &self.shape;
+        let t = |id| self.ctx.tensor(id);
+        LayerTensors {
+            g,
+            k_raw: t(l.k_raw),
+            k_rot_t: t(l.k_rot_t),
+            v_t: t(l.v_t),
+            score: t(l.score),
+            init_k: t(l.init_k),
+            init_v_t: t(l.init_v_t),
+            blocks: &l.blocks,
+            hd: s.head_dim as i64,
+            n_head_kv: s.n_head_kv as i64,
+            n_head: s.n_head as i64,
+        }
+    }
+
+    /// Appends the step's keys and values to the window buffer (raw keys,
+    /// rotated keys and values transposed) at the slots of their positions,
+    /// which come as input data so that a decode graph does not depend on
+    /// them; after the buffer moved, first re-rotates every kept key at its
+    /// new slot.
+    pub(super) fn append<'a>(
+        &self,
+        step: &mut Step<'a>,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        x: &LayerQkv<'a>,
+        la: &LayerAttn,
+    ) {
+        let g = lt.g;
+        let e = lt.hd * lt.n_head_kv;
+        let t = inp.n_tokens as i64;
+        let rope = |v, pos| g.rope(v, pos, x.freq_factors, &la.rope);
+        if let Some(slots) = inp.rerotate {
+            let n = slots.ne()[0] as usize;
+            let rotated = g.reshape(rope(lt.raw_keys(n, 0), slots), &[e, n as i64]);
+            step.graph.expand(g.put_columns(lt.k_rot_t, rotated, slots));
+        }
+        let slots = inp.pos_local;
+        step.graph.expand(g.set_rows(lt.k_raw, g.reshape(x.k, &[e, t]), slots));
+        step.graph
+            .expand(g.put_columns(lt.k_rot_t, g.reshape(rope(x.k, slots), &[e, t]), slots));
+        step.graph.expand(g.put_columns(lt.v_t, g.reshape(x.v, &[e, t]), slots));
+    }
+}

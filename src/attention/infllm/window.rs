@@ -1,0 +1,265 @@
+//! One InfLLM instance over a set of layers: the window buffer of recent
+//! tokens, the initial tokens, the block store, and eviction: making room
+//! before a step (`prepare`) and, after it, turning tokens that left every
+//! future window into initial tokens or memory blocks (`commit`).
+
+use half::f16;
+
+use super::blocks::{representative_key, BlockShape, BlockStore};
+use super::layout::KEY_PAD;
+use super::state::TextPosition;
+use super::{HeadShape, InfllmParams};
+use crate::attention::AttentionError;
+use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
+
+/// One layer's storage. The window buffer holds, per slot (a token
+/// position relative to `TextPosition::buffer_start`), its un-rotated key,
+/// its key rotated at the slot index (transposed: a row per channel, for
+/// the logits kernel), its value (transposed) and its accumulated local
+/// attention score per query head.
+pub(super) struct LayerStore {
+    pub k_raw: TensorId,
+    pub k_rot_t: TensorId,
+    pub v_t: TensorId,
+    pub score: TensorId,
+    /// The initial tokens' keys [n_embd_kv, n_init] and values transposed, f32.
+    pub init_k: TensorId,
+    pub init_v_t: TensorId,
+    pub blocks: BlockStore,
+}
+
+/// InfLLM attention of the layers that share one set of settings.
+pub struct InfllmAttention {
+    pub(super) p: InfllmParams,
+    pub(super) shape: BlockShape,
+    pub(super) layers: Vec<LayerStore>,
+    buffer: Buffer,
+    pub(super) ctx: Context,
+    /// Window buffer capacity in tokens.
+    pub(super) cap: usize,
+    pub(super) pos: TextPosition,
+    /// The buffer moved: rotated keys must be recomputed in the next step.
+    pub(super) rerotate: bool,
+    /// Prefix of this instance's step input names (unique per step).
+    pub(super) name: &'static str,
+}
+
+impl InfllmAttention {
+    /// `name` prefixes the step inputs this instance declares.
+    pub fn new(p: InfllmParams, h: HeadShape, name: &'static str) -> anyhow::Result<Self> {
+        p.validate(h.head_dim)?;
+        let shape = BlockShape {
+            block_size: p.block_size,
+            head_dim: h.head_dim,
+            n_head: h.n_head,
+            n_head_kv: h.n_head_kv,
+            type_k: p.type_k,
+            type_v: p.type_v,
+        };
+        // Window + one chunk + a partial block, plus a chunk of slack so the
+        // buffer moves at most once per chunk, plus room to pad key ranges.
+        let cap = p.n_local + 2 * p.chunk + p.block_size + 2 * KEY_PAD;
+        let e = shape.n_embd_kv() as i64;
+        let ctx = Context::new(6 * h.n_layer, 0);
+        let n_init = p.n_init.max(1) as i64;
+        let max_blocks = p.max_tokens.div_ceil(p.block_size);
+        let mut layers = Vec::with_capacity(h.n_layer);
+        for il in 0..h.n_layer {
+            let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
+            layers.push(LayerStore {
+                k_raw: t(TYPE_F16, &[e, cap as i64], "win_k_raw"),
+                k_rot_t: t(TYPE_F16, &[cap as i64, e], "win_k_rot_t"),
+                v_t: t(TYPE_F16, &[cap as i64, e], "win_v_t"),
+                score: t(TYPE_F32, &[cap as i64, h.n_head as i64], "win_score"),
+                init_k: t(TYPE_F32, &[e, n_init], "init_k"),
+                init_v_t: t(TYPE_F32, &[n_init, e], "init_v_t"),
+                blocks: BlockStore::new(shape, if p.topk > 0 { max_blocks } else { 0 })?,
+            });
+        }
+        let buffer = Buffer::alloc_context(&ctx)?;
+        Ok(Self {
+            p,
+            shape,
+            layers,
+            buffer,
+            ctx,
+            cap,
+            pos: TextPosition::default(),
+            rerotate: false,
+            name,
+        })
+    }
+
+    pub fn params(&self) -> &InfllmParams {
+        &self.p
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.pos.n_past
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.blocks.len())
+    }
+
+    /// Bytes of quantized block memory (all layers).
+    pub fn block_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.blocks.bytes()).sum()
+    }
+
+    /// Bytes of the fixed-size buffers (window, initial tokens; all layers).
+    pub fn window_bytes(&self) -> usize {
+        self.buffer.size()
+    }
+
+    pub fn clear(&mut self) {
+        self.pos = TextPosition::default();
+        self.rerotate = false;
+        for l in &mut self.layers {
+            l.blocks.clear();
+            let score = self.ctx.tensor(l.score);
+            score.write_bytes(0, &vec![0u8; score.nbytes()]);
+        }
+    }
+
+    /// Makes room in the window buffer for `n_tokens` more tokens.
+    pub fn prepare(&mut self, n_tokens: usize) -> Result<(), AttentionError> {
+        assert!(n_tokens <= self.p.chunk, "steps are at most one chunk");
+        let TextPosition {
+            n_past,
+            buffer_start,
+            remainder_start,
+            ..
+        } = self.pos;
+        if n_past + n_tokens > self.p.max_tokens {
+            return Err(AttentionError::ContextFull {
+                needed: n_past + n_tokens,
+                n_ctx: self.p.max_tokens,
+            });
+        }
+        // Steps use up to KEY_PAD slots past their last token (masked padding).
+        if n_past + n_tokens - buffer_start + KEY_PAD <= self.cap {
+            return Ok(());
+        }
+        // Drop what precedes the remainder; move the rest to the front.
+        let shift = remainder_start - buffer_start;
+        let kept = n_past - remainder_start;
+        assert!(
+            shift > 0 && kept + n_tokens + KEY_PAD <= self.cap,
+            "window buffer too small"
+        );
+        let e = self.shape.n_embd_kv();
+        let cap = self.cap;
+        for l in &self.layers {
+            // k_raw: one row of `cap` tokens; v_t and score: a row per channel / head.
+            shift_items(self.ctx.tensor(l.k_raw), 1, cap, e * 2, shift, kept);
+            shift_items(self.ctx.tensor(l.v_t), e, cap, 2, shift, kept);
+            shift_items(self.ctx.tensor(l.score), self.shape.n_head, cap, 4, shift, kept);
+        }
+        self.pos.buffer_start = remainder_start;
+        self.rerotate = true;
+        Ok(())
+    }
+
+    /// After a step: the chunk is in the window; tokens that left every
+    /// future query's window become initial tokens or memory blocks.
+    pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
+        self.pos.n_past += n_tokens;
+        self.rerotate = false;
+        let evict_end = self.pos.n_past.saturating_sub(self.p.n_local);
+        if self.pos.n_init < self.p.n_init && evict_end > self.pos.remainder_start {
+            let take = self.p.n_init.min(evict_end) - self.pos.remainder_start;
+            for l in &self.layers {
+                self.take_initial(l, take);
+            }
+            self.pos.n_init += take;
+            self.pos.remainder_start += take;
+        }
+        while evict_end >= self.pos.remainder_start + self.p.block_size {
+            if self.p.topk > 0 {
+                for il in 0..self.layers.len() {
+                    self.form_block(il)?;
+                }
+            }
+            self.pos.remainder_start += self.p.block_size;
+        }
+        Ok(())
+    }
+
+    /// Window buffer slot of the remainder's first token.
+    fn remainder_slot(&self) -> usize {
+        self.pos.remainder_start - self.pos.buffer_start
+    }
+
+    /// Copies `take` tokens from the remainder start into the initial tokens.
+    fn take_initial(&self, l: &LayerStore, take: usize) {
+        let e = self.shape.n_embd_kv();
+        let (slot, n_init) = (self.remainder_slot(), self.pos.n_init);
+        let k = read_f16(self.ctx.tensor(l.k_raw), slot * e * 2, take * e);
+        let init_k = self.ctx.tensor(l.init_k);
+        init_k.write_bytes(n_init * e * 4, f32_bytes(&k).as_slice());
+        let v_t = self.ctx.tensor(l.v_t);
+        let init_v_t = self.ctx.tensor(l.init_v_t);
+        let init_cap = init_v_t.ne()[0] as usize;
+        for c in 0..e {
+            let v = read_f16(v_t, (c * self.cap + slot) * 2, take);
+            init_v_t.write_bytes((c * init_cap + n_init) * 4, f32_bytes(&v).as_slice());
+        }
+    }
+
+    /// Turns the block_size tokens at the remainder start of layer `il` into a memory block.
+    fn form_block(&mut self, il: usize) -> anyhow::Result<()> {
+        let s = self.shape;
+        let (bs, e) = (s.block_size, s.n_embd_kv());
+        let slot = self.remainder_slot();
+        let l = &self.layers[il];
+        let k = read_f16(self.ctx.tensor(l.k_raw), slot * e * 2, bs * e);
+        let v_t_win = self.ctx.tensor(l.v_t);
+        let mut v_t = Vec::with_capacity(bs * e);
+        for c in 0..e {
+            v_t.extend(read_f16(v_t_win, (c * self.cap + slot) * 2, bs));
+        }
+        let score = self.ctx.tensor(l.score);
+        let mut scores = Vec::with_capacity(bs * s.n_head);
+        for h in 0..s.n_head {
+            scores.extend(read_f32(score, (h * self.cap + slot) * 4, bs));
+        }
+        let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
+        self.layers[il].blocks.push(&k, &v_t, &repr)
+    }
+}
+
+fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
+    let mut bytes = vec![0u8; n * 2];
+    t.read_bytes(offset, &mut bytes);
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
+fn read_f32(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
+    let mut bytes = vec![0u8; n * 4];
+    t.read_bytes(offset, &mut bytes);
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// In each of `n_rows` rows of `per_row` items of `item` bytes, moves items
+/// [shift, shift + kept) to the front and zeroes the rest.
+fn shift_items(t: Tensor<'_>, n_rows: usize, per_row: usize, item: usize, shift: usize, kept: usize) {
+    let row_bytes = per_row * item;
+    let mut buf = vec![0u8; row_bytes];
+    for r in 0..n_rows {
+        t.read_bytes(r * row_bytes, &mut buf);
+        buf.copy_within(shift * item..(shift + kept) * item, 0);
+        buf[kept * item..].fill(0);
+        t.write_bytes(r * row_bytes, &buf);
+    }
+}
