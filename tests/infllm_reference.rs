@@ -8,7 +8,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use infllm::attention::infllm::{
-    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams,
+    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, Role,
 };
 use infllm::attention::{LayerAttn, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
@@ -89,7 +89,7 @@ fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
 /// each token's output [N_HEAD][HEAD_DIM] and how many decode steps ran the
 /// last step's graph again (as the engine does, when the decode shape is
 /// unchanged).
-fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
+fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
     ggml::set_quiet_logs(true);
     let heads = HeadShape {
         n_layer: 1,
@@ -97,7 +97,7 @@ fn run_engine(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
         n_head: N_HEAD,
         n_head_kv: N_HEAD_KV,
     };
-    let mut attn = InfllmAttention::new(p, heads, "mem").unwrap();
+    let mut attn = InfllmAttention::new(p, heads, role).unwrap();
     let mut backend = Backend::cpu(2).unwrap();
     let mut alloc = GraphAllocator::cpu();
     let la = LayerAttn {
@@ -303,17 +303,10 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
 /// Compares; returns how many decode steps reused a graph.
 fn compare(p: InfllmParams, sizes: &[usize], seed: u64) -> usize {
     let data = chunks(sizes, seed);
-    let (ours, reused) = run_engine(p, &data);
+    let (ours, reused) = run_engine(p, Role::Memory, &data);
     let want = run_reference(p, &data);
     assert_eq!(ours.len(), want.len());
-    let mut worst = (0f32, 0usize);
-    for (pos, (a, b)) in ours.iter().zip(&want).enumerate() {
-        for (x, y) in a.iter().zip(b) {
-            if (x - y).abs() > worst.0 {
-                worst = ((x - y).abs(), pos);
-            }
-        }
-    }
+    let worst = max_difference(&ours, &want);
     eprintln!(
         "{} tokens, max |difference| {:e} at position {}",
         ours.len(),
@@ -323,6 +316,19 @@ fn compare(p: InfllmParams, sizes: &[usize], seed: u64) -> usize {
     // Queries meet f16 keys in ggml's matmul (the query is rounded to f16).
     assert!(worst.0 < 2e-3, "output differs by {} at position {}", worst.0, worst.1);
     reused
+}
+
+/// The largest |difference| between two runs' outputs, and its position.
+fn max_difference(ours: &[Vec<f32>], want: &[Vec<f32>]) -> (f32, usize) {
+    let mut worst = (0f32, 0usize);
+    for (pos, (a, b)) in ours.iter().zip(want).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            if (x - y).abs() > worst.0 {
+                worst = ((x - y).abs(), pos);
+            }
+        }
+    }
+    worst
 }
 
 /// Chunk sizes that are not multiples of the chunk or the block, with
@@ -461,4 +467,71 @@ fn tiled_chunks_with_memory_match_brute_force() {
     let mut p = params(16, 2);
     p.chunk = 256;
     compare(p, &[256, 200, 256, 131, 1, 256, 256, 77, 256], 11);
+}
+
+/// Plain causal attention within a sliding window of `w` tokens (a query
+/// sees itself and the w - 1 tokens before it), at true positions.
+fn sliding_window_reference(w: usize, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+    let group = N_HEAD / N_HEAD_KV;
+    let e = N_HEAD_KV * HEAD_DIM;
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    let to_f64 = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let (mut keys, mut vals) = (Vec::new(), Vec::new());
+    let mut outputs = Vec::new();
+    for c in chunks {
+        let t = c.k.len() / e;
+        let start = keys.len();
+        for i in 0..t {
+            keys.push(to_f64(&c.k[i * e..(i + 1) * e]));
+            vals.push(to_f64(&c.v[i * e..(i + 1) * e]));
+        }
+        for i in 0..t {
+            let pos = start + i;
+            let mut out = vec![0f32; N_HEAD * HEAD_DIM];
+            for h in 0..N_HEAD {
+                let o = (i * N_HEAD + h) * HEAD_DIM;
+                let q = rope(&to_f64(&c.q[o..o + HEAD_DIM]), pos as f64);
+                let head = |x: &Vec<f64>| x[(h / group) * HEAD_DIM..(h / group + 1) * HEAD_DIM].to_vec();
+                let seen = (pos + 1).saturating_sub(w)..=pos;
+                let logits: Vec<f64> = seen
+                    .clone()
+                    .map(|j| dot(&q, &rope(&head(&keys[j]), j as f64)) * scale)
+                    .collect();
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+                for (j, l) in seen.zip(&logits) {
+                    let p = (l - max).exp() / sum;
+                    for (d, v) in head(&vals[j]).iter().enumerate() {
+                        out[h * HEAD_DIM + d] += (p * v) as f32;
+                    }
+                }
+            }
+            outputs.push(out);
+        }
+    }
+    outputs
+}
+
+/// The instance serving a model's sliding-window layers (Gemma 3) is a
+/// plain sliding window: a token that leaves a query's window during a
+/// step is not attended by it, in prompt and decode steps alike.
+#[test]
+fn sliding_window_instance_is_a_plain_sliding_window() {
+    let f16 = ggml::type_by_name("f16").unwrap().id;
+    let p = InfllmParams {
+        n_init: 0,
+        n_local: 256,
+        block_size: 1,
+        topk: 0,
+        repr_topk: 1,
+        chunk: 64,
+        type_k: f16,
+        type_v: f16,
+        max_tokens: 1 << 16,
+    };
+    let data = chunks(&[64, 64, 64, 64, 1, 1, 1, 64, 37, 1, 1, 64, 64, 5, 64], 3);
+    let (ours, _) = run_engine(p, Role::SlidingWindow, &data);
+    let (worst, pos) = max_difference(&ours, &sliding_window_reference(256, &data));
+    eprintln!("{} tokens, max |difference| {worst:e} at position {pos}", ours.len());
+    assert!(worst < 2e-3, "output differs by {worst} at position {pos}");
 }

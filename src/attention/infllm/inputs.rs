@@ -65,7 +65,7 @@ impl InfllmAttention {
         let lay = self.layout(n_tokens);
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
-        let name = |what: &str| format!("{}.{what}", self.name);
+        let name = |what: &str| format!("{}.{what}", self.name());
         let tiles = (0..n_tokens)
             .step_by(QUERY_TILE)
             .map(|q0| self.tile(step, &lay, q0))
@@ -134,7 +134,7 @@ impl InfllmAttention {
                     }
                 }
             }
-            let name = format!("{}.mask{q0}", self.name);
+            let name = format!("{}.mask{q0}", self.name());
             step.input_f32(&name, &[width as i64, n_q as i64], mask)
         });
         Tile {

@@ -1,7 +1,7 @@
 //! Where a step's keys lie in the window buffer: the index maths of one
 //! step, kept apart from the buffers they index.
 
-use super::InfllmAttention;
+use super::{InfllmAttention, Role};
 
 /// Key counts are padded to a multiple of this (with masked keys): in a
 /// prompt step so that ggml's tiled matmul kernels apply, in decode so that
@@ -26,6 +26,9 @@ pub(super) struct Layout {
     pub n_local: usize,
     /// Keys of the blocks attended and the initial tokens.
     pub n_fixed: usize,
+    /// Whether tokens that left a query's window and are in no block stay
+    /// visible to it (InfLLM), or are gone (a model's sliding window).
+    pub remainder: bool,
 }
 
 /// The shape of a decode step's graph besides its input data: two decode
@@ -59,6 +62,9 @@ impl Layout {
     /// that left the window): in a prompt step so that the global keys are
     /// a multiple of `KEY_PAD`, in decode to a multiple of it.
     pub fn n_rem(&self) -> usize {
+        if !self.remainder {
+            return 0;
+        }
         match (self.rem_end() - self.remainder_start, self.n_tokens) {
             (0, 1) => 0,
             (_, 1) => (self.rem_end() - self.rem_lo()).next_multiple_of(KEY_PAD),
@@ -106,6 +112,7 @@ impl InfllmAttention {
             remainder_start: self.pos.remainder_start,
             n_local: p.n_local,
             n_fixed: self.n_blocks().min(p.topk) * p.block_size + self.pos.n_init,
+            remainder: self.role == Role::Memory,
         }
     }
 

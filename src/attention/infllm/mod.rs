@@ -32,7 +32,7 @@ pub use blocks::{representative_key, BlockShape, BlockStore};
 pub use layout::DecodeShape;
 pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use state::{TextPosition, WindowState};
-pub use window::InfllmAttention;
+pub use window::{InfllmAttention, Role};
 
 use anyhow::Context as _;
 
@@ -125,14 +125,11 @@ impl Infllm {
                 n_window += 1;
             }
         }
-        let memory = InfllmAttention::new(
-            p,
-            HeadShape {
-                n_layer: n_memory,
-                ..heads
-            },
-            "mem",
-        )?;
+        let memory_heads = HeadShape {
+            n_layer: n_memory,
+            ..heads
+        };
+        let memory = InfllmAttention::new(p, memory_heads, Role::Memory)?;
         let window = match layer_window.iter().copied().max().filter(|&w| w > 0) {
             None => None,
             Some(w) => {
@@ -140,7 +137,7 @@ impl Infllm {
                     n_layer: n_window,
                     ..heads
                 };
-                Some(InfllmAttention::new(window_params(p, w), heads, "win")?)
+                Some(InfllmAttention::new(window_params(p, w), heads, Role::SlidingWindow)?)
             }
         };
         Ok(Self { memory, window, routes })
@@ -157,8 +154,8 @@ impl Infllm {
 }
 
 /// Settings for sliding-window layers of window `w`: blocks of one token
-/// that are never stored, so every token leaving the window is dropped at
-/// once (no remainder).
+/// that are never stored, so every token leaving the window is dropped
+/// after the step (and `Role::SlidingWindow` masks it within the step).
 fn window_params(p: InfllmParams, w: usize) -> InfllmParams {
     InfllmParams {
         n_init: 0,

@@ -28,6 +28,16 @@ pub(super) struct LayerStore {
     pub blocks: BlockStore,
 }
 
+/// What an instance serves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Role {
+    /// Layers attending the whole past: InfLLM proper.
+    Memory,
+    /// A model's sliding-window layers: tokens leaving the window are
+    /// dropped at once, never attended again (no remainder).
+    SlidingWindow,
+}
+
 /// InfLLM attention of the layers that share one set of settings.
 pub struct InfllmAttention {
     pub(super) p: InfllmParams,
@@ -40,13 +50,11 @@ pub struct InfllmAttention {
     pub(super) pos: TextPosition,
     /// The buffer moved: rotated keys must be recomputed in the next step.
     pub(super) rerotate: bool,
-    /// Prefix of this instance's step input names (unique per step).
-    pub(super) name: &'static str,
+    pub(super) role: Role,
 }
 
 impl InfllmAttention {
-    /// `name` prefixes the step inputs this instance declares.
-    pub fn new(p: InfllmParams, h: HeadShape, name: &'static str) -> anyhow::Result<Self> {
+    pub fn new(p: InfllmParams, h: HeadShape, role: Role) -> anyhow::Result<Self> {
         p.validate(h.head_dim)?;
         let shape = BlockShape {
             block_size: p.block_size,
@@ -86,8 +94,16 @@ impl InfllmAttention {
             cap,
             pos: TextPosition::default(),
             rerotate: false,
-            name,
+            role,
         })
+    }
+
+    /// Prefix of this instance's step input names (unique per step).
+    pub(super) fn name(&self) -> &'static str {
+        match self.role {
+            Role::Memory => "mem",
+            Role::SlidingWindow => "win",
+        }
     }
 
     pub fn params(&self) -> &InfllmParams {
