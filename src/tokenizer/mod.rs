@@ -133,28 +133,7 @@ impl Tokenizer {
             out.extend(self.bos);
         }
         match &self.model {
-            Model::Spm => {
-                let mut prev_special = true;
-                let mut buf = String::new();
-                for frag in fragments {
-                    match frag {
-                        Fragment::Text(s) => {
-                            buf.clear();
-                            if self.add_space_prefix && prev_special {
-                                buf.push(' ');
-                            }
-                            buf.push_str(s);
-                            let escaped = buf.replace(' ', SPM_SPACE);
-                            spm::encode(&self.vocab, &escaped, &mut out);
-                            prev_special = false;
-                        }
-                        Fragment::Special(t) => {
-                            out.push(t);
-                            prev_special = true;
-                        }
-                    }
-                }
-            }
+            Model::Spm => self.encode_spm(fragments, &mut out),
             Model::Bpe(bpe) => {
                 for frag in fragments {
                     match frag {
@@ -168,6 +147,32 @@ impl Tokenizer {
             out.extend(self.eos);
         }
         out
+    }
+
+    /// SentencePiece over the text fragments: spaces become `▁`, and a
+    /// fragment after a special token (or the start) gets the model's space
+    /// prefix.
+    fn encode_spm(&self, fragments: Vec<Fragment>, out: &mut Vec<Token>) {
+        let mut prev_special = true;
+        let mut buf = String::new();
+        for frag in fragments {
+            match frag {
+                Fragment::Text(s) => {
+                    buf.clear();
+                    if self.add_space_prefix && prev_special {
+                        buf.push(' ');
+                    }
+                    buf.push_str(s);
+                    let escaped = buf.replace(' ', SPM_SPACE);
+                    spm::encode(&self.vocab, &escaped, out);
+                    prev_special = false;
+                }
+                Fragment::Special(t) => {
+                    out.push(t);
+                    prev_special = true;
+                }
+            }
+        }
     }
 
     /// The bytes of token `t`, as `llama_token_to_piece(.., lstrip = 0, special)`:

@@ -4,7 +4,7 @@
 //! llama.cpp's tables are Unicode 15.0, so the categories come from
 //! `unicode-general-category` 0.6, the release built on that version (later
 //! releases would class characters assigned since then as letters,
-//! symbols, ...), and White_Space from the standard library.
+//! symbols, ...). White_Space follows from the categories too.
 
 use std::sync::OnceLock;
 
@@ -133,6 +133,13 @@ mod tests {
         assert!(!flags('\u{200B}').is_whitespace());
         // U+1C89 was assigned in Unicode 16.0: unassigned for llama.cpp.
         assert_eq!(flags('\u{1C89}').0 & !PRESENT, 0);
+    }
+
+    #[test]
+    fn white_space_is_the_standard_librarys() {
+        for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+            assert_eq!(flags(c).is_whitespace(), c.is_whitespace(), "U+{:04X}", c as u32);
+        }
     }
 
     #[test]
