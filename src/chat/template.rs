@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use chrono::DateTime;
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 
@@ -277,85 +278,35 @@ fn write_json(out: &mut String, v: &Value, indent: Option<usize>, depth: usize) 
     Ok(())
 }
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
-
-fn is_leap(year: u64) -> bool {
-    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
-}
+/// The `strftime` directives rendered; any other is written as it stands.
+const DIRECTIVES: &str = "YymdejBbAaHIpMS%";
 
 /// `strftime` for UTC seconds since 1970, enough for the date lines templates
-/// put in system prompts (Llama 3.x uses "%d %b %Y"). Unknown directives are
-/// written as they are.
+/// put in system prompts (Llama 3.x uses "%d %b %Y").
 fn format_time(secs: u64, fmt: &str) -> String {
-    let days = secs / 86_400;
-    let (hour, minute, second) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    let weekday = WEEKDAYS[((days + 4) % 7) as usize]; // 1970-01-01 was a Thursday.
-    let (mut year, mut rest) = (1970, days);
-    while rest >= if is_leap(year) { 366 } else { 365 } {
-        rest -= if is_leap(year) { 366 } else { 365 };
-        year += 1;
-    }
-    let day_of_year = rest + 1;
-    let feb = if is_leap(year) { 29 } else { 28 };
-    let mut month = 0;
-    for len in [31, feb, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
-        if rest < len {
-            break;
-        }
-        rest -= len;
-        month += 1;
-    }
-    let day = rest + 1;
-
+    let Some(time) = i64::try_from(secs).ok().and_then(|s| DateTime::from_timestamp(s, 0)) else {
+        return String::new();
+    };
+    // Every directive left is one chrono renders, so formatting cannot fail.
     let mut out = String::new();
-    let mut chars = fmt.chars();
+    let _ = write!(out, "{}", time.format(&escape_unknown_directives(fmt)));
+    out
+}
+
+/// `fmt` with each `%` that does not start one of [`DIRECTIVES`] doubled,
+/// so that it stays as written.
+fn escape_unknown_directives(fmt: &str) -> String {
+    let mut out = String::with_capacity(fmt.len());
+    let mut chars = fmt.chars().peekable();
     while let Some(c) = chars.next() {
+        out.push(c);
         if c != '%' {
-            out.push(c);
             continue;
         }
-        let _ = match chars.next() {
-            Some('Y') => write!(out, "{year}"),
-            Some('y') => write!(out, "{:02}", year % 100),
-            Some('m') => write!(out, "{:02}", month + 1),
-            Some('d') => write!(out, "{day:02}"),
-            Some('e') => write!(out, "{day:2}"),
-            Some('j') => write!(out, "{day_of_year:03}"),
-            Some('B') => write!(out, "{}", MONTHS[month]),
-            Some('b') => write!(out, "{}", &MONTHS[month][..3]),
-            Some('A') => write!(out, "{weekday}"),
-            Some('a') => write!(out, "{}", &weekday[..3]),
-            Some('H') => write!(out, "{hour:02}"),
-            Some('I') => write!(out, "{:02}", (hour + 11) % 12 + 1),
-            Some('p') => write!(out, "{}", if hour < 12 { "AM" } else { "PM" }),
-            Some('M') => write!(out, "{minute:02}"),
-            Some('S') => write!(out, "{second:02}"),
-            Some('%') => write!(out, "%"),
-            Some(other) => write!(out, "%{other}"),
-            None => write!(out, "%"),
-        };
+        match chars.next_if(|&d| DIRECTIVES.contains(d)) {
+            Some(d) => out.push(d),
+            None => out.push('%'),
+        }
     }
     out
 }
@@ -557,6 +508,8 @@ mod tests {
         );
         assert_eq!(format_time(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
         assert_eq!(format_time(951_782_400, "%Y-%m-%d"), "2000-02-29");
+        // Unknown directives and a lone `%` stay as written.
+        assert_eq!(format_time(t, "%e|%-d|%Z|100%"), "26|%-d|%Z|100%");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use anyhow::{bail, Result};
 
 use super::pretokenize::{self, Rule};
 use super::unicode;
-use super::{FastMap, Token, Vocab};
+use super::vocab::{FastMap, Vocab};
+use super::Token;
 
 /// No interned string.
 const NONE: u32 = u32::MAX;

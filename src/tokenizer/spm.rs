@@ -7,7 +7,8 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::{Token, Vocab};
+use super::vocab::Vocab;
+use super::Token;
 
 #[derive(Clone, Copy)]
 struct Symbol {

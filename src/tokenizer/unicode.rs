@@ -1,11 +1,14 @@
 //! Unicode character classes as llama.cpp's tokenizer sees them: the major
-//! general category of each code point (as of Unicode 15.0, the version of
-//! llama.cpp's tables) and the White_Space property.
+//! general category of each code point and the White_Space property.
 //!
-//! The table is derived once, at first use, from the Unicode data that the
-//! regex engine already carries, so no table is kept in this source tree.
+//! llama.cpp's tables are Unicode 15.0, so the categories come from
+//! `unicode-general-category` 0.6, the release built on that version (later
+//! releases would class characters assigned since then as letters,
+//! symbols, ...). White_Space follows from the categories too.
 
 use std::sync::OnceLock;
+
+use unicode_general_category::{get_general_category, GeneralCategory};
 
 /// `\p{N}`.
 pub(crate) const NUMBER: u8 = 1 << 0;
@@ -54,48 +57,42 @@ impl Flags {
     }
 }
 
-const N_CODEPOINTS: usize = 0x11_0000;
-
-static TABLE: OnceLock<Box<[u8]>> = OnceLock::new();
+/// Classes of the Basic Multilingual Plane, where nearly all text lies,
+/// copied once (a fraction of a millisecond) from the crate's tables:
+/// indexing them is a few times faster than the crate's look-up, which
+/// matters in the pre-tokenizer's per-character loop.
+static BMP: OnceLock<Box<[Flags]>> = OnceLock::new();
 
 /// The classes of `c`.
 #[inline]
 pub(crate) fn flags(c: char) -> Flags {
-    Flags(table()[c as usize] | PRESENT)
-}
-
-/// Forces the table to be built now (it takes a few tens of milliseconds).
-pub(crate) fn init() {
-    table();
-}
-
-fn table() -> &'static [u8] {
-    TABLE.get_or_init(build)
-}
-
-fn build() -> Box<[u8]> {
-    let mut table = vec![0u8; N_CODEPOINTS];
-    let all: String = (0..N_CODEPOINTS as u32).filter_map(char::from_u32).collect();
-    let mut mark = |pattern: &str, value: u8| {
-        let re = fancy_regex::Regex::new(pattern).expect("a valid Unicode class");
-        for m in re.find_iter(&all) {
-            let m = m.expect("a plain class cannot fail to match");
-            for c in m.as_str().chars() {
-                table[c as usize] = value;
-            }
-        }
-    };
-    mark(r"\p{N}+", NUMBER);
-    mark(r"\p{L}+", LETTER);
-    mark(r"\p{M}+", MARK);
-    mark(r"\p{P}+", PUNCT);
-    mark(r"\p{S}+", SYMBOL);
-    // llama.cpp's tables are Unicode 15.0: later assignments are unassigned there.
-    mark(r"\P{Age=15.0}+", 0);
-    for c in all.chars().filter(|c| c.is_whitespace()) {
-        table[c as usize] |= WHITESPACE;
+    let bmp = BMP.get_or_init(|| {
+        (0..=0xFFFF)
+            .map(|u| char::from_u32(u).map_or(Flags(PRESENT), classify))
+            .collect()
+    });
+    match bmp.get(c as usize) {
+        Some(&f) => f,
+        None => classify(c),
     }
-    table.into_boxed_slice()
+}
+
+fn classify(c: char) -> Flags {
+    use GeneralCategory::*;
+    let class = match get_general_category(c) {
+        DecimalNumber | LetterNumber | OtherNumber => NUMBER,
+        UppercaseLetter | LowercaseLetter | TitlecaseLetter | ModifierLetter | OtherLetter => LETTER,
+        NonspacingMark | SpacingMark | EnclosingMark => MARK,
+        ConnectorPunctuation | DashPunctuation | OpenPunctuation | ClosePunctuation | InitialPunctuation
+        | FinalPunctuation | OtherPunctuation => PUNCT,
+        MathSymbol | CurrencySymbol | ModifierSymbol | OtherSymbol => SYMBOL,
+        // White_Space is the three separator categories and five controls
+        // (\t to \r, U+0085): one category look-up serves both.
+        SpaceSeparator | LineSeparator | ParagraphSeparator => WHITESPACE,
+        Control if c.is_whitespace() => WHITESPACE,
+        Control | Format | Surrogate | PrivateUse | Unassigned => 0,
+    };
+    Flags(class | PRESENT)
 }
 
 /// GPT-2's reversible byte-to-character map: printable Latin-1 bytes map to
@@ -136,6 +133,13 @@ mod tests {
         assert!(!flags('\u{200B}').is_whitespace());
         // U+1C89 was assigned in Unicode 16.0: unassigned for llama.cpp.
         assert_eq!(flags('\u{1C89}').0 & !PRESENT, 0);
+    }
+
+    #[test]
+    fn white_space_is_the_standard_librarys() {
+        for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+            assert_eq!(flags(c).is_whitespace(), c.is_whitespace(), "U+{:04X}", c as u32);
+        }
     }
 
     #[test]
