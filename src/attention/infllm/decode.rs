@@ -10,7 +10,6 @@ use super::inputs::{DecodeRanges, InfllmInputs};
 use super::views::LayerTensors;
 use super::InfllmAttention;
 use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
-use crate::attention::{LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 
@@ -32,15 +31,12 @@ impl InfllmAttention {
         step: &mut Step<'a>,
         lt: &LayerTensors<'a>,
         inp: &InfllmInputs<'a>,
-        x: LayerQkv<'a>,
-        la: &LayerAttn,
     ) -> Tensor<'a> {
         let g = lt.g;
         let (hd, nkv, nh) = (lt.hd, lt.n_head_kv, lt.n_head);
-        let rope = |pos| g.rope(x.q, pos, x.freq_factors, &la.rope);
         // [hd, group, n_head_kv]: head h = kv * group + j.
-        let q_local = g.reshape(rope(inp.pos_local), &[hd, nh / nkv, nkv]);
-        let q_global = g.reshape(rope(inp.pos_global), &[hd, nh / nkv, nkv]);
+        let q_local = g.reshape(lt.rotated_q(inp.pos_local), &[hd, nh / nkv, nkv]);
+        let q_global = g.reshape(lt.rotated_q(inp.pos_global), &[hd, nh / nkv, nkv]);
         let ranges = inp.ranges.expect("decode steps have key ranges");
         let blocks = self.select_blocks(lt, inp, || g.reshape(q_global, &[hd * nh, 1]));
         let parts = Parts {
@@ -50,11 +46,11 @@ impl InfllmAttention {
             n_init: inp.n_init,
             n_rem: inp.n_rem,
         };
-        let logits = self.decode_logits(lt, inp, &parts, ranges, [q_local, q_global], la);
+        let logits = self.decode_logits(lt, inp, &parts, ranges, [q_local, q_global]);
         // One softmax over all query heads' rows as one matrix (ggml splits
         // rows, not heads, between threads: [W, 3, 3] left one thread 6 rows).
         let width = logits.ne()[0];
-        let probs = g.soft_max_ext(g.reshape(logits, &[width, nh]), None, softmax_scale(la));
+        let probs = g.soft_max_ext(g.reshape(logits, &[width, nh]), None, softmax_scale(&lt.la));
         let out = self.decode_values(lt, inp, &parts, ranges, probs);
         // Accumulate each local key's probability (per query head; only blocks use it).
         if self.p.topk > 0 {
@@ -74,9 +70,8 @@ impl InfllmAttention {
         parts: &Parts<'a>,
         ranges: DecodeRanges<'a>,
         [q_local, q_global]: [Tensor<'a>; 2],
-        la: &LayerAttn,
     ) -> Tensor<'a> {
-        let g = lt.g;
+        let (g, la) = (lt.g, &lt.la);
         // The local window through our kernel: a matmul over key rows spends
         // most of its time in a horizontal sum per dot product (docs/perf.md).
         let local_keys = lt.transposed(lt.k_rot_t, parts.n_local, inp.tiles[0].lo);

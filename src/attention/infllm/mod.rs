@@ -64,11 +64,11 @@ impl InfllmAttention {
         x: LayerQkv<'a>,
         la: &LayerAttn,
     ) -> Tensor<'a> {
-        let lt = self.layer_tensors(step.ctx, x.layer);
-        self.append(step, &lt, inp, &x, la);
+        let lt = self.layer_tensors(step.ctx, x, la);
+        self.append(step, &lt, inp);
         match inp.n_tokens {
-            1 => self.attend_decode(step, &lt, inp, x, la),
-            _ => self.attend_prefill(step, &lt, inp, x, la),
+            1 => self.attend_decode(step, &lt, inp),
+            _ => self.attend_prefill(step, &lt, inp),
         }
     }
 

@@ -8,7 +8,6 @@ use super::inputs::{InfllmInputs, Tile};
 use super::views::LayerTensors;
 use super::InfllmAttention;
 use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
-use crate::attention::{LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Tensor, TYPE_F16, TYPE_F32};
 
@@ -28,14 +27,11 @@ impl InfllmAttention {
         step: &mut Step<'a>,
         lt: &LayerTensors<'a>,
         inp: &InfllmInputs<'a>,
-        x: LayerQkv<'a>,
-        la: &LayerAttn,
     ) -> Tensor<'a> {
         let g = lt.g;
         let (hd, nh, t) = (lt.hd, lt.n_head, inp.n_tokens as i64);
-        let rope = |pos| g.rope(x.q, pos, x.freq_factors, &la.rope);
-        let q_local = g.permute(rope(inp.pos_local), [0, 2, 1, 3]); // [hd, T, n_head]
-        let q_global = rope(inp.pos_global); // [hd, n_head, T]
+        let q_local = g.permute(lt.rotated_q(inp.pos_local), [0, 2, 1, 3]); // [hd, T, n_head]
+        let q_global = lt.rotated_q(inp.pos_global); // [hd, n_head, T]
         let blocks = self.select_blocks(lt, inp, || {
             // The chunk's mean global query.
             let q_flat = g.reshape(q_global, &[hd * nh, t]);
@@ -49,7 +45,7 @@ impl InfllmAttention {
         let outs: Vec<_> = inp
             .tiles
             .iter()
-            .map(|tile| self.attend_tile(step, lt, inp, tile, [q_local, q_global], &global, la))
+            .map(|tile| self.attend_tile(step, lt, inp, tile, [q_local, q_global], &global))
             .collect();
         let out = match outs.len() {
             1 => g.cont(outs[0]),
@@ -127,7 +123,6 @@ impl InfllmAttention {
     /// One tile's output [hd, n_head, n_q]: logits over its local keys and
     /// the global ones, one softmax, P·V; adds each local key's probability
     /// mass to its accumulated score (blocks pick representatives by it).
-    #[allow(clippy::too_many_arguments)]
     fn attend_tile<'a>(
         &self,
         step: &mut Step<'a>,
@@ -136,9 +131,8 @@ impl InfllmAttention {
         tile: &Tile<'a>,
         [q_local, q_global]: [Tensor<'a>; 2],
         global: &Global<'a>,
-        la: &LayerAttn,
     ) -> Tensor<'a> {
-        let g = lt.g;
+        let (g, la) = (lt.g, &lt.la);
         let nh = lt.n_head;
         // The tile's queries: rows [q0, q0 + n_q) of a [x, T, n_head] tensor.
         let rows = |x: Tensor<'a>| {

@@ -9,9 +9,13 @@ use crate::attention::{LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Context, Tensor};
 
-/// One layer's window buffer, initial tokens and blocks in a step's graph.
+/// One layer's window buffer, initial tokens and blocks in a step's graph,
+/// with the step's projections for it.
 pub(super) struct LayerTensors<'a> {
     pub g: &'a Context,
+    /// The step's Q, K, V (un-rotated) and the layer's attention settings.
+    pub x: LayerQkv<'a>,
+    pub la: LayerAttn,
     /// Un-rotated keys [n_embd_kv, cap], f16.
     pub k_raw: Tensor<'a>,
     /// Rotated keys, transposed [cap, n_embd_kv], f16.
@@ -29,6 +33,11 @@ pub(super) struct LayerTensors<'a> {
 }
 
 impl<'a> LayerTensors<'a> {
+    /// The step's queries rotated at `pos`: [hd, n_head, T].
+    pub fn rotated_q(&self, pos: Tensor<'a>) -> Tensor<'a> {
+        self.g.rope(self.x.q, pos, self.x.freq_factors, &self.la.rope)
+    }
+
     /// Bytes of one token's keys in `k_raw` and of one head's.
     fn key_strides(&self) -> (usize, usize) {
         let row = self.k_raw.nb()[1];
@@ -63,12 +72,14 @@ impl<'a> LayerTensors<'a> {
 }
 
 impl InfllmAttention {
-    pub(super) fn layer_tensors<'a>(&'a self, g: &'a Context, layer: usize) -> LayerTensors<'a> {
-        let l = &self.layers[layer];
+    pub(super) fn layer_tensors<'a>(&'a self, g: &'a Context, x: LayerQkv<'a>, la: &LayerAttn) -> LayerTensors<'a> {
+        let l = &self.layers[x.layer];
         let s = &self.shape;
         let t = |id| self.ctx.tensor(id);
         LayerTensors {
             g,
+            x,
+            la: *la,
             k_raw: t(l.k_raw),
             k_rot_t: t(l.k_rot_t),
             v_t: t(l.v_t),
@@ -87,17 +98,11 @@ impl InfllmAttention {
     /// which come as input data so that a decode graph does not depend on
     /// them; after the buffer moved, first re-rotates every kept key at its
     /// new slot.
-    pub(super) fn append<'a>(
-        &self,
-        step: &mut Step<'a>,
-        lt: &LayerTensors<'a>,
-        inp: &InfllmInputs<'a>,
-        x: &LayerQkv<'a>,
-        la: &LayerAttn,
-    ) {
+    pub(super) fn append<'a>(&self, step: &mut Step<'a>, lt: &LayerTensors<'a>, inp: &InfllmInputs<'a>) {
         let g = lt.g;
         let e = lt.hd * lt.n_head_kv;
         let t = inp.n_tokens as i64;
+        let (x, la) = (&lt.x, &lt.la);
         let rope = |v, pos| g.rope(v, pos, x.freq_factors, &la.rope);
         if let Some(slots) = inp.rerotate {
             let n = slots.ne()[0] as usize;
