@@ -2,7 +2,7 @@
 //! input data to upload once the allocator has placed the inputs. A built
 //! step can be kept (`BuiltStep`) and run again with new input data.
 
-use crate::ggml::{Backend, Context, Graph, GraphAllocator, GraphId, Tensor, TensorId, TYPE_F16, TYPE_F32, TYPE_I32};
+use crate::ggml::{Backend, Context, GgmlType, Graph, GraphAllocator, GraphId, Tensor, TensorId};
 
 /// Most nodes a step graph may have (a 64-layer model uses ~2,500).
 pub const MAX_NODES: usize = 16_384;
@@ -82,7 +82,7 @@ impl<'a> Step<'a> {
         (self.ctx.graph_id(&self.graph), inputs)
     }
 
-    fn input(&mut self, ty: u32, ne: &[i64], data: Data) -> Tensor<'a> {
+    fn input(&mut self, ty: GgmlType, ne: &[i64], data: Data) -> Tensor<'a> {
         let t = match self.replay {
             Some(ids) => {
                 let t = self.ctx.tensor(ids[self.inputs.len()]);
@@ -99,17 +99,17 @@ impl<'a> Step<'a> {
 
     pub fn input_i32(&mut self, ne: &[i64], data: Vec<i32>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(TYPE_I32, ne, Data::I32(data))
+        self.input(GgmlType::I32, ne, Data::I32(data))
     }
 
     pub fn input_f32(&mut self, ne: &[i64], data: Vec<f32>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(TYPE_F32, ne, Data::F32(data))
+        self.input(GgmlType::F32, ne, Data::F32(data))
     }
 
     pub fn input_f16(&mut self, ne: &[i64], data: Vec<half::f16>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(TYPE_F16, ne, Data::F16(data))
+        self.input(GgmlType::F16, ne, Data::F16(data))
     }
 
     /// Allocates the graph (unless replaying), uploads the inputs and runs it.

@@ -120,8 +120,8 @@ impl InfllmLayers {
                     topk: 0,
                     block_size: 1,
                     repr_topk: 1,
-                    type_k: crate::ggml::TYPE_F16,
-                    type_v: crate::ggml::TYPE_F16,
+                    type_k: crate::ggml::GgmlType::F16,
+                    type_v: crate::ggml::GgmlType::F16,
                     ..p
                 };
                 Some(InfllmAttention::new(

@@ -7,7 +7,7 @@ mod callbacks;
 use std::ffi::c_int;
 
 use super::tensor::{Context, Tensor};
-use super::{kernels, sys};
+use super::{kernels, sys, GgmlType};
 use callbacks::{block_scores_op, block_values_op, key_scores_op, mask_outside_op, put_columns_op, value_sums_op};
 
 /// The signature of ggml's custom-op callbacks.
@@ -23,15 +23,15 @@ impl Context {
         let n_rows = dst.ne()[1];
         let [x_rows, n, ..] = x.ne();
         assert!(
-            dst.ty() == sys::GGML_TYPE_F16 && dst.nb()[0] == 2 && dst.ne()[2..] == [1, 1],
+            dst.ty() == GgmlType::F16 && dst.nb()[0] == 2 && dst.ne()[2..] == [1, 1],
             "put_columns: f16 rows with unit stride"
         );
         assert!(
-            matches!(x.ty(), sys::GGML_TYPE_F32 | sys::GGML_TYPE_F16) && x.is_contiguous() && x_rows == n_rows,
+            matches!(x.ty(), GgmlType::F32 | GgmlType::F16) && x.is_contiguous() && x_rows == n_rows,
             "put_columns: contiguous f32 or f16 vectors of the row count"
         );
         assert!(
-            slots.ty() == sys::GGML_TYPE_I32 && slots.is_contiguous() && slots.ne() == [n, 1, 1, 1],
+            slots.ty() == GgmlType::I32 && slots.is_contiguous() && slots.ne() == [n, 1, 1, 1],
             "put_columns: a slot per vector"
         );
         let mut args = [x.raw(), slots.raw()];
@@ -63,7 +63,7 @@ impl Context {
         let [n, dim, n_kv, _] = keys_t.ne();
         let [q_dim, n_q, n_head, _] = q.ne();
         assert!(
-            keys_t.ty() == sys::GGML_TYPE_F16 && keys_t.nb()[0] == 2 && q.ty() == sys::GGML_TYPE_F32,
+            keys_t.ty() == GgmlType::F16 && keys_t.nb()[0] == 2 && q.ty() == GgmlType::F32,
             "key_scores: f16 keys with unit stride, f32 queries"
         );
         assert!(
@@ -87,7 +87,7 @@ impl Context {
         let [n, hd, n_kv, one] = vals_t.ne();
         let [pn, group, p_kv, p_one] = p.ne();
         assert!(
-            vals_t.ty() == sys::GGML_TYPE_F16 && vals_t.nb()[0] == 2 && p.ty() == sys::GGML_TYPE_F32 && p.nb()[0] == 4,
+            vals_t.ty() == GgmlType::F16 && vals_t.nb()[0] == 2 && p.ty() == GgmlType::F32 && p.nb()[0] == 4,
             "value_sums: f16 values and f32 probabilities with unit stride"
         );
         assert!(pn == n && p_kv == n_kv && one == 1 && p_one == 1, "value_sums: shapes");
@@ -103,7 +103,7 @@ impl Context {
     pub fn mask_outside<'a>(&'a self, x: Tensor<'a>, valid: Tensor<'a>) -> Tensor<'a> {
         let [n, n1, n2, n3] = x.ne();
         assert!(
-            x.ty() == sys::GGML_TYPE_F32 && x.nb()[0] == 4,
+            x.ty() == GgmlType::F32 && x.nb()[0] == 4,
             "mask_outside: f32 with unit stride"
         );
         let mut args = with_range([x.raw()], Some(valid));
@@ -167,7 +167,7 @@ impl Context {
         self.wrap(unsafe {
             sys::ggml_custom_4d(
                 self.raw(),
-                sys::GGML_TYPE_F32,
+                GgmlType::F32.sys(),
                 ne[0],
                 ne[1],
                 ne[2],
@@ -200,11 +200,11 @@ fn check_block_op(store: Tensor<'_>, ids: Tensor<'_>, n_embd: i64, x: Tensor<'_>
         "block op: rows of whole tiles"
     );
     assert!(
-        ids.ty() == sys::GGML_TYPE_I32 && ids.is_contiguous() && ids.ne()[1..] == [1, 1, 1],
+        ids.ty() == GgmlType::I32 && ids.is_contiguous() && ids.ne()[1..] == [1, 1, 1],
         "block op: ids"
     );
     assert!(
-        x.ty() == sys::GGML_TYPE_F32 && x.nb()[0] == 4 && x.ne()[3] == 1,
+        x.ty() == GgmlType::F32 && x.nb()[0] == 4 && x.ne()[3] == 1,
         "block op: f32 vectors"
     );
     bs
@@ -219,7 +219,7 @@ fn with_range<const N: usize>(
     let mut args = srcs.to_vec();
     if let Some(v) = valid {
         assert!(
-            v.ty() == sys::GGML_TYPE_I32 && v.is_contiguous() && v.ne() == [2, 1, 1, 1],
+            v.ty() == GgmlType::I32 && v.is_contiguous() && v.ne() == [2, 1, 1, 1],
             "a range input is I32 [2]"
         );
         args.push(v.raw());

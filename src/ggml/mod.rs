@@ -1,7 +1,7 @@
 //! The only module with `unsafe`: a thin, safe layer over ggml (through the
 //! `llama-cpp-sys-2` bindings). Every `unsafe` block says why it is sound.
 //!
-//! - `types`: ggml tensor types and their block sizes.
+//! - `types`: the `GgmlType` enum: ggml's tensor types, names and sizes.
 //! - `tensor`: contexts, tensor and graph handles, reading and writing data.
 //! - `ops`: ggml's own graph ops (matmul, rope, softmax, views, ...).
 //! - `custom_ops`: our ops (`key_scores`, `block_scores`, `put_columns`,
@@ -32,9 +32,8 @@ pub use backend::{Backend, Buffer, GraphAllocator};
 pub use kernels::LANES as ROW_TILE;
 pub use ops::{RopeParams, ROPE_NEOX, ROPE_NORMAL};
 pub use quant::{dequantize, quantize};
-pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
 pub use tensor::{Context, Graph, GraphId, Tensor, TensorId};
-pub use types::{type_by_name, type_info, TypeInfo};
+pub use types::{type_by_name, type_info, GgmlType, TypeInfo, UnknownType};
 
 use llama_cpp_sys_2 as sys;
 

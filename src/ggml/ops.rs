@@ -4,8 +4,8 @@
 //! Shapes are the caller's responsibility (they come from checked model
 //! hyper-parameters); ggml aborts on a mismatch, which is a bug here.
 
-use super::sys;
 use super::tensor::{Context, Tensor};
+use super::{sys, GgmlType};
 
 // ggml.h #defines (not exported by bindgen): GGML_ROPE_TYPE_NORMAL, GGML_ROPE_TYPE_NEOX.
 pub const ROPE_NORMAL: i32 = 0;
@@ -57,9 +57,9 @@ impl Context {
         self.wrap(unsafe { sys::ggml_scale(self.raw(), a.raw(), s) })
     }
 
-    pub fn cast<'a>(&'a self, a: Tensor<'a>, ty: u32) -> Tensor<'a> {
+    pub fn cast<'a>(&'a self, a: Tensor<'a>, ty: GgmlType) -> Tensor<'a> {
         // SAFETY: valid context and tensor.
-        self.wrap(unsafe { sys::ggml_cast(self.raw(), a.raw(), ty) })
+        self.wrap(unsafe { sys::ggml_cast(self.raw(), a.raw(), ty.sys()) })
     }
 
     pub fn concat<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>, dim: i32) -> Tensor<'a> {
@@ -188,7 +188,7 @@ impl Context {
         let mut offset = 0usize;
         for &p in parts {
             assert_eq!(p.ne()[1..], [n1, n2, n3], "join_rows: parts differ beyond dim 0");
-            assert_eq!(p.ty(), sys::GGML_TYPE_F32, "join_rows: parts must be f32");
+            assert_eq!(p.ty(), GgmlType::F32, "join_rows: parts must be f32");
             // SAFETY: `p` has `joined`'s dims 1..3 (checked above) and its
             // rows end at offset + 4 * ne0 <= 4 * n0.
             if !unsafe { write_into(p, joined, offset) } {
@@ -211,7 +211,7 @@ impl Context {
     /// A new f32 graph node of shape `ne` that computes nothing: whatever
     /// views it writes its memory.
     fn unwritten_f32(&self, ne: &[i64]) -> Tensor<'_> {
-        let t = self.new_tensor(sys::GGML_TYPE_F32, ne);
+        let t = self.new_tensor(GgmlType::F32, ne);
         // SAFETY: `t` is a tensor of this context that nothing uses yet.
         // A VIEW op computes nothing on every backend, so the node is left
         // uninitialised (`join_rows` writes every element through a part).

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use super::sys;
+use super::{sys, GgmlType};
 
 /// Owns a `ggml_context`.
 pub struct Context {
@@ -92,10 +92,10 @@ impl Context {
     }
 
     /// A new tensor of type `ty` with dimensions `ne` (ggml order, 1 to 4 dims).
-    pub fn new_tensor(&self, ty: u32, ne: &[i64]) -> Tensor<'_> {
+    pub fn new_tensor(&self, ty: GgmlType, ne: &[i64]) -> Tensor<'_> {
         assert!((1..=4).contains(&ne.len()));
         // SAFETY: the context is valid and `ne` has ne.len() elements.
-        self.wrap(unsafe { sys::ggml_new_tensor(self.raw.as_ptr(), ty, ne.len() as i32, ne.as_ptr()) })
+        self.wrap(unsafe { sys::ggml_new_tensor(self.raw.as_ptr(), ty.sys(), ne.len() as i32, ne.as_ptr()) })
     }
 
     pub fn new_graph(&self, size: usize) -> Graph<'_> {
@@ -177,8 +177,8 @@ impl<'c> Tensor<'c> {
         self.get().nb
     }
 
-    pub fn ty(self) -> u32 {
-        self.get().type_
+    pub fn ty(self) -> GgmlType {
+        GgmlType::try_from(self.get().type_).expect("tensor of a known type")
     }
 
     pub fn nbytes(self) -> usize {
@@ -238,23 +238,23 @@ impl<'c> Tensor<'c> {
     }
 
     pub fn write_f32(self, data: &[f32]) {
-        assert_eq!(self.ty(), sys::GGML_TYPE_F32);
+        assert_eq!(self.ty(), GgmlType::F32);
         self.write_bytes(0, as_bytes(data));
     }
 
     pub fn write_i32(self, data: &[i32]) {
-        assert_eq!(self.ty(), sys::GGML_TYPE_I32);
+        assert_eq!(self.ty(), GgmlType::I32);
         self.write_bytes(0, as_bytes(data));
     }
 
     pub fn write_f16(self, data: &[half::f16]) {
-        assert_eq!(self.ty(), sys::GGML_TYPE_F16);
+        assert_eq!(self.ty(), GgmlType::F16);
         self.write_bytes(0, as_bytes(data));
     }
 
     /// Reads an F32 tensor into `out` (resized to the element count).
     pub fn read_f32(self, out: &mut Vec<f32>) {
-        assert_eq!(self.ty(), sys::GGML_TYPE_F32);
+        assert_eq!(self.ty(), GgmlType::F32);
         out.resize(self.n_elements() as usize, 0.0);
         // SAFETY: f32 has no invalid bit patterns; the byte view covers `out` exactly.
         let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };

@@ -35,7 +35,7 @@ use half::f16;
 use super::full::{mul_mat_capped, soft_cap, softmax_scale};
 use super::{read_ranges, write_ranges, AttentionError, LayerAttn, LayerQkv, Ranges};
 use crate::compute::Step;
-use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
+use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 
 /// Key counts are padded to a multiple of this (with masked keys): in a
 /// prompt step so that ggml's tiled matmul kernels apply, in decode so that
@@ -229,12 +229,12 @@ impl InfllmAttention {
         for il in 0..h.n_layer {
             let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
             layers.push(LayerStore {
-                k_raw: t(TYPE_F16, &[e, cap as i64], "win_k_raw"),
-                k_rot_t: t(TYPE_F16, &[cap as i64, e], "win_k_rot_t"),
-                v_t: t(TYPE_F16, &[cap as i64, e], "win_v_t"),
-                score: t(TYPE_F32, &[cap as i64, h.n_head as i64], "win_score"),
-                init_k: t(TYPE_F32, &[e, n_init], "init_k"),
-                init_v_t: t(TYPE_F32, &[n_init, e], "init_v_t"),
+                k_raw: t(GgmlType::F16, &[e, cap as i64], "win_k_raw"),
+                k_rot_t: t(GgmlType::F16, &[cap as i64, e], "win_k_rot_t"),
+                v_t: t(GgmlType::F16, &[cap as i64, e], "win_v_t"),
+                score: t(GgmlType::F32, &[cap as i64, h.n_head as i64], "win_score"),
+                init_k: t(GgmlType::F32, &[e, n_init], "init_k"),
+                init_v_t: t(GgmlType::F32, &[n_init, e], "init_v_t"),
                 blocks: BlockStore::new(shape, if p.topk > 0 { max_blocks } else { 0 })?,
             });
         }
@@ -600,7 +600,7 @@ impl InfllmAttention {
             global_keys.push(g.permute(ki, [0, 2, 1, 3]));
         }
         if inp.n_rem > 0 {
-            global_keys.push(g.permute(g.cast(keys(k_raw, inp.n_rem, inp.rem_lo), TYPE_F32), [0, 2, 1, 3]));
+            global_keys.push(g.permute(g.cast(keys(k_raw, inp.n_rem, inp.rem_lo), GgmlType::F32), [0, 2, 1, 3]));
         }
         // One matmul over all global keys (a small copy) instead of one per
         // part, whose logits would each be copied into place.
@@ -625,10 +625,10 @@ impl InfllmAttention {
             }
             if inp.n_rem > 0 {
                 let vr = g.view(v_t, &[inp.n_rem as i64, e], &[vt_row], inp.rem_lo * 2);
-                parts.push(g.cast(vr, TYPE_F32));
+                parts.push(g.cast(vr, GgmlType::F32));
             }
             let all = parts.into_iter().reduce(|a, b| g.concat(a, b, 0)).expect("non-empty");
-            transposed(g.cast(all, TYPE_F16), n_global, 0)
+            transposed(g.cast(all, GgmlType::F16), n_global, 0)
         });
 
         let score = self.ctx.tensor(l.score);

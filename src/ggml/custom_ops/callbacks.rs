@@ -4,7 +4,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use crate::ggml::{kernels, sys, type_info};
+use crate::ggml::{kernels, sys, GgmlType};
 
 /// The range [from, to) an op's source `i` holds (clamped to `n`), or all
 /// of 0..n without one.
@@ -28,18 +28,17 @@ unsafe fn range_of(dst: &sys::ggml_tensor, i: usize, n: usize) -> (usize, usize)
 /// # Safety
 /// `store` must be a valid tensor of a known ggml type.
 unsafe fn with_row_format(store: &sys::ggml_tensor, f: impl FnOnce(&kernels::RowFormat)) {
-    match store.type_ {
-        sys::GGML_TYPE_F32 => f(&kernels::RowFormat::F32),
-        sys::GGML_TYPE_F16 => f(&kernels::RowFormat::F16),
-        sys::GGML_TYPE_Q8_0 => f(&kernels::RowFormat::Q8_0),
-        sys::GGML_TYPE_Q4_0 => f(&kernels::RowFormat::Q4_0),
+    match GgmlType::try_from(store.type_).expect("known type") {
+        GgmlType::F32 => f(&kernels::RowFormat::F32),
+        GgmlType::F16 => f(&kernels::RowFormat::F16),
+        GgmlType::Q8_0 => f(&kernels::RowFormat::Q8_0),
+        GgmlType::Q4_0 => f(&kernels::RowFormat::Q4_0),
         ty => {
-            let info = type_info(ty).expect("known type");
             // SAFETY: `ty` is a known type (the caller's contract), so its
             // traits entry is valid for the whole program.
-            let to_float = unsafe { (*sys::ggml_get_type_traits(ty)).to_float }.expect("type with to_float");
+            let to_float = unsafe { (*sys::ggml_get_type_traits(ty.sys())).to_float }.expect("type with to_float");
             let convert = |src: &[u8], dst: &mut [f32]| {
-                assert_eq!(src.len() as u64, info.row_size(dst.len() as u64), "a whole row");
+                assert_eq!(src.len() as u64, ty.row_size(dst.len() as u64), "a whole row");
                 // SAFETY: `src` holds exactly one row of dst.len() values of
                 // type `ty` (checked), `dst` has room for them.
                 unsafe { to_float(src.as_ptr().cast(), dst.as_mut_ptr(), dst.len() as i64) }
@@ -49,9 +48,10 @@ unsafe fn with_row_format(store: &sys::ggml_tensor, f: impl FnOnce(&kernels::Row
     }
 }
 
-/// Bytes of one row of `n` values of `ty` (a known type).
-fn row_bytes(ty: u32, n: usize) -> usize {
-    type_info(ty).expect("known type").row_size(n as u64) as usize
+/// Bytes of one row of `n` values of `store`'s type.
+fn row_bytes(store: &sys::ggml_tensor, n: usize) -> usize {
+    let ty = GgmlType::try_from(store.type_).expect("known type");
+    ty.row_size(n as u64) as usize
 }
 
 /// The chosen blocks' ids, each checked to be a block of the store.
@@ -85,7 +85,7 @@ pub(super) unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith:
         let (hd, group, n_kv) = (q.ne[0] as usize, q.ne[1] as usize, q.ne[2] as usize);
         let ids = block_ids(ids, store.ne[1]);
         let bs = dst.ne[0] as usize / ids.len();
-        let row = row_bytes(store.type_, bs);
+        let row = row_bytes(store, bs);
         let heads: Vec<&[f32]> = (0..n_kv * group)
             .map(|h| {
                 let x = (q.data as *const u8).add(h / group * q.nb[2] + h % group * q.nb[1]);
@@ -126,7 +126,7 @@ pub(super) unsafe extern "C" fn block_values_op(dst: *mut sys::ggml_tensor, ith:
         let (hd, group, n_kv) = (dst.ne[0] as usize, dst.ne[1] as usize, dst.ne[2] as usize);
         let ids = block_ids(ids, store.ne[1]);
         let bs = p.ne[0] as usize / ids.len();
-        let row = row_bytes(store.type_, bs);
+        let row = row_bytes(store, bs);
         let tiles = hd.div_ceil(kernels::LANES);
         // Each (KV head, block)'s probabilities, one slice per query head.
         let probs: Vec<&[f32]> = (0..n_kv * ids.len() * group)
@@ -265,7 +265,7 @@ pub(super) unsafe extern "C" fn put_columns_op(dst: *mut sys::ggml_tensor, ith: 
             n_rows * ith as usize / nth as usize,
             n_rows * (ith as usize + 1) / nth as usize,
         );
-        let f16_src = x.type_ == sys::GGML_TYPE_F16;
+        let f16_src = x.type_ == GgmlType::F16.sys();
         for r in r0..r1 {
             let row = (dst.data as *mut u8).add(r * dst.nb[1]) as *mut half::f16;
             for (i, &slot) in slots.iter().enumerate() {
