@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use infllm::attention::infllm::{BlockShape, BlockStore};
 use infllm::compute::Step;
-use infllm::ggml::{type_by_name, Backend, Buffer, Context, GraphAllocator, TYPE_F32};
+use infllm::ggml::{type_by_name, Backend, Buffer, Context, GgmlType, GraphAllocator};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,8 +51,8 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::new(2 * layers, 0);
     let inputs: Vec<_> = (0..layers)
         .map(|_| {
-            let q = ctx.new_tensor(TYPE_F32, &[hd as i64, r as i64, nkv as i64]);
-            (q, ctx.new_tensor(TYPE_F32, &[n, r as i64, nkv as i64]))
+            let q = ctx.new_tensor(GgmlType::F32, &[hd as i64, r as i64, nkv as i64]);
+            (q, ctx.new_tensor(GgmlType::F32, &[n, r as i64, nkv as i64]))
         })
         .collect();
     let _buf = Buffer::alloc_context(&ctx)?;

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use infllm::compute::Step;
-use infllm::ggml::{Backend, Buffer, Context, GraphAllocator, TYPE_F16, TYPE_F32};
+use infllm::ggml::{Backend, Buffer, Context, GgmlType, GraphAllocator};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -20,10 +20,10 @@ fn main() -> anyhow::Result<()> {
     let bufs: Vec<_> = (0..layers)
         .map(|_| {
             (
-                ctx.new_tensor(TYPE_F16, &[e, cap]),
-                ctx.new_tensor(TYPE_F16, &[cap, e]),
-                ctx.new_tensor(TYPE_F16, &[hd, cap, nkv]),
-                ctx.new_tensor(TYPE_F16, &[cap, e]),
+                ctx.new_tensor(GgmlType::F16, &[e, cap]),
+                ctx.new_tensor(GgmlType::F16, &[cap, e]),
+                ctx.new_tensor(GgmlType::F16, &[hd, cap, nkv]),
+                ctx.new_tensor(GgmlType::F16, &[cap, e]),
             )
         })
         .collect();
@@ -32,8 +32,8 @@ fn main() -> anyhow::Result<()> {
     let inputs: Vec<_> = (0..layers)
         .map(|_| {
             (
-                ctx.new_tensor(TYPE_F32, &[hd, r, nkv]),
-                ctx.new_tensor(TYPE_F32, &[n, r, nkv]),
+                ctx.new_tensor(GgmlType::F32, &[hd, r, nkv]),
+                ctx.new_tensor(GgmlType::F32, &[n, r, nkv]),
             )
         })
         .collect();

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure};
 
-use crate::ggml::{Backend, Context, Graph, GraphAllocator, GraphId, Tensor, TensorId, TYPE_F16, TYPE_F32, TYPE_I32};
+use crate::ggml::{Backend, Context, GgmlType, Graph, GraphAllocator, GraphId, Tensor, TensorId};
 
 /// Most nodes a step graph may have (a 64-layer model uses ~2,500).
 pub const MAX_NODES: usize = 16_384;
@@ -102,7 +102,7 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn input(&mut self, name: &str, ty: u32, ne: &[i64], data: Data) -> Tensor<'a> {
+    fn input(&mut self, name: &str, ty: GgmlType, ne: &[i64], data: Data) -> Tensor<'a> {
         let mut shape = [1i64; 4];
         shape[..ne.len()].copy_from_slice(ne);
         if self.inputs.iter().any(|(n, ..)| n == name) {
@@ -129,17 +129,17 @@ impl<'a> Step<'a> {
 
     pub fn input_i32(&mut self, name: &str, ne: &[i64], data: Vec<i32>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(name, TYPE_I32, ne, Data::I32(data))
+        self.input(name, GgmlType::I32, ne, Data::I32(data))
     }
 
     pub fn input_f32(&mut self, name: &str, ne: &[i64], data: Vec<f32>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(name, TYPE_F32, ne, Data::F32(data))
+        self.input(name, GgmlType::F32, ne, Data::F32(data))
     }
 
     pub fn input_f16(&mut self, name: &str, ne: &[i64], data: Vec<half::f16>) -> Tensor<'a> {
         assert_eq!(ne.iter().product::<i64>() as usize, data.len());
-        self.input(name, TYPE_F16, ne, Data::F16(data))
+        self.input(name, GgmlType::F16, ne, Data::F16(data))
     }
 
     /// Allocates the graph (unless replaying), uploads the inputs and runs it.
@@ -192,7 +192,8 @@ mod tests {
         let out = ctx.add(a, ctx.scale(b, 2.0)).set_output();
         step.graph.expand(out);
         step.run(&mut backend, &mut alloc).unwrap();
-        let built = BuiltStep::keep(ctx, step.into_ids(out));
+        let ids = step.into_ids(out);
+        let built = BuiltStep::keep(ctx, ids);
 
         // Declared the other way round: each name still gets its own data.
         let mut step = Step::replay(&built);

@@ -13,7 +13,7 @@ use infllm::gguf::{GgufFile, GgufWriter, Value};
 use infllm::model::Model;
 use rand::{Rng, SeedableRng};
 
-const F32: u32 = 0;
+const F32: infllm::ggml::GgmlType = infllm::ggml::GgmlType::F32;
 const N_EMBD: u64 = 64;
 const N_HEAD: u64 = 4;
 const N_HEAD_KV: u64 = 2;

@@ -69,8 +69,8 @@ fn every_kind_of_malformed_file_gives_one_line_and_exit_1() {
     let mut w = GgufWriter::new();
     w.add("general.architecture", Value::String("llama".into()));
     w.add("general.alignment", Value::U32(32));
-    w.add_tensor("a", &[32, 2], 0, vec![0u8; 256]);
-    w.add_tensor("b", &[32], 0, vec![0u8; 128]);
+    w.add_tensor("a", &[32, 2], infllm::ggml::GgmlType::F32, vec![0u8; 256]);
+    w.add_tensor("b", &[32], infllm::ggml::GgmlType::F32, vec![0u8; 128]);
     let good = w.to_bytes();
     let set = |at: usize, bytes: &[u8]| {
         let mut b = good.clone();

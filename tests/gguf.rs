@@ -8,13 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use infllm::ggml::gguf_ref::{self, RefGguf};
+use infllm::ggml::GgmlType;
 use infllm::gguf::{GgufFile, GgufWriter, TensorInfo, Value, ValueType};
 
-const F32: u32 = 0;
-const F16: u32 = 1;
-const Q4_0: u32 = 2;
-const Q8_0: u32 = 8;
-const Q4_K: u32 = 12;
+const F32: GgmlType = GgmlType::F32;
+const F16: GgmlType = GgmlType::F16;
+const Q4_0: GgmlType = GgmlType::Q4_0;
+const Q8_0: GgmlType = GgmlType::Q8_0;
+const Q4_K: GgmlType = GgmlType::Q4_K;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -172,7 +173,7 @@ fn tensor_fields(bytes: &[u8], name: &str, n_dims: usize) -> (usize, usize, usiz
 }
 
 /// A file with one tensor entry written from raw fields (no data unless given).
-fn one_tensor(name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> Vec<u8> {
+fn one_tensor(name: &str, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> Vec<u8> {
     let mut w = GgufWriter::new();
     w.add("general.architecture", s("llama"))
         .add_tensor(name, dims, ggml_type, data);
@@ -785,7 +786,7 @@ fn nested_values() -> Vec<(String, Value)> {
     ]
 }
 
-fn round_trip_tensors() -> Vec<(&'static str, Vec<u64>, u32, Vec<u8>)> {
+fn round_trip_tensors() -> Vec<(&'static str, Vec<u64>, GgmlType, Vec<u8>)> {
     vec![
         ("tok_embd.weight", vec![64, 3], Q4_0, bytes_of(3 * 2 * 18, 5)),
         ("norm.weight", vec![7], F32, bytes_of(28, 6)),

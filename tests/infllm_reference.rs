@@ -384,8 +384,8 @@ fn representative_keys_per_head_under_gqa() {
         head_dim: 4,
         n_head: 4,
         n_head_kv: 2,
-        type_k: 0,
-        type_v: 0,
+        type_k: ggml::GgmlType::F32,
+        type_v: ggml::GgmlType::F32,
     };
     let e = 8;
     let k: Vec<f32> = (0..8 * e).map(|i| i as f32).collect();

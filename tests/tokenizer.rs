@@ -528,8 +528,18 @@ fn synthetic_model(src: &Path, overrides: &[(&str, Value)], path: &Path) {
         w.add(k, v.clone());
     }
     let zeros = |dims: &[u64]| vec![0u8; dims.iter().product::<u64>() as usize * 4];
-    w.add_tensor("token_embd.weight", &[EMBD, n_vocab], 0, zeros(&[EMBD, n_vocab]));
-    w.add_tensor("output_norm.weight", &[EMBD], 0, zeros(&[EMBD]));
+    w.add_tensor(
+        "token_embd.weight",
+        &[EMBD, n_vocab],
+        infllm::ggml::GgmlType::F32,
+        zeros(&[EMBD, n_vocab]),
+    );
+    w.add_tensor(
+        "output_norm.weight",
+        &[EMBD],
+        infllm::ggml::GgmlType::F32,
+        zeros(&[EMBD]),
+    );
     for (name, dims) in [
         ("attn_norm", vec![EMBD]),
         ("attn_q", vec![EMBD, EMBD]),
@@ -541,7 +551,12 @@ fn synthetic_model(src: &Path, overrides: &[(&str, Value)], path: &Path) {
         ("ffn_up", vec![EMBD, 32]),
         ("ffn_down", vec![32, EMBD]),
     ] {
-        w.add_tensor(&format!("blk.0.{name}.weight"), &dims, 0, zeros(&dims));
+        w.add_tensor(
+            &format!("blk.0.{name}.weight"),
+            &dims,
+            infllm::ggml::GgmlType::F32,
+            zeros(&dims),
+        );
     }
     std::fs::write(path, w.to_bytes()).expect("writing the test model");
 }

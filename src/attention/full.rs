@@ -11,7 +11,7 @@ use super::{
     StepAttention,
 };
 use crate::compute::Step;
-use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16};
+use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 
 /// llama.cpp pads the attended KV length to 256 cells; so do we, which also
 /// keeps the graph shape stable for 256 decode steps.
@@ -62,9 +62,17 @@ impl FullAttention {
         let mut k = Vec::with_capacity(n_layer);
         let mut v = Vec::with_capacity(n_layer);
         for il in 0..n_layer {
-            k.push(ctx.id(ctx.new_tensor(TYPE_F16, &[e, c]).set_name(&format!("cache_k_l{il}"))));
+            k.push(
+                ctx.id(ctx
+                    .new_tensor(GgmlType::F16, &[e, c])
+                    .set_name(&format!("cache_k_l{il}"))),
+            );
             let v_shape = if flash_attn { [e, c] } else { [c, e] };
-            v.push(ctx.id(ctx.new_tensor(TYPE_F16, &v_shape).set_name(&format!("cache_v_l{il}"))));
+            v.push(
+                ctx.id(ctx
+                    .new_tensor(GgmlType::F16, &v_shape)
+                    .set_name(&format!("cache_v_l{il}"))),
+            );
         }
         let buffer = Buffer::alloc_context(&ctx)?;
         Ok(Self {

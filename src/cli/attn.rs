@@ -108,7 +108,7 @@ impl AttnSettings {
     }
 }
 
-fn block_type(flag: &str, name: &str) -> anyhow::Result<u32> {
+fn block_type(flag: &str, name: &str) -> anyhow::Result<crate::ggml::GgmlType> {
     match type_by_name(name) {
         Some(t) if BLOCK_TYPES.contains(&t.name) => Ok(t.id),
         _ => anyhow::bail!("{flag} {name}: unsupported (use one of {})", BLOCK_TYPES.join(", ")),

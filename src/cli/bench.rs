@@ -410,7 +410,7 @@ fn run_reference(path: &Path, plan: &Plan, depth: usize, threads: usize) -> anyh
     plan.session(&mut ctx, depth, model.n_vocab())
 }
 
-fn type_name(t: u32) -> String {
+fn type_name(t: crate::ggml::GgmlType) -> String {
     crate::ggml::type_info(t).map_or("?", |i| i.name).to_string()
 }
 

@@ -6,8 +6,8 @@
 
 use std::ptr::NonNull;
 
-use super::graph::Tensor;
 use super::sys;
+use super::tensor::Tensor;
 
 /// File offsets given to `HostArena::map_file` are multiples of this (the
 /// largest page size of the platforms we run on).

@@ -3,8 +3,8 @@
 
 use std::ptr::NonNull;
 
-use super::graph::{Context, Graph, Tensor};
 use super::sys;
+use super::tensor::{Context, Graph, Tensor};
 
 /// ggml's CPU backend with a thread pool that lives as long as it does, so
 /// decode steps do not pay for thread creation.

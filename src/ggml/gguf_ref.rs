@@ -21,7 +21,7 @@ use std::ptr::NonNull;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::sys;
+use super::{sys, GgmlType};
 use crate::gguf::{TensorInfo, Value, ValueType};
 
 /// A GGUF file as ggml's reader sees it.
@@ -244,6 +244,7 @@ impl Ctx {
         while dims.len() > 1 && dims.last() == Some(&1) {
             dims.pop();
         }
+        let ggml_type = GgmlType::try_from(ggml_type).with_context(|| format!("tensor '{name}'"))?;
         Ok(TensorInfo {
             name,
             dims,

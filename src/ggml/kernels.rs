@@ -564,7 +564,7 @@ mod tests {
     type RowSets = Vec<(Vec<u8>, Vec<f32>)>;
 
     /// Rows of `vals` quantized by ggml to type `ty`, and ggml's values of them.
-    fn ggml_rows(ty: u32, vals: &[f32], n: usize) -> (Vec<u8>, Vec<f32>) {
+    fn ggml_rows(ty: crate::ggml::GgmlType, vals: &[f32], n: usize) -> (Vec<u8>, Vec<f32>) {
         let info = crate::ggml::type_info(ty).unwrap();
         let mut bytes = vec![0u8; info.row_size(n as u64) as usize * vals.len() / n];
         crate::ggml::quantize(ty, vals, n, &mut bytes);
@@ -604,8 +604,8 @@ mod tests {
             cases.push((RowFormat::Convert(&as_f32), n * 4, f32_sets));
             // q4_0 and f16 rows as ggml writes them.
             for (fmt, ty, row_bytes) in [
-                (RowFormat::Q4_0, super::super::sys::GGML_TYPE_Q4_0, n / 32 * Q4_0_BYTES),
-                (RowFormat::F16, super::super::sys::GGML_TYPE_F16, n * 2),
+                (RowFormat::Q4_0, crate::ggml::GgmlType::Q4_0, n / 32 * Q4_0_BYTES),
+                (RowFormat::F16, crate::ggml::GgmlType::F16, n * 2),
             ] {
                 cases.push((fmt, row_bytes, sets.iter().map(|(_, v)| ggml_rows(ty, v, n)).collect()));
             }
@@ -652,8 +652,8 @@ mod tests {
             (RowFormat::Convert(&as_f32), n * 4, f32_bytes, q8_vals.clone()),
         ];
         for (fmt, ty, row_bytes) in [
-            (RowFormat::Q4_0, super::super::sys::GGML_TYPE_Q4_0, n / 32 * Q4_0_BYTES),
-            (RowFormat::F16, super::super::sys::GGML_TYPE_F16, n * 2),
+            (RowFormat::Q4_0, crate::ggml::GgmlType::Q4_0, n / 32 * Q4_0_BYTES),
+            (RowFormat::F16, crate::ggml::GgmlType::F16, n * 2),
         ] {
             let (bytes, vals) = ggml_rows(ty, &q8_vals, n);
             cases.push((fmt, row_bytes, bytes, vals));

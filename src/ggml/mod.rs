@@ -1,8 +1,11 @@
 //! The only module with `unsafe`: a thin, safe layer over ggml (through the
 //! `llama-cpp-sys-2` bindings). Every `unsafe` block says why it is sound.
 //!
-//! - `types`: ggml tensor types and their block sizes.
-//! - `graph`: contexts, tensors and the ops the models use.
+//! - `types`: the `GgmlType` enum: ggml's tensor types, names and sizes.
+//! - `tensor`: contexts, tensor and graph handles, reading and writing data.
+//! - `ops`: ggml's own graph ops (matmul, rope, softmax, views, ...).
+//! - `custom_ops`: our ops (`key_scores`, `block_scores`, `put_columns`,
+//!   ...), run by ggml's threads through callbacks into `kernels`.
 //! - `backend`: the CPU backend, thread pool, buffers, graph execution.
 //! - `arena`: growable host memory for InfLLM's block store.
 //! - `quant`: row quantization with ggml's kernels.
@@ -13,22 +16,24 @@
 
 mod arena;
 mod backend;
+mod custom_ops;
 pub mod gguf_ref;
-mod graph;
 mod kernels;
+mod ops;
 mod quant;
 pub mod reference;
+mod tensor;
 mod types;
 
 pub use arena::{HostArena, MAP_ALIGN};
 pub use backend::{Backend, Buffer, GraphAllocator};
-pub use graph::{Context, Graph, GraphId, RopeParams, Tensor, TensorId, ROPE_NEOX, ROPE_NORMAL};
 /// Values the block kernels read at a time: block rows (head dim, block
 /// size) are whole multiples of it.
 pub use kernels::LANES as ROW_TILE;
+pub use ops::{RopeParams, ROPE_NEOX, ROPE_NORMAL};
 pub use quant::{dequantize, quantize};
-pub use sys::{GGML_TYPE_F16 as TYPE_F16, GGML_TYPE_F32 as TYPE_F32, GGML_TYPE_I32 as TYPE_I32};
-pub use types::{type_by_name, type_info, TypeInfo};
+pub use tensor::{Context, Graph, GraphId, Tensor, TensorId};
+pub use types::{type_by_name, type_info, GgmlType, TypeInfo, UnknownType};
 
 use llama_cpp_sys_2 as sys;
 

@@ -14,7 +14,7 @@ use memmap2::Mmap;
 
 use super::value::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC};
-use crate::ggml;
+use crate::ggml::{self, GgmlType};
 
 /// Arrays nested deeper than this are rejected (real files nest at most 2).
 pub const MAX_ARRAY_DEPTH: usize = 8;
@@ -99,8 +99,8 @@ pub struct TensorInfo {
     /// ggml order: `dims[0]` is the contiguous (row) dimension. As many
     /// entries as the file stores (0 to [`MAX_DIMS`]).
     pub dims: Vec<u64>,
-    /// ggml type number (`ggml_type`).
-    pub ggml_type: u32,
+    /// The data's ggml type.
+    pub ggml_type: GgmlType,
     /// Offset of the data, relative to the start of the data section.
     pub offset: u64,
     /// Size of the data in bytes.
@@ -578,17 +578,17 @@ impl<'a> Cursor<'a> {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
             .ok_or_else(|| bad(format!("dimensions {dims:?} overflow: more than i64::MAX elements")))?;
-        let info = ggml::type_info(ggml_type).ok_or_else(|| bad(format!("unknown ggml type {ggml_type}")))?;
+        let ggml_type = GgmlType::try_from(ggml_type).map_err(|e| bad(e.to_string()))?;
+        let (name_of_type, block_size) = (ggml_type.name(), ggml_type.block_size());
         let row = dims.first().copied().unwrap_or(1);
-        if row % info.block_size != 0 {
+        if row % block_size != 0 {
             return Err(bad(format!(
-                "row of {row} elements is not a multiple of the {} block size {}",
-                info.name, info.block_size
+                "row of {row} elements is not a multiple of the {name_of_type} block size {block_size}"
             )));
         }
-        let size = (n_elements / info.block_size)
-            .checked_mul(info.type_size)
-            .ok_or_else(|| bad(format!("data size of {n_elements} {} elements overflows", info.name)))?;
+        let size = (n_elements / block_size)
+            .checked_mul(ggml_type.type_size())
+            .ok_or_else(|| bad(format!("data size of {n_elements} {name_of_type} elements overflows")))?;
         if offset % alignment != 0 {
             return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
         }

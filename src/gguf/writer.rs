@@ -9,12 +9,13 @@ use std::path::Path;
 
 use super::value::Value;
 use super::{DEFAULT_ALIGNMENT, MAGIC};
+use crate::ggml::GgmlType;
 
 /// Collects metadata and tensors, then writes them in one go.
 #[derive(Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
 }
 
 impl GgufWriter {
@@ -27,8 +28,8 @@ impl GgufWriter {
         self
     }
 
-    /// Adds a tensor with dimensions in ggml order and raw data of ggml type `ggml_type`.
-    pub fn add_tensor(&mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> &mut Self {
+    /// Adds a tensor with dimensions in ggml order and raw data of type `ggml_type`.
+    pub fn add_tensor(&mut self, name: &str, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> &mut Self {
         self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, data));
         self
     }
@@ -67,7 +68,7 @@ impl GgufWriter {
             for d in dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(&ty.id().to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + data.len() as u64).next_multiple_of(align);
         }

@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use crate::ggml::{dequantize, quantize, type_info, Context, HostArena, Tensor, TYPE_F16};
+use crate::ggml::{dequantize, quantize, type_info, Context, GgmlType, HostArena, Tensor};
 
 /// Bytes of one representative key value (f16: retrieval reads every
 /// block's key per step, so this halves the per-token cost that grows with
@@ -17,8 +17,8 @@ pub struct BlockShape {
     pub head_dim: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
-    pub type_k: u32,
-    pub type_v: u32,
+    pub type_k: GgmlType,
+    pub type_v: GgmlType,
 }
 
 impl BlockShape {
@@ -175,7 +175,7 @@ impl BlockStore {
 
     /// Representative keys [repr_len, len], f16.
     pub fn repr_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
-        let t = ctx.new_tensor(TYPE_F16, &[self.shape.repr_len() as i64, self.len as i64]);
+        let t = ctx.new_tensor(GgmlType::F16, &[self.shape.repr_len() as i64, self.len as i64]);
         self.repr.place(t, 0);
         t
     }

@@ -41,7 +41,7 @@ use super::{
     StateWriter, StepAttention,
 };
 use crate::compute::Step;
-use crate::ggml::{Tensor, TYPE_F16};
+use crate::ggml::{GgmlType, Tensor};
 use inputs::InfllmInputs;
 use state::SavedPosition;
 
@@ -163,8 +163,8 @@ fn window_params(p: InfllmParams, w: usize) -> InfllmParams {
         topk: 0,
         block_size: 1,
         repr_topk: 1,
-        type_k: TYPE_F16,
-        type_v: TYPE_F16,
+        type_k: GgmlType::F16,
+        type_v: GgmlType::F16,
         ..p
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::ensure;
 
-use crate::ggml::{type_by_name, type_info, ROW_TILE, TYPE_F16};
+use crate::ggml::{type_by_name, type_info, GgmlType, ROW_TILE};
 
 /// Types allowed for the quantized block store (`-ctk` / `-ctv`): their
 /// quantization blocks (1 or 32 values) divide any head dimension we run.
@@ -27,8 +27,8 @@ pub struct InfllmParams {
     /// Queries processed together; one retrieval per chunk.
     pub chunk: usize,
     /// ggml types of the stored block keys and values.
-    pub type_k: u32,
-    pub type_v: u32,
+    pub type_k: GgmlType,
+    pub type_v: GgmlType,
     /// Most tokens of text (the `-c` cap; `NO_CAP_TOKENS` when 0 is given).
     pub max_tokens: usize,
 }
@@ -38,7 +38,7 @@ impl InfllmParams {
     /// models trained on short contexts so that the attended span
     /// n_init + n_local + topk * block_size stays below `n_ctx_train`.
     pub fn defaults_for(n_ctx_train: usize) -> Self {
-        let q8_0 = type_by_name("q8_0").map_or(TYPE_F16, |t| t.id);
+        let q8_0 = type_by_name("q8_0").map_or(GgmlType::F16, |t| t.id);
         let mut p = Self {
             n_init: 128,
             n_local: 4096,

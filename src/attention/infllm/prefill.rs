@@ -9,7 +9,7 @@ use super::views::LayerTensors;
 use super::InfllmAttention;
 use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
 use crate::compute::Step;
-use crate::ggml::{Tensor, TYPE_F16, TYPE_F32};
+use crate::ggml::{GgmlType, Tensor};
 
 /// The global keys and values of a step, shared by its tiles.
 struct Global<'a> {
@@ -102,17 +102,17 @@ impl InfllmAttention {
             values.push(g.view(lt.init_v_t, &[inp.n_init as i64, e], &[lt.init_v_t.nb()[1]], 0));
         }
         if inp.n_rem > 0 {
-            let rem = g.cast(lt.raw_keys(inp.n_rem, inp.rem_lo), TYPE_F32);
+            let rem = g.cast(lt.raw_keys(inp.n_rem, inp.rem_lo), GgmlType::F32);
             keys.push(g.permute(rem, [0, 2, 1, 3]));
             let vr = g.view(lt.v_t, &[inp.n_rem as i64, e], &[lt.v_t.nb()[1]], inp.rem_lo * 2);
-            values.push(g.cast(vr, TYPE_F32));
+            values.push(g.cast(vr, GgmlType::F32));
         }
         let n = n_block_keys as usize + inp.n_init + inp.n_rem;
         // Values transposed, in f16, so that P·V runs as one tiled matmul.
         let values = values
             .into_iter()
             .reduce(|a, b| g.concat(a, b, 0))
-            .map(|all| lt.transposed(g.cast(all, TYPE_F16), n, 0));
+            .map(|all| lt.transposed(g.cast(all, GgmlType::F16), n, 0));
         Global {
             keys: keys.into_iter().reduce(|a, b| g.concat(a, b, 1)),
             values,

@@ -10,7 +10,7 @@ use super::layout::KEY_PAD;
 use super::state::TextPosition;
 use super::{HeadShape, InfllmParams};
 use crate::attention::AttentionError;
-use crate::ggml::{Buffer, Context, Tensor, TensorId, TYPE_F16, TYPE_F32};
+use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 
 /// One layer's storage. The window buffer holds, per slot (a token
 /// position relative to `TextPosition::buffer_start`), its un-rotated key,
@@ -75,12 +75,12 @@ impl InfllmAttention {
         for il in 0..h.n_layer {
             let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
             layers.push(LayerStore {
-                k_raw: t(TYPE_F16, &[e, cap as i64], "win_k_raw"),
-                k_rot_t: t(TYPE_F16, &[cap as i64, e], "win_k_rot_t"),
-                v_t: t(TYPE_F16, &[cap as i64, e], "win_v_t"),
-                score: t(TYPE_F32, &[cap as i64, h.n_head as i64], "win_score"),
-                init_k: t(TYPE_F32, &[e, n_init], "init_k"),
-                init_v_t: t(TYPE_F32, &[n_init, e], "init_v_t"),
+                k_raw: t(GgmlType::F16, &[e, cap as i64], "win_k_raw"),
+                k_rot_t: t(GgmlType::F16, &[cap as i64, e], "win_k_rot_t"),
+                v_t: t(GgmlType::F16, &[cap as i64, e], "win_v_t"),
+                score: t(GgmlType::F32, &[cap as i64, h.n_head as i64], "win_score"),
+                init_k: t(GgmlType::F32, &[e, n_init], "init_k"),
+                init_v_t: t(GgmlType::F32, &[n_init, e], "init_v_t"),
                 blocks: BlockStore::new(shape, if p.topk > 0 { max_blocks } else { 0 })?,
             });
         }
