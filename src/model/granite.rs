@@ -16,6 +16,15 @@ pub const SPEC: ArchSpec = ArchSpec {
     load: |hp, w| Ok(Box::new(Granite::new(hp, w)?)),
 };
 
+/// Experts, and the optional biases llama.cpp would add: not implemented.
+const UNSUPPORTED_TENSORS: [&str; 5] = [
+    "ffn_gate_inp.weight",
+    "attn_output.bias",
+    "ffn_up.bias",
+    "ffn_gate.bias",
+    "ffn_down.bias",
+];
+
 struct Granite {
     decoder: Decoder,
     /// 0 leaves the embeddings or block outputs unscaled (as llama.cpp).
@@ -35,13 +44,7 @@ impl Granite {
             m.get("deepstack_mapping").is_none(),
             "granite vision files are not supported"
         );
-        for t in [
-            "ffn_gate_inp.weight",
-            "attn_output.bias",
-            "ffn_up.bias",
-            "ffn_gate.bias",
-            "ffn_down.bias",
-        ] {
+        for t in UNSUPPORTED_TENSORS {
             anyhow::ensure!(
                 w.info(&format!("blk.0.{t}")).is_none(),
                 "granite with {t} is not supported"
@@ -50,10 +53,9 @@ impl Granite {
         let mut decoder = Decoder::new(hp, w, Options::default())?;
         let attention_scale = m.f32_or("attention.scale", 0.0)?;
         if attention_scale != 0.0 {
-            decoder
-                .layers
-                .iter_mut()
-                .for_each(|l| l.attn.params.scale = attention_scale);
+            for l in &mut decoder.layers {
+                l.attn.params.scale = attention_scale;
+            }
         }
         Ok(Self {
             decoder,
