@@ -31,6 +31,8 @@ struct Recipe {
     qk_norm: bool,
     fused_ffn: bool,
     tied_output: bool,
+    /// Further `{arch}.*` metadata: the architecture's own scalars.
+    meta: &'static [(&'static str, f32)],
 }
 
 const PLAIN: Recipe = Recipe {
@@ -41,6 +43,7 @@ const PLAIN: Recipe = Recipe {
     qk_norm: false,
     fused_ffn: false,
     tied_output: false,
+    meta: &[],
 };
 
 /// Writes a random-weight model of `r`'s layout with SmolLM2's tokenizer.
@@ -65,6 +68,9 @@ fn write_model(r: Recipe, path: &Path) {
     w.add(&format!("{a}.rope.dimension_count"), Value::U32(r.head_dim as u32));
     w.add(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6));
     w.add(&format!("{a}.rope.freq_base"), Value::F32(10_000.0));
+    for (key, value) in r.meta {
+        w.add(&format!("{a}.{key}"), Value::F32(*value));
+    }
     for (key, value) in &vocab.metadata {
         if key.starts_with("tokenizer.") && key != "tokenizer.chat_template" {
             w.add(key, value.clone());
@@ -220,6 +226,22 @@ fn mistral3_equals_llama_cpp() {
 }
 
 #[test]
+fn granite_equals_llama_cpp() {
+    let _g = common::exclusive();
+    // Granite 3's four scalars, none of them 1 (attention.scale replaces 1/sqrt(16) = 0.25).
+    compare(Recipe {
+        arch: "granite",
+        meta: &[
+            ("embedding_scale", 12.0),
+            ("residual_scale", 0.22),
+            ("attention.scale", 0.2),
+            ("logit_scale", 8.0),
+        ],
+        ..PLAIN
+    });
+}
+
+#[test]
 fn unknown_architecture_lists_the_supported_ones() {
     let path = tmp("unknown.gguf");
     let mut w = GgufWriter::new();
@@ -227,7 +249,7 @@ fn unknown_architecture_lists_the_supported_ones() {
     w.write(&path).unwrap();
     let err = Model::load(&path).err().expect("an unknown architecture must not load");
     let msg = format!("{err:#}");
-    for name in ["mamba9", "llama", "qwen2", "qwen3", "phi3", "mistral3"] {
+    for name in ["mamba9", "llama", "qwen2", "qwen3", "phi3", "mistral3", "granite"] {
         assert!(msg.contains(name), "{msg:?} does not name {name}");
     }
 }

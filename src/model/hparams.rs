@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context as _};
 
+use super::meta::Meta;
 use crate::ggml::{RopeParams, ROPE_NEOX, ROPE_NORMAL};
 use crate::gguf::GgufFile;
 
@@ -27,47 +28,33 @@ impl Hparams {
     /// Reads the keys every transformer in the registry shares; `neox` picks
     /// the rotary layout the architecture uses.
     pub fn read(f: &GgufFile, neox: bool) -> anyhow::Result<Self> {
-        let arch = f.architecture()?.to_string();
-        let key = |k: &str| format!("{arch}.{k}");
-        let u = |k: &str| -> anyhow::Result<usize> { Ok(f.get_u32(&key(k))? as usize) };
-        let n_embd = u("embedding_length")?;
-        let n_head = u("attention.head_count")?;
-        let n_head_kv = if f.get(&key("attention.head_count_kv")).is_some() {
-            u("attention.head_count_kv")?
-        } else {
-            n_head
-        };
+        let m = Meta::new(f)?;
+        let arch = m.arch.to_string();
+        let n_embd = m.usize("embedding_length")?;
+        let n_head = m.usize("attention.head_count")?;
+        let n_head_kv = m.usize_or("attention.head_count_kv", n_head)?;
         if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
             bail!("{arch}: head counts {n_head} / {n_head_kv} are invalid (need n_head a multiple of n_head_kv)");
         }
-        let head_dim = if f.get(&key("attention.key_length")).is_some() {
-            u("attention.key_length")?
-        } else {
-            if n_embd % n_head != 0 {
-                bail!("{arch}: embedding length {n_embd} is not a multiple of {n_head} heads");
+        let head_dim = match m.maybe_usize("attention.key_length")? {
+            Some(d) => d,
+            None if n_embd % n_head != 0 => {
+                bail!("{arch}: embedding length {n_embd} is not a multiple of {n_head} heads")
             }
-            n_embd / n_head
+            None => n_embd / n_head,
         };
-        let n_vocab = match f.get(&key("vocab_size")) {
-            Some(_) => u("vocab_size")?,
+        let n_vocab = match m.maybe_usize("vocab_size")? {
+            Some(n) => n,
             None => f.get_array("tokenizer.ggml.tokens")?.len(),
         };
-        let n_rot = match f.get(&key("rope.dimension_count")) {
-            Some(_) => u("rope.dimension_count")?,
-            None => head_dim,
-        };
-        let n_ctx_train = u("context_length")?;
-        let freq_base = match f.get(&key("rope.freq_base")) {
-            Some(_) => f.get_f32(&key("rope.freq_base"))?,
-            None => 10_000.0,
-        };
-        let freq_scale = rope_freq_scale(f, &arch)?;
-        let n_layer = u("block_count")?;
+        let n_rot = m.usize_or("rope.dimension_count", head_dim)?;
+        let n_ctx_train = m.usize("context_length")?;
+        let n_layer = m.usize("block_count")?;
         let hp = Self {
             n_layer,
             layer_window: vec![0; n_layer],
-            n_ff: u("feed_forward_length")?,
-            rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            n_ff: m.usize("feed_forward_length")?,
+            rms_eps: m.f32_or("attention.layer_norm_rms_epsilon", 1e-5)?,
             n_embd,
             n_head,
             n_head_kv,
@@ -78,8 +65,8 @@ impl Hparams {
                 n_dims: n_rot as i32,
                 mode: if neox { ROPE_NEOX } else { ROPE_NORMAL },
                 n_ctx_orig: n_ctx_train as i32,
-                freq_base,
-                freq_scale,
+                freq_base: m.f32_or("rope.freq_base", 10_000.0)?,
+                freq_scale: rope_freq_scale(m)?,
                 ext_factor: 0.0,
                 attn_factor: 1.0,
                 beta_fast: 32.0,
@@ -110,21 +97,19 @@ impl Hparams {
 }
 
 /// `freq_scale` from `{arch}.rope.scaling.*` (none and linear are supported).
-fn rope_freq_scale(f: &GgufFile, arch: &str) -> anyhow::Result<f32> {
-    let ty = f.get_str(&format!("{arch}.rope.scaling.type")).unwrap_or("none");
-    let factor = || -> anyhow::Result<f32> {
-        let k = format!("{arch}.rope.scaling.factor");
-        let v = f
-            .get_f32(&k)
-            .with_context(|| format!("{k} is needed for {ty} rope scaling"))?;
-        Ok(if v > 0.0 { v } else { 1.0 })
-    };
+fn rope_freq_scale(m: Meta) -> anyhow::Result<f32> {
+    let ty = m.str_or("rope.scaling.type", "none")?;
     match ty {
-        "none" => match f.get_f32(&format!("{arch}.rope.scale_linear")) {
-            Ok(v) if v > 0.0 => Ok(1.0 / v),
+        "none" => match m.f32_or("rope.scale_linear", 0.0)? {
+            v if v > 0.0 => Ok(1.0 / v),
             _ => Ok(1.0),
         },
-        "linear" => Ok(1.0 / factor()?),
+        "linear" => {
+            let factor = m
+                .maybe("rope.scaling.factor", GgufFile::get_f32)?
+                .with_context(|| format!("{} is needed for {ty} rope scaling", m.key("rope.scaling.factor")))?;
+            Ok(1.0 / if factor > 0.0 { factor } else { 1.0 })
+        }
         other => bail!("rope scaling type '{other}' is not supported (supported: none, linear)"),
     }
 }

@@ -3,6 +3,7 @@
 //! frequency factors.
 
 use super::decoder::{Decoder, Options};
+use super::meta::Meta;
 use super::ArchSpec;
 
 pub const SPEC: ArchSpec = ArchSpec {
@@ -10,10 +11,12 @@ pub const SPEC: ArchSpec = ArchSpec {
     neox: false,
     load: |hp, w| {
         // Mistral 3's optional Llama-4-style attention temperature is not implemented.
-        let key = format!("{}.attention.temperature_scale", hp.arch);
+        let m = Meta::new(&w.file)?;
+        let key = "attention.temperature_scale";
         anyhow::ensure!(
-            w.file.get_f32(&key).map_or(true, |v| v == 0.0),
-            "{key} (attention temperature scaling) is not supported"
+            m.f32_or(key, 0.0)? == 0.0,
+            "{} (attention temperature scaling) is not supported",
+            m.key(key)
         );
         Ok(Box::new(Decoder::new(hp, w, Options::default())?))
     },

@@ -1,10 +1,13 @@
 //! Models: hyper-parameters, weights, and one file per architecture. Adding
 //! an architecture means one file and one line in `REGISTRY`.
 
+mod builders;
 mod decoder;
 mod gemma3;
+mod granite;
 mod hparams;
 mod llama;
+mod meta;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -24,7 +27,14 @@ use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
 /// The architectures this engine runs.
-const REGISTRY: &[ArchSpec] = &[llama::SPEC, qwen2::SPEC, qwen3::SPEC, phi3::SPEC, gemma3::SPEC];
+const REGISTRY: &[ArchSpec] = &[
+    llama::SPEC,
+    qwen2::SPEC,
+    qwen3::SPEC,
+    phi3::SPEC,
+    gemma3::SPEC,
+    granite::SPEC,
+];
 
 /// Names of the supported architectures (`general.architecture`).
 pub fn supported() -> Vec<&'static str> {
