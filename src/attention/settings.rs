@@ -39,8 +39,11 @@ impl Settings {
             .filter(|k| now.get(*k) != then.get(*k))
             .map(|k| {
                 let flag = FLAGS.iter().find(|(f, _)| f == k).map_or(k.as_str(), |(_, flag)| flag);
-                let show =
-                    |m: &serde_json::Map<_, _>| m.get(k).map_or("unset".into(), |v: &serde_json::Value| v.to_string());
+                let show = |m: &serde_json::Map<String, serde_json::Value>| match m.get(k) {
+                    None => "unset".to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                };
                 format!("{flag} {} (now {})", show(&then), show(&now))
             })
             .collect();
@@ -73,6 +76,14 @@ mod tests {
         assert!(full
             .mismatch(&Settings::Infllm(a))
             .unwrap()
-            .contains("--attn \"infllm\" (now \"full\")"));
+            .contains("--attn infllm (now full)"));
+        let q4 = Settings::Infllm(InfllmParams {
+            type_k: crate::ggml::GgmlType::Q4_0,
+            ..a
+        });
+        assert_eq!(
+            q4.mismatch(&Settings::Infllm(a)).unwrap(),
+            "saved with other attention settings: -ctk q8_0 (now q4_0)"
+        );
     }
 }

@@ -231,6 +231,10 @@ mod tests {
         assert_eq!(GgmlType::F16.row_size(10), 20);
         // 4 was Q4_2, removed from ggml.
         assert_eq!(GgmlType::try_from(4).unwrap_err().to_string(), "unknown ggml type 4");
-        assert_eq!(format!("{:?} {}", GgmlType::Q8_0, GgmlType::Q8_0), "8 q8_0");
+        assert_eq!(format!("{:?} {}", GgmlType::Q8_0, GgmlType::Q8_0), "Q8_0 q8_0");
+        // Saved settings name the type.
+        assert_eq!(serde_json::to_string(&GgmlType::Q4_K).unwrap(), "\"q4_K\"");
+        assert_eq!(serde_json::from_str::<GgmlType>("\"q4_K\"").unwrap(), GgmlType::Q4_K);
+        assert!(serde_json::from_str::<GgmlType>("\"q9\"").is_err());
     }
 }
