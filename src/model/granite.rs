@@ -57,11 +57,16 @@ impl Granite {
                 l.attn.params.scale = attention_scale;
             }
         }
+        let logit_scale = m.f32("logit_scale")?;
+        anyhow::ensure!(
+            logit_scale.is_finite() && logit_scale > 0.0,
+            "granite.logit_scale {logit_scale}: must be positive"
+        );
         Ok(Self {
             decoder,
             embedding_scale: m.f32_or("embedding_scale", 0.0)?,
             residual_scale: m.f32_or("residual_scale", 0.0)?,
-            logit_scale: m.f32("logit_scale")?,
+            logit_scale,
         })
     }
 }
