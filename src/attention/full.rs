@@ -18,7 +18,7 @@ use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 const KV_PAD: usize = 256;
 
 pub struct FullAttention {
-    _buffer: Buffer,
+    buffer: Buffer,
     ctx: Context,
     k: Vec<TensorId>,
     /// [n_embd_kv, n_ctx] with flash attention, else transposed [n_ctx, n_embd_kv].
@@ -76,7 +76,7 @@ impl FullAttention {
         }
         let buffer = Buffer::alloc_context(&ctx)?;
         Ok(Self {
-            _buffer: buffer,
+            buffer: buffer,
             ctx,
             k,
             v,
@@ -290,7 +290,7 @@ impl Attention for FullAttention {
     fn memory(&self) -> MemoryReport {
         MemoryReport {
             n_past: self.n_past,
-            buffer_bytes: self._buffer.size(),
+            buffer_bytes: self.buffer.size(),
             blocks: None,
         }
     }

@@ -35,6 +35,7 @@ pub use state::{TextPosition, WindowState};
 pub use window::{InfllmAttention, Role};
 
 use anyhow::Context as _;
+use serde::Deserialize;
 
 use super::{
     Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, ReuseKey, Settings, Snapshot, StateReader,
@@ -65,7 +66,7 @@ impl InfllmAttention {
         la: &LayerAttn,
     ) -> Tensor<'a> {
         let lt = self.layer_tensors(step.ctx, x, la);
-        self.append(step, &lt, inp);
+        lt.append(step, inp);
         match inp.n_tokens {
             1 => self.attend_decode(step, &lt, inp),
             _ => self.attend_prefill(step, &lt, inp),
@@ -234,8 +235,13 @@ impl Attention for Infllm {
 
     /// Decode steps only: prompt steps build their own graph.
     fn reuse_key(&self, n_tokens: usize) -> Option<ReuseKey> {
-        let shapes: Option<Vec<_>> = (n_tokens == 1).then(|| self.all().map(|a| a.decode_shape()).collect())?;
-        shapes.map(ReuseKey)
+        if n_tokens != 1 {
+            return None;
+        }
+        self.all()
+            .map(|a| a.decode_shape())
+            .collect::<Option<_>>()
+            .map(ReuseKey)
     }
 
     /// The window buffers' copy (blocks are only appended: their count).
@@ -272,7 +278,7 @@ impl Attention for Infllm {
     }
 
     fn state_read(&mut self, state: &serde_json::Value, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
-        let saved: Vec<SavedPosition> = serde_json::from_value(state.clone()).context("corrupt attention state")?;
+        let saved: Vec<SavedPosition> = Vec::deserialize(state).context("corrupt attention state")?;
         anyhow::ensure!(saved.len() == self.all().count(), "saved with other layers");
         self.all_mut()
             .zip(&saved)

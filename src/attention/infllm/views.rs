@@ -92,27 +92,31 @@ impl InfllmAttention {
             n_head: s.n_head as i64,
         }
     }
+}
 
+impl<'a> LayerTensors<'a> {
     /// Appends the step's keys and values to the window buffer (raw keys,
     /// rotated keys and values transposed) at the slots of their positions,
     /// which come as input data so that a decode graph does not depend on
     /// them; after the buffer moved, first re-rotates every kept key at its
     /// new slot.
-    pub(super) fn append<'a>(&self, step: &mut Step<'a>, lt: &LayerTensors<'a>, inp: &InfllmInputs<'a>) {
-        let g = lt.g;
-        let e = lt.hd * lt.n_head_kv;
+    pub(super) fn append(&self, step: &mut Step<'a>, inp: &InfllmInputs<'a>) {
+        let g = self.g;
+        let e = self.hd * self.n_head_kv;
         let t = inp.n_tokens as i64;
-        let (x, la) = (&lt.x, &lt.la);
+        let (x, la) = (&self.x, &self.la);
         let rope = |v, pos| g.rope(v, pos, x.freq_factors, &la.rope);
         if let Some(slots) = inp.rerotate {
             let n = slots.ne()[0] as usize;
-            let rotated = g.reshape(rope(lt.raw_keys(n, 0), slots), &[e, n as i64]);
-            step.graph.expand(g.put_columns(lt.k_rot_t, rotated, slots));
+            let rotated = g.reshape(rope(self.raw_keys(n, 0), slots), &[e, n as i64]);
+            step.graph.expand(g.put_columns(self.k_rot_t, rotated, slots));
         }
         let slots = inp.pos_local;
-        step.graph.expand(g.set_rows(lt.k_raw, g.reshape(x.k, &[e, t]), slots));
         step.graph
-            .expand(g.put_columns(lt.k_rot_t, g.reshape(rope(x.k, slots), &[e, t]), slots));
-        step.graph.expand(g.put_columns(lt.v_t, g.reshape(x.v, &[e, t]), slots));
+            .expand(g.set_rows(self.k_raw, g.reshape(x.k, &[e, t]), slots));
+        step.graph
+            .expand(g.put_columns(self.k_rot_t, g.reshape(rope(x.k, slots), &[e, t]), slots));
+        step.graph
+            .expand(g.put_columns(self.v_t, g.reshape(x.v, &[e, t]), slots));
     }
 }
