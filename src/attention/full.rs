@@ -76,7 +76,7 @@ impl FullAttention {
         }
         let buffer = Buffer::alloc_context(&ctx)?;
         Ok(Self {
-            buffer: buffer,
+            buffer,
             ctx,
             k,
             v,
