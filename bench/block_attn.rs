@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use infllm::attention::infllm::{BlockShape, BlockStore};
 use infllm::compute::Step;
-use infllm::ggml::{type_by_name, Backend, Buffer, Context, GgmlType, GraphAllocator};
+use infllm::ggml::{type_by_name, Buffer, Context, GgmlType, Scheduler};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -60,8 +60,7 @@ fn main() -> anyhow::Result<()> {
         q.write_f32(&vec![0.01; hd * r * nkv]);
         p.write_f32(&vec![0.0001; n as usize * r * nkv]);
     }
-    let mut backend = Backend::cpu(threads)?;
-    let mut alloc = GraphAllocator::cpu();
+    let mut sched = Scheduler::cpu(threads)?;
     let mut run = |reps: usize, seed: usize| -> anyhow::Result<f64> {
         let start = Instant::now();
         for rep in 0..reps {
@@ -85,7 +84,7 @@ fn main() -> anyhow::Result<()> {
                     step.graph.expand(g.block_values(s.v_tensor(g), ids, p, hd as i64));
                 }
             }
-            step.run(&mut backend, &mut alloc)?;
+            step.run(&mut sched)?;
         }
         Ok(start.elapsed().as_secs_f64() / reps as f64)
     };

@@ -6,15 +6,14 @@
 use std::time::Instant;
 
 use infllm::compute::Step;
-use infllm::ggml::{Backend, GraphAllocator};
+use infllm::ggml::Scheduler;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let threads: usize = args.next().map_or(Ok(2), |s| s.parse())?;
     let nodes: usize = args.next().map_or(Ok(1), |s| s.parse())?;
-    let mut backend = Backend::cpu(threads)?;
-    let mut alloc = GraphAllocator::cpu();
-    let time = |n: usize, backend: &mut Backend, alloc: &mut GraphAllocator| -> anyhow::Result<f64> {
+    let mut sched = Scheduler::cpu(threads)?;
+    let time = |n: usize, sched: &mut Scheduler| -> anyhow::Result<f64> {
         let start = Instant::now();
         for _ in 0..n {
             let ctx = Step::context();
@@ -24,12 +23,12 @@ fn main() -> anyhow::Result<()> {
                 x = ctx.scale(x, 0.5);
             }
             step.graph.expand(x);
-            step.run(backend, alloc)?;
+            step.run(sched)?;
         }
         Ok(start.elapsed().as_secs_f64() / n as f64)
     };
-    time(100, &mut backend, &mut alloc)?; // warm-up
-    let per = time(5000, &mut backend, &mut alloc)?;
+    time(100, &mut sched)?; // warm-up
+    let per = time(5000, &mut sched)?;
     println!(
         "threads {threads}, {nodes} tiny node(s) per graph: {:.1} us per graph launch (build, allocate, compute)",
         per * 1e6

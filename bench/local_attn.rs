@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use infllm::compute::Step;
-use infllm::ggml::{Backend, Buffer, Context, GgmlType, GraphAllocator};
+use infllm::ggml::{Buffer, Context, GgmlType, Scheduler};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -42,8 +42,7 @@ fn main() -> anyhow::Result<()> {
         q.write_f32(&vec![0.01; (hd * r * nkv) as usize]);
         p.write_f32(&vec![0.0001; (n * r * nkv) as usize]);
     }
-    let mut backend = Backend::cpu(threads)?;
-    let mut alloc = GraphAllocator::cpu();
+    let mut sched = Scheduler::cpu(threads)?;
     for mode in [
         "K token-major",
         "K head-major",
@@ -87,7 +86,7 @@ fn main() -> anyhow::Result<()> {
                         step.graph.expand(g.mul_mat(v, p));
                     }
                 }
-                step.run(&mut backend, &mut alloc)?;
+                step.run(&mut sched)?;
             }
             Ok(start.elapsed().as_secs_f64() / reps as f64)
         };

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use anyhow::{bail, ensure};
 
-use crate::ggml::{Backend, Context, GgmlType, Graph, GraphAllocator, GraphId, Tensor, TensorId};
+use crate::ggml::{Context, GgmlType, Graph, GraphId, Scheduler, Tensor, TensorId, MAX_GRAPH_NODES};
 
-/// Most nodes a step graph may have (a 64-layer model uses ~2,500).
-pub const MAX_NODES: usize = 16_384;
+/// Most nodes a step graph may have.
+pub const MAX_NODES: usize = MAX_GRAPH_NODES;
 
 enum Data {
     F32(Vec<f32>),
@@ -143,7 +143,7 @@ impl<'a> Step<'a> {
     }
 
     /// Allocates the graph (unless replaying), uploads the inputs and runs it.
-    pub fn run(&mut self, backend: &mut Backend, alloc: &mut GraphAllocator) -> anyhow::Result<()> {
+    pub fn run(&mut self, sched: &mut Scheduler) -> anyhow::Result<()> {
         if let Some(why) = &self.error {
             bail!("{why}");
         }
@@ -154,7 +154,7 @@ impl<'a> Step<'a> {
                 self.inputs.len(),
                 built.len()
             ),
-            None => alloc.alloc(&mut self.graph)?,
+            None => sched.alloc(&mut self.graph)?,
         }
         // Inputs the graph ended up not using have no memory: skip them.
         for (_, t, data) in self.inputs.iter().filter(|(_, t, _)| t.is_allocated()) {
@@ -164,7 +164,7 @@ impl<'a> Step<'a> {
                 Data::F16(d) => t.write_f16(d),
             }
         }
-        backend.compute(&mut self.graph)
+        sched.compute(&mut self.graph)
     }
 }
 
@@ -184,21 +184,20 @@ mod tests {
 
     #[test]
     fn replayed_inputs_bind_by_name_and_a_wrong_shape_is_an_error() {
-        let mut backend = Backend::cpu(1).unwrap();
-        let mut alloc = GraphAllocator::cpu();
+        let mut sched = Scheduler::cpu(1).unwrap();
         let ctx = Step::context();
         let mut step = Step::new(&ctx);
         let [a, b] = declare(&mut step, ["a", "b"], [1.0; 4], [1.0; 4]);
         let out = ctx.add(a, ctx.scale(b, 2.0)).set_output();
         step.graph.expand(out);
-        step.run(&mut backend, &mut alloc).unwrap();
+        step.run(&mut sched).unwrap();
         let ids = step.into_ids(out);
         let built = BuiltStep::keep(ctx, ids);
 
         // Declared the other way round: each name still gets its own data.
         let mut step = Step::replay(&built);
         declare(&mut step, ["b", "a"], [1.0, 2.0, 3.0, 4.0], [10.0; 4]);
-        step.run(&mut backend, &mut alloc).unwrap();
+        step.run(&mut sched).unwrap();
         let mut got = Vec::new();
         built.output().read_f32(&mut got);
         assert_eq!(got, [21.0, 22.0, 23.0, 24.0]);
@@ -206,12 +205,12 @@ mod tests {
         let mut step = Step::replay(&built);
         step.input_f32("a", &[5], vec![0.0; 5]);
         step.input_f32("b", &[4], vec![0.0; 4]);
-        let err = step.run(&mut backend, &mut alloc).unwrap_err().to_string();
+        let err = step.run(&mut sched).unwrap_err().to_string();
         assert!(err.contains("input a has another shape"), "{err}");
 
         let mut step = Step::replay(&built);
         step.input_f32("a", &[4], vec![0.0; 4]);
-        let err = step.run(&mut backend, &mut alloc).unwrap_err().to_string();
+        let err = step.run(&mut sched).unwrap_err().to_string();
         assert!(err.contains("1 of the graph's 2 inputs"), "{err}");
     }
 }

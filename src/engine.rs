@@ -1,11 +1,12 @@
-//! Runs a model: feeds tokens through step graphs in micro-batches on one
-//! backend, keeping the attention state between calls.
+//! Runs a model: feeds tokens through step graphs in micro-batches on the
+//! devices that hold its layers (and the CPU), keeping the attention state
+//! between calls.
 
 use crate::attention::full::FullAttention;
 use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
 use crate::attention::{Attention, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
-use crate::ggml::{Backend, GraphAllocator};
+use crate::ggml::{Backend, BufferType, Scheduler, MAX_GRAPH_NODES};
 use crate::model::Model;
 use crate::tokenizer::{Token, Tokenizer};
 
@@ -41,8 +42,7 @@ struct StepKey {
 pub struct Engine {
     model: Model,
     attention: Box<dyn Attention>,
-    backend: Backend,
-    alloc: GraphAllocator,
+    sched: Scheduler,
     n_ubatch: usize,
     logits: Vec<f32>,
     /// The last decode graph and the key it was built for.
@@ -54,9 +54,15 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
         let attention = new_attention(&model, &p)?;
+        let mut backends = model
+            .placement
+            .devices()
+            .into_iter()
+            .map(|d| Backend::new(d, p.n_threads))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        backends.push(Backend::cpu(p.n_threads)?);
         Ok(Self {
-            backend: Backend::cpu(p.n_threads)?,
-            alloc: GraphAllocator::cpu(),
+            sched: Scheduler::new(backends, MAX_GRAPH_NODES)?,
             n_ubatch: attention.step_tokens(p.n_ubatch),
             attention,
             model,
@@ -184,6 +190,11 @@ impl Engine {
         self.reused_steps
     }
 
+    /// Parts the last step's graph was cut into, one per change of device.
+    pub fn graph_splits(&self) -> usize {
+        self.sched.n_splits()
+    }
+
     /// Tokens per prompt step.
     pub fn step_tokens(&self) -> usize {
         self.n_ubatch
@@ -217,7 +228,7 @@ impl Engine {
         let mut step = Step::replay(built);
         self.attention.begin(&mut step, tokens.len())?;
         step.input_i32("tokens", &[tokens.len() as i64], tokens.to_vec());
-        step.run(&mut self.backend, &mut self.alloc)?;
+        step.run(&mut self.sched)?;
         built.output().read_f32(&mut self.logits);
         Ok(())
     }
@@ -230,7 +241,7 @@ impl Engine {
         let tok = step.input_i32("tokens", &[tokens.len() as i64], tokens.to_vec());
         let logits = self.model.forward(&mut step, &*attention, tok, last_only).set_output();
         step.graph.expand(logits);
-        step.run(&mut self.backend, &mut self.alloc)?;
+        step.run(&mut self.sched)?;
         logits.read_f32(&mut self.logits);
         drop(attention);
         let ids = step.into_ids(logits);
@@ -244,8 +255,17 @@ fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Atte
     Ok(match p.attn {
         AttnMode::Full { flash_attn } => {
             let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
+            let bufts = (0..hp.n_layer)
+                .map(|il| {
+                    model
+                        .placement
+                        .layer(il)
+                        .map_or(Ok(BufferType::cpu()), |d| d.buffer_type())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             Box::new(FullAttention::new(
                 &hp.layer_window,
+                &bufts,
                 n_ctx,
                 hp.head_dim,
                 hp.n_head_kv,

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod ggml;
 pub mod gguf;
 pub mod model;
+pub mod placement;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;

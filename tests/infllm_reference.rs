@@ -12,7 +12,7 @@ use infllm::attention::infllm::{
 };
 use infllm::attention::{LayerAttn, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
-use infllm::ggml::{self, Backend, GraphAllocator, RopeParams, Tensor, ROPE_NORMAL};
+use infllm::ggml::{self, RopeParams, Scheduler, Tensor, ROPE_NORMAL};
 
 const HEAD_DIM: usize = 32;
 const N_HEAD: usize = 9;
@@ -98,8 +98,7 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, 
         n_head_kv: N_HEAD_KV,
     };
     let mut attn = InfllmAttention::new(p, heads, role).unwrap();
-    let mut backend = Backend::cpu(2).unwrap();
-    let mut alloc = GraphAllocator::cpu();
+    let mut sched = Scheduler::cpu(2).unwrap();
     let la = LayerAttn {
         rope: rope_params(),
         scale: 1.0 / (HEAD_DIM as f32).sqrt(),
@@ -118,7 +117,7 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, 
                 let mut step = Step::replay(&b);
                 attn.begin(&mut step, t);
                 chunk_inputs(&mut step, c);
-                step.run(&mut backend, &mut alloc).unwrap();
+                step.run(&mut sched).unwrap();
                 b.output().read_f32(&mut data);
                 built = Some((k, b));
                 reused += 1;
@@ -137,7 +136,7 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, 
                 };
                 let out = inp.attend(&mut step, qkv, &la).set_output();
                 step.graph.expand(out);
-                step.run(&mut backend, &mut alloc).unwrap();
+                step.run(&mut sched).unwrap();
                 out.read_f32(&mut data);
                 drop(inp);
                 let ids = step.into_ids(out);

@@ -11,14 +11,15 @@ use super::{
     StepAttention,
 };
 use crate::compute::Step;
-use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
+use crate::ggml::{Buffer, BufferType, Context, GgmlType, Tensor, TensorId};
 
 /// llama.cpp pads the attended KV length to 256 cells; so do we, which also
 /// keeps the graph shape stable for 256 decode steps.
 const KV_PAD: usize = 256;
 
 pub struct FullAttention {
-    buffer: Buffer,
+    /// The cache, one buffer per device that holds layers.
+    buffers: Vec<Buffer>,
     ctx: Context,
     k: Vec<TensorId>,
     /// [n_embd_kv, n_ctx] with flash attention, else transposed [n_ctx, n_embd_kv].
@@ -46,9 +47,11 @@ pub struct FullInputs<'a> {
 
 impl FullAttention {
     /// A cache for `n_ctx` tokens (rounded up to the padding) over the
-    /// layers, whose sliding windows `layer_window` gives (0: none).
+    /// layers, whose sliding windows `layer_window` gives (0: none), each
+    /// layer's in the memory `layer_buft` names.
     pub fn new(
         layer_window: &[usize],
+        layer_buft: &[BufferType],
         n_ctx: usize,
         head_dim: usize,
         n_head_kv: usize,
@@ -74,9 +77,9 @@ impl FullAttention {
                     .set_name(&format!("cache_v_l{il}"))),
             );
         }
-        let buffer = Buffer::alloc_context(&ctx)?;
+        let buffers = alloc_by_layer(&ctx, &k, &v, layer_buft)?;
         Ok(Self {
-            buffer,
+            buffers,
             ctx,
             k,
             v,
@@ -290,7 +293,7 @@ impl Attention for FullAttention {
     fn memory(&self) -> MemoryReport {
         MemoryReport {
             n_past: self.n_past,
-            buffer_bytes: self.buffer.size(),
+            buffer_bytes: self.buffers.iter().map(Buffer::size).sum(),
             blocks: None,
         }
     }
@@ -336,4 +339,30 @@ pub fn softmax_scale(la: &LayerAttn) -> f32 {
     } else {
         la.scale
     }
+}
+
+/// One buffer per distinct memory in `layer_buft`, holding those layers' K and V.
+fn alloc_by_layer(
+    ctx: &Context,
+    k: &[TensorId],
+    v: &[TensorId],
+    layer_buft: &[BufferType],
+) -> anyhow::Result<Vec<Buffer>> {
+    anyhow::ensure!(layer_buft.len() == k.len(), "one buffer type per layer");
+    let mut kinds: Vec<BufferType> = Vec::new();
+    for b in layer_buft {
+        if !kinds.contains(b) {
+            kinds.push(*b);
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|buft| {
+            let tensors: Vec<Tensor<'_>> = (0..k.len())
+                .filter(|&il| layer_buft[il] == buft)
+                .flat_map(|il| [ctx.tensor(k[il]), ctx.tensor(v[il])])
+                .collect();
+            Buffer::alloc_tensors(buft, &tensors)
+        })
+        .collect()
 }

@@ -90,6 +90,9 @@ impl GenerateArgs {
 }
 
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
+    if a.run.devices.list_if_asked()? {
+        return Ok(());
+    }
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }

@@ -3,9 +3,11 @@
 pub mod attn;
 pub mod bench;
 pub mod chat;
+pub mod devices;
 pub mod generate;
 pub mod passkey;
 pub mod progress;
+pub mod rpc_server;
 pub mod rss;
 pub mod tokenize;
 
@@ -45,6 +47,9 @@ pub enum Command {
     Passkey(Box<passkey::PasskeyArgs>),
     /// Prompt and generation speed beside llama.cpp's, in one run (like llama-bench)
     Bench(Box<bench::BenchArgs>),
+    /// Serve this machine's devices to other machines over ggml's RPC
+    /// protocol (like llama.cpp's rpc-server)
+    RpcServer(rpc_server::RpcServerArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -97,15 +102,8 @@ pub struct RunArgs {
     /// Physical batch size (-ub): tokens per forward pass
     #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
     pub ubatch_size: usize,
-    /// Layers on the GPU (-ngl): accepted for llama.cpp compatibility; this
-    /// build runs on the CPU and ignores it
-    #[arg(
-        long = "n-gpu-layers",
-        visible_alias = "gpu-layers",
-        value_name = "N",
-        help_heading = "Common"
-    )]
-    pub n_gpu_layers: Option<String>,
+    #[command(flatten)]
+    pub devices: devices::DeviceArgs,
     #[command(flatten)]
     pub attn: AttnArgs,
 }
@@ -126,7 +124,8 @@ impl RunArgs {
     pub fn load(&self) -> anyhow::Result<(Model, String)> {
         let path = self.model.path()?;
         let start = Instant::now();
-        let model = Model::load(&path)?;
+        let offload = self.devices.offload()?;
+        let model = Model::load_on(&path, &offload, &mut |line| eprintln!("infllm: {line}"))?;
         let hp = &model.hp;
         let info = format!(
             "infllm: loaded {} ({}, {} layers, {} heads / {} KV heads, head dim {}, vocab {}, trained ctx {}) in {:.0} ms",
@@ -140,9 +139,9 @@ impl RunArgs {
             hp.n_ctx_train,
             start.elapsed().as_secs_f64() * 1e3
         );
-        let info = match &self.n_gpu_layers {
-            Some(n) => format!("{info}\ninfllm: warning: -ngl {n} ignored: this build runs on the CPU only"),
-            None => info,
+        let info = match model.placement.describe() {
+            on if on.is_empty() => info,
+            on => format!("{info}\ninfllm: offloaded {on}"),
         };
         Ok((model, info))
     }
@@ -189,6 +188,10 @@ const LLAMA_SPELLINGS: &[(&str, &str)] = &[
     ("-sys", "--system-prompt"),
     ("-sysf", "--system-prompt-file"),
     ("-ngl", "--n-gpu-layers"),
+    ("-dev", "--device"),
+    ("-sm", "--split-mode"),
+    ("-ts", "--tensor-split"),
+    ("-mg", "--main-gpu"),
 ];
 
 /// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.

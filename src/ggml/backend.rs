@@ -1,55 +1,68 @@
-//! The compute backend (ggml's CPU backend with one persistent thread pool),
-//! backend buffers, and the graph allocator.
+//! Backends (a device's compute: ggml's CPU backend with one persistent
+//! thread pool, or a GPU's, or a remote one), backend buffers, and the
+//! scheduler that runs a graph over several backends.
 
 use std::ptr::NonNull;
 
+use super::device::{BufferType, Device};
 use super::sys;
 use super::tensor::{Context, Graph, Tensor};
 
-/// ggml's CPU backend with a thread pool that lives as long as it does, so
-/// decode steps do not pay for thread creation.
+/// Most nodes a graph may have (a 64-layer model uses ~2,500).
+pub const MAX_GRAPH_NODES: usize = 16_384;
+
+/// A device's backend: what computes graphs there. The CPU's has a thread
+/// pool that lives as long as it does, so decode steps do not pay for
+/// thread creation.
 pub struct Backend {
     raw: NonNull<sys::ggml_backend>,
-    pool: NonNull<sys::ggml_threadpool>,
+    pool: Option<NonNull<sys::ggml_threadpool>>,
+    device: Device,
 }
 
 // SAFETY: the backend and its pool are used by one thread at a time (every
-// method takes &mut self or is a pure query); ggml's CPU backend keeps no
+// method takes &mut self or is a pure query); ggml's backends keep no
 // thread-affine state on the calling thread.
 unsafe impl Send for Backend {}
 
 impl Backend {
     pub fn cpu(n_threads: usize) -> anyhow::Result<Self> {
-        let n_threads = n_threads.max(1);
-        // SAFETY: plain constructor calls; results checked for null below, the
-        // pool is attached to the backend that owns it for its whole life.
-        unsafe {
-            let raw = NonNull::new(sys::ggml_backend_cpu_init())
-                .ok_or_else(|| anyhow::anyhow!("cannot initialise ggml's CPU backend"))?;
-            let mut params = sys::ggml_threadpool_params_default(n_threads as i32);
-            params.poll = 50;
-            let pool = match NonNull::new(sys::ggml_threadpool_new(&mut params)) {
-                Some(p) => p,
-                None => {
-                    sys::ggml_backend_free(raw.as_ptr());
-                    anyhow::bail!("cannot create a ggml thread pool of {n_threads} threads");
-                }
-            };
-            sys::ggml_backend_cpu_set_n_threads(raw.as_ptr(), n_threads as i32);
-            sys::ggml_backend_cpu_set_threadpool(raw.as_ptr(), pool.as_ptr());
-            Ok(Self { raw, pool })
-        }
+        Self::new(Device::cpu()?, n_threads)
     }
 
-    /// Runs an allocated graph.
-    pub fn compute(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
-        // SAFETY: the graph's tensors were allocated by a GraphAllocator or
-        // live in buffers, and its context is alive (the borrow of `graph`).
-        let status = unsafe { sys::ggml_backend_graph_compute(self.raw.as_ptr(), graph.raw.as_ptr()) };
-        if status != sys::GGML_STATUS_SUCCESS {
-            anyhow::bail!("ggml graph computation failed (status {status})");
+    /// The backend of `device`; `n_threads` applies to the CPU's.
+    pub fn new(device: Device, n_threads: usize) -> anyhow::Result<Self> {
+        // SAFETY: constructor on a registered device; null is checked.
+        let raw = unsafe { sys::ggml_backend_dev_init(device.raw(), std::ptr::null()) };
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("cannot initialise device {}", device.name()))?;
+        let mut backend = Self {
+            raw,
+            pool: None,
+            device,
+        };
+        if device.is_cpu() {
+            backend.attach_pool(n_threads.max(1))?;
+        }
+        Ok(backend)
+    }
+
+    fn attach_pool(&mut self, n_threads: usize) -> anyhow::Result<()> {
+        // SAFETY: a CPU backend (checked by the caller); the pool is attached
+        // to the backend that owns it for its whole life; null is checked.
+        unsafe {
+            let mut params = sys::ggml_threadpool_params_default(n_threads as i32);
+            params.poll = 50;
+            let pool = NonNull::new(sys::ggml_threadpool_new(&mut params))
+                .ok_or_else(|| anyhow::anyhow!("cannot create a ggml thread pool of {n_threads} threads"))?;
+            sys::ggml_backend_cpu_set_n_threads(self.raw.as_ptr(), n_threads as i32);
+            sys::ggml_backend_cpu_set_threadpool(self.raw.as_ptr(), pool.as_ptr());
+            self.pool = Some(pool);
         }
         Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
     }
 }
 
@@ -58,7 +71,9 @@ impl Drop for Backend {
         // SAFETY: we own both; the backend is freed before its pool.
         unsafe {
             sys::ggml_backend_free(self.raw.as_ptr());
-            sys::ggml_threadpool_free(self.pool.as_ptr());
+            if let Some(pool) = self.pool {
+                sys::ggml_threadpool_free(pool.as_ptr());
+            }
         }
     }
 }
@@ -107,14 +122,59 @@ impl Buffer {
 
     /// Allocates host memory for every tensor of `ctx` (zeroed).
     pub fn alloc_context(ctx: &Context) -> anyhow::Result<Self> {
-        // SAFETY: the context is valid; the CPU buffer type allocates host
-        // memory and sets each tensor's data; null means out of memory.
+        Self::alloc_context_in(ctx, BufferType::cpu())
+    }
+
+    /// Allocates memory of `buft` for every tensor of `ctx` (zeroed).
+    pub fn alloc_context_in(ctx: &Context, buft: BufferType) -> anyhow::Result<Self> {
+        // SAFETY: the context and buffer type are valid; null means out of
+        // memory (or a context without tensors, which we never pass).
         unsafe {
-            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), sys::ggml_backend_cpu_buffer_type());
-            let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors"))?;
+            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), buft.raw.as_ptr());
+            let raw = NonNull::new(raw)
+                .ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors in {}", buft.name()))?;
             sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
             Ok(Self { raw })
         }
+    }
+
+    /// One buffer of `buft` holding `tensors` (tensors without data), zeroed.
+    pub fn alloc_tensors(buft: BufferType, tensors: &[Tensor<'_>]) -> anyhow::Result<Self> {
+        let align = buft.alignment().max(1);
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut size = 0usize;
+        for t in tensors {
+            anyhow::ensure!(!t.is_allocated(), "tensor already has data");
+            offsets.push(size);
+            size = (size + buft.alloc_size(*t)).next_multiple_of(align);
+        }
+        // SAFETY: a buffer of `size` bytes of `buft`; null means out of
+        // memory. Each tensor is placed at an aligned offset inside it, with
+        // the room the buffer type asks for (`alloc_size`), checked above.
+        unsafe {
+            let raw = sys::ggml_backend_buft_alloc_buffer(buft.raw.as_ptr(), size.max(1));
+            let raw = NonNull::new(raw)
+                .ok_or_else(|| anyhow::anyhow!("out of memory: {} MiB on {}", size >> 20, buft.name()))?;
+            let buffer = Self { raw };
+            sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
+            let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()).cast::<u8>();
+            for (t, off) in tensors.iter().zip(offsets) {
+                let status = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.add(off).cast());
+                anyhow::ensure!(
+                    status == sys::GGML_STATUS_SUCCESS,
+                    "cannot place a tensor on {}",
+                    buft.name()
+                );
+            }
+            Ok(buffer)
+        }
+    }
+
+    /// Marks the buffer as holding weights: the scheduler runs the ops that
+    /// read them on its backend.
+    pub fn mark_weights(&self) {
+        // SAFETY: a valid buffer; usage is a hint for the scheduler.
+        unsafe { sys::ggml_backend_buffer_set_usage(self.raw.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }
     }
 
     pub fn size(&self) -> usize {
@@ -130,42 +190,121 @@ impl Drop for Buffer {
     }
 }
 
-/// Allocates graph intermediates, reusing one host buffer across graphs
-/// (grown when a larger graph comes).
-pub struct GraphAllocator {
-    raw: NonNull<sys::ggml_gallocr>,
+/// Runs graphs over one or more backends (ggml's scheduler): each node goes
+/// to the backend of the memory its inputs live in, or that can run it,
+/// with copies between them where a graph crosses devices. Intermediates
+/// live in one compute buffer per backend, reused across graphs.
+pub struct Scheduler {
+    raw: NonNull<sys::ggml_backend_sched>,
+    /// Devices first, the CPU last (ggml's rule).
+    backends: Vec<Backend>,
 }
 
 // SAFETY: owned, used from one thread at a time.
-unsafe impl Send for GraphAllocator {}
+unsafe impl Send for Scheduler {}
 
-impl GraphAllocator {
-    pub fn cpu() -> Self {
-        // SAFETY: constructor; the CPU buffer type is a static.
-        let raw = unsafe { sys::ggml_gallocr_new(sys::ggml_backend_cpu_buffer_type()) };
-        Self {
-            raw: NonNull::new(raw).expect("ggml_gallocr_new failed"),
-        }
+impl Scheduler {
+    pub fn cpu(n_threads: usize) -> anyhow::Result<Self> {
+        Self::new(vec![Backend::cpu(n_threads)?], MAX_GRAPH_NODES)
     }
 
-    /// Gives every tensor of `graph` without data its memory.
+    /// A scheduler over `backends`, the CPU's last, for graphs of up to
+    /// `graph_size` nodes.
+    pub fn new(backends: Vec<Backend>, graph_size: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            backends.last().is_some_and(|b| b.device.is_cpu()),
+            "the CPU backend must come last"
+        );
+        anyhow::ensure!(backends.len() <= 16, "at most 15 devices besides the CPU");
+        let mut raw_backends: Vec<_> = backends.iter().map(|b| b.raw.as_ptr()).collect();
+        // SAFETY: the backends outlive the scheduler (owned by it, dropped
+        // after it); null buffer types mean each backend's default.
+        let raw = unsafe {
+            sys::ggml_backend_sched_new(
+                raw_backends.as_mut_ptr(),
+                std::ptr::null_mut(),
+                raw_backends.len() as i32,
+                graph_size,
+                false,
+                true,
+            )
+        };
+        let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("cannot create the graph scheduler"))?;
+        Ok(Self { raw, backends })
+    }
+
+    /// Assigns every node of `graph` a backend and gives every tensor
+    /// without data its memory (forgetting the previous graph's).
     pub fn alloc(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
-        // SAFETY: allocator and graph are valid; false means out of memory.
-        let ok = unsafe { sys::ggml_gallocr_alloc_graph(self.raw.as_ptr(), graph.raw.as_ptr()) };
+        // SAFETY: scheduler and graph are valid; false means out of memory.
+        let ok = unsafe {
+            sys::ggml_backend_sched_reset(self.raw.as_ptr());
+            self.pin_custom_ops(graph);
+            sys::ggml_backend_sched_alloc_graph(self.raw.as_ptr(), graph.raw.as_ptr())
+        };
         anyhow::ensure!(ok, "out of memory allocating the compute graph");
         Ok(())
     }
 
-    /// Bytes of the compute buffer.
-    pub fn size(&self) -> usize {
+    /// Nodes only the CPU backend can run, assigned to it: our custom ops
+    /// (they call back into this process; ggml's RPC backend claims every
+    /// op, and would fail on them), and `join_rows`' joined tensors with
+    /// everything written into or read through them (the scheduler leaves a
+    /// view of no tensor unassigned, and would copy it before it is written).
+    fn pin_custom_ops(&mut self, graph: &Graph<'_>) {
+        let cpu = self.backends.last().expect("the CPU backend").raw.as_ptr();
+        let mut pinned = std::collections::HashSet::new();
+        // SAFETY: node indices are below the graph's node count; each node is
+        // a live tensor of the graph; the CPU backend belongs to this scheduler.
+        unsafe {
+            for i in 0..sys::ggml_graph_n_nodes(graph.raw.as_ptr()) {
+                let node = sys::ggml_graph_node(graph.raw.as_ptr(), i);
+                let n = &*node;
+                let joined = n.op == sys::GGML_OP_VIEW && n.view_src.is_null() && n.src[0].is_null();
+                if n.op == sys::GGML_OP_CUSTOM || joined || pinned.contains(&n.view_src) {
+                    pinned.insert(node);
+                    sys::ggml_backend_sched_set_tensor_backend(self.raw.as_ptr(), node, cpu);
+                }
+            }
+        }
+    }
+
+    /// Runs the graph last allocated (`alloc`), again if asked: inputs are
+    /// copied to the devices that read them at every run.
+    pub fn compute(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
+        // SAFETY: the graph was allocated by this scheduler (it computes the
+        // splits of its last allocation) and its context is alive.
+        let status = unsafe { sys::ggml_backend_sched_graph_compute(self.raw.as_ptr(), graph.raw.as_ptr()) };
+        if status != sys::GGML_STATUS_SUCCESS {
+            anyhow::bail!("ggml graph computation failed (status {status})");
+        }
+        Ok(())
+    }
+
+    /// Parts the last graph was cut into (one per change of backend).
+    pub fn n_splits(&self) -> usize {
         // SAFETY: pure query.
-        unsafe { sys::ggml_gallocr_get_buffer_size(self.raw.as_ptr(), 0) }
+        unsafe { sys::ggml_backend_sched_get_n_splits(self.raw.as_ptr()) as usize }
+    }
+
+    /// The backends, devices first and the CPU last.
+    pub fn devices(&self) -> Vec<Device> {
+        self.backends.iter().map(Backend::device).collect()
+    }
+
+    /// Bytes of the compute buffers, all backends together.
+    pub fn compute_bytes(&self) -> usize {
+        self.backends
+            .iter()
+            // SAFETY: pure query with a backend of this scheduler.
+            .map(|b| unsafe { sys::ggml_backend_sched_get_buffer_size(self.raw.as_ptr(), b.raw.as_ptr()) })
+            .sum()
     }
 }
 
-impl Drop for GraphAllocator {
+impl Drop for Scheduler {
     fn drop(&mut self) {
-        // SAFETY: we own the allocator.
-        unsafe { sys::ggml_gallocr_free(self.raw.as_ptr()) }
+        // SAFETY: we own the scheduler; the backends are dropped after it.
+        unsafe { sys::ggml_backend_sched_free(self.raw.as_ptr()) }
     }
 }

@@ -6,7 +6,9 @@
 //! - `ops`: ggml's own graph ops (matmul, rope, softmax, views, ...).
 //! - `custom_ops`: our ops (`key_scores`, `block_scores`, `put_columns`,
 //!   ...), run by ggml's threads through callbacks into `kernels`.
-//! - `backend`: the CPU backend, thread pool, buffers, graph execution.
+//! - `device`: the devices (CPU, GPUs, RPC servers) and their memory.
+//! - `backend`: backends, buffers, and the scheduler that runs a graph
+//!   over them.
 //! - `arena`: growable host memory for InfLLM's block store.
 //! - `quant`: row quantization with ggml's kernels.
 //! - `kernels`: kernels of our own, run as custom ops (safe code).
@@ -17,6 +19,7 @@
 mod arena;
 mod backend;
 mod custom_ops;
+mod device;
 pub mod gguf_ref;
 mod kernels;
 mod ops;
@@ -26,7 +29,8 @@ mod tensor;
 mod types;
 
 pub use arena::{HostArena, MAP_ALIGN};
-pub use backend::{Backend, Buffer, GraphAllocator};
+pub use backend::{Backend, Buffer, Scheduler, MAX_GRAPH_NODES};
+pub use device::{add_rpc_server, exit_on_ggml_abort, serve_rpc, BufferType, Device};
 /// Values the block kernels read at a time: block rows (head dim, block
 /// size) are whole multiples of it.
 pub use kernels::LANES as ROW_TILE;

@@ -24,6 +24,7 @@ use crate::attention::{LayerAttn, LayerQkv, StepAttention};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use crate::gguf::GgufFile;
+use crate::placement::{Offload, Placement};
 use crate::tokenizer::Tokenizer;
 
 /// The architectures this engine runs.
@@ -67,15 +68,24 @@ pub struct Model {
     pub identity: u64,
     /// `tokenizer.chat_template`, if the file has one.
     pub chat_template: Option<String>,
+    /// Which device holds each layer.
+    pub placement: Placement,
     arch: Box<dyn Architecture>,
 }
 
 impl Model {
+    /// Loads a model to run on the CPU.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        Self::load_inner(path).with_context(|| format!("cannot load {}", path.display()))
+        Self::load_on(path, &Offload::cpu(), &mut |_| {})
     }
 
-    fn load_inner(path: &Path) -> anyhow::Result<Self> {
+    /// Loads a model with its layers placed on the devices `offload` asks
+    /// for; `log` gets a line before each device's upload.
+    pub fn load_on(path: &Path, offload: &Offload, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
+        Self::load_inner(path, offload, log).with_context(|| format!("cannot load {}", path.display()))
+    }
+
+    fn load_inner(path: &Path, offload: &Offload, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
         let file = GgufFile::open(path)?;
         let name = file.architecture()?;
         let Some(spec) = REGISTRY.iter().find(|a| a.names.contains(&name)) else {
@@ -85,7 +95,8 @@ impl Model {
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let identity = xxhash_rust::xxh3::xxh3_64(&file.bytes()[..file.data_offset as usize]);
         let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
-        let weights = Weights::load(file)?;
+        let placement = Placement::new(offload, hp.n_layer)?;
+        let weights = Weights::load(file, &placement, log)?;
         let arch = (spec.load)(&mut hp, &weights)?;
         Ok(Self {
             hp,
@@ -93,6 +104,7 @@ impl Model {
             tokenizer,
             identity,
             chat_template,
+            placement,
             arch,
         })
     }

@@ -1,0 +1,189 @@
+//! Layers on remote devices: two `infllm rpc-server` processes on loopback
+//! (ggml's RPC protocol, real device buffers and graph transfer) hold
+//! SmolLM2's layers; logits and greedy tokens must equal the CPU run's.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use infllm::attention::infllm::InfllmParams;
+use infllm::engine::{AttnMode, Engine, EngineParams};
+use infllm::ggml::{self, Device};
+use infllm::model::Model;
+use infllm::placement::{GpuLayers, Offload, SplitMode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_infllm");
+
+const STORY: &str = "The lighthouse keeper counted the ships that passed each night, writing their \
+    names in a ledger that had belonged to his grandmother. ";
+
+/// A running `infllm rpc-server`, killed when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts a server with one CPU thread and waits until it accepts connections.
+fn start_server() -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["rpc-server", "-p", &port.to_string(), "-t", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start infllm rpc-server");
+    let endpoint = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while TcpStream::connect(&endpoint).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rpc-server on {endpoint} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, endpoint }
+}
+
+/// Two servers (killed when the test ends) and their devices.
+fn two_servers() -> (Vec<Server>, Vec<Device>) {
+    let servers = vec![start_server(), start_server()];
+    let devices = servers
+        .iter()
+        .flat_map(|s| ggml::add_rpc_server(&s.endpoint).expect("connect"))
+        .collect();
+    (servers, devices)
+}
+
+fn engine(attn: AttnMode, offload: &Offload) -> Engine {
+    let model = Model::load_on(&common::smollm2(), offload, &mut |_| {}).expect("load model");
+    let params = EngineParams {
+        attn,
+        n_threads: common::THREADS as usize,
+        n_ctx: 1024,
+        n_ubatch: 512,
+    };
+    Engine::new(model, params).expect("engine")
+}
+
+fn split_over(devices: &[Device]) -> Offload {
+    Offload {
+        devices: devices.to_vec(),
+        gpu_layers: GpuLayers::Count(99),
+        split: SplitMode::Layer,
+        main_gpu: 0,
+        tensor_split: vec![1.0, 1.0],
+    }
+}
+
+/// Logits of a prompt, then of `n_decode` greedy steps.
+fn greedy_logits(e: &mut Engine, prompt: &[i32], n_decode: usize) -> Vec<Vec<f32>> {
+    let mut out = vec![e.eval(prompt, false, &mut |_, _| {}).unwrap()];
+    for _ in 0..n_decode {
+        let next = common::argmax_of(out.last().unwrap());
+        out.push(e.eval(&[next], false, &mut |_, _| {}).unwrap());
+    }
+    out
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn compare(attn: AttnMode, prompt_tokens: usize, n_decode: usize) {
+    let _one_at_a_time = common::exclusive();
+    ggml::set_quiet_logs(true);
+    let (_servers, devices) = two_servers();
+    let mut remote = engine(attn, &split_over(&devices));
+    assert_eq!(
+        remote.model().placement.devices(),
+        devices,
+        "layers were not split over both servers"
+    );
+    let text = STORY.repeat(64);
+    let tokens = remote.tokenizer().encode(&text, true, true);
+    let prompt = &tokens[..prompt_tokens];
+    let theirs = greedy_logits(&mut remote, prompt, n_decode);
+    assert!(remote.graph_splits() > 2, "the decode graph did not cross devices");
+    let ours = greedy_logits(&mut engine(attn, &Offload::cpu()), prompt, n_decode);
+    let argmax = |l: &Vec<Vec<f32>>| l.iter().map(|x| common::argmax_of(x)).collect::<Vec<_>>();
+    assert_eq!(argmax(&theirs), argmax(&ours), "greedy tokens differ");
+    let diff = max_diff(&theirs, &ours);
+    eprintln!("{} splits, largest logit difference {diff}", remote.graph_splits());
+    assert!(diff <= 1e-3, "logits differ by {diff}");
+}
+
+#[test]
+fn full_attention_split_over_two_servers_equals_the_cpu() {
+    compare(AttnMode::Full { flash_attn: true }, 100, 24);
+}
+
+#[test]
+fn infllm_split_over_two_servers_equals_the_cpu() {
+    // Small settings: blocks form and retrieval runs within 400 tokens.
+    let p = InfllmParams {
+        n_init: 16,
+        n_local: 128,
+        block_size: 32,
+        topk: 2,
+        chunk: 64,
+        ..InfllmParams::defaults_for(8192)
+    };
+    compare(AttnMode::Infllm(p), 300, 60);
+}
+
+#[test]
+fn a_server_killed_mid_run_ends_the_run_with_one_line_naming_it() {
+    let _one_at_a_time = common::exclusive();
+    let mut server = start_server();
+    let prompt = std::env::temp_dir().join(format!("infllm-rpc-kill-{}.txt", std::process::id()));
+    std::fs::write(&prompt, STORY.repeat(150)).unwrap();
+    let run = Command::new(BIN)
+        .args([
+            "-m",
+            common::smollm2().to_str().unwrap(),
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "-t",
+            "1",
+        ])
+        .args(["--rpc", &server.endpoint, "-ngl", "99", "-f", prompt.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once the model is on it and the prompt is being read.
+    std::thread::sleep(Duration::from_millis(1500));
+    server.child.kill().unwrap();
+    let out = run.wait_with_output().unwrap();
+    std::fs::remove_file(&prompt).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("infllm: ")).collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    assert!(errors[0].starts_with("error: "), "{}", errors[0]);
+    assert!(
+        errors[0].contains(&server.endpoint),
+        "the error does not name the device: {}",
+        errors[0]
+    );
+}
