@@ -2,11 +2,11 @@
 //! devices that hold its layers (and the CPU), keeping the attention state
 //! between calls.
 
-use crate::attention::full::FullAttention;
+use crate::attention::full::{CacheParams, FullAttention};
 use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
 use crate::attention::{Attention, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
-use crate::ggml::{Backend, BufferType, Scheduler, MAX_GRAPH_NODES};
+use crate::ggml::{Backend, BufferType, GgmlType, Scheduler, MAX_GRAPH_NODES};
 use crate::model::Model;
 use crate::tokenizer::{Token, Tokenizer};
 
@@ -15,9 +15,25 @@ use crate::tokenizer::{Token, Tokenizer};
 pub enum AttnMode {
     /// Standard attention over a KV cache of `n_ctx` tokens, with or
     /// without the fused flash-attention kernel.
-    Full { flash_attn: bool },
+    Full {
+        flash_attn: bool,
+        /// Cache types (`-ctk`, `-ctv`).
+        type_k: GgmlType,
+        type_v: GgmlType,
+    },
     /// InfLLM memory attention (`topk = 0`: StreamingLLM).
     Infllm(InfllmParams),
+}
+
+impl AttnMode {
+    /// Full attention over an f16 cache (llama.cpp's default).
+    pub fn full(flash_attn: bool) -> Self {
+        Self::Full {
+            flash_attn,
+            type_k: GgmlType::F16,
+            type_v: GgmlType::F16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -253,7 +269,11 @@ impl Engine {
 fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Attention>> {
     let hp = &model.hp;
     Ok(match p.attn {
-        AttnMode::Full { flash_attn } => {
+        AttnMode::Full {
+            flash_attn,
+            type_k,
+            type_v,
+        } => {
             let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
             let bufts = (0..hp.n_layer)
                 .map(|il| {
@@ -263,14 +283,15 @@ fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Atte
                         .map_or(Ok(BufferType::cpu()), |d| d.buffer_type())
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Box::new(FullAttention::new(
-                &hp.layer_window,
-                &bufts,
+            let cache = CacheParams {
                 n_ctx,
-                hp.head_dim,
-                hp.n_head_kv,
+                head_dim: hp.head_dim,
+                n_head_kv: hp.n_head_kv,
                 flash_attn,
-            )?)
+                type_k,
+                type_v,
+            };
+            Box::new(FullAttention::new(cache, &hp.layer_window, &bufts)?)
         }
         AttnMode::Infllm(ip) => {
             let heads = HeadShape {

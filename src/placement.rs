@@ -52,6 +52,9 @@ pub struct Offload {
     pub main_gpu: usize,
     /// `-ts`: a proportion per device (empty: by free memory).
     pub tensor_split: Vec<f32>,
+    /// Weights on the CPU in ggml's repacked layouts where it has them
+    /// (`--no-repack` turns it off).
+    pub repack: bool,
 }
 
 impl Offload {
@@ -62,6 +65,7 @@ impl Offload {
             split: SplitMode::Layer,
             main_gpu: 0,
             tensor_split: Vec::new(),
+            repack: true,
         }
     }
 }
@@ -71,6 +75,8 @@ impl Offload {
 pub struct Placement {
     layers: Vec<Option<Device>>,
     output: Option<Device>,
+    /// Whether CPU weights may be repacked.
+    pub repack: bool,
 }
 
 impl Placement {
@@ -78,13 +84,17 @@ impl Placement {
         Self {
             layers: vec![None; n_layer],
             output: None,
+            repack: true,
         }
     }
 
     pub fn new(req: &Offload, n_layer: usize) -> anyhow::Result<Self> {
         let devices = chosen_devices(req)?;
         if devices.is_empty() {
-            return Ok(Self::cpu(n_layer));
+            return Ok(Self {
+                repack: req.repack,
+                ..Self::cpu(n_layer)
+            });
         }
         let n_gpu = match req.gpu_layers {
             GpuLayers::Auto | GpuLayers::All => n_layer + 1,
@@ -97,6 +107,7 @@ impl Placement {
         Ok(Self {
             layers: at.by_ref().take(n_layer).collect(),
             output: at.next().flatten(),
+            repack: req.repack,
         })
     }
 

@@ -148,6 +148,7 @@ fn compare(r: Recipe) -> f32 {
         n_ubatch: 256,
         n_threads: common::THREADS,
         flash_attn: Some(false),
+        cache_types: None,
     };
     let expected = RefContext::new(&rm, params)
         .unwrap()
@@ -157,7 +158,7 @@ fn compare(r: Recipe) -> f32 {
     let model = Model::load(&path).unwrap();
     assert_eq!(model.hp.arch, r.arch);
     let params = EngineParams {
-        attn: AttnMode::Full { flash_attn: false },
+        attn: AttnMode::full(false),
         n_threads: common::THREADS as usize,
         n_ctx: 256,
         n_ubatch: 256,

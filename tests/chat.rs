@@ -257,6 +257,7 @@ fn piped_chat_prints_only_the_answer() {
         n_ubatch: 512,
         n_threads: common::THREADS,
         flash_attn: Some(false),
+        cache_types: None,
     };
     let mut ctx = RefContext::new(&reference, params).unwrap();
     let mut logits = ctx.decode(&prompt, 512, false).unwrap();

@@ -9,6 +9,7 @@ use infllm::attention::infllm::InfllmParams;
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::reference::{RefContext, RefModel, RefParams};
 use infllm::model::Model;
+use infllm::placement::Offload;
 
 /// Largest |logit difference| allowed against llama.cpp with the same
 /// kernels (flash attention on both sides).
@@ -25,7 +26,17 @@ const STORY: &str = "In a small village at the edge of the forest, there lived a
     a broken pocket watch that had belonged to her grandmother. ";
 
 fn engine(attn: AttnMode, n_ctx: usize) -> Engine {
-    let model = Model::load(&common::gemma3()).expect("load model");
+    engine_with(attn, n_ctx, true)
+}
+
+/// `repack`: the CPU weights in ggml's repacked layouts (as llama.cpp's
+/// `RefModel::load`), or in the file's (as `RefModel::load_unpacked`).
+fn engine_with(attn: AttnMode, n_ctx: usize, repack: bool) -> Engine {
+    let offload = Offload {
+        repack,
+        ..Offload::cpu()
+    };
+    let model = Model::load_on(&common::gemma3(), &offload, &mut |_| {}).expect("load model");
     let p = EngineParams {
         attn,
         n_threads: common::THREADS as usize,
@@ -42,6 +53,7 @@ fn reference(model: &RefModel, n_ctx: u32, flash_attn: Option<bool>) -> RefConte
         n_ubatch: 512,
         n_threads: common::THREADS,
         flash_attn,
+        cache_types: None,
     };
     RefContext::new(model, p).expect("llama.cpp context")
 }
@@ -77,11 +89,11 @@ fn compare(got: &[f32], want: &[f32], n_vocab: usize) -> f32 {
 fn prompt_logits_match_llama_cpp() {
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
-    let rm = RefModel::load_unpacked(&common::gemma3()).unwrap();
+    let rm = RefModel::load(&common::gemma3()).unwrap();
     let tokens = rm.tokenize(&STORY.repeat(2), true, true);
     assert!(tokens.len() >= 64, "prompt has {} tokens", tokens.len());
     let want = reference(&rm, 1024, None).decode(&tokens, 512, true).unwrap();
-    let got = engine(AttnMode::Full { flash_attn: true }, 1024)
+    let got = engine(AttnMode::full(true), 1024)
         .eval(&tokens, true, &mut |_, _| {})
         .unwrap();
     let diff = compare(&got, &want, rm.n_vocab());
@@ -96,8 +108,8 @@ fn prompt_logits_match_llama_cpp() {
 fn greedy_continuations_match_llama_cpp() {
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
-    let rm = RefModel::load_unpacked(&common::gemma3()).unwrap();
-    let mut e = engine(AttnMode::Full { flash_attn: true }, 512);
+    let rm = RefModel::load(&common::gemma3()).unwrap();
+    let mut e = engine(AttnMode::full(true), 512);
     let mut r = reference(&rm, 512, None);
     for prompt in PROMPTS {
         let tokens = rm.tokenize(prompt, true, true);
@@ -124,7 +136,9 @@ fn infllm_matches_llama_cpp_past_the_sliding_window() {
     let want = reference(&rm, 2048, Some(false)).decode(&tokens, 512, true).unwrap();
     let fused = reference(&rm, 2048, Some(true)).decode(&tokens, 512, true).unwrap();
     let (fused_mismatches, bound) = compare_top1(&fused, &want, n_vocab);
-    let got = engine(AttnMode::Infllm(InfllmParams::defaults_for(32768)), 0)
+    // Weights in the file's layout on both sides: the kernels differ only
+    // in attention.
+    let got = engine_with(AttnMode::Infllm(InfllmParams::defaults_for(32768)), 0, false)
         .eval(&tokens, true, &mut |_, _| {})
         .unwrap();
     let (mismatches, diff) = compare_top1(&got, &want, n_vocab);

@@ -85,6 +85,7 @@ fn split_over(devices: &[Device]) -> Offload {
         split: SplitMode::Layer,
         main_gpu: 0,
         tensor_split: vec![1.0, 1.0],
+        repack: true,
     }
 }
 
@@ -132,7 +133,7 @@ fn compare(attn: AttnMode, prompt_tokens: usize, n_decode: usize) {
 
 #[test]
 fn full_attention_split_over_two_servers_equals_the_cpu() {
-    compare(AttnMode::Full { flash_attn: true }, 100, 24);
+    compare(AttnMode::full(true), 100, 24);
 }
 
 #[test]

@@ -24,14 +24,63 @@ pub struct FullAttention {
     k: Vec<TensorId>,
     /// [n_embd_kv, n_ctx] with flash attention, else transposed [n_ctx, n_embd_kv].
     v: Vec<TensorId>,
-    flash_attn: bool,
     /// Per layer: sliding window in tokens (0: attends everything).
     layer_window: Vec<usize>,
-    n_ctx: usize,
     n_embd_kv: usize,
-    head_dim: usize,
     n_past: usize,
+    /// With `n_ctx` rounded up to the padding.
+    p: CacheParams,
 }
+
+/// The shape and kind of a cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheParams {
+    pub n_ctx: usize,
+    pub head_dim: usize,
+    pub n_head_kv: usize,
+    /// Values cached row by row for ggml's fused kernel, else transposed.
+    pub flash_attn: bool,
+    pub type_k: GgmlType,
+    pub type_v: GgmlType,
+}
+
+impl CacheParams {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (flag, t) in [("-ctk", self.type_k), ("-ctv", self.type_v)] {
+            anyhow::ensure!(
+                CACHE_TYPES.contains(&t),
+                "{flag} {}: not a cache type (use one of {})",
+                t.name(),
+                CACHE_TYPES.map(GgmlType::name).join(", ")
+            );
+            anyhow::ensure!(
+                (self.head_dim as u64).is_multiple_of(t.block_size()),
+                "{flag} {}: the head size {} is not a whole number of its blocks",
+                t.name(),
+                self.head_dim
+            );
+        }
+        // Transposed values are written one element at a time.
+        anyhow::ensure!(
+            self.flash_attn || self.type_v.block_size() == 1,
+            "-ctv {}: a quantized V cache needs flash attention (-fa on)",
+            self.type_v.name()
+        );
+        Ok(())
+    }
+}
+
+/// The cache types llama.cpp accepts for `-ctk` / `-ctv`.
+pub const CACHE_TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+];
 
 /// Per-step inputs shared by all layers.
 pub struct FullInputs<'a> {
@@ -46,36 +95,22 @@ pub struct FullInputs<'a> {
 }
 
 impl FullAttention {
-    /// A cache for `n_ctx` tokens (rounded up to the padding) over the
+    /// A cache for `p.n_ctx` tokens (rounded up to the padding) over the
     /// layers, whose sliding windows `layer_window` gives (0: none), each
     /// layer's in the memory `layer_buft` names.
-    pub fn new(
-        layer_window: &[usize],
-        layer_buft: &[BufferType],
-        n_ctx: usize,
-        head_dim: usize,
-        n_head_kv: usize,
-        flash_attn: bool,
-    ) -> anyhow::Result<Self> {
+    pub fn new(p: CacheParams, layer_window: &[usize], layer_buft: &[BufferType]) -> anyhow::Result<Self> {
+        p.validate()?;
         let n_layer = layer_window.len();
-        let n_ctx = n_ctx.max(1).next_multiple_of(KV_PAD);
-        let n_embd_kv = head_dim * n_head_kv;
+        let n_ctx = p.n_ctx.max(1).next_multiple_of(KV_PAD);
+        let n_embd_kv = p.head_dim * p.n_head_kv;
         let ctx = Context::new(2 * n_layer, 0);
         let (e, c) = (n_embd_kv as i64, n_ctx as i64);
         let mut k = Vec::with_capacity(n_layer);
         let mut v = Vec::with_capacity(n_layer);
         for il in 0..n_layer {
-            k.push(
-                ctx.id(ctx
-                    .new_tensor(GgmlType::F16, &[e, c])
-                    .set_name(&format!("cache_k_l{il}"))),
-            );
-            let v_shape = if flash_attn { [e, c] } else { [c, e] };
-            v.push(
-                ctx.id(ctx
-                    .new_tensor(GgmlType::F16, &v_shape)
-                    .set_name(&format!("cache_v_l{il}"))),
-            );
+            k.push(ctx.id(ctx.new_tensor(p.type_k, &[e, c]).set_name(&format!("cache_k_l{il}"))));
+            let v_shape = if p.flash_attn { [e, c] } else { [c, e] };
+            v.push(ctx.id(ctx.new_tensor(p.type_v, &v_shape).set_name(&format!("cache_v_l{il}"))));
         }
         let buffers = alloc_by_layer(&ctx, &k, &v, layer_buft)?;
         Ok(Self {
@@ -83,12 +118,10 @@ impl FullAttention {
             ctx,
             k,
             v,
-            flash_attn,
             layer_window: layer_window.to_vec(),
-            n_ctx,
             n_embd_kv,
-            head_dim,
             n_past: 0,
+            p: CacheParams { n_ctx, ..p },
         })
     }
 
@@ -101,7 +134,7 @@ impl FullAttention {
     /// Goes back (or, with `bytes` from `cache_bytes_used`, forward) to
     /// `n_past` tokens.
     fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
-        anyhow::ensure!(n_past <= self.n_ctx, "the saved text is longer than the context (-c)");
+        anyhow::ensure!(n_past <= self.p.n_ctx, "the saved text is longer than the context (-c)");
         match bytes {
             Some(bytes) => write_ranges(self.ranges(n_past), bytes)?,
             None => anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to"),
@@ -113,14 +146,16 @@ impl FullAttention {
     /// Tensor byte ranges holding the first `n` tokens.
     fn ranges(&self, n: usize) -> Ranges<'_> {
         let e = self.n_embd_kv;
+        let row = |t: GgmlType| t.row_size(e as u64) as usize;
         let mut out = Vec::new();
         for (&k, &v) in self.k.iter().zip(&self.v) {
-            out.push((self.ctx.tensor(k), 0, n * e * 2));
+            out.push((self.ctx.tensor(k), 0, n * row(self.p.type_k)));
             let v = self.ctx.tensor(v);
-            if self.flash_attn {
-                out.push((v, 0, n * e * 2));
+            if self.p.flash_attn {
+                out.push((v, 0, n * row(self.p.type_v)));
             } else {
-                out.extend((0..e).map(|c| (v, c * self.n_ctx * 2, n * 2)));
+                let size = self.p.type_v.type_size() as usize;
+                out.extend((0..e).map(|c| (v, c * self.p.n_ctx * size, n * size)));
             }
         }
         out
@@ -129,13 +164,13 @@ impl FullAttention {
     /// Declares this step's positions, causal mask and cache rows.
     fn inputs<'a>(&self, step: &mut Step<'a>, n_tokens: usize) -> Result<FullInputs<'a>, AttentionError> {
         let end = self.n_past + n_tokens;
-        if end > self.n_ctx {
+        if end > self.p.n_ctx {
             return Err(AttentionError::ContextFull {
                 needed: end,
-                n_ctx: self.n_ctx,
+                n_ctx: self.p.n_ctx,
             });
         }
-        let n_kv = end.next_multiple_of(KV_PAD).min(self.n_ctx);
+        let n_kv = end.next_multiple_of(KV_PAD).min(self.p.n_ctx);
         let pos: Vec<i32> = (self.n_past..end).map(|p| p as i32).collect();
         let t = n_tokens as i64;
         // Query i (position n_past + i) sees key j if j <= its position and,
@@ -146,7 +181,7 @@ impl FullAttention {
                 j <= q && (window == 0 || q - j < window)
             };
             // The fused kernel takes an f16 mask, the softmax an f32 one (as in llama.cpp).
-            if self.flash_attn {
+            if self.p.flash_attn {
                 let m = (0..n_tokens * n_kv)
                     .map(|x| if visible(x) { f16::ZERO } else { f16::NEG_INFINITY })
                     .collect();
@@ -166,9 +201,9 @@ impl FullAttention {
         };
         let mask = mask(0, "kq_mask");
         // Transposed V: value (token p, channel c) is element c * n_ctx + p.
-        let v_cells = (!self.flash_attn).then(|| {
+        let v_cells = (!self.p.flash_attn).then(|| {
             let cells = (0..self.n_embd_kv)
-                .flat_map(|c| pos.iter().map(move |&p| (c * self.n_ctx) as i32 + p))
+                .flat_map(|c| pos.iter().map(move |&p| (c * self.p.n_ctx) as i32 + p))
                 .collect::<Vec<_>>();
             step.input_i32("v_cells", &[(self.n_embd_kv * n_tokens) as i64], cells)
         });
@@ -205,8 +240,8 @@ impl FullAttention {
         let e = self.n_embd_kv as i64;
         step.graph.expand(g.set_rows(k_cache, g.reshape(k, &[e, t]), inp.rows));
 
-        let n_head_kv = e / self.head_dim as i64;
-        let (hd, n_kv) = (self.head_dim as i64, inp.n_kv as i64);
+        let n_head_kv = e / self.p.head_dim as i64;
+        let (hd, n_kv) = (self.p.head_dim as i64, inp.n_kv as i64);
         let row = k_cache.nb()[1];
         let head = row / n_head_kv as usize;
         let k_view = g.permute(g.view(k_cache, &[hd, n_head_kv, n_kv], &[head, row], 0), [0, 2, 1, 3]);
@@ -214,7 +249,7 @@ impl FullAttention {
 
         if let Some(cells) = inp.v_cells {
             // One "row" per value element: scatter the new values into the transposed cache.
-            let flat = g.reshape(v_cache, &[1, e * self.n_ctx as i64]);
+            let flat = g.reshape(v_cache, &[1, e * self.p.n_ctx as i64]);
             let v_t = g.reshape(g.cont(g.transpose(g.reshape(v, &[e, t]))), &[1, e * t]);
             step.graph.expand(g.set_rows(flat, v_t, cells));
             let kq = g.soft_max_ext(mul_mat_capped(g, k_view, q, la), Some(mask), softmax_scale(la));
@@ -225,7 +260,12 @@ impl FullAttention {
         }
 
         step.graph.expand(g.set_rows(v_cache, g.reshape(v, &[e, t]), inp.rows));
-        let v_view = g.permute(g.view(v_cache, &[hd, n_head_kv, n_kv], &[head, row], 0), [0, 2, 1, 3]);
+        let v_row = v_cache.nb()[1];
+        let v_head = v_row / n_head_kv as usize;
+        let v_view = g.permute(
+            g.view(v_cache, &[hd, n_head_kv, n_kv], &[v_head, v_row], 0),
+            [0, 2, 1, 3],
+        );
         let out = g.flash_attn(q, k_view, v_view, Some(mask), la.scale, la.softcap);
         g.reshape(out, &[out.ne()[0] * out.ne()[1], t])
     }
@@ -249,7 +289,7 @@ impl Attention for FullAttention {
     }
 
     fn n_ctx(&self) -> usize {
-        self.n_ctx
+        self.p.n_ctx
     }
 
     fn step_tokens(&self, n_ubatch: usize) -> usize {
@@ -300,8 +340,10 @@ impl Attention for FullAttention {
 
     fn settings(&self) -> Settings {
         Settings::Full {
-            flash_attn: self.flash_attn,
-            n_ctx: self.n_ctx,
+            flash_attn: self.p.flash_attn,
+            n_ctx: self.p.n_ctx,
+            type_k: self.p.type_k,
+            type_v: self.p.type_v,
         }
     }
 

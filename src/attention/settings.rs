@@ -4,13 +4,26 @@
 use serde::{Deserialize, Serialize};
 
 use super::infllm::InfllmParams;
+use crate::ggml::GgmlType;
 
 /// What a saved state must match to be loaded (`Attention::settings`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "attn", rename_all = "lowercase")]
 pub enum Settings {
-    Full { flash_attn: bool, n_ctx: usize },
+    Full {
+        flash_attn: bool,
+        n_ctx: usize,
+        /// Cache types (f16 in sessions saved before they could change).
+        #[serde(default = "f16")]
+        type_k: GgmlType,
+        #[serde(default = "f16")]
+        type_v: GgmlType,
+    },
     Infllm(InfllmParams),
+}
+
+fn f16() -> GgmlType {
+    GgmlType::F16
 }
 
 /// The command-line flag that sets each settings field.
@@ -72,6 +85,8 @@ mod tests {
         let full = Settings::Full {
             flash_attn: true,
             n_ctx: 4096,
+            type_k: GgmlType::F16,
+            type_v: GgmlType::F16,
         };
         assert!(full
             .mismatch(&Settings::Infllm(a))

@@ -2,9 +2,10 @@
 
 use clap::{Args, ValueEnum};
 
+use crate::attention::full::CACHE_TYPES;
 use crate::attention::infllm::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
-use crate::ggml::type_by_name;
+use crate::ggml::{type_by_name, GgmlType};
 use crate::model::Hparams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,20 +65,30 @@ pub struct AttnSettings {
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
     pub flash_attn: Switch,
-    /// Type of the stored memory-block keys (-ctk) (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1)
-    #[arg(long = "cache-type-k", default_value = "q8_0", help_heading = "Attention / InfLLM")]
-    pub cache_type_k: String,
-    /// Type of the stored memory-block values (-ctv)
-    #[arg(long = "cache-type-v", default_value = "q8_0", help_heading = "Attention / InfLLM")]
-    pub cache_type_v: String,
+    /// Type of the cached keys (-ctk): InfLLM's memory blocks [default:
+    /// q8_0] (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1), full attention's KV
+    /// cache [default: f16] (also bf16)
+    #[arg(long = "cache-type-k", help_heading = "Attention / InfLLM")]
+    pub cache_type_k: Option<String>,
+    /// Type of the cached values (-ctv), as -ctk
+    #[arg(long = "cache-type-v", help_heading = "Attention / InfLLM")]
+    pub cache_type_v: Option<String>,
 }
 
 impl AttnSettings {
     /// The attention of kind `kind` for a model; `n_ctx` is `-c` (None: not given).
     pub fn mode(&self, kind: AttnKind, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         if kind == AttnKind::Full {
+            let cache_type = |flag, name: &Option<String>| match name {
+                None => Ok(GgmlType::F16),
+                Some(n) => GgmlType::by_name(n)
+                    .filter(|t| CACHE_TYPES.contains(t))
+                    .ok_or_else(|| anyhow::anyhow!("{flag} {n}: unsupported (use one of {})", cache_type_names())),
+            };
             return Ok(AttnMode::Full {
                 flash_attn: self.flash_attn != Switch::Off,
+                type_k: cache_type("-ctk", &self.cache_type_k)?,
+                type_v: cache_type("-ctv", &self.cache_type_v)?,
             });
         }
         let mut p = InfllmParams::defaults_for(hp.n_ctx_train);
@@ -97,8 +108,8 @@ impl AttnSettings {
         if kind == AttnKind::Stream {
             p.topk = 0;
         }
-        p.type_k = block_type("-ctk", &self.cache_type_k)?;
-        p.type_v = block_type("-ctv", &self.cache_type_v)?;
+        p.type_k = block_type("-ctk", self.cache_type_k.as_deref().unwrap_or("q8_0"))?;
+        p.type_v = block_type("-ctv", self.cache_type_v.as_deref().unwrap_or("q8_0"))?;
         p.max_tokens = match n_ctx {
             None | Some(0) => NO_CAP_TOKENS,
             Some(n) => n,
@@ -115,12 +126,22 @@ fn block_type(flag: &str, name: &str) -> anyhow::Result<crate::ggml::GgmlType> {
     }
 }
 
+fn cache_type_names() -> String {
+    CACHE_TYPES.map(GgmlType::name).join(", ")
+}
+
 /// A line describing the attention, printed at load.
 pub fn describe(mode: &AttnMode, hp: &Hparams) -> String {
     match mode {
-        AttnMode::Full { flash_attn } => {
+        AttnMode::Full {
+            flash_attn,
+            type_k,
+            type_v,
+        } => {
             format!(
-                "attention: full KV cache (flash attention {})",
+                "attention: full KV cache {}/{} (flash attention {})",
+                type_k.name(),
+                type_v.name(),
                 if *flash_attn { "on" } else { "off" }
             )
         }

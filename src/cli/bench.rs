@@ -17,11 +17,13 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::attn::{AttnKind, AttnSettings};
+use super::devices::DeviceArgs;
 use super::rss::{peak_rss_bytes, reset_peak_rss};
 use super::{default_threads, ModelArgs};
 use crate::engine::{AttnMode, Engine, EngineParams};
 use crate::ggml::reference::{RefContext, RefModel, RefParams};
 use crate::model::Model;
+use crate::placement::Offload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -67,6 +69,8 @@ pub struct BenchArgs {
     /// No untimed warm-up run before each test's timed runs
     #[arg(long = "no-warmup")]
     pub no_warmup: bool,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +131,8 @@ pub struct Row {
     pub model: String,
     pub model_type: String,
     pub n_threads: usize,
+    /// Where the layers ran: "CPU", or the placement ("layers 0-29 on RPC0, ...").
+    pub devices: String,
     pub attn: String,
     /// Types of the stored memory blocks (InfLLM) or of the KV cache (full).
     pub type_k: String,
@@ -226,6 +232,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let models = model_paths(a)?;
     let plan = plan(a)?;
     let threads = a.threads.unwrap_or_else(default_threads);
+    let offload = a.devices.offload()?;
     let rss_resets = reset_peak_rss();
     let mut rows = Vec::new();
     for path in &models {
@@ -233,8 +240,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             // llama.cpp runs once per depth, whatever the attention modes.
             let mut reference: Option<Result<Vec<Timing>, String>> = None;
             for &kind in &a.attn {
-                let ours = bench_ours(a, &plan, path, kind, depth, threads)?;
-                let reference = reference.get_or_insert_with(|| reference_timings(a, &plan, path, depth, threads));
+                let ours = bench_ours(a, &plan, (path, &offload), kind, depth, threads)?;
+                let reference =
+                    reference.get_or_insert_with(|| reference_timings(a, &plan, (path, &offload), depth, threads));
                 for (i, (&test, timing)) in plan.tests.iter().zip(ours.timings).enumerate() {
                     let row = ours.meta.row(test, depth, timing, reference.as_ref().map(|r| &r[i]));
                     eprintln!("bench: {}", markdown_line(&row));
@@ -278,6 +286,7 @@ struct RowMeta {
     model: String,
     model_type: String,
     n_threads: usize,
+    devices: String,
     attn: String,
     type_k: String,
     type_v: String,
@@ -298,6 +307,7 @@ impl RowMeta {
             model: self.model.clone(),
             model_type: self.model_type.clone(),
             n_threads: self.n_threads,
+            devices: self.devices.clone(),
             attn: self.attn.clone(),
             type_k: self.type_k.clone(),
             type_v: self.type_v.clone(),
@@ -324,17 +334,21 @@ struct Ours {
 fn bench_ours(
     a: &BenchArgs,
     plan: &Plan,
-    path: &Path,
+    (path, offload): (&Path, &Offload),
     kind: AttnKind,
     depth: usize,
     threads: usize,
 ) -> anyhow::Result<Ours> {
-    let model = Model::load(path)?;
+    let model = Model::load_on(path, offload, &mut |_| {})?;
+    let devices = match model.placement.describe() {
+        on if on.is_empty() => "CPU".to_string(),
+        on => on,
+    };
     let n_vocab = model.hp.n_vocab;
     let model_type = model.hp.arch.clone();
     let mode = a.settings.mode(kind, &model.hp, None)?;
     let (type_k, type_v) = match &mode {
-        AttnMode::Full { .. } => ("f16".to_string(), "f16".to_string()),
+        AttnMode::Full { type_k, type_v, .. } => (type_name(*type_k), type_name(*type_v)),
         AttnMode::Infllm(p) => (type_name(p.type_k), type_name(p.type_v)),
     };
     let params = EngineParams {
@@ -350,6 +364,7 @@ fn bench_ours(
         model: file_name(path),
         model_type,
         n_threads: threads,
+        devices,
         attn: format!("{kind:?}").to_lowercase(),
         type_k,
         type_v,
@@ -362,7 +377,7 @@ fn bench_ours(
 fn reference_timings(
     a: &BenchArgs,
     plan: &Plan,
-    path: &Path,
+    (path, offload): (&Path, &Offload),
     depth: usize,
     threads: usize,
 ) -> Result<Vec<Timing>, String> {
@@ -372,7 +387,7 @@ fn reference_timings(
         Err(format!("depth {depth} > --ref-max-depth {}", a.ref_max_depth))
     } else {
         reset_peak_rss();
-        run_reference(path, plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
+        run_reference((path, offload), plan, depth, threads).map_err(|e| format!("llama.cpp: {e:#}"))
     }
 }
 
@@ -387,8 +402,9 @@ fn format_rows(a: &BenchArgs, plan: &Plan, rows: &[Row], threads: usize, rss_res
             } else {
                 " (peak RSS: process-wide, not per engine)"
             };
+            let devices = rows.first().map_or("CPU", |r| r.devices.as_str());
             format!(
-                "threads: {threads}, repetitions: {}, warm-up: {}{rss_note}\n\n{}",
+                "threads: {threads}, devices: {devices}, repetitions: {}, warm-up: {}{rss_note}\n\n{}",
                 a.reps,
                 if plan.warmup { "yes" } else { "no" },
                 markdown(rows)
@@ -397,14 +413,20 @@ fn format_rows(a: &BenchArgs, plan: &Plan, rows: &[Row], threads: usize, rss_res
     })
 }
 
-fn run_reference(path: &Path, plan: &Plan, depth: usize, threads: usize) -> anyhow::Result<Vec<Timing>> {
-    let model = RefModel::load(path)?;
+fn run_reference(
+    (path, offload): (&Path, &Offload),
+    plan: &Plan,
+    depth: usize,
+    threads: usize,
+) -> anyhow::Result<Vec<Timing>> {
+    let model = RefModel::load_on(path, offload)?;
     let params = RefParams {
         n_ctx: plan.n_ctx(depth) as u32,
         n_batch: 2048,
         n_ubatch: 512,
         n_threads: threads as i32,
         flash_attn: None,
+        cache_types: None,
     };
     let mut ctx = RefContext::new(&model, params)?;
     plan.session(&mut ctx, depth, model.n_vocab())
@@ -463,7 +485,7 @@ fn markdown(rows: &[Row]) -> String {
 fn csv(rows: &[Row]) -> String {
     let opt = |x: Option<String>| x.unwrap_or_default();
     let mut s = String::from(
-        "model,model_type,n_threads,attn,type_k,type_v,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,peak_rss_bytes,\
+        "model,model_type,n_threads,devices,attn,type_k,type_v,test,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,peak_rss_bytes,\
          block_memory_bytes,llama_cpp_avg_ts,llama_cpp_stddev_ts,llama_cpp_peak_rss_bytes,llama_cpp_na,ratio\n",
     );
     for r in rows {
@@ -472,6 +494,7 @@ fn csv(rows: &[Row]) -> String {
             r.model.clone(),
             r.model_type.clone(),
             r.n_threads.to_string(),
+            r.devices.clone(),
             r.attn.clone(),
             r.type_k.clone(),
             r.type_v.clone(),

@@ -45,6 +45,9 @@ pub struct DeviceArgs {
         help_heading = "Devices"
     )]
     pub main_gpu: usize,
+    /// Keep CPU weights in the file's layout (no repacking for faster kernels)
+    #[arg(long = "no-repack", help_heading = "Devices")]
+    pub no_repack: bool,
     /// RPC servers to offload to (`infllm rpc-server` or llama.cpp's)
     #[arg(long = "rpc", value_name = "HOST:PORT,..", help_heading = "Devices")]
     pub rpc: Option<String>,
@@ -69,6 +72,7 @@ impl DeviceArgs {
             split: self.split_mode,
             main_gpu: self.main_gpu,
             tensor_split: self.tensor_split.clone(),
+            repack: !self.no_repack,
         })
     }
 

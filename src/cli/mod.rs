@@ -192,6 +192,7 @@ const LLAMA_SPELLINGS: &[(&str, &str)] = &[
     ("-sm", "--split-mode"),
     ("-ts", "--tensor-split"),
     ("-mg", "--main-gpu"),
+    ("-nr", "--no-repack"),
 ];
 
 /// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.

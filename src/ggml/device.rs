@@ -104,6 +104,61 @@ impl Device {
             .with_context(|| format!("device {} has no buffer type", self.name()))
     }
 
+    /// The extra memory kinds of this device's backend: for the CPU, ggml's
+    /// repacked weight layouts (rows interleaved for its fastest kernels).
+    pub fn extra_buffer_types(self) -> Vec<BufferType> {
+        type GetExtra = unsafe extern "C" fn(sys::ggml_backend_dev_t) -> *mut sys::ggml_backend_buffer_type_t;
+        let name = CString::new("ggml_backend_dev_get_extra_bufts").expect("no NUL");
+        // SAFETY: registry lookup; the function, when present, has the
+        // signature ggml-backend.h gives `ggml_backend_dev_get_extra_bufts_t`
+        // and returns a null-terminated static array.
+        unsafe {
+            let reg = sys::ggml_backend_dev_backend_reg(self.raw());
+            let f = sys::ggml_backend_reg_get_proc_address(reg, name.as_ptr());
+            if f.is_null() {
+                return Vec::new();
+            }
+            let get: GetExtra = std::mem::transmute(f);
+            let mut p = get(self.raw());
+            let mut out = Vec::new();
+            while !p.is_null() && !(*p).is_null() {
+                out.push(BufferType {
+                    raw: NonNull::new_unchecked(*p),
+                });
+                p = p.add(1);
+            }
+            out
+        }
+    }
+
+    /// Whether `weight` (a tensor without data yet), kept in memory `buft`,
+    /// can be the matrix of a batched matmul on this device (as llama.cpp
+    /// asks before placing a weight in a repacked layout).
+    pub fn runs_matmul_with(self, buft: BufferType, weight: Tensor<'_>) -> bool {
+        let scratch = super::Context::new(2, 0);
+        let [n0, _, n2, n3] = weight.ne();
+        let w = weight.raw();
+        // SAFETY: `w` has no buffer (checked) and gets a zero-size dummy one
+        // of `buft` only for the query, then none again; the matmul node
+        // lives in `scratch`, which outlives the query.
+        unsafe {
+            if !(*w).buffer.is_null() || !(*w).data.is_null() {
+                return false;
+            }
+            let b = sys::ggml_new_tensor_4d(scratch.raw(), sys::GGML_TYPE_F32, n0, 512, n2, n3);
+            let op = sys::ggml_mul_mat(scratch.raw(), w, b);
+            let dummy = sys::ggml_backend_buft_alloc_buffer(buft.raw.as_ptr(), 0);
+            if dummy.is_null() {
+                return false;
+            }
+            (*w).buffer = dummy;
+            let ok = sys::ggml_backend_dev_supports_op(self.raw(), op);
+            (*w).buffer = std::ptr::null_mut();
+            sys::ggml_backend_buffer_free(dummy);
+            ok
+        }
+    }
+
     /// Whether this device can compute `op` (a graph node) itself.
     pub fn supports_op(self, op: Tensor<'_>) -> bool {
         // SAFETY: valid device and a live tensor (the borrow of its context).

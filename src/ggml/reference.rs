@@ -5,7 +5,9 @@ use std::ffi::CString;
 use std::path::Path;
 use std::ptr::NonNull;
 
-use super::sys;
+use crate::placement::{GpuLayers, Offload, SplitMode};
+
+use super::{sys, GgmlType};
 
 /// A model loaded by llama.cpp.
 pub struct RefModel {
@@ -20,7 +22,7 @@ unsafe impl Sync for RefModel {}
 impl RefModel {
     /// Loads `path` on the CPU (memory-mapped, as llama.cpp does by default).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        Self::load_with(path, true)
+        Self::load_on(path, &Offload::cpu())
     }
 
     /// Loads `path` without ggml's repacked CPU weight layouts (llama.cpp's
@@ -28,18 +30,44 @@ impl RefModel {
     /// run through the same kernels as infllm's, which repacked kernels
     /// round differently (Q4_K, Q4_0, ...).
     pub fn load_unpacked(path: &Path) -> anyhow::Result<Self> {
-        Self::load_with(path, false)
+        Self::load_on(
+            path,
+            &Offload {
+                repack: false,
+                ..Offload::cpu()
+            },
+        )
     }
 
-    fn load_with(path: &Path, repack: bool) -> anyhow::Result<Self> {
+    /// Loads `path` with the layers offloaded as `offload` asks (llama.cpp
+    /// reads the same `-ngl`, `-sm`, `-mg`, `-ts` as infllm).
+    pub fn load_on(path: &Path, offload: &Offload) -> anyhow::Result<Self> {
         let cpath = CString::new(path.to_string_lossy().as_bytes())?;
+        let mut devices: Vec<sys::ggml_backend_dev_t> = offload.devices.iter().map(|d| d.raw()).collect();
+        devices.push(std::ptr::null_mut());
+        // llama.cpp reads llama_max_devices() proportions.
+        let mut split = offload.tensor_split.clone();
+        // SAFETY: a pure query.
+        split.resize(unsafe { sys::llama_max_devices() }.max(split.len()), 0.0);
         // SAFETY: backend init is idempotent; params come from llama.cpp's
-        // defaults; the path is a valid NUL-terminated string.
+        // defaults; the path is a valid NUL-terminated string; `devices`
+        // (null-terminated) and `split` outlive the load, which copies them.
         let raw = unsafe {
             sys::llama_backend_init();
             let mut params = sys::llama_model_default_params();
-            params.n_gpu_layers = 0;
-            params.use_extra_bufts = repack;
+            params.devices = devices.as_mut_ptr();
+            params.n_gpu_layers = match offload.gpu_layers {
+                _ if offload.devices.is_empty() => 0,
+                GpuLayers::Auto | GpuLayers::All => -1,
+                GpuLayers::Count(n) => i32::try_from(n).unwrap_or(i32::MAX),
+            };
+            params.split_mode = match offload.split {
+                SplitMode::None => sys::LLAMA_SPLIT_MODE_NONE,
+                SplitMode::Layer => sys::LLAMA_SPLIT_MODE_LAYER,
+            };
+            params.main_gpu = offload.main_gpu as i32;
+            params.tensor_split = split.as_ptr();
+            params.use_extra_bufts = offload.repack;
             sys::llama_model_load_from_file(cpath.as_ptr(), params)
         };
         let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to load {}", path.display()))?;
@@ -150,6 +178,8 @@ pub struct RefParams {
     pub n_threads: i32,
     /// Flash attention on / off; None: llama.cpp's default (auto).
     pub flash_attn: Option<bool>,
+    /// KV cache types (K, V); None: llama.cpp's default (f16).
+    pub cache_types: Option<(GgmlType, GgmlType)>,
 }
 
 /// A llama.cpp inference context (its own KV cache).
@@ -172,6 +202,10 @@ impl<'m> RefContext<'m> {
             params.n_threads = p.n_threads;
             params.n_threads_batch = p.n_threads;
             params.no_perf = true;
+            if let Some((k, v)) = p.cache_types {
+                params.type_k = k.id();
+                params.type_v = v.id();
+            }
             if let Some(fa) = p.flash_attn {
                 params.flash_attn_type = if fa {
                     sys::LLAMA_FLASH_ATTN_TYPE_ENABLED

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context as _};
 
-use crate::ggml::{self, Buffer, Context, Device, Tensor, TensorId};
+use crate::ggml::{self, Buffer, BufferType, Context, Device, Tensor, TensorId};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::placement::Placement;
 
 pub struct Weights {
     // Field order matters: the buffers and context refer to the mapping in `file`.
     _buffer: Buffer,
-    _device_buffers: Vec<Buffer>,
+    /// Weights copied out of the mapping: to devices, or repacked.
+    _uploaded: Vec<Buffer>,
     ctx: Context,
     by_name: HashMap<String, TensorId>,
     pub file: GgufFile,
@@ -21,11 +22,18 @@ pub struct Weights {
 
 impl Weights {
     /// Places every tensor as `placement` says; `log` gets a line before
-    /// each device's upload.
+    /// each upload. On the CPU, matmul weights go to ggml's repacked
+    /// layouts where its kernels have one (as llama.cpp places them).
     pub fn load(file: GgufFile, placement: &Placement, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
         let ctx = Context::new(file.tensors.len() + 1, 0);
-        let mut placed = Vec::with_capacity(file.tensors.len());
-        let mut on_device: Vec<(Device, Vec<(Tensor<'_>, usize)>)> = Vec::new();
+        let cpu = Device::cpu()?;
+        let repacked = if placement.repack {
+            cpu.extra_buffer_types()
+        } else {
+            Vec::new()
+        };
+        let mut mapped = Vec::with_capacity(file.tensors.len());
+        let mut uploads: Vec<Upload<'_>> = Vec::new();
         let mut by_name = HashMap::with_capacity(file.tensors.len());
         for info in &file.tensors {
             let ne: Vec<i64> = if info.dims.is_empty() {
@@ -38,23 +46,35 @@ impl Weights {
             }
             let t = ctx.new_tensor(info.ggml_type, &ne).set_name(&info.name);
             let at = (t, (file.data_offset + info.offset) as usize);
-            match placement.tensor(&info.name) {
-                None => placed.push(at),
-                Some(d) => match on_device.iter_mut().find(|(dev, _)| *dev == d) {
-                    Some((_, list)) => list.push(at),
-                    None => on_device.push((d, vec![at])),
+            let dest = match placement.tensor(&info.name) {
+                Some(d) => Some((d.buffer_type()?, d.name())),
+                None if is_matmul_weight(&info.name, &ne) => repacked
+                    .iter()
+                    .find(|&&b| cpu.runs_matmul_with(b, t))
+                    .map(|&b| (b, format!("the CPU ({})", b.name()))),
+                None => None,
+            };
+            match dest {
+                None => mapped.push(at),
+                Some((buft, to)) => match uploads.iter_mut().find(|u| u.buft == buft) {
+                    Some(u) => u.tensors.push(at),
+                    None => uploads.push(Upload {
+                        buft,
+                        to,
+                        tensors: vec![at],
+                    }),
                 },
             }
             by_name.insert(info.name.clone(), ctx.id(t));
         }
-        let buffer = Buffer::from_host_slice(file.bytes(), &placed).context("placing weights")?;
-        let device_buffers = on_device
+        let buffer = Buffer::from_host_slice(file.bytes(), &mapped).context("placing weights")?;
+        let uploaded = uploads
             .iter()
-            .map(|(d, tensors)| upload(*d, tensors, file.bytes(), log))
+            .map(|u| u.run(file.bytes(), log))
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             _buffer: buffer,
-            _device_buffers: device_buffers,
+            _uploaded: uploaded,
             ctx,
             by_name,
             file,
@@ -93,29 +113,42 @@ impl Weights {
     }
 }
 
-/// Copies `tensors` (with their offsets in the file) into one buffer on `device`.
-fn upload(
-    device: Device,
-    tensors: &[(Tensor<'_>, usize)],
-    file: &[u8],
-    log: &mut dyn FnMut(String),
-) -> anyhow::Result<Buffer> {
-    let bytes: usize = tensors.iter().map(|(t, _)| t.nbytes()).sum();
-    log(format!(
-        "uploading {:.1} MiB of weights to {}",
-        bytes as f64 / (1 << 20) as f64,
-        device.name()
-    ));
-    let list: Vec<Tensor<'_>> = tensors.iter().map(|(t, _)| *t).collect();
-    let buffer = Buffer::alloc_tensors(device.buffer_type()?, &list)
-        .with_context(|| format!("placing weights on {}", device.name()))?;
-    buffer.mark_weights();
-    for (t, off) in tensors {
-        let data = off
-            .checked_add(t.nbytes())
-            .and_then(|end| file.get(*off..end))
-            .context("tensor data out of bounds")?;
-        t.write_bytes(0, data);
+/// Weights to copy out of the file into one buffer of `buft`.
+struct Upload<'a> {
+    buft: BufferType,
+    /// Where, in words.
+    to: String,
+    /// Each tensor with its data's offset in the file.
+    tensors: Vec<(Tensor<'a>, usize)>,
+}
+
+impl Upload<'_> {
+    fn run(&self, file: &[u8], log: &mut dyn FnMut(String)) -> anyhow::Result<Buffer> {
+        let bytes: usize = self.tensors.iter().map(|(t, _)| t.nbytes()).sum();
+        log(format!(
+            "copying {:.1} MiB of weights to {}",
+            bytes as f64 / (1 << 20) as f64,
+            self.to
+        ));
+        let list: Vec<Tensor<'_>> = self.tensors.iter().map(|(t, _)| *t).collect();
+        let buffer =
+            Buffer::alloc_tensors(self.buft, &list).with_context(|| format!("placing weights on {}", self.to))?;
+        buffer.mark_weights();
+        for (t, off) in &self.tensors {
+            let data = off
+                .checked_add(t.nbytes())
+                .and_then(|end| file.get(*off..end))
+                .context("tensor data out of bounds")?;
+            t.write_bytes(0, data);
+        }
+        Ok(buffer)
     }
-    Ok(buffer)
+}
+
+/// Weights that are only ever the matrix of a matmul: a block's projections
+/// and the output head (not the token embeddings, which are also looked up
+/// by row, nor norms and biases).
+fn is_matmul_weight(name: &str, ne: &[i64]) -> bool {
+    let projection = name.starts_with("blk.") && name.ends_with(".weight") && !name.contains("norm");
+    (projection || name == "output.weight") && ne.len() >= 2 && ne[1] > 1
 }
