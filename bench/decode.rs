@@ -33,6 +33,8 @@ fn engine(threads: usize) -> anyhow::Result<Engine> {
         n_threads: threads,
         n_ctx: 0,
         n_ubatch: 512,
+        block_cache: None,
+        standard_ops: false,
     };
     Engine::new(model, params)
 }

@@ -4,9 +4,9 @@
 
 use crate::attention::full::{CacheParams, FullAttention};
 use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
-use crate::attention::{Attention, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
+use crate::attention::{Attention, LayerPlace, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
-use crate::ggml::{Backend, BufferType, GgmlType, Scheduler, MAX_GRAPH_NODES};
+use crate::ggml::{Backend, GgmlType, Scheduler, MAX_GRAPH_NODES};
 use crate::model::Model;
 use crate::tokenizer::{Token, Tokenizer};
 
@@ -45,6 +45,27 @@ pub struct EngineParams {
     /// Tokens per forward pass during prompt processing (`-ub`; InfLLM
     /// steps are its `--chunk` instead: one retrieval per chunk).
     pub n_ubatch: usize,
+    /// Device memory for InfLLM's block cache, bytes per device
+    /// (`--block-cache`; None: a quarter of the device's free memory).
+    pub block_cache: Option<usize>,
+    /// InfLLM through standard ggml ops on the CPU too (the path devices
+    /// take), instead of infllm's own kernels: to check one against the other.
+    pub standard_ops: bool,
+}
+
+impl EngineParams {
+    /// `attn` with `n_threads` threads and the defaults: `n_ctx` tokens of
+    /// context, steps of 512 tokens.
+    pub fn new(attn: AttnMode, n_threads: usize, n_ctx: usize) -> Self {
+        Self {
+            attn,
+            n_threads,
+            n_ctx,
+            n_ubatch: 512,
+            block_cache: None,
+            standard_ops: false,
+        }
+    }
 }
 
 /// What a kept decode graph was built for: a step whose key is equal runs
@@ -265,9 +286,19 @@ impl Engine {
     }
 }
 
-/// The attention `p` asks for, sized for `model`.
+/// The attention `p` asks for, sized for `model`, each layer's state on
+/// the device that holds the layer.
 fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Attention>> {
     let hp = &model.hp;
+    let places: Vec<LayerPlace> = (0..hp.n_layer)
+        .map(|il| {
+            let device = model.placement.layer(il);
+            LayerPlace {
+                device,
+                standard_ops: device.is_some() || p.standard_ops,
+            }
+        })
+        .collect();
     Ok(match p.attn {
         AttnMode::Full {
             flash_attn,
@@ -275,13 +306,9 @@ fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Atte
             type_v,
         } => {
             let n_ctx = if p.n_ctx == 0 { hp.n_ctx_train } else { p.n_ctx };
-            let bufts = (0..hp.n_layer)
-                .map(|il| {
-                    model
-                        .placement
-                        .layer(il)
-                        .map_or(Ok(BufferType::cpu()), |d| d.buffer_type())
-                })
+            let bufts = places
+                .iter()
+                .map(LayerPlace::buffer_type)
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let cache = CacheParams {
                 n_ctx,
@@ -300,7 +327,7 @@ fn new_attention(model: &Model, p: &EngineParams) -> anyhow::Result<Box<dyn Atte
                 n_head: hp.n_head,
                 n_head_kv: hp.n_head_kv,
             };
-            Box::new(Infllm::new(ip, heads, &hp.layer_window)?)
+            Box::new(Infllm::new(ip, heads, &hp.layer_window, &places, p.block_cache)?)
         }
     })
 }

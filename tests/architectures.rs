@@ -162,6 +162,8 @@ fn compare(r: Recipe) -> f32 {
         n_threads: common::THREADS as usize,
         n_ctx: 256,
         n_ubatch: 256,
+        block_cache: None,
+        standard_ops: false,
     };
     let got = Engine::new(model, params)
         .unwrap()

@@ -305,6 +305,8 @@ fn conversation_with(path: &Path, temp: f32, small: bool) -> Conversation {
         n_threads: common::THREADS as usize,
         n_ctx: 0,
         n_ubatch: 512,
+        block_cache: None,
+        standard_ops: false,
     };
     let engine = Engine::new(model, params).unwrap();
     let sampler = Sampler::new(SamplingParams {

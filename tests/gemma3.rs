@@ -42,6 +42,8 @@ fn engine_with(attn: AttnMode, n_ctx: usize, repack: bool) -> Engine {
         n_threads: common::THREADS as usize,
         n_ctx,
         n_ubatch: 512,
+        block_cache: None,
+        standard_ops: false,
     };
     Engine::new(model, p).expect("engine")
 }

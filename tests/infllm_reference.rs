@@ -10,7 +10,7 @@
 use infllm::attention::infllm::{
     representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, Role,
 };
-use infllm::attention::{LayerAttn, LayerQkv, StepAttention};
+use infllm::attention::{LayerAttn, LayerPlace, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
 use infllm::ggml::{self, RopeParams, Scheduler, Tensor, ROPE_NORMAL};
 
@@ -89,7 +89,9 @@ fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
 /// each token's output [N_HEAD][HEAD_DIM] and how many decode steps ran the
 /// last step's graph again (as the engine does, when the decode shape is
 /// unchanged).
-fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, usize) {
+/// `standard`: through standard ggml ops (a device's path) instead of
+/// infllm's kernels.
+fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> (Vec<Vec<f32>>, usize) {
     ggml::set_quiet_logs(true);
     let heads = HeadShape {
         n_layer: 1,
@@ -97,7 +99,11 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk]) -> (Vec<Vec<f32>>, 
         n_head: N_HEAD,
         n_head_kv: N_HEAD_KV,
     };
-    let mut attn = InfllmAttention::new(p, heads, role).unwrap();
+    let place = LayerPlace {
+        device: None,
+        standard_ops: standard,
+    };
+    let mut attn = InfllmAttention::new(p, heads, role, &[place], None).unwrap();
     let mut sched = Scheduler::cpu(2).unwrap();
     let la = LayerAttn {
         rope: rope_params(),
@@ -299,22 +305,33 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
     outputs
 }
 
-/// Compares; returns how many decode steps reused a graph.
+/// Compares both paths (infllm's kernels, standard ggml ops) with the
+/// reference; returns how many decode steps reused a graph.
 fn compare(p: InfllmParams, sizes: &[usize], seed: u64) -> usize {
     let data = chunks(sizes, seed);
-    let (ours, reused) = run_engine(p, Role::Memory, &data);
     let want = run_reference(p, &data);
-    assert_eq!(ours.len(), want.len());
-    let worst = max_difference(&ours, &want);
-    eprintln!(
-        "{} tokens, max |difference| {:e} at position {}",
-        ours.len(),
-        worst.0,
-        worst.1
-    );
-    // Queries meet f16 keys in ggml's matmul (the query is rounded to f16).
-    assert!(worst.0 < 2e-3, "output differs by {} at position {}", worst.0, worst.1);
-    reused
+    let mut reused = Vec::new();
+    for standard in [false, true] {
+        let (ours, n) = run_engine(p, Role::Memory, &data, standard);
+        assert_eq!(ours.len(), want.len());
+        let worst = max_difference(&ours, &want);
+        eprintln!(
+            "standard ops {standard}: {} tokens, max |difference| {:e} at position {}",
+            ours.len(),
+            worst.0,
+            worst.1
+        );
+        // Queries meet f16 keys in ggml's matmul (the query is rounded to f16).
+        assert!(
+            worst.0 < 2e-3,
+            "standard ops {standard}: output differs by {} at position {}",
+            worst.0,
+            worst.1
+        );
+        reused.push(n);
+    }
+    assert_eq!(reused[0], reused[1], "both paths reuse graphs alike");
+    reused[0]
 }
 
 /// The largest |difference| between two runs' outputs, and its position.
@@ -529,8 +546,17 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         max_tokens: 1 << 16,
     };
     let data = chunks(&[64, 64, 64, 64, 1, 1, 1, 64, 37, 1, 1, 64, 64, 5, 64], 3);
-    let (ours, _) = run_engine(p, Role::SlidingWindow, &data);
-    let (worst, pos) = max_difference(&ours, &sliding_window_reference(256, &data));
-    eprintln!("{} tokens, max |difference| {worst:e} at position {pos}", ours.len());
-    assert!(worst < 2e-3, "output differs by {worst} at position {pos}");
+    let want = sliding_window_reference(256, &data);
+    for standard in [false, true] {
+        let (ours, _) = run_engine(p, Role::SlidingWindow, &data, standard);
+        let (worst, pos) = max_difference(&ours, &want);
+        eprintln!(
+            "standard ops {standard}: {} tokens, max |difference| {worst:e} at position {pos}",
+            ours.len()
+        );
+        assert!(
+            worst < 2e-3,
+            "standard ops {standard}: output differs by {worst} at position {pos}"
+        );
+    }
 }

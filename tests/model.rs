@@ -33,6 +33,8 @@ fn engine_with(attn: AttnMode, n_ctx: usize) -> Engine {
             n_threads: common::THREADS as usize,
             n_ctx,
             n_ubatch: 512,
+            block_cache: None,
+            standard_ops: false,
         },
     )
     .expect("engine")

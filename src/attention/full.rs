@@ -7,8 +7,8 @@ use half::f16;
 
 use super::state::{read_ranges, write_ranges, Ranges};
 use super::{
-    Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, Settings, Snapshot, StateReader, StateWriter,
-    StepAttention,
+    alloc_per_layer, Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, Settings, Snapshot, StateReader,
+    StateWriter, StepAttention,
 };
 use crate::compute::Step;
 use crate::ggml::{Buffer, BufferType, Context, GgmlType, Tensor, TensorId};
@@ -112,7 +112,8 @@ impl FullAttention {
             let v_shape = if p.flash_attn { [e, c] } else { [c, e] };
             v.push(ctx.id(ctx.new_tensor(p.type_v, &v_shape).set_name(&format!("cache_v_l{il}"))));
         }
-        let buffers = alloc_by_layer(&ctx, &k, &v, layer_buft)?;
+        let per_layer: Vec<Vec<TensorId>> = k.iter().zip(&v).map(|(&k, &v)| vec![k, v]).collect();
+        let buffers = alloc_per_layer(&ctx, &per_layer, layer_buft)?;
         Ok(Self {
             buffers,
             ctx,
@@ -381,30 +382,4 @@ pub fn softmax_scale(la: &LayerAttn) -> f32 {
     } else {
         la.scale
     }
-}
-
-/// One buffer per distinct memory in `layer_buft`, holding those layers' K and V.
-fn alloc_by_layer(
-    ctx: &Context,
-    k: &[TensorId],
-    v: &[TensorId],
-    layer_buft: &[BufferType],
-) -> anyhow::Result<Vec<Buffer>> {
-    anyhow::ensure!(layer_buft.len() == k.len(), "one buffer type per layer");
-    let mut kinds: Vec<BufferType> = Vec::new();
-    for b in layer_buft {
-        if !kinds.contains(b) {
-            kinds.push(*b);
-        }
-    }
-    kinds
-        .into_iter()
-        .map(|buft| {
-            let tensors: Vec<Tensor<'_>> = (0..k.len())
-                .filter(|&il| layer_buft[il] == buft)
-                .flat_map(|il| [ctx.tensor(k[il]), ctx.tensor(v[il])])
-                .collect();
-            Buffer::alloc_tensors(buft, &tensors)
-        })
-        .collect()
 }

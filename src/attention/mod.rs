@@ -15,7 +15,7 @@ pub use state::{StateReader, StateWriter};
 use std::any::Any;
 
 use crate::compute::Step;
-use crate::ggml::{RopeParams, Tensor};
+use crate::ggml::{Buffer, BufferType, Context, Device, RopeParams, Tensor, TensorId};
 
 /// A layer's projections of the step's tokens, un-rotated:
 /// q [head_dim, n_head, T], k and v [head_dim, n_head_kv, T].
@@ -138,4 +138,48 @@ impl std::fmt::Display for MemoryReport {
             ),
         }
     }
+}
+
+/// Where one layer's attention state lives, and which ops compute it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LayerPlace {
+    /// The device holding the layer (None: the CPU).
+    pub device: Option<Device>,
+    /// Standard ggml ops only, no custom op (which only the CPU backend
+    /// runs): on a device, or on the CPU to check them.
+    pub standard_ops: bool,
+}
+
+impl LayerPlace {
+    pub fn buffer_type(&self) -> anyhow::Result<BufferType> {
+        self.device.map_or(Ok(BufferType::cpu()), |d| d.buffer_type())
+    }
+}
+
+/// Allocates each layer's tensors (`per_layer[il]`, of `ctx`) in memory of
+/// `layer_buft[il]`: one zeroed buffer per distinct memory.
+pub fn alloc_per_layer(
+    ctx: &Context,
+    per_layer: &[Vec<TensorId>],
+    layer_buft: &[BufferType],
+) -> anyhow::Result<Vec<Buffer>> {
+    anyhow::ensure!(layer_buft.len() == per_layer.len(), "one buffer type per layer");
+    let mut kinds: Vec<BufferType> = Vec::new();
+    for b in layer_buft {
+        if !kinds.contains(b) {
+            kinds.push(*b);
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|buft| {
+            let tensors: Vec<Tensor<'_>> = (0..per_layer.len())
+                .filter(|&il| layer_buft[il] == buft)
+                .flat_map(|il| per_layer[il].iter().map(|&id| ctx.tensor(id)))
+                .collect();
+            let buffer = Buffer::alloc_tensors(buft, &tensors)?;
+            buffer.clear();
+            Ok(buffer)
+        })
+        .collect()
 }

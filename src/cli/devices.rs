@@ -48,6 +48,11 @@ pub struct DeviceArgs {
     /// Keep CPU weights in the file's layout (no repacking for faster kernels)
     #[arg(long = "no-repack", help_heading = "Devices")]
     pub no_repack: bool,
+    /// Device memory for InfLLM's memory blocks, MiB per device [default: a
+    /// quarter of the device's free memory]; blocks past it are read from
+    /// host memory
+    #[arg(long = "block-cache", value_name = "MiB", help_heading = "Devices")]
+    pub block_cache: Option<usize>,
     /// RPC servers to offload to (`infllm rpc-server` or llama.cpp's)
     #[arg(long = "rpc", value_name = "HOST:PORT,..", help_heading = "Devices")]
     pub rpc: Option<String>,

@@ -115,6 +115,8 @@ impl RunArgs {
             n_threads: self.threads.unwrap_or_else(default_threads),
             n_ctx: self.ctx_size.unwrap_or(4096),
             n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
+            block_cache: self.devices.block_cache.map(|mib| mib << 20),
+            standard_ops: false,
         })
     }
 

@@ -138,7 +138,8 @@ impl Buffer {
         }
     }
 
-    /// One buffer of `buft` holding `tensors` (tensors without data), zeroed.
+    /// One buffer of `buft` holding `tensors` (tensors without data), not
+    /// initialised (`clear` zeroes it).
     pub fn alloc_tensors(buft: BufferType, tensors: &[Tensor<'_>]) -> anyhow::Result<Self> {
         let align = buft.alignment().max(1);
         let mut offsets = Vec::with_capacity(tensors.len());
@@ -156,7 +157,6 @@ impl Buffer {
             let raw = NonNull::new(raw)
                 .ok_or_else(|| anyhow::anyhow!("out of memory: {} MiB on {}", size >> 20, buft.name()))?;
             let buffer = Self { raw };
-            sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
             let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()).cast::<u8>();
             for (t, off) in tensors.iter().zip(offsets) {
                 let status = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.add(off).cast());
@@ -168,6 +168,13 @@ impl Buffer {
             }
             Ok(buffer)
         }
+    }
+
+    /// Sets every byte to zero.
+    pub fn clear(&self) {
+        // SAFETY: a valid buffer, not in use by a running graph (&self is
+        // only shared between graph runs).
+        unsafe { sys::ggml_backend_buffer_clear(self.raw.as_ptr(), 0) }
     }
 
     /// Marks the buffer as holding weights: the scheduler runs the ops that

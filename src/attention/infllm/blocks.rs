@@ -1,9 +1,13 @@
 //! The memory of one layer: evicted blocks with their K and V quantized in
-//! host memory, and one representative key per block for retrieval.
+//! host memory, and one representative key per block for retrieval. A
+//! layer on a device also keeps a copy of the first blocks there (its
+//! block cache), so that retrieval and attention read device memory.
 
 use half::f16;
 
-use crate::ggml::{dequantize, quantize, type_info, Context, GgmlType, HostArena, Tensor};
+use crate::ggml::{
+    dequantize, quantize, type_info, Buffer, BufferType, Context, GgmlType, HostArena, Tensor, TensorId,
+};
 
 /// Bytes of one representative key value (f16: retrieval reads every
 /// block's key per step, so this halves the per-token cost that grows with
@@ -60,6 +64,18 @@ pub struct BlockStore {
     v: HostArena,
     repr: HostArena,
     len: usize,
+    /// The device's copy of the first blocks (None on the CPU).
+    cache: Option<DeviceBlocks>,
+}
+
+/// Blocks [0, cap) of a store in device memory, in the store's layouts.
+struct DeviceBlocks {
+    // Field order: the buffer holds the context's tensors.
+    _buffer: Buffer,
+    ctx: Context,
+    /// K, V, representative keys: [row bytes' values, cap] each.
+    parts: [TensorId; 3],
+    cap: usize,
 }
 
 impl BlockStore {
@@ -72,11 +88,69 @@ impl BlockStore {
             repr: HostArena::reserve(shape.repr_len() * REPR_BYTES * max_blocks)?,
             shape,
             len: 0,
+            cache: None,
         })
+    }
+
+    /// Keeps a copy of the first `cap` blocks in memory `buft` (a device's):
+    /// steps read blocks from there while the text has at most `cap`.
+    pub fn cache_on(&mut self, buft: BufferType, cap: usize) -> anyhow::Result<()> {
+        let s = self.shape;
+        let ctx = Context::new(3, 0);
+        let n = s.block_values() as i64;
+        let types = [s.type_k, s.type_v, GgmlType::F16];
+        let rows = [n, n, s.repr_len() as i64];
+        let t: Vec<Tensor<'_>> = (0..3)
+            .map(|i| ctx.new_tensor(types[i], &[rows[i], cap as i64]))
+            .collect();
+        let buffer = Buffer::alloc_tensors(buft, &t)?;
+        let parts = [ctx.id(t[0]), ctx.id(t[1]), ctx.id(t[2])];
+        self.cache = Some(DeviceBlocks {
+            _buffer: buffer,
+            ctx,
+            parts,
+            cap,
+        });
+        self.upload(0, self.len);
+        Ok(())
+    }
+
+    /// Copies blocks [from, to) into the device cache, as far as it reaches.
+    fn upload(&self, from: usize, to: usize) {
+        let Some(c) = &self.cache else { return };
+        let to = to.min(c.cap);
+        let sizes = self.part_lens(1);
+        let host = [&self.k, &self.v, &self.repr];
+        for i in 0..3 {
+            if from < to {
+                let bytes = host[i].slice(from * sizes[i], (to - from) * sizes[i]);
+                c.ctx.tensor(c.parts[i]).write_bytes(from * sizes[i], bytes);
+            }
+        }
+    }
+
+    /// Part `i` of the blocks so far as a tensor [row, len]: the device
+    /// cache's when it holds them all, else the host store's.
+    fn part_tensor<'a>(&'a self, ctx: &'a Context, i: usize, ty: GgmlType, row: usize) -> Tensor<'a> {
+        match &self.cache {
+            Some(c) if self.len <= c.cap => {
+                let t = c.ctx.tensor(c.parts[i]);
+                ctx.view(t, &[row as i64, self.len as i64], &[t.nb()[1]], 0)
+            }
+            _ => {
+                let t = ctx.new_tensor(ty, &[row as i64, self.len as i64]);
+                [&self.k, &self.v, &self.repr][i].place(t, 0);
+                t
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn shape(&self) -> BlockShape {
+        self.shape
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,6 +195,7 @@ impl BlockStore {
         self.v.map_file(file, offsets[1], lens[1])?;
         self.repr.map_file(file, offsets[2], lens[2])?;
         self.len = n;
+        self.upload(0, n);
         Ok(())
     }
 
@@ -155,29 +230,29 @@ impl BlockStore {
             dst.copy_from_slice(&f16::from_f32(x).to_le_bytes());
         }
         self.len += 1;
+        self.upload(i, i + 1);
         Ok(())
     }
 
     /// All blocks' keys as one tensor [block_values, len] of `type_k`
     /// (each block channel-major, as `push` stores it).
-    pub fn k_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
-        let t = ctx.new_tensor(self.shape.type_k, &[self.shape.block_values() as i64, self.len as i64]);
-        self.k.place(t, 0);
-        t
+    pub fn k_tensor<'a>(&'a self, ctx: &'a Context) -> Tensor<'a> {
+        self.part_tensor(ctx, 0, self.shape.type_k, self.shape.block_values())
     }
 
     /// All blocks' transposed values as one tensor [block_values, len] of `type_v`.
-    pub fn v_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
-        let t = ctx.new_tensor(self.shape.type_v, &[self.shape.block_values() as i64, self.len as i64]);
-        self.v.place(t, 0);
-        t
+    pub fn v_tensor<'a>(&'a self, ctx: &'a Context) -> Tensor<'a> {
+        self.part_tensor(ctx, 1, self.shape.type_v, self.shape.block_values())
     }
 
     /// Representative keys [repr_len, len], f16.
-    pub fn repr_tensor<'a>(&self, ctx: &'a Context) -> Tensor<'a> {
-        let t = ctx.new_tensor(GgmlType::F16, &[self.shape.repr_len() as i64, self.len as i64]);
-        self.repr.place(t, 0);
-        t
+    pub fn repr_tensor<'a>(&'a self, ctx: &'a Context) -> Tensor<'a> {
+        self.part_tensor(ctx, 2, GgmlType::F16, self.shape.repr_len())
+    }
+
+    /// Blocks the device cache holds at most (None: no cache).
+    pub fn cache_capacity(&self) -> Option<usize> {
+        self.cache.as_ref().map(|c| c.cap)
     }
 
     /// Block `i` dequantized, in `push`'s layouts: (k token-major, v_t).

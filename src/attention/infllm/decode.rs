@@ -75,10 +75,10 @@ impl InfllmAttention {
         // The local window through our kernel: a matmul over key rows spends
         // most of its time in a horizontal sum per dot product (docs/perf.md).
         let local_keys = lt.transposed(lt.k_rot_t, parts.n_local, inp.tiles[0].lo);
-        let local = g.key_scores(local_keys, q_local, Some(ranges.local));
+        let local = lt.key_logits(local_keys, q_local, Some(ranges.local));
         let mut logits = vec![soft_cap(g, local, la)];
         if let Some(ids) = parts.blocks {
-            logits.push(soft_cap(g, g.block_scores(lt.blocks.k_tensor(g), ids, q_global), la));
+            logits.push(soft_cap(g, lt.block_logits(ids, q_global), la));
         }
         if parts.n_init > 0 {
             logits.push(mul_mat_capped(g, lt.initial_keys(parts.n_init), q_global, la));
@@ -86,9 +86,9 @@ impl InfllmAttention {
         if parts.n_rem > 0 {
             let rem_keys = g.permute(lt.raw_keys(parts.n_rem, inp.rem_lo), [0, 2, 1, 3]);
             let rem = mul_mat_capped(g, rem_keys, q_global, la);
-            logits.push(g.mask_outside(rem, ranges.remainder));
+            logits.push(lt.mask_outside(rem, ranges.remainder));
         }
-        g.join_rows(&logits)
+        lt.join_rows(&logits)
     }
 
     /// Probabilities [width, n_head] times the values of the same keys:
@@ -102,7 +102,7 @@ impl InfllmAttention {
         probs: Tensor<'a>,
     ) -> Tensor<'a> {
         let g = lt.g;
-        let (hd, nkv) = (lt.hd, lt.n_head_kv);
+        let nkv = lt.n_head_kv;
         let r = lt.n_head / nkv;
         let width = probs.ne()[0] as usize;
         let probs = g.reshape(probs, &[width as i64, r, nkv]);
@@ -112,11 +112,11 @@ impl InfllmAttention {
             g.view(probs, &[n as i64, r, nkv], &nb, off * 4)
         };
         let local_values = lt.transposed(lt.v_t, parts.n_local, inp.tiles[0].lo);
-        let mut out = g.value_sums(local_values, part(parts.n_local, 0), Some(ranges.local));
+        let mut out = lt.value_sums(local_values, part(parts.n_local, 0), Some(ranges.local));
         let mut off = parts.n_local;
         if let Some(ids) = parts.blocks {
             let p = part(parts.n_block_keys, off);
-            out = g.add(out, g.block_values(lt.blocks.v_tensor(g), ids, p, hd));
+            out = g.add(out, lt.block_value_sums(ids, p));
             off += parts.n_block_keys;
         }
         if parts.n_init > 0 {
@@ -128,7 +128,7 @@ impl InfllmAttention {
             let rem_values = lt.transposed(lt.v_t, parts.n_rem, inp.rem_lo);
             out = g.add(
                 out,
-                g.value_sums(rem_values, part(parts.n_rem, off), Some(ranges.remainder)),
+                lt.value_sums(rem_values, part(parts.n_rem, off), Some(ranges.remainder)),
             );
         }
         out

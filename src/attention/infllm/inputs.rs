@@ -27,8 +27,13 @@ pub(super) struct InfllmInputs<'a> {
     pub ones: Option<Tensor<'a>>,
     pub n_tokens: usize,
     /// Decode: the valid ranges of the local keys and of the remainder
-    /// within their (padded) key spans, I32 [2] each.
+    /// within their (padded) key spans.
     pub ranges: Option<DecodeRanges<'a>>,
+    /// Where the appended columns land in the transposed buffers, for the
+    /// standard-op path: I32 [n_embd_kv * T] (`LayerTensors::put_columns`).
+    pub cells: Option<Tensor<'a>>,
+    /// The same for re-rotated keys, when the buffer moved.
+    pub rerotate_cells: Option<Tensor<'a>>,
     pub n_blocks: usize,
     pub n_selected: usize,
     pub n_init: usize,
@@ -40,8 +45,16 @@ pub(super) struct InfllmInputs<'a> {
 /// A decode step's valid key ranges, relative to its span's start.
 #[derive(Clone, Copy)]
 pub(super) struct DecodeRanges<'a> {
-    pub local: Tensor<'a>,
-    pub remainder: Tensor<'a>,
+    pub local: KeyRange<'a>,
+    pub remainder: KeyRange<'a>,
+}
+
+/// Keys [from, to) of a span: I32 [2] for the custom kernels, and for the
+/// standard-op path an additive mask over the span (0 inside, -inf out).
+#[derive(Clone, Copy)]
+pub(super) struct KeyRange<'a> {
+    pub range: Tensor<'a>,
+    pub mask: Option<Tensor<'a>>,
 }
 
 /// Queries [q0, q0 + n_q) of a step and the local keys they see: buffer
@@ -72,34 +85,64 @@ impl InfllmAttention {
             .collect();
         // Decode: within the keys from `lo_pos` on, the local ones are those
         // from the window's start; the remainder's, those that left it.
+        let standard = self.layers.iter().any(|l| l.standard_ops);
         let ranges = (n_tokens == 1).then(|| {
             let lo = lay.lo_pos(0);
-            let mut range =
-                |what: &str, r: [usize; 2]| step.input_i32(&name(what), &[2], r.map(|x| (x - lo) as i32).to_vec());
+            let mut range = |what: &str, r: [usize; 2], span: usize| {
+                let r = r.map(|x| x - lo);
+                let mask = standard.then(|| {
+                    let m = (0..span).map(|j| {
+                        if (r[0]..r[1]).contains(&j) {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    });
+                    step.input_f32(&name(&format!("{what}_mask")), &[span as i64], m.collect())
+                });
+                let range = step.input_i32(&name(what), &[2], r.map(|x| x as i32).to_vec());
+                KeyRange { range, mask }
+            };
             DecodeRanges {
-                local: range("local_range", [lay.window_start(start), end]),
-                remainder: range("remainder_range", [pos.remainder_start, lay.rem_end()]),
+                local: range("local_range", [lay.window_start(start), end], lay.n_keys(0)),
+                remainder: range("remainder_range", [pos.remainder_start, lay.rem_end()], lay.n_rem()),
             }
         });
 
         let t = n_tokens as i64;
         let n_valid = pos.n_past - pos.buffer_start;
         let nh = self.shape.n_head;
-        let slots = (start..end).map(|q| (q - pos.buffer_start) as i32).collect();
+        let slots: Vec<i32> = (start..end).map(|q| (q - pos.buffer_start) as i32).collect();
+        let mut cells = |what: &str, slots: &[i32]| {
+            standard.then(|| {
+                let e = self.shape.n_embd_kv();
+                let c = (0..e).flat_map(|c| slots.iter().map(move |&s| (c * self.cap) as i32 + s));
+                step.input_i32(&name(what), &[(e * slots.len()) as i64], c.collect())
+            })
+        };
+        let rerotate_slots: Vec<i32> = (0..n_valid as i32).collect();
+        let has_rerotate = self.rerotate && n_valid > 0;
+        let rerotate_cells = if has_rerotate {
+            cells("rerotate_cells", &rerotate_slots)
+        } else {
+            None
+        };
+        let cells = cells("cells", &slots);
         InfllmInputs {
             pos_local: step.input_i32(&name("pos_local"), &[t], slots),
             pos_global: step.input_i32(&name("pos_global"), &[t], vec![p.n_local as i32 - 1; n_tokens]),
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),
-            rerotate: (self.rerotate && n_valid > 0)
-                .then(|| step.input_i32(&name("rerotate"), &[n_valid as i64], (0..n_valid as i32).collect())),
+            rerotate: has_rerotate.then(|| step.input_i32(&name("rerotate"), &[n_valid as i64], rerotate_slots)),
             ones_heads: (n_tokens > 1)
                 .then(|| step.input_f32(&name("ones_heads"), &[1, t, nh as i64], vec![1.0; n_tokens * nh])),
             ones: (n_tokens > 1 && n_blocks > p.topk)
                 .then(|| step.input_f32(&name("ones"), &[1, t], vec![1.0; n_tokens])),
             n_tokens,
             ranges,
+            cells,
+            rerotate_cells,
             n_blocks,
             n_selected,
             n_init: pos.n_init,

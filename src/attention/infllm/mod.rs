@@ -11,6 +11,8 @@
 //! - `inputs`: a step's positions, masks and key ranges, as input data.
 //! - `views`: a layer's buffers as graph tensors; appending a step's K / V.
 //! - `prefill`, `decode`: the graphs of a prompt chunk and of one token.
+//! - `standard`: each custom op, or its counterpart in standard ggml ops
+//!   (layers on a device).
 //! - `state`: snapshots and saved sessions.
 //!
 //! Retrieval runs inside the step graph (`mul_mat` against the
@@ -24,6 +26,7 @@ mod inputs;
 mod layout;
 mod params;
 mod prefill;
+mod standard;
 mod state;
 mod views;
 mod window;
@@ -38,8 +41,8 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use super::{
-    Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, ReuseKey, Settings, Snapshot, StateReader,
-    StateWriter, StepAttention,
+    Attention, AttentionError, LayerAttn, LayerPlace, LayerQkv, MemoryReport, ReuseKey, Settings, Snapshot,
+    StateReader, StateWriter, StepAttention,
 };
 use crate::compute::Step;
 use crate::ggml::{GgmlType, Tensor};
@@ -113,24 +116,33 @@ pub struct Infllm {
 }
 
 impl Infllm {
-    /// `layer_window[i]` is layer i's sliding window (0: attends everything).
-    pub fn new(p: InfllmParams, heads: HeadShape, layer_window: &[usize]) -> anyhow::Result<Self> {
-        let (mut n_memory, mut n_window) = (0, 0);
+    /// `layer_window[i]` is layer i's sliding window (0: attends
+    /// everything), `places[i]` where it runs; `block_cache`: device memory
+    /// for blocks (`InfllmAttention::new`).
+    pub fn new(
+        p: InfllmParams,
+        heads: HeadShape,
+        layer_window: &[usize],
+        places: &[LayerPlace],
+        block_cache: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let mut routes = Vec::with_capacity(layer_window.len());
-        for &w in layer_window {
+        let (mut memory_places, mut window_places) = (Vec::new(), Vec::new());
+        for (&w, &place) in layer_window.iter().zip(places) {
             if w == 0 {
-                routes.push(LayerRoute::Memory(n_memory));
-                n_memory += 1;
+                routes.push(LayerRoute::Memory(memory_places.len()));
+                memory_places.push(place);
             } else {
-                routes.push(LayerRoute::Window(n_window));
-                n_window += 1;
+                routes.push(LayerRoute::Window(window_places.len()));
+                window_places.push(place);
             }
         }
+        let (n_memory, n_window) = (memory_places.len(), window_places.len());
         let memory_heads = HeadShape {
             n_layer: n_memory,
             ..heads
         };
-        let memory = InfllmAttention::new(p, memory_heads, Role::Memory)?;
+        let memory = InfllmAttention::new(p, memory_heads, Role::Memory, &memory_places, block_cache)?;
         let window = match layer_window.iter().copied().max().filter(|&w| w > 0) {
             None => None,
             Some(w) => {
@@ -138,7 +150,14 @@ impl Infllm {
                     n_layer: n_window,
                     ..heads
                 };
-                Some(InfllmAttention::new(window_params(p, w), heads, Role::SlidingWindow)?)
+                let p = window_params(p, w);
+                Some(InfllmAttention::new(
+                    p,
+                    heads,
+                    Role::SlidingWindow,
+                    &window_places,
+                    None,
+                )?)
             }
         };
         Ok(Self { memory, window, routes })

@@ -83,19 +83,14 @@ impl InfllmAttention {
         blocks: Option<Tensor<'a>>,
     ) -> Global<'a> {
         let g = lt.g;
-        let (hd, nkv, e) = (lt.hd, lt.n_head_kv, lt.hd * lt.n_head_kv);
+        let e = lt.hd * lt.n_head_kv;
         let (bs, n_sel) = (self.shape.block_size as i64, inp.n_selected as i64);
         let n_block_keys = bs * n_sel;
         let mut keys = Vec::new();
         let mut values = Vec::new();
         if let Some(idx) = blocks {
-            // Blocks store keys channel-major: [block_size, hd, n_head_kv] each.
-            let kb = g.reshape(g.get_rows(lt.blocks.k_tensor(g), idx), &[bs, hd, nkv, n_sel]);
-            let kb = g.cont(g.permute(kb, [1, 0, 3, 2])); // [hd, bs, n_sel, nkv]
-            keys.push(g.reshape(kb, &[hd, n_block_keys, nkv]));
-            let vb = g.reshape(g.get_rows(lt.blocks.v_tensor(g), idx), &[bs, e, n_sel]);
-            let vb = g.cont(g.permute(vb, [0, 2, 1, 3])); // [bs, n_sel, e]
-            values.push(g.reshape(vb, &[n_block_keys, e]));
+            keys.push(lt.block_keys(idx));
+            values.push(lt.block_values_t(idx));
         }
         if inp.n_init > 0 {
             keys.push(lt.initial_keys(inp.n_init));
@@ -141,12 +136,12 @@ impl InfllmAttention {
         };
         // Queries copied contiguous: our kernel and ggml's tiled ones take only those.
         let local_keys = lt.transposed(lt.k_rot_t, tile.n_keys, tile.lo);
-        let local = g.key_scores(local_keys, g.cont(rows(q_local)), None);
+        let local = lt.key_logits(local_keys, g.cont(rows(q_local)), None);
         let mut logits = vec![soft_cap(g, local, la)];
         if let Some(k) = global.keys {
             logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
         }
-        let probs = g.soft_max_ext(g.join_rows(&logits), tile.mask, softmax_scale(la));
+        let probs = g.soft_max_ext(lt.join_rows(&logits), tile.mask, softmax_scale(la));
 
         // Outputs: probabilities times values, local then global.
         let pnb = probs.nb();

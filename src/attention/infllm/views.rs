@@ -27,6 +27,8 @@ pub(super) struct LayerTensors<'a> {
     pub init_k: Tensor<'a>,
     pub init_v_t: Tensor<'a>,
     pub blocks: &'a BlockStore,
+    /// Standard ggml ops only (`standard.rs`).
+    pub standard: bool,
     pub hd: i64,
     pub n_head_kv: i64,
     pub n_head: i64,
@@ -87,6 +89,7 @@ impl InfllmAttention {
             init_k: t(l.init_k),
             init_v_t: t(l.init_v_t),
             blocks: &l.blocks,
+            standard: l.standard_ops,
             hd: s.head_dim as i64,
             n_head_kv: s.n_head_kv as i64,
             n_head: s.n_head as i64,
@@ -109,14 +112,13 @@ impl<'a> LayerTensors<'a> {
         if let Some(slots) = inp.rerotate {
             let n = slots.ne()[0] as usize;
             let rotated = g.reshape(rope(self.raw_keys(n, 0), slots), &[e, n as i64]);
-            step.graph.expand(g.put_columns(self.k_rot_t, rotated, slots));
+            self.put_columns(step, self.k_rot_t, rotated, slots, inp.rerotate_cells);
         }
         let slots = inp.pos_local;
         step.graph
             .expand(g.set_rows(self.k_raw, g.reshape(x.k, &[e, t]), slots));
-        step.graph
-            .expand(g.put_columns(self.k_rot_t, g.reshape(rope(x.k, slots), &[e, t]), slots));
-        step.graph
-            .expand(g.put_columns(self.v_t, g.reshape(x.v, &[e, t]), slots));
+        let rotated = g.reshape(rope(x.k, slots), &[e, t]);
+        self.put_columns(step, self.k_rot_t, rotated, slots, inp.cells);
+        self.put_columns(step, self.v_t, g.reshape(x.v, &[e, t]), slots, inp.cells);
     }
 }

@@ -9,7 +9,7 @@ use super::blocks::{representative_key, BlockShape, BlockStore};
 use super::layout::KEY_PAD;
 use super::state::TextPosition;
 use super::{HeadShape, InfllmParams};
-use crate::attention::AttentionError;
+use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
 use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 
 /// One layer's storage. The window buffer holds, per slot (a token
@@ -26,6 +26,8 @@ pub(super) struct LayerStore {
     pub init_k: TensorId,
     pub init_v_t: TensorId,
     pub blocks: BlockStore,
+    /// Standard ggml ops only (a device's layer).
+    pub standard_ops: bool,
 }
 
 /// What an instance serves.
@@ -43,7 +45,8 @@ pub struct InfllmAttention {
     pub(super) p: InfllmParams,
     pub(super) shape: BlockShape,
     pub(super) layers: Vec<LayerStore>,
-    buffer: Buffer,
+    /// The window buffers and initial tokens, one buffer per device.
+    buffers: Vec<Buffer>,
     pub(super) ctx: Context,
     /// Window buffer capacity in tokens.
     pub(super) cap: usize,
@@ -54,7 +57,17 @@ pub struct InfllmAttention {
 }
 
 impl InfllmAttention {
-    pub fn new(p: InfllmParams, h: HeadShape, role: Role) -> anyhow::Result<Self> {
+    /// An instance over the layers `places` describes (one per layer);
+    /// `block_cache`: bytes of device memory for blocks, all layers on a
+    /// device together (None: a quarter of its free memory).
+    pub fn new(
+        p: InfllmParams,
+        h: HeadShape,
+        role: Role,
+        places: &[LayerPlace],
+        block_cache: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(places.len() == h.n_layer, "one place per layer");
         p.validate(h.head_dim)?;
         let shape = BlockShape {
             block_size: p.block_size,
@@ -67,29 +80,26 @@ impl InfllmAttention {
         // Window + one chunk + a partial block, plus a chunk of slack so the
         // buffer moves at most once per chunk, plus room to pad key ranges.
         let cap = p.n_local + 2 * p.chunk + p.block_size + 2 * KEY_PAD;
-        let e = shape.n_embd_kv() as i64;
         let ctx = Context::new(6 * h.n_layer, 0);
-        let n_init = p.n_init.max(1) as i64;
         let max_blocks = p.max_tokens.div_ceil(p.block_size);
-        let mut layers = Vec::with_capacity(h.n_layer);
-        for il in 0..h.n_layer {
-            let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
-            layers.push(LayerStore {
-                k_raw: t(GgmlType::F16, &[e, cap as i64], "win_k_raw"),
-                k_rot_t: t(GgmlType::F16, &[cap as i64, e], "win_k_rot_t"),
-                v_t: t(GgmlType::F16, &[cap as i64, e], "win_v_t"),
-                score: t(GgmlType::F32, &[cap as i64, h.n_head as i64], "win_score"),
-                init_k: t(GgmlType::F32, &[e, n_init], "init_k"),
-                init_v_t: t(GgmlType::F32, &[n_init, e], "init_v_t"),
-                blocks: BlockStore::new(shape, if p.topk > 0 { max_blocks } else { 0 })?,
-            });
+        let stored_blocks = if p.topk > 0 { max_blocks } else { 0 };
+        let mut layers = (0..h.n_layer)
+            .map(|il| LayerStore::new(&ctx, il, &p, shape, cap, stored_blocks, places[il].standard_ops))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let per_layer: Vec<Vec<TensorId>> = layers.iter().map(LayerStore::window_tensors).collect();
+        let bufts = places
+            .iter()
+            .map(LayerPlace::buffer_type)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let buffers = alloc_per_layer(&ctx, &per_layer, &bufts)?;
+        if p.topk > 0 {
+            cache_blocks(&mut layers, places, block_cache, max_blocks)?;
         }
-        let buffer = Buffer::alloc_context(&ctx)?;
         Ok(Self {
             p,
             shape,
             layers,
-            buffer,
+            buffers,
             ctx,
             cap,
             pos: TextPosition::default(),
@@ -125,7 +135,7 @@ impl InfllmAttention {
 
     /// Bytes of the fixed-size buffers (window, initial tokens; all layers).
     pub fn window_bytes(&self) -> usize {
-        self.buffer.size()
+        self.buffers.iter().map(Buffer::size).sum()
     }
 
     pub fn clear(&mut self) {
@@ -243,6 +253,64 @@ impl InfllmAttention {
         let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
         self.layers[il].blocks.push(&k, &v_t, &repr)
     }
+}
+
+impl LayerStore {
+    /// Layer `il`'s tensors in `ctx` (allocated by the caller) and block store.
+    fn new(
+        ctx: &Context,
+        il: usize,
+        p: &InfllmParams,
+        shape: BlockShape,
+        cap: usize,
+        max_blocks: usize,
+        standard_ops: bool,
+    ) -> anyhow::Result<Self> {
+        let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
+        let (e, cap, n_init) = (shape.n_embd_kv() as i64, cap as i64, p.n_init.max(1) as i64);
+        Ok(Self {
+            k_raw: t(GgmlType::F16, &[e, cap], "win_k_raw"),
+            k_rot_t: t(GgmlType::F16, &[cap, e], "win_k_rot_t"),
+            v_t: t(GgmlType::F16, &[cap, e], "win_v_t"),
+            score: t(GgmlType::F32, &[cap, shape.n_head as i64], "win_score"),
+            init_k: t(GgmlType::F32, &[e, n_init], "init_k"),
+            init_v_t: t(GgmlType::F32, &[n_init, e], "init_v_t"),
+            blocks: BlockStore::new(shape, max_blocks)?,
+            standard_ops,
+        })
+    }
+
+    fn window_tensors(&self) -> Vec<TensorId> {
+        vec![
+            self.k_raw,
+            self.k_rot_t,
+            self.v_t,
+            self.score,
+            self.init_k,
+            self.init_v_t,
+        ]
+    }
+}
+
+/// Gives each layer on a device a block cache there: `budget` bytes per
+/// device (default: a quarter of its free memory), shared by its layers.
+fn cache_blocks(
+    layers: &mut [LayerStore],
+    places: &[LayerPlace],
+    budget: Option<usize>,
+    max_blocks: usize,
+) -> anyhow::Result<()> {
+    for (il, place) in places.iter().enumerate() {
+        let Some(device) = place.device else { continue };
+        let sharing = places.iter().filter(|p| p.device == Some(device)).count();
+        let budget = budget.unwrap_or_else(|| device.memory().0 / 4);
+        let per_block = layers[il].blocks.shape().bytes_per_block();
+        let cap = (budget / sharing / per_block).min(max_blocks);
+        if cap > 0 {
+            layers[il].blocks.cache_on(device.buffer_type()?, cap)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
