@@ -2,7 +2,7 @@
 //!
 //! A `Context` holds tensor metadata only (`no_alloc`): data lives in backend
 //! buffers (weights: the memory-mapped file; caches: a host buffer; graph
-//! intermediates: the graph allocator). A `Tensor` is a copyable handle that
+//! intermediates: the scheduler). A `Tensor` is a copyable handle that
 //! borrows its context, so it can never outlive it.
 
 use std::ffi::CString;
