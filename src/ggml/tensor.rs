@@ -221,6 +221,21 @@ impl<'c> Tensor<'c> {
         !self.get().data.is_null()
     }
 
+    /// Whether the tensor's memory is host memory (reads and writes are
+    /// copies, not transfers to a device).
+    pub fn is_host(self) -> bool {
+        let t = self.get();
+        let buffer = if t.view_src.is_null() {
+            t.buffer
+        } else {
+            // SAFETY: a view's source outlives the view (same context or
+            // one that outlives it, ggml's rule).
+            unsafe { (*t.view_src).buffer }
+        };
+        // SAFETY: a non-null buffer pointer of a live tensor is a valid buffer.
+        !buffer.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buffer) }
+    }
+
     /// Copies `data` into the tensor's memory at byte `offset` (any backend).
     pub fn write_bytes(self, offset: usize, data: &[u8]) {
         assert!(self.is_allocated(), "write to an unallocated tensor");

@@ -224,12 +224,11 @@ impl InfllmAttention {
         let k = read_f16(self.ctx.tensor(l.k_raw), slot * e * 2, take * e);
         let init_k = self.ctx.tensor(l.init_k);
         init_k.write_bytes(n_init * e * 4, f32_bytes(&k).as_slice());
-        let v_t = self.ctx.tensor(l.v_t);
+        let v = read_columns(self.ctx.tensor(l.v_t), slot, take);
         let init_v_t = self.ctx.tensor(l.init_v_t);
         let init_cap = init_v_t.ne()[0] as usize;
-        for c in 0..e {
-            let v = read_f16(v_t, (c * self.cap + slot) * 2, take);
-            init_v_t.write_bytes((c * init_cap + n_init) * 4, f32_bytes(&v).as_slice());
+        for (c, v) in v.chunks_exact(take).enumerate() {
+            init_v_t.write_bytes((c * init_cap + n_init) * 4, f32_bytes(v).as_slice());
         }
     }
 
@@ -240,16 +239,8 @@ impl InfllmAttention {
         let slot = self.remainder_slot();
         let l = &self.layers[il];
         let k = read_f16(self.ctx.tensor(l.k_raw), slot * e * 2, bs * e);
-        let v_t_win = self.ctx.tensor(l.v_t);
-        let mut v_t = Vec::with_capacity(bs * e);
-        for c in 0..e {
-            v_t.extend(read_f16(v_t_win, (c * self.cap + slot) * 2, bs));
-        }
-        let score = self.ctx.tensor(l.score);
-        let mut scores = Vec::with_capacity(bs * s.n_head);
-        for h in 0..s.n_head {
-            scores.extend(read_f32(score, (h * self.cap + slot) * 4, bs));
-        }
+        let v_t = read_columns(self.ctx.tensor(l.v_t), slot, bs);
+        let scores = read_columns(self.ctx.tensor(l.score), slot, bs);
         let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
         self.layers[il].blocks.push(&k, &v_t, &repr)
     }
@@ -316,18 +307,44 @@ fn cache_blocks(
 fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
     let mut bytes = vec![0u8; n * 2];
     t.read_bytes(offset, &mut bytes);
-    bytes
-        .chunks_exact(2)
-        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect()
+    decode(t.ty(), &bytes)
 }
 
-fn read_f32(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
-    let mut bytes = vec![0u8; n * 4];
-    t.read_bytes(offset, &mut bytes);
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+/// f16 or f32 bytes as f32 values.
+fn decode(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    match ty {
+        GgmlType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    }
+}
+
+/// Items [from, from + n) of every row of `t` (a transposed buffer: f16
+/// values or f32 scores), row after row. Host memory is read row by row;
+/// a device's in one transfer of the rows' whole span (a read per row
+/// would be a round trip each).
+fn read_columns(t: Tensor<'_>, from: usize, n: usize) -> Vec<f32> {
+    let [per_row, n_rows, ..] = t.ne().map(|x| x as usize);
+    let item = t.nb()[0];
+    let row = |r: usize| (r * per_row + from) * item;
+    if t.is_host() {
+        return (0..n_rows)
+            .flat_map(|r| {
+                let mut bytes = vec![0u8; n * item];
+                t.read_bytes(row(r), &mut bytes);
+                decode(t.ty(), &bytes)
+            })
+            .collect();
+    }
+    let mut span = vec![0u8; row(n_rows - 1) + n * item - row(0)];
+    t.read_bytes(row(0), &mut span);
+    (0..n_rows)
+        .flat_map(|r| decode(t.ty(), &span[row(r) - row(0)..][..n * item]))
         .collect()
 }
 
@@ -336,14 +353,15 @@ fn f32_bytes(x: &[f32]) -> Vec<u8> {
 }
 
 /// In each of `n_rows` rows of `per_row` items of `item` bytes, moves items
-/// [shift, shift + kept) to the front and zeroes the rest.
+/// [shift, shift + kept) to the front and zeroes the rest. The whole tensor
+/// is read and written once (one transfer each on a device).
 fn shift_items(t: Tensor<'_>, n_rows: usize, per_row: usize, item: usize, shift: usize, kept: usize) {
     let row_bytes = per_row * item;
-    let mut buf = vec![0u8; row_bytes];
-    for r in 0..n_rows {
-        t.read_bytes(r * row_bytes, &mut buf);
-        buf.copy_within(shift * item..(shift + kept) * item, 0);
-        buf[kept * item..].fill(0);
-        t.write_bytes(r * row_bytes, &buf);
+    let mut buf = vec![0u8; n_rows * row_bytes];
+    t.read_bytes(0, &mut buf);
+    for row in buf.chunks_exact_mut(row_bytes) {
+        row.copy_within(shift * item..(shift + kept) * item, 0);
+        row[kept * item..].fill(0);
     }
+    t.write_bytes(0, &buf);
 }
