@@ -1,11 +1,15 @@
 # Two commands: `make demo` runs the main job, `make test` the tests. Both
-# install what they need (build tools, model files) first.
+# install what they need (build tools, model files) first. `make test` also
+# builds the Vulkan variant (tests/vulkan.rs runs it on Mesa's lavapipe).
 
 CARGO ?= cargo
 BIN := target/release/infllm
+# The Vulkan variant: its own target folder (ggml built with GGML_VULKAN).
+VK_TARGET := target/vulkan
+VK_SDK := target/vulkan-sdk
 DEMO_PROMPT := <|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n
 
-.PHONY: all deps models build test demo portable lint
+.PHONY: all deps models build vulkan test demo portable lint
 
 all: build
 
@@ -18,7 +22,15 @@ models:
 build: deps
 	$(CARGO) build --release
 
-test: deps models
+# Vulkan headers >= 1.4 in $(VK_SDK) when the system's are older (see the
+# script). GGML_* variables reach ggml's CMake and rebuild it when they change,
+# so the run-time GGML_VK_VISIBLE_DEVICES is kept out of the build.
+vulkan: deps
+	@scripts/install-vulkan
+	env -u GGML_VK_VISIBLE_DEVICES $$([ -d $(VK_SDK) ] && echo VULKAN_SDK=$(CURDIR)/$(VK_SDK)) \
+	  CARGO_TARGET_DIR=$(VK_TARGET) $(CARGO) build --release --features vulkan
+
+test: deps models vulkan
 	$(CARGO) test --release
 
 demo: build models
