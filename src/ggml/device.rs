@@ -196,6 +196,12 @@ impl BufferType {
         unsafe { sys::ggml_backend_buft_is_host(self.raw.as_ptr()) }
     }
 
+    /// The largest buffer of this memory (a device's single allocation).
+    pub fn max_size(self) -> usize {
+        // SAFETY: valid buffer type.
+        unsafe { sys::ggml_backend_buft_get_max_size(self.raw.as_ptr()) }
+    }
+
     pub(super) fn alignment(self) -> usize {
         // SAFETY: valid buffer type.
         unsafe { sys::ggml_backend_buft_get_alignment(self.raw.as_ptr()) }

@@ -5,9 +5,7 @@
 
 use half::f16;
 
-use crate::ggml::{
-    dequantize, quantize, type_info, Buffer, BufferType, Context, GgmlType, HostArena, Tensor, TensorId,
-};
+use crate::ggml::{dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId};
 
 /// Bytes of one representative key value (f16: retrieval reads every
 /// block's key per step, so this halves the per-token cost that grows with
@@ -70,8 +68,8 @@ pub struct BlockStore {
 
 /// Blocks [0, cap) of a store in device memory, in the store's layouts.
 struct DeviceBlocks {
-    // Field order: the buffer holds the context's tensors.
-    _buffer: Buffer,
+    // Field order: the buffers hold the context's tensors.
+    _buffers: Vec<Buffer>,
     ctx: Context,
     /// K, V, representative keys: [row bytes' values, cap] each.
     parts: [TensorId; 3],
@@ -92,27 +90,50 @@ impl BlockStore {
         })
     }
 
-    /// Keeps a copy of the first `cap` blocks in memory `buft` (a device's):
-    /// steps read blocks from there while the text has at most `cap`.
-    pub fn cache_on(&mut self, buft: BufferType, cap: usize) -> anyhow::Result<()> {
-        let s = self.shape;
+    /// Keeps a copy of the first blocks in `device`'s memory, at most
+    /// `cap` of them (fewer where the device takes no tensor that large):
+    /// steps read blocks from there while the text fits.
+    pub fn cache_on(&mut self, device: Device, cap: usize) -> anyhow::Result<()> {
+        let buft = device.buffer_type()?;
+        let fits = |cap| {
+            let ctx = Context::new(3, 0);
+            let fit = self
+                .cache_tensors(&ctx, cap)
+                .iter()
+                .all(|&t| t.nbytes() <= buft.max_size() && device.supports_op(t));
+            fit
+        };
+        let mut cap = cap;
+        while cap > 0 && !fits(cap) {
+            cap /= 2;
+        }
+        if cap == 0 {
+            return Ok(());
+        }
         let ctx = Context::new(3, 0);
-        let n = s.block_values() as i64;
-        let types = [s.type_k, s.type_v, GgmlType::F16];
-        let rows = [n, n, s.repr_len() as i64];
-        let t: Vec<Tensor<'_>> = (0..3)
-            .map(|i| ctx.new_tensor(types[i], &[rows[i], cap as i64]))
-            .collect();
-        let buffer = Buffer::alloc_tensors(buft, &t)?;
-        let parts = [ctx.id(t[0]), ctx.id(t[1]), ctx.id(t[2])];
+        let tensors = self.cache_tensors(&ctx, cap);
+        let buffers = tensors
+            .iter()
+            .map(|&t| Buffer::alloc_tensors(buft, &[t]))
+            .collect::<anyhow::Result<_>>()?;
+        let parts = tensors.map(|t| ctx.id(t));
         self.cache = Some(DeviceBlocks {
-            _buffer: buffer,
+            _buffers: buffers,
             ctx,
             parts,
             cap,
         });
         self.upload(0, self.len);
         Ok(())
+    }
+
+    /// The cache's K, V and representative keys for `cap` blocks, in `ctx`.
+    fn cache_tensors<'a>(&self, ctx: &'a Context, cap: usize) -> [Tensor<'a>; 3] {
+        let s = self.shape;
+        let n = s.block_values() as i64;
+        let types = [s.type_k, s.type_v, GgmlType::F16];
+        let rows = [n, n, s.repr_len() as i64];
+        [0, 1, 2].map(|i| ctx.new_tensor(types[i], &[rows[i], cap as i64]))
     }
 
     /// Copies blocks [from, to) into the device cache, as far as it reaches.

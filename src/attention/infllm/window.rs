@@ -298,7 +298,7 @@ fn cache_blocks(
         let per_block = layers[il].blocks.shape().bytes_per_block();
         let cap = (budget / sharing / per_block).min(max_blocks);
         if cap > 0 {
-            layers[il].blocks.cache_on(device.buffer_type()?, cap)?;
+            layers[il].blocks.cache_on(device, cap)?;
         }
     }
     Ok(())
