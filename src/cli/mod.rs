@@ -141,6 +141,13 @@ impl RunArgs {
             hp.n_ctx_train,
             start.elapsed().as_secs_f64() * 1e3
         );
+        let info = match model.weights.repacked_bytes {
+            0 => info,
+            b => format!(
+                "{info}; {:.1} MiB of weights repacked for the CPU",
+                b as f64 / (1 << 20) as f64
+            ),
+        };
         let info = match model.placement.describe() {
             on if on.is_empty() => info,
             on => format!("{info}\ninfllm: offloaded {on}"),

@@ -15,6 +15,8 @@ pub struct Weights {
     _buffer: Buffer,
     /// Weights copied out of the mapping: to devices, or repacked.
     _uploaded: Vec<Buffer>,
+    /// Bytes of weights in the CPU's repacked layouts.
+    pub repacked_bytes: usize,
     ctx: Context,
     by_name: HashMap<String, TensorId>,
     pub file: GgufFile,
@@ -22,8 +24,9 @@ pub struct Weights {
 
 impl Weights {
     /// Places every tensor as `placement` says; `log` gets a line before
-    /// each upload. On the CPU, matmul weights go to ggml's repacked
-    /// layouts where its kernels have one (as llama.cpp places them).
+    /// each device's upload. On the CPU, matmul weights go to ggml's
+    /// repacked layouts where its kernels have one (as llama.cpp places
+    /// them; silently: the caller reports `repacked_bytes`).
     pub fn load(file: GgufFile, placement: &Placement, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
         let ctx = Context::new(file.tensors.len() + 1, 0);
         let cpu = Device::cpu()?;
@@ -47,11 +50,11 @@ impl Weights {
             let t = ctx.new_tensor(info.ggml_type, &ne).set_name(&info.name);
             let at = (t, (file.data_offset + info.offset) as usize);
             let dest = match placement.tensor(&info.name) {
-                Some(d) => Some((d.buffer_type()?, d.name())),
+                Some(d) => Some((d.buffer_type()?, Some(d.name()))),
                 None if is_matmul_weight(&info.name, &ne) => repacked
                     .iter()
                     .find(|&&b| cpu.runs_matmul_with(b, t))
-                    .map(|&b| (b, format!("the CPU ({})", b.name()))),
+                    .map(|&b| (b, None)),
                 None => None,
             };
             match dest {
@@ -72,9 +75,11 @@ impl Weights {
             .iter()
             .map(|u| u.run(file.bytes(), log))
             .collect::<anyhow::Result<_>>()?;
+        let repacked_bytes = uploads.iter().filter(|u| u.to.is_none()).map(Upload::bytes).sum();
         Ok(Self {
             _buffer: buffer,
             _uploaded: uploaded,
+            repacked_bytes,
             ctx,
             by_name,
             file,
@@ -116,23 +121,27 @@ impl Weights {
 /// Weights to copy out of the file into one buffer of `buft`.
 struct Upload<'a> {
     buft: BufferType,
-    /// Where, in words.
-    to: String,
+    /// The device's name (None: the CPU, repacked).
+    to: Option<String>,
     /// Each tensor with its data's offset in the file.
     tensors: Vec<(Tensor<'a>, usize)>,
 }
 
 impl Upload<'_> {
+    fn bytes(&self) -> usize {
+        self.tensors.iter().map(|(t, _)| t.nbytes()).sum()
+    }
+
     fn run(&self, file: &[u8], log: &mut dyn FnMut(String)) -> anyhow::Result<Buffer> {
-        let bytes: usize = self.tensors.iter().map(|(t, _)| t.nbytes()).sum();
-        log(format!(
-            "copying {:.1} MiB of weights to {}",
-            bytes as f64 / (1 << 20) as f64,
-            self.to
-        ));
+        let to = self.to.as_deref().unwrap_or("the CPU");
+        if self.to.is_some() {
+            log(format!(
+                "copying {:.1} MiB of weights to {to}",
+                self.bytes() as f64 / (1 << 20) as f64
+            ));
+        }
         let list: Vec<Tensor<'_>> = self.tensors.iter().map(|(t, _)| *t).collect();
-        let buffer =
-            Buffer::alloc_tensors(self.buft, &list).with_context(|| format!("placing weights on {}", self.to))?;
+        let buffer = Buffer::alloc_tensors(self.buft, &list).with_context(|| format!("placing weights on {to}"))?;
         buffer.mark_weights();
         for (t, off) in &self.tensors {
             let data = off
