@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::reference::{RefContext, RefModel, RefParams};
-use infllm::gguf::{GgufFile, GgufWriter, Value};
+use infllm::gguf::{GgufWriter, Value};
 use infllm::model::Model;
-use rand::{Rng, SeedableRng};
 
-const F32: infllm::ggml::GgmlType = infllm::ggml::GgmlType::F32;
 const N_EMBD: u64 = 64;
 const N_HEAD: u64 = 4;
 const N_HEAD_KV: u64 = 2;
@@ -48,15 +46,9 @@ const PLAIN: Recipe = Recipe {
 
 /// Writes a random-weight model of `r`'s layout with SmolLM2's tokenizer.
 fn write_model(r: Recipe, path: &Path) {
-    let vocab = GgufFile::open(common::smollm2()).unwrap();
-    let n_vocab = vocab.get_array("tokenizer.ggml.tokens").unwrap().len() as u64;
-    let seed = r.arch.bytes().map(u64::from).sum();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut w = GgufWriter::new();
     let a = r.arch;
-    w.add("general.architecture", Value::String(a.into()));
-    // Not the architecture's name: llama.cpp tunes token attributes by model name (phi3).
-    w.add("general.name", Value::String("tiny random test model".into()));
+    let mut m = common::TinyModel::new(a, a.bytes().map(u64::from).sum());
+    let (w, n_vocab) = (&mut m.w, m.n_vocab);
     w.add(&format!("{a}.context_length"), Value::U32(4096));
     w.add(&format!("{a}.embedding_length"), Value::U32(N_EMBD as u32));
     w.add(&format!("{a}.feed_forward_length"), Value::U32(N_FF as u32));
@@ -71,56 +63,43 @@ fn write_model(r: Recipe, path: &Path) {
     for (key, value) in r.meta {
         w.add(&format!("{a}.{key}"), Value::F32(*value));
     }
-    for (key, value) in &vocab.metadata {
-        if key.starts_with("tokenizer.") && key != "tokenizer.chat_template" {
-            w.add(key, value.clone());
-        }
-    }
-
-    let mut tensor = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
-        let n: u64 = dims.iter().product();
-        let data: Vec<u8> = (0..n)
-            .flat_map(|_| (offset + scale * rng.gen_range(-1.0f32..1.0)).to_le_bytes())
-            .collect();
-        w.add_tensor(name, dims, F32, data);
-    };
     let (e, q, kv, ff, hd) = (N_EMBD, N_HEAD * r.head_dim, N_HEAD_KV * r.head_dim, N_FF, r.head_dim);
     let proj = |fan_in: u64| 2.0 / (fan_in as f32).sqrt();
-    tensor(&mut w, "token_embd.weight", &[e, n_vocab], 1.0, 0.0);
-    tensor(&mut w, "output_norm.weight", &[e], 0.2, 1.0);
+    m.tensor("token_embd.weight", &[e, n_vocab], 1.0, 0.0);
+    m.tensor("output_norm.weight", &[e], 0.2, 1.0);
     if !r.tied_output {
-        tensor(&mut w, "output.weight", &[e, n_vocab], proj(e), 0.0);
+        m.tensor("output.weight", &[e, n_vocab], proj(e), 0.0);
     }
     for i in 0..N_LAYER {
         let n = |s: &str| format!("blk.{i}.{s}");
-        tensor(&mut w, &n("attn_norm.weight"), &[e], 0.2, 1.0);
+        m.tensor(&n("attn_norm.weight"), &[e], 0.2, 1.0);
         if r.fused_qkv {
-            tensor(&mut w, &n("attn_qkv.weight"), &[e, q + 2 * kv], proj(e), 0.0);
+            m.tensor(&n("attn_qkv.weight"), &[e, q + 2 * kv], proj(e), 0.0);
         } else {
-            tensor(&mut w, &n("attn_q.weight"), &[e, q], proj(e), 0.0);
-            tensor(&mut w, &n("attn_k.weight"), &[e, kv], proj(e), 0.0);
-            tensor(&mut w, &n("attn_v.weight"), &[e, kv], proj(e), 0.0);
+            m.tensor(&n("attn_q.weight"), &[e, q], proj(e), 0.0);
+            m.tensor(&n("attn_k.weight"), &[e, kv], proj(e), 0.0);
+            m.tensor(&n("attn_v.weight"), &[e, kv], proj(e), 0.0);
         }
         if r.qkv_bias {
-            tensor(&mut w, &n("attn_q.bias"), &[q], 0.5, 0.0);
-            tensor(&mut w, &n("attn_k.bias"), &[kv], 0.5, 0.0);
-            tensor(&mut w, &n("attn_v.bias"), &[kv], 0.5, 0.0);
+            m.tensor(&n("attn_q.bias"), &[q], 0.5, 0.0);
+            m.tensor(&n("attn_k.bias"), &[kv], 0.5, 0.0);
+            m.tensor(&n("attn_v.bias"), &[kv], 0.5, 0.0);
         }
         if r.qk_norm {
-            tensor(&mut w, &n("attn_q_norm.weight"), &[hd], 0.2, 1.0);
-            tensor(&mut w, &n("attn_k_norm.weight"), &[hd], 0.2, 1.0);
+            m.tensor(&n("attn_q_norm.weight"), &[hd], 0.2, 1.0);
+            m.tensor(&n("attn_k_norm.weight"), &[hd], 0.2, 1.0);
         }
-        tensor(&mut w, &n("attn_output.weight"), &[q, e], proj(q), 0.0);
-        tensor(&mut w, &n("ffn_norm.weight"), &[e], 0.2, 1.0);
+        m.tensor(&n("attn_output.weight"), &[q, e], proj(q), 0.0);
+        m.tensor(&n("ffn_norm.weight"), &[e], 0.2, 1.0);
         if r.fused_ffn {
-            tensor(&mut w, &n("ffn_up.weight"), &[e, 2 * ff], proj(e), 0.0);
+            m.tensor(&n("ffn_up.weight"), &[e, 2 * ff], proj(e), 0.0);
         } else {
-            tensor(&mut w, &n("ffn_gate.weight"), &[e, ff], proj(e), 0.0);
-            tensor(&mut w, &n("ffn_up.weight"), &[e, ff], proj(e), 0.0);
+            m.tensor(&n("ffn_gate.weight"), &[e, ff], proj(e), 0.0);
+            m.tensor(&n("ffn_up.weight"), &[e, ff], proj(e), 0.0);
         }
-        tensor(&mut w, &n("ffn_down.weight"), &[ff, e], proj(ff), 0.0);
+        m.tensor(&n("ffn_down.weight"), &[ff, e], proj(ff), 0.0);
     }
-    w.write(path).unwrap();
+    m.w.write(path).unwrap();
 }
 
 fn tmp(name: &str) -> PathBuf {

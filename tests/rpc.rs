@@ -150,17 +150,21 @@ fn full_attention_split_over_two_servers_equals_the_cpu() {
     compare(AttnMode::full(true), 100, 24, None);
 }
 
-#[test]
-fn infllm_split_over_two_servers_equals_the_cpu() {
-    // Small settings: blocks form and retrieval runs within 400 tokens.
-    let p = InfllmParams {
+/// Small InfLLM settings: blocks form and retrieval runs within 400 tokens.
+fn small_infllm() -> InfllmParams {
+    InfllmParams {
         n_init: 16,
         n_local: 128,
         block_size: 32,
         topk: 2,
         chunk: 64,
         ..InfllmParams::defaults_for(8192)
-    };
+    }
+}
+
+#[test]
+fn infllm_split_over_two_servers_equals_the_cpu() {
+    let p = small_infllm();
     let n_blocks = compare(AttnMode::Infllm(p), 300, 60, None);
     assert!(n_blocks > p.topk, "no retrieval: {n_blocks} blocks");
 }
@@ -170,14 +174,7 @@ fn infllm_past_the_device_block_cache_equals_the_cpu() {
     // Room for 3 blocks per layer on each server (SmolLM2, q8_0 blocks of
     // 32 tokens: 14,208 bytes per layer, 15 layers per server); 7 form:
     // once past the cache, blocks are read from host memory.
-    let p = InfllmParams {
-        n_init: 16,
-        n_local: 128,
-        block_size: 32,
-        topk: 2,
-        chunk: 64,
-        ..InfllmParams::defaults_for(8192)
-    };
+    let p = small_infllm();
     let n_blocks = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208));
     assert!(n_blocks > 3, "only {n_blocks} blocks: the cache was never exceeded");
 }

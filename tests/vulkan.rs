@@ -19,8 +19,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use infllm::gguf::{GgufFile, GgufWriter, Value};
-use rand::{Rng, SeedableRng};
+use infllm::gguf::Value;
 
 const CPU_BIN: &str = env!("CARGO_BIN_EXE_infllm");
 /// lavapipe is listed by ggml only when named (it skips CPU Vulkan devices otherwise).
@@ -100,12 +99,8 @@ fn model() -> &'static Path {
 /// attention kernels support. The output matrix is its own: tied to the
 /// embeddings, it would predict the current token again and again.
 fn write_model(path: &Path) {
-    let vocab = GgufFile::open(common::smollm2()).unwrap();
-    let n_vocab = vocab.get_array("tokenizer.ggml.tokens").unwrap().len() as u64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut w = GgufWriter::new();
-    w.add("general.architecture", Value::String("llama".into()));
-    w.add("general.name", Value::String("tiny random test model".into()));
+    let mut m = common::TinyModel::new("llama", 7);
+    let (w, n_vocab) = (&mut m.w, m.n_vocab);
     for (key, value) in [
         ("context_length", 4096),
         ("embedding_length", N_EMBD as u32),
@@ -119,36 +114,24 @@ fn write_model(path: &Path) {
     }
     w.add("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5));
     w.add("llama.rope.freq_base", Value::F32(10_000.0));
-    for (key, value) in &vocab.metadata {
-        if key.starts_with("tokenizer.") && key != "tokenizer.chat_template" {
-            w.add(key, value.clone());
-        }
-    }
-    let mut tensor = |w: &mut GgufWriter, name: &str, dims: &[u64], scale: f32, offset: f32| {
-        let n: u64 = dims.iter().product();
-        let data: Vec<u8> = (0..n)
-            .flat_map(|_| (offset + scale * rng.gen_range(-1.0f32..1.0)).to_le_bytes())
-            .collect();
-        w.add_tensor(name, dims, infllm::ggml::GgmlType::F32, data);
-    };
     let (e, kv, ff) = (N_EMBD, N_HEAD_KV * HEAD_DIM, N_FF);
     let proj = |fan_in: u64| 2.0 / (fan_in as f32).sqrt();
-    tensor(&mut w, "token_embd.weight", &[e, n_vocab], 1.0, 0.0);
-    tensor(&mut w, "output_norm.weight", &[e], 0.2, 1.0);
-    tensor(&mut w, "output.weight", &[e, n_vocab], proj(e), 0.0);
+    m.tensor("token_embd.weight", &[e, n_vocab], 1.0, 0.0);
+    m.tensor("output_norm.weight", &[e], 0.2, 1.0);
+    m.tensor("output.weight", &[e, n_vocab], proj(e), 0.0);
     for i in 0..N_LAYER {
         let n = |s: &str| format!("blk.{i}.{s}");
-        tensor(&mut w, &n("attn_norm.weight"), &[e], 0.2, 1.0);
-        tensor(&mut w, &n("attn_q.weight"), &[e, e], proj(e), 0.0);
-        tensor(&mut w, &n("attn_k.weight"), &[e, kv], proj(e), 0.0);
-        tensor(&mut w, &n("attn_v.weight"), &[e, kv], proj(e), 0.0);
-        tensor(&mut w, &n("attn_output.weight"), &[e, e], proj(e), 0.0);
-        tensor(&mut w, &n("ffn_norm.weight"), &[e], 0.2, 1.0);
-        tensor(&mut w, &n("ffn_gate.weight"), &[e, ff], proj(e), 0.0);
-        tensor(&mut w, &n("ffn_up.weight"), &[e, ff], proj(e), 0.0);
-        tensor(&mut w, &n("ffn_down.weight"), &[ff, e], proj(ff), 0.0);
+        m.tensor(&n("attn_norm.weight"), &[e], 0.2, 1.0);
+        m.tensor(&n("attn_q.weight"), &[e, e], proj(e), 0.0);
+        m.tensor(&n("attn_k.weight"), &[e, kv], proj(e), 0.0);
+        m.tensor(&n("attn_v.weight"), &[e, kv], proj(e), 0.0);
+        m.tensor(&n("attn_output.weight"), &[e, e], proj(e), 0.0);
+        m.tensor(&n("ffn_norm.weight"), &[e], 0.2, 1.0);
+        m.tensor(&n("ffn_gate.weight"), &[e, ff], proj(e), 0.0);
+        m.tensor(&n("ffn_up.weight"), &[e, ff], proj(e), 0.0);
+        m.tensor(&n("ffn_down.weight"), &[ff, e], proj(ff), 0.0);
     }
-    w.write(path).unwrap();
+    m.w.write(path).unwrap();
 }
 
 /// About 300 tokens of varied text.

@@ -65,3 +65,46 @@ pub fn greedy_both(
     }
     (ours, theirs)
 }
+
+/// A tiny random-weight GGUF model being written: SmolLM2's tokenizer, f32
+/// tensors of uniform random values (tests/architectures.rs, tests/vulkan.rs).
+pub struct TinyModel {
+    pub w: infllm::gguf::GgufWriter,
+    rng: rand::rngs::StdRng,
+    /// SmolLM2's vocabulary size.
+    pub n_vocab: u64,
+}
+
+impl TinyModel {
+    /// A writer with the architecture `arch` and SmolLM2's tokenizer metadata.
+    pub fn new(arch: &str, seed: u64) -> Self {
+        use infllm::gguf::{GgufFile, GgufWriter, Value};
+        use rand::SeedableRng;
+        let vocab = GgufFile::open(smollm2()).unwrap();
+        let n_vocab = vocab.get_array("tokenizer.ggml.tokens").unwrap().len() as u64;
+        let mut w = GgufWriter::new();
+        w.add("general.architecture", Value::String(arch.into()));
+        // Not the architecture's name: llama.cpp tunes token attributes by model name (phi3).
+        w.add("general.name", Value::String("tiny random test model".into()));
+        for (key, value) in &vocab.metadata {
+            if key.starts_with("tokenizer.") && key != "tokenizer.chat_template" {
+                w.add(key, value.clone());
+            }
+        }
+        Self {
+            w,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            n_vocab,
+        }
+    }
+
+    /// A tensor of `offset + scale * U(-1, 1)` values.
+    pub fn tensor(&mut self, name: &str, dims: &[u64], scale: f32, offset: f32) {
+        use rand::Rng;
+        let n: u64 = dims.iter().product();
+        let data: Vec<u8> = (0..n)
+            .flat_map(|_| (offset + scale * self.rng.gen_range(-1.0f32..1.0)).to_le_bytes())
+            .collect();
+        self.w.add_tensor(name, dims, infllm::ggml::GgmlType::F32, data);
+    }
+}
