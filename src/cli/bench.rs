@@ -229,6 +229,9 @@ impl Plan {
 }
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.devices.list_if_asked()? {
+        return Ok(());
+    }
     let models = model_paths(a)?;
     let plan = plan(a)?;
     let threads = a.threads.unwrap_or_else(default_threads);

@@ -28,8 +28,8 @@ pub struct RpcServerArgs {
     #[arg(short = 'c', long = "cache", value_name = "DIR")]
     pub cache: Option<String>,
     /// Listen on an address other than loopback. ggml's RPC protocol has no
-    /// authentication: anyone who reaches the port can run code-sized
-    /// workloads and read or write the served memory
+    /// authentication: anyone who reaches the port can run graphs on the
+    /// served devices and read or write their memory
     #[arg(long = "rpc-allow-remote")]
     pub allow_remote: bool,
 }

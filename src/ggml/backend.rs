@@ -60,10 +60,6 @@ impl Backend {
         }
         Ok(())
     }
-
-    pub fn device(&self) -> Device {
-        self.device
-    }
 }
 
 impl Drop for Backend {
@@ -294,19 +290,6 @@ impl Scheduler {
         unsafe { sys::ggml_backend_sched_get_n_splits(self.raw.as_ptr()) as usize }
     }
 
-    /// The backends, devices first and the CPU last.
-    pub fn devices(&self) -> Vec<Device> {
-        self.backends.iter().map(Backend::device).collect()
-    }
-
-    /// Bytes of the compute buffers, all backends together.
-    pub fn compute_bytes(&self) -> usize {
-        self.backends
-            .iter()
-            // SAFETY: pure query with a backend of this scheduler.
-            .map(|b| unsafe { sys::ggml_backend_sched_get_buffer_size(self.raw.as_ptr(), b.raw.as_ptr()) })
-            .sum()
-    }
 }
 
 impl Drop for Scheduler {

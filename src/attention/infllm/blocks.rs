@@ -271,11 +271,6 @@ impl BlockStore {
         self.part_tensor(ctx, 2, GgmlType::F16, self.shape.repr_len())
     }
 
-    /// Blocks the device cache holds at most (None: no cache).
-    pub fn cache_capacity(&self) -> Option<usize> {
-        self.cache.as_ref().map(|c| c.cap)
-    }
-
     /// Block `i` dequantized, in `push`'s layouts: (k token-major, v_t).
     pub fn read(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
         let s = self.shape;
