@@ -172,7 +172,7 @@ fn infllm_split_over_two_servers_equals_the_cpu() {
 #[test]
 fn infllm_past_the_device_block_cache_equals_the_cpu() {
     // Room for 3 blocks per layer on each server (SmolLM2, q8_0 blocks of
-    // 32 tokens: 14,208 bytes per layer, 15 layers per server); 7 form:
+    // 32 tokens: 14,208 bytes per layer, 15 layers per server); 6 form:
     // once past the cache, blocks are read from host memory.
     let p = small_infllm();
     let n_blocks = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208));
