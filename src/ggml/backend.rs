@@ -289,7 +289,6 @@ impl Scheduler {
         // SAFETY: pure query.
         unsafe { sys::ggml_backend_sched_get_n_splits(self.raw.as_ptr()) as usize }
     }
-
 }
 
 impl Drop for Scheduler {
