@@ -53,21 +53,6 @@ pub struct EngineParams {
     pub standard_ops: bool,
 }
 
-impl EngineParams {
-    /// `attn` with `n_threads` threads and the defaults: `n_ctx` tokens of
-    /// context, steps of 512 tokens.
-    pub fn new(attn: AttnMode, n_threads: usize, n_ctx: usize) -> Self {
-        Self {
-            attn,
-            n_threads,
-            n_ctx,
-            n_ubatch: 512,
-            block_cache: None,
-            standard_ops: false,
-        }
-    }
-}
-
 /// What a kept decode graph was built for: a step whose key is equal runs
 /// it again with new input data.
 #[derive(PartialEq)]

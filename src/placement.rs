@@ -75,8 +75,6 @@ impl Offload {
 pub struct Placement {
     layers: Vec<Option<Device>>,
     output: Option<Device>,
-    /// Whether CPU weights may be repacked.
-    pub repack: bool,
 }
 
 impl Placement {
@@ -84,17 +82,13 @@ impl Placement {
         Self {
             layers: vec![None; n_layer],
             output: None,
-            repack: true,
         }
     }
 
     pub fn new(req: &Offload, n_layer: usize) -> anyhow::Result<Self> {
         let devices = chosen_devices(req)?;
         if devices.is_empty() {
-            return Ok(Self {
-                repack: req.repack,
-                ..Self::cpu(n_layer)
-            });
+            return Ok(Self::cpu(n_layer));
         }
         let n_gpu = match req.gpu_layers {
             GpuLayers::Auto | GpuLayers::All => n_layer + 1,
@@ -107,7 +101,6 @@ impl Placement {
         Ok(Self {
             layers: at.by_ref().take(n_layer).collect(),
             output: at.next().flatten(),
-            repack: req.repack,
         })
     }
 

@@ -47,12 +47,7 @@ pub struct CacheParams {
 impl CacheParams {
     fn validate(&self) -> anyhow::Result<()> {
         for (flag, t) in [("-ctk", self.type_k), ("-ctv", self.type_v)] {
-            anyhow::ensure!(
-                CACHE_TYPES.contains(&t),
-                "{flag} {}: not a cache type (use one of {})",
-                t.name(),
-                CACHE_TYPES.map(GgmlType::name).join(", ")
-            );
+            cache_type(flag, t.name())?;
             anyhow::ensure!(
                 (self.head_dim as u64).is_multiple_of(t.block_size()),
                 "{flag} {}: the head size {} is not a whole number of its blocks",
@@ -68,6 +63,16 @@ impl CacheParams {
         );
         Ok(())
     }
+}
+
+/// `-ctk` / `-ctv`'s type `name`, if it is one of `CACHE_TYPES`.
+pub fn cache_type(flag: &str, name: &str) -> anyhow::Result<GgmlType> {
+    GgmlType::by_name(name)
+        .filter(|t| CACHE_TYPES.contains(t))
+        .ok_or_else(|| {
+            let names = CACHE_TYPES.map(GgmlType::name).join(", ");
+            anyhow::anyhow!("{flag} {name}: not a cache type (use one of {names})")
+        })
 }
 
 /// The cache types llama.cpp accepts for `-ctk` / `-ctv`.

@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 
-use crate::attention::full::CACHE_TYPES;
+use crate::attention::full::cache_type;
 use crate::attention::infllm::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
 use crate::ggml::{type_by_name, GgmlType};
@@ -79,12 +79,8 @@ impl AttnSettings {
     /// The attention of kind `kind` for a model; `n_ctx` is `-c` (None: not given).
     pub fn mode(&self, kind: AttnKind, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         if kind == AttnKind::Full {
-            let cache_type = |flag, name: &Option<String>| match name {
-                None => Ok(GgmlType::F16),
-                Some(n) => GgmlType::by_name(n)
-                    .filter(|t| CACHE_TYPES.contains(t))
-                    .ok_or_else(|| anyhow::anyhow!("{flag} {n}: unsupported (use one of {})", cache_type_names())),
-            };
+            let cache_type =
+                |flag, name: &Option<String>| name.as_deref().map_or(Ok(GgmlType::F16), |n| cache_type(flag, n));
             return Ok(AttnMode::Full {
                 flash_attn: self.flash_attn != Switch::Off,
                 type_k: cache_type("-ctk", &self.cache_type_k)?,
@@ -124,10 +120,6 @@ fn block_type(flag: &str, name: &str) -> anyhow::Result<crate::ggml::GgmlType> {
         Some(t) if BLOCK_TYPES.contains(&t.name) => Ok(t.id),
         _ => anyhow::bail!("{flag} {name}: unsupported (use one of {})", BLOCK_TYPES.join(", ")),
     }
-}
-
-fn cache_type_names() -> String {
-    CACHE_TYPES.map(GgmlType::name).join(", ")
 }
 
 /// A line describing the attention, printed at load.

@@ -118,17 +118,11 @@ impl Buffer {
 
     /// Allocates host memory for every tensor of `ctx` (zeroed).
     pub fn alloc_context(ctx: &Context) -> anyhow::Result<Self> {
-        Self::alloc_context_in(ctx, BufferType::cpu())
-    }
-
-    /// Allocates memory of `buft` for every tensor of `ctx` (zeroed).
-    pub fn alloc_context_in(ctx: &Context, buft: BufferType) -> anyhow::Result<Self> {
-        // SAFETY: the context and buffer type are valid; null means out of
-        // memory (or a context without tensors, which we never pass).
+        // SAFETY: the context is valid; the CPU buffer type allocates host
+        // memory and sets each tensor's data; null means out of memory.
         unsafe {
-            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), buft.raw.as_ptr());
-            let raw = NonNull::new(raw)
-                .ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors in {}", buft.name()))?;
+            let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), sys::ggml_backend_cpu_buffer_type());
+            let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors"))?;
             sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
             Ok(Self { raw })
         }

@@ -191,11 +191,6 @@ impl BufferType {
         c_str(unsafe { sys::ggml_backend_buft_name(self.raw.as_ptr()) })
     }
 
-    pub fn is_host(self) -> bool {
-        // SAFETY: valid buffer type.
-        unsafe { sys::ggml_backend_buft_is_host(self.raw.as_ptr()) }
-    }
-
     /// The largest buffer of this memory (a device's single allocation).
     pub fn max_size(self) -> usize {
         // SAFETY: valid buffer type.

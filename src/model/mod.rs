@@ -96,7 +96,7 @@ impl Model {
         let identity = xxhash_rust::xxh3::xxh3_64(&file.bytes()[..file.data_offset as usize]);
         let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
         let placement = Placement::new(offload, hp.n_layer)?;
-        let weights = Weights::load(file, &placement, log)?;
+        let weights = Weights::load(file, &placement, offload.repack, log)?;
         let arch = (spec.load)(&mut hp, &weights)?;
         Ok(Self {
             hp,

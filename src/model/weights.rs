@@ -27,14 +27,16 @@ impl Weights {
     /// each device's upload. On the CPU, matmul weights go to ggml's
     /// repacked layouts where its kernels have one (as llama.cpp places
     /// them; silently: the caller reports `repacked_bytes`).
-    pub fn load(file: GgufFile, placement: &Placement, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
+    /// `repack: false` keeps the CPU's weights in the file's layout.
+    pub fn load(
+        file: GgufFile,
+        placement: &Placement,
+        repack: bool,
+        log: &mut dyn FnMut(String),
+    ) -> anyhow::Result<Self> {
         let ctx = Context::new(file.tensors.len() + 1, 0);
         let cpu = Device::cpu()?;
-        let repacked = if placement.repack {
-            cpu.extra_buffer_types()
-        } else {
-            Vec::new()
-        };
+        let repacked = if repack { cpu.extra_buffer_types() } else { Vec::new() };
         let mut mapped = Vec::with_capacity(file.tensors.len());
         let mut uploads: Vec<Upload<'_>> = Vec::new();
         let mut by_name = HashMap::with_capacity(file.tensors.len());

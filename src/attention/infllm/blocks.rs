@@ -97,11 +97,10 @@ impl BlockStore {
         let buft = device.buffer_type()?;
         let fits = |cap| {
             let ctx = Context::new(3, 0);
-            let fit = self
-                .cache_tensors(&ctx, cap)
+            let tensors = self.cache_tensors(&ctx, cap);
+            tensors
                 .iter()
-                .all(|&t| t.nbytes() <= buft.max_size() && device.supports_op(t));
-            fit
+                .all(|&t| t.nbytes() <= buft.max_size() && device.supports_op(t))
         };
         let mut cap = cap;
         while cap > 0 && !fits(cap) {

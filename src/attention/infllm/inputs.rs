@@ -120,13 +120,9 @@ impl InfllmAttention {
                 step.input_i32(&name(what), &[(e * slots.len()) as i64], c.collect())
             })
         };
-        let rerotate_slots: Vec<i32> = (0..n_valid as i32).collect();
-        let has_rerotate = self.rerotate && n_valid > 0;
-        let rerotate_cells = if has_rerotate {
-            cells("rerotate_cells", &rerotate_slots)
-        } else {
-            None
-        };
+        // Slots 0..n_valid, only after the buffer moved (at most once a chunk).
+        let rerotate_slots = (self.rerotate && n_valid > 0).then(|| (0..n_valid as i32).collect::<Vec<_>>());
+        let rerotate_cells = rerotate_slots.as_deref().and_then(|r| cells("rerotate_cells", r));
         let cells = cells("cells", &slots);
         InfllmInputs {
             pos_local: step.input_i32(&name("pos_local"), &[t], slots),
@@ -134,7 +130,7 @@ impl InfllmAttention {
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),
-            rerotate: has_rerotate.then(|| step.input_i32(&name("rerotate"), &[n_valid as i64], rerotate_slots)),
+            rerotate: rerotate_slots.map(|r| step.input_i32(&name("rerotate"), &[n_valid as i64], r)),
             ones_heads: (n_tokens > 1)
                 .then(|| step.input_f32(&name("ones_heads"), &[1, t, nh as i64], vec![1.0; n_tokens * nh])),
             ones: (n_tokens > 1 && n_blocks > p.topk)

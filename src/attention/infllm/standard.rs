@@ -77,12 +77,10 @@ impl<'a> LayerTensors<'a> {
     /// the keys of blocks `ids` (I32 [n_sel]), block by block.
     pub fn block_logits(&self, ids: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
         let g = self.g;
-        let store = self.blocks.k_tensor(g);
-        if !self.standard {
-            return g.block_scores(store, ids, q);
+        match self.standard {
+            false => g.block_scores(self.blocks.k_tensor(g), ids, q),
+            true => g.mul_mat_f32(self.block_keys(ids), q),
         }
-        let keys = self.block_keys(ids);
-        g.mul_mat_f32(keys, q)
     }
 
     /// The keys of blocks `ids`, dequantized: [hd, bs * n_sel, n_kv], f32.
