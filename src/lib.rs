@@ -10,6 +10,7 @@ pub mod ggml;
 pub mod gguf;
 pub mod model;
 pub mod placement;
+pub mod quote;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;
