@@ -327,25 +327,25 @@ fn truncated_at_structural_boundaries() {
     );
     // Inside a value type, a string value, a u32 value, a bool.
     let arch = after_str(&b, "general.architecture");
-    cut(arch + 2, &["metadata key 'general.architecture': value type"]);
+    cut(arch + 2, &["metadata key \"general.architecture\": value type"]);
     cut(
         after_str(&b, "llama") - 2,
-        &["metadata key 'general.architecture': string value at byte"],
+        &["metadata key \"general.architecture\": string value at byte"],
     );
     cut(
         after_str(&b, "test.count") + 6,
-        &["metadata key 'test.count': u32 value"],
+        &["metadata key \"test.count\": u32 value"],
     );
     cut(
         after_str(&b, "test.flag") + 4,
-        &["metadata key 'test.flag': bool value"],
+        &["metadata key \"test.flag\": bool value"],
     );
     // Inside a string array: its length, then its third item.
     let tokens = after_str(&b, "test.tokens");
-    cut(tokens + 4 + 4 + 3, &["metadata key 'test.tokens': array length"]);
+    cut(tokens + 4 + 4 + 3, &["metadata key \"test.tokens\": array length"]);
     cut(
         after_str(&b, "hello") + 8 + 4,
-        &["metadata key 'test.tokens': String array item #3: string value length"],
+        &["metadata key \"test.tokens\": String array item #3: string value length"],
     );
     cut(
         after_str(&b, "wörld") - 1,
@@ -354,21 +354,27 @@ fn truncated_at_structural_boundaries() {
     // Inside a nested array.
     cut(
         after_str(&b, "x") + 8 + 1,
-        &["'test.nested': Array array item #0: String array item #1: string value at byte"],
+        &["\"test.nested\": Array array item #0: String array item #1: string value at byte"],
     );
     // Inside each field of a tensor entry.
     let (n_dims, dim0, ty, off) = tensor_fields(&b, "tensor.float", 2);
     cut(find(&b, b"tensor.float") + 4, &["tensor entry #1: tensor name at byte"]);
-    cut(n_dims + 1, &["tensor entry #1: tensor 'tensor.float': dimension count"]);
-    cut(dim0 + 8 + 3, &["tensor 'tensor.float': dimension 1 at byte"]);
-    cut(ty + 1, &["tensor 'tensor.float': ggml type"]);
-    cut(off + 7, &["tensor 'tensor.float': data offset"]);
+    cut(
+        n_dims + 1,
+        &["tensor entry #1: tensor \"tensor.float\": dimension count"],
+    );
+    cut(dim0 + 8 + 3, &["tensor \"tensor.float\": dimension 1 at byte"]);
+    cut(ty + 1, &["tensor \"tensor.float\": ggml type"]);
+    cut(off + 7, &["tensor \"tensor.float\": data offset"]);
     // Inside the padding before the data, and inside the data.
     cut(off + 8 + 1, &["padding to the 32-byte aligned tensor data"]);
-    cut(b.len() - 1, &["tensor 'tensor.float'", "runs past the end of the file"]);
+    cut(
+        b.len() - 1,
+        &["tensor \"tensor.float\"", "runs past the end of the file"],
+    );
     cut(
         b.len() - 70,
-        &["tensor 'tensor.quant'", "runs past the end of the file"],
+        &["tensor \"tensor.quant\"", "runs past the end of the file"],
     );
 }
 
@@ -439,7 +445,7 @@ fn absurd_string_and_array_lengths() {
     expect_err(
         with(&b, llama, &(1u64 << 62).to_le_bytes()),
         &[
-            "'general.architecture': string value at byte",
+            "\"general.architecture\": string value at byte",
             "needs 4611686018427387904 bytes",
         ],
     );
@@ -448,7 +454,7 @@ fn absurd_string_and_array_lengths() {
     expect_err(
         with(&b, tokens, &u64::MAX.to_le_bytes()),
         &[
-            "'test.tokens'",
+            "\"test.tokens\"",
             "length of the String array 18446744073709551615 is impossible",
         ],
     );
@@ -456,7 +462,7 @@ fn absurd_string_and_array_lengths() {
     expect_err(
         with(&b, inner, &(u64::MAX / 2).to_le_bytes()),
         &[
-            "'test.nested': Array array item #0",
+            "\"test.nested\": Array array item #0",
             "length of the String array",
             "impossible",
         ],
@@ -475,26 +481,26 @@ fn tensor_offsets_past_the_end_or_misaligned() {
     let (_, _, _, off) = tensor_fields(&b, "tensor.float", 2);
     expect_err(
         with(&b, off, &(1u64 << 20).to_le_bytes()),
-        &["tensor 'tensor.float'", "data [1048576, +32) runs past the end"],
+        &["tensor \"tensor.float\"", "data [1048576, +32) runs past the end"],
     );
     expect_err(
         with(&b, off, &(u64::MAX - 31).to_le_bytes()),
-        &["tensor 'tensor.float'", "runs past the end"],
+        &["tensor \"tensor.float\"", "runs past the end"],
     );
     expect_err(
         with(&b, off, &72u64.to_le_bytes()),
-        &["tensor 'tensor.float'", "data offset 72 is not aligned to 32"],
+        &["tensor \"tensor.float\"", "data offset 72 is not aligned to 32"],
     );
     // Overlapping data: both tensors at offset 0.
     expect_err(
         with(&b, off, &0u64.to_le_bytes()),
-        &["tensor 'tensor.float'", "overlaps tensor 'tensor.quant'"],
+        &["tensor \"tensor.float\"", "overlaps tensor \"tensor.quant\""],
     );
     // The header claims an alignment the layout does not have.
     let align = after_str(&b, "general.alignment") + 4;
     expect_err(
         with(&b, align, &128u32.to_le_bytes()),
-        &["tensor 'tensor.float': data offset 64 is not aligned to 128"],
+        &["tensor \"tensor.float\": data offset 64 is not aligned to 128"],
     );
 }
 
@@ -513,13 +519,13 @@ fn bad_general_alignment() {
         b,
         &[
             &format!("at byte {at}: "),
-            "'general.alignment': alignment 0 is not a power of two",
+            "\"general.alignment\": alignment 0 is not a power of two",
         ],
     );
     expect_err(with_alignment(Value::U32(3)), &["alignment 3 is not a power of two"]);
     expect_err(
         with_alignment(Value::U64(32)),
-        &["'general.alignment' must be a u32, found U64 32"],
+        &["\"general.alignment\" must be a u32, found U64 32"],
     );
     expect_err(with_alignment(s("32")), &["must be a u32, found String"]);
     // A valid non-default alignment is used for the layout.
@@ -533,7 +539,7 @@ fn unknown_value_types() {
     let count = after_str(&b, "test.count");
     expect_err(
         with(&b, count, &13u32.to_le_bytes()),
-        &["metadata key 'test.count': unknown value type 13"],
+        &["metadata key \"test.count\": unknown value type 13"],
     );
     expect_err(
         with(&b, count, &u32::MAX.to_le_bytes()),
@@ -542,7 +548,7 @@ fn unknown_value_types() {
     let tokens = after_str(&b, "test.tokens") + 4;
     expect_err(
         with(&b, tokens, &42u32.to_le_bytes()),
-        &["metadata key 'test.tokens': unknown array element type 42"],
+        &["metadata key \"test.tokens\": unknown array element type 42"],
     );
 }
 
@@ -552,12 +558,12 @@ fn unknown_ggml_types() {
     let (_, _, ty, _) = tensor_fields(&b, "tensor.float", 2);
     expect_err(
         with(&b, ty, &1000u32.to_le_bytes()),
-        &["tensor 'tensor.float': unknown ggml type 1000"],
+        &["tensor \"tensor.float\": unknown ggml type 1000"],
     );
     // 4 was Q4_2, removed from ggml.
     expect_err(
         with(&b, ty, &4u32.to_le_bytes()),
-        &["tensor 'tensor.float': unknown ggml type 4"],
+        &["tensor \"tensor.float\": unknown ggml type 4"],
     );
 }
 
@@ -566,37 +572,37 @@ fn bad_tensor_shapes() {
     // Too many dimensions.
     expect_err(
         one_tensor("t", &[1, 1, 1, 1, 1], F32, vec![0; 4]),
-        &["tensor 't': 5 dimensions (ggml supports at most 4)"],
+        &["tensor \"t\": 5 dimensions (ggml supports at most 4)"],
     );
     let b = small();
     let (n_dims, ..) = tensor_fields(&b, "tensor.quant", 1);
     expect_err(
         with(&b, n_dims, &u32::MAX.to_le_bytes()),
-        &["tensor 'tensor.quant': 4294967295 dimensions"],
+        &["tensor \"tensor.quant\": 4294967295 dimensions"],
     );
     // Element count overflows i64 (each dimension alone is fine).
     expect_err(
         one_tensor("t", &[1 << 32, 1 << 32], F32, vec![]),
-        &["tensor 't'", "overflow"],
+        &["tensor \"t\"", "overflow"],
     );
     expect_err(
         one_tensor("t", &[1 << 31, 1 << 31, 2, 1], F32, vec![]),
-        &["tensor 't'", "overflow"],
+        &["tensor \"t\"", "overflow"],
     );
     // A dimension ggml would read as negative, hidden by a zero.
     expect_err(
         one_tensor("t", &[0, u64::MAX], F32, vec![]),
-        &["tensor 't'", "negative"],
+        &["tensor \"t\"", "negative"],
     );
     // Byte size overflows even though the element count fits.
     expect_err(
         one_tensor("t", &[1 << 62], F32, vec![]),
-        &["tensor 't'", "data size", "overflows"],
+        &["tensor \"t\"", "data size", "overflows"],
     );
     // Row not a multiple of the block size.
     expect_err(
         one_tensor("t", &[33, 2], Q8_0, vec![]),
-        &["tensor 't': row of 33 elements is not a multiple of the q8_0 block size 32"],
+        &["tensor \"t\": row of 33 elements is not a multiple of the q8_0 block size 32"],
     );
     expect_err(
         one_tensor("t", &[], Q4_K, vec![]),
@@ -619,11 +625,11 @@ fn duplicate_names_and_keys() {
     w.add_tensor("tensor.quant", &[8], F32, bytes_of(32, 3));
     expect_err(
         w.to_bytes(),
-        &["tensor 'tensor.quant': duplicate tensor name (entry #2 at byte"],
+        &["tensor \"tensor.quant\": duplicate tensor name (entry #2 at byte"],
     );
     let mut w = small_writer();
     w.add("test.count", Value::U32(8));
-    expect_err(w.to_bytes(), &["duplicate metadata key 'test.count' (entry #8)"]);
+    expect_err(w.to_bytes(), &["duplicate metadata key \"test.count\" (entry #8)"]);
 }
 
 #[test]
@@ -638,7 +644,7 @@ fn bad_keys_and_names() {
     let hello = find(&b, b"hello");
     expect_err(
         with(&b, hello, &[0xc3, 0x28]),
-        &["'test.tokens': String array item #1: string value is not valid UTF-8"],
+        &["\"test.tokens\": String array item #1: string value is not valid UTF-8"],
     );
     let name = find(&b, b"tensor.float");
     expect_err(
@@ -665,7 +671,7 @@ fn bool_not_zero_or_one() {
     assert_eq!(b[flag], 1);
     expect_err(
         with(&b, flag, &[2]),
-        &["metadata key 'test.flag': bool value 2 is neither 0 nor 1"],
+        &["metadata key \"test.flag\": bool value 2 is neither 0 nor 1"],
     );
     expect_err(with(&b, flag, &[0xff]), &["bool value 255"]);
     let mut w = GgufWriter::new();
@@ -675,7 +681,7 @@ fn bool_not_zero_or_one() {
     );
     let b = w.to_bytes();
     let n = b.len();
-    expect_err(with(&b, n - 1, &[7]), &["'flags': Bool array item #1: bool value 7"]);
+    expect_err(with(&b, n - 1, &[7]), &["\"flags\": Bool array item #1: bool value 7"]);
 }
 
 #[test]
@@ -691,7 +697,7 @@ fn deeply_nested_arrays() {
     };
     let ok = parse(nest(8), "arrays nested 8 deep").unwrap();
     assert!(matches!(ok.get("deep"), Some(Value::Array(ValueType::Array, _))));
-    expect_err(nest(9), &["metadata key 'deep'", "arrays nested more than 8 deep"]);
+    expect_err(nest(9), &["metadata key \"deep\"", "arrays nested more than 8 deep"]);
     expect_err(nest(1000), &["arrays nested more than 8 deep"]);
     // A long chain of array headers with nothing after: the count check
     // stops it before any recursion.
@@ -700,19 +706,29 @@ fn deeply_nested_arrays() {
         .to_bytes();
     let len_at = b.len() - 8;
     put(&mut b, len_at, &1u64.to_le_bytes());
-    expect_err(b, &["'deep'", "length of the Array array 1 is impossible"]);
+    expect_err(b, &["\"deep\"", "length of the Array array 1 is impossible"]);
 }
 
 #[test]
 fn open_errors() {
     let missing = temp_path("missing");
     let e = GgufFile::open(&missing).unwrap_err().to_string();
-    assert!(e.starts_with("cannot open ") && e.contains("missing"), "{e}");
+    assert!(
+        e.starts_with("model file ") && e.ends_with("missing.gguf does not exist"),
+        "{e}"
+    );
+    // Paths that are not regular files are refused before they are opened
+    // (opening a FIFO would block).
+    let e = GgufFile::open(std::env::temp_dir()).unwrap_err().to_string();
+    assert!(e.ends_with("is a directory"), "{e}");
+    let e = GgufFile::open("/dev/null").unwrap_err().to_string();
+    assert!(e.ends_with("is not a regular file (a character device)"), "{e}");
     let empty = temp_path("empty");
     std::fs::write(&empty, b"").unwrap();
     let e = GgufFile::open(&empty).unwrap_err().to_string();
     std::fs::remove_file(&empty).unwrap();
-    assert!(e.contains("magic at byte 0 needs 4 bytes, 0 left"), "{e}");
+    assert!(e.ends_with("is empty"), "{e}");
+    expect_err(vec![], &["magic at byte 0 needs 4 bytes, 0 left"]);
     // ggml's reader reports failures as errors too.
     assert!(gguf_ref::read_file(&missing).is_err());
     assert!(gguf_ref::read_bytes(&with(&small(), 0, b"GGML")).is_err());
@@ -833,8 +849,12 @@ fn writer_round_trip_every_value_type() {
         .get_f32("string")
         .unwrap_err()
         .to_string()
-        .contains("'string' has type String, expected a number"));
-    assert!(f.get_u32("nope").unwrap_err().to_string().contains("'nope' is missing"));
+        .contains("\"string\" has type String, expected a number"));
+    assert!(f
+        .get_u32("nope")
+        .unwrap_err()
+        .to_string()
+        .contains("\"nope\" is missing"));
 
     // Metadata only (no tensors): no padding after the header, as in ggml.
     let mut w = GgufWriter::new();

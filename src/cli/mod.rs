@@ -63,14 +63,17 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The model path: `-m`, else `$INFLLM_MODEL`, else the default file
     /// (looked up from the working directory, then next to the repository
-    /// the binary was built in).
+    /// the binary was built in). A path given by `-m` or `$INFLLM_MODEL` must
+    /// name a non-empty regular file: checked here, before anything opens it.
     pub fn path(&self) -> anyhow::Result<PathBuf> {
         if let Some(p) = &self.model {
-            anyhow::ensure!(p.is_file(), "model file {} does not exist", p.display());
+            crate::gguf::check_file(p)?;
             return Ok(p.clone());
         }
         if let Some(p) = std::env::var_os("INFLLM_MODEL") {
-            return Ok(PathBuf::from(p));
+            let p = PathBuf::from(p);
+            crate::gguf::check_file(&p).context("$INFLLM_MODEL")?;
+            return Ok(p);
         }
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
         [PathBuf::from(DEFAULT_MODEL), repo]

@@ -7,7 +7,7 @@ mod reader;
 mod value;
 mod writer;
 
-pub use reader::{GgufError, GgufFile, TensorInfo};
+pub use reader::{check_file, GgufError, GgufFile, TensorInfo};
 pub use value::{Value, ValueType};
 pub use writer::GgufWriter;
 

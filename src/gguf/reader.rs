@@ -15,6 +15,7 @@ use memmap2::Mmap;
 use super::value::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC};
 use crate::ggml::{self, GgmlType};
+use crate::quote::quoted;
 
 /// Arrays nested deeper than this are rejected (real files nest at most 2).
 pub const MAX_ARRAY_DEPTH: usize = 8;
@@ -27,10 +28,19 @@ pub const MAX_TENSOR_NAME: usize = 63;
 /// costs nothing, a true one only a few reallocations as the items are read.
 const MAX_PREALLOC: usize = 1 << 16;
 
+/// Text from the file (key and tensor names, string values) enters these
+/// messages only through [`quoted`]: escaped and cut, so that each stays one
+/// short line.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot open {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The cause is part of the message and not a `source`: printed as an
+    /// error chain, it would appear twice.
+    #[error("cannot open {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
+    /// A path that is no file to map: missing, a directory, a device or
+    /// FIFO (opening one would block), or empty.
+    #[error("model file {} {why}", path.display())]
+    NotAFile { path: PathBuf, why: String },
     #[error("not a GGUF file (magic {0:02x?}, expected \"GGUF\")")]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (supported: 2, 3){hint}", hint = endian_hint(*.0))]
@@ -44,11 +54,11 @@ pub enum GgufError {
     },
     #[error("corrupt GGUF file at byte {offset}: {msg}")]
     Corrupt { offset: usize, msg: String },
-    #[error("corrupt GGUF file: tensor '{name}': {msg}")]
+    #[error("corrupt GGUF file: tensor {}: {msg}", quoted(name))]
     Tensor { name: String, msg: String },
-    #[error("GGUF metadata key '{0}' is missing")]
+    #[error("GGUF metadata key {} is missing", quoted(.0))]
     MissingKey(String),
-    #[error("GGUF metadata key '{key}' has type {found:?}, expected {expected}")]
+    #[error("GGUF metadata key {} has type {found:?}, expected {expected}", quoted(key))]
     WrongType {
         key: String,
         found: ValueType,
@@ -157,9 +167,10 @@ impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        check_file(path)?;
+        let io = |cause| GgufError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let file = File::open(path).map_err(io)?;
         let map = ggml::map_readonly(&file).map_err(io)?;
@@ -323,8 +334,56 @@ impl GgufFile {
             .and_then(|start| Some(start..start.checked_add(t.size)?))
             .and_then(|r| Some(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?))
             .and_then(|r| self.bytes().get(r));
-        span.unwrap_or_else(|| panic!("tensor '{}' is not a tensor of this GGUF file", t.name))
+        span.unwrap_or_else(|| panic!("tensor {} is not a tensor of this GGUF file", quoted(&t.name)))
     }
+}
+
+/// Checks that `path` is a non-empty regular file (following links) without
+/// opening it: opening a FIFO would block, and a directory or device cannot
+/// be mapped as a model.
+pub fn check_file(path: &Path) -> Result<()> {
+    let not_a_file = |why: String| GgufError::NotAFile {
+        path: path.to_path_buf(),
+        why,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_a_file("does not exist".into())),
+        Err(e) => return Err(not_a_file(format!("cannot be read: {e}"))),
+    };
+    let ty = meta.file_type();
+    if ty.is_dir() {
+        return Err(not_a_file("is a directory".into()));
+    }
+    if !ty.is_file() {
+        return Err(not_a_file(format!("is not a regular file ({})", special_kind(ty))));
+    }
+    if meta.len() == 0 {
+        return Err(not_a_file("is empty".into()));
+    }
+    Ok(())
+}
+
+/// What a path that is neither a regular file nor a directory is.
+#[cfg(unix)]
+fn special_kind(ty: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if ty.is_fifo() {
+        "a FIFO"
+    } else if ty.is_char_device() {
+        "a character device"
+    } else if ty.is_block_device() {
+        "a block device"
+    } else if ty.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: std::fs::FileType) -> &'static str {
+    "a special file"
 }
 
 /// `general.alignment`: when present, a u32 power of two (as ggml requires).
@@ -335,8 +394,8 @@ fn alignment(meta: &Metadata) -> Result<u64> {
     };
     let msg = match &meta.entries[i].1 {
         Value::U32(a) if a.is_power_of_two() => return Ok(*a as u64),
-        Value::U32(a) => format!("metadata key '{KEY}': alignment {a} is not a power of two"),
-        v => format!("metadata key '{KEY}' must be a u32, found {:?} {v}", v.value_type()),
+        Value::U32(a) => format!("metadata key \"{KEY}\": alignment {a} is not a power of two"),
+        v => format!("metadata key \"{KEY}\" must be a u32, found {:?} {v}", v.value_type()),
     };
     Err(GgufError::Corrupt {
         offset: meta.offsets[i],
@@ -370,8 +429,12 @@ fn check_tensor_extents(tensors: &[TensorInfo], data_offset: u64, data_len: u64)
                 return Err(GgufError::Tensor {
                     name: t.name.clone(),
                     msg: format!(
-                        "data [{}, +{}) overlaps tensor '{}' [{}, +{})",
-                        t.offset, t.size, p.name, p.offset, p.size
+                        "data [{}, +{}) overlaps tensor {} [{}, +{})",
+                        t.offset,
+                        t.size,
+                        quoted(&p.name),
+                        p.offset,
+                        p.size
                     ),
                 });
             }
@@ -483,9 +546,9 @@ impl<'a> Cursor<'a> {
                 return Err(self.corrupt(at, format!("metadata entry #{i} has an empty key")));
             }
             if key_index.contains_key(&key) {
-                return Err(self.corrupt(at, format!("duplicate metadata key '{key}' (entry #{i})")));
+                return Err(self.corrupt(at, format!("duplicate metadata key {} (entry #{i})", quoted(&key))));
             }
-            let ctx = || format!("metadata key '{key}'");
+            let ctx = || format!("metadata key {}", quoted(&key));
             let ty = self.value_type("value type").map_err(|e| e.context(&ctx()))?;
             let value = self.value(ty, 0).map_err(|e| e.context(&ctx()))?;
             key_index.insert(key.clone(), metadata.len());
@@ -557,7 +620,7 @@ impl<'a> Cursor<'a> {
                 name.len()
             )));
         }
-        let ctx = || format!("tensor '{name}'");
+        let ctx = || format!("tensor {}", quoted(&name));
         let n_dims = self.u32("dimension count").map_err(|e| e.context(&ctx()))?;
         if n_dims as usize > MAX_DIMS {
             return Err(bad(format!("{n_dims} dimensions (ggml supports at most {MAX_DIMS})")));

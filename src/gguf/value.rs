@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::quote::quoted;
+
 /// The type tag of a metadata value, as numbered in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueType {
@@ -142,7 +144,8 @@ impl Value {
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::String(s) => write!(f, "{s:?}"),
+            // Escaped and cut: values are shown in one-line errors.
+            Value::String(s) => f.write_str(&quoted(s)),
             Value::Array(_, items) => write!(f, "[{} items]", items.len()),
             Value::F32(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
