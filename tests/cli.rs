@@ -44,7 +44,7 @@ fn run_model(model: &Path, extra: &[&str]) -> Output {
 fn broken_model_files_give_one_line_and_exit_1() {
     let real = std::fs::read(common::smollm2()).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("empty.gguf", vec![], "truncated"),
+        ("empty.gguf", vec![], "is empty"),
         ("magic.gguf", b"GGML0000000000000000000000".to_vec(), "magic"),
         ("header.gguf", real[..1000].to_vec(), "tensor count 272 is impossible"),
         ("tokens.gguf", real[..300_000].to_vec(), "tokenizer.ggml.tokens"),
@@ -102,7 +102,7 @@ fn unknown_architecture_is_named() {
     w.write(&path).unwrap();
     assert_clean_error(
         &run_model(&path, &[]),
-        "unknown architecture 'mamba9' (supported: llama",
+        "unknown architecture \"mamba9\" (supported: llama",
     );
 }
 

@@ -89,6 +89,15 @@ impl GgmlType {
         self.info().row_size(n)
     }
 
+    /// Whether ggml's CPU backend can multiply by a matrix of this type (it
+    /// has a `vec_dot` kernel for it). Its `supports_op` accepts any type
+    /// with f32 activations: the kernel table is the real answer.
+    pub fn has_cpu_matmul(self) -> bool {
+        // SAFETY: `self` is a known type, below GGML_TYPE_COUNT, so it
+        // indexes the CPU backend's static, always initialized traits table.
+        unsafe { (*sys::ggml_get_type_traits_cpu(self.sys())).vec_dot.is_some() }
+    }
+
     /// The type named `name` (ggml's name, any case).
     pub fn by_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
@@ -236,5 +245,17 @@ mod tests {
         assert_eq!(serde_json::to_string(&GgmlType::Q4_K).unwrap(), "\"q4_K\"");
         assert_eq!(serde_json::from_str::<GgmlType>("\"q4_K\"").unwrap(), GgmlType::Q4_K);
         assert!(serde_json::from_str::<GgmlType>("\"q9\"").is_err());
+    }
+
+    #[test]
+    fn cpu_matmul_types() {
+        use GgmlType::*;
+        for t in [F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, IQ4_NL, MXFP4] {
+            assert!(t.has_cpu_matmul(), "{t}");
+        }
+        // Activation-only quantizations and integer types have no kernel.
+        for t in [Q8_1, Q8_K, I8, I16, I32, I64, F64] {
+            assert!(!t.has_cpu_matmul(), "{t}");
+        }
     }
 }

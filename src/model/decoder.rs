@@ -3,6 +3,7 @@
 //! layout of projections and biases follows the tensors in the file.
 
 use super::builders::{Act, Blk, Builder, Ends, Ffn, SelfAttn};
+use super::weights::Tensors;
 use super::{Architecture, ForwardInputs, Hparams, Weights};
 use crate::compute::Step;
 use crate::ggml::{Tensor, TensorId};
@@ -31,7 +32,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(hp: &Hparams, w: &Weights, opt: Options) -> anyhow::Result<Self> {
+    pub fn new(hp: &Hparams, w: Tensors<'_>, opt: Options) -> anyhow::Result<Self> {
         let layer = |il| -> anyhow::Result<Layer> {
             let blk = Blk::new(w, hp, il);
             let mut attn = SelfAttn::load(w, hp, il, opt.qk_norm)?;

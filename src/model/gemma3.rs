@@ -5,11 +5,15 @@
 //! Only the global layers attend the whole past; under InfLLM they are the
 //! ones with memory blocks.
 
+use anyhow::{ensure, Context as _};
+
 use super::builders::{Act, Blk, Builder, Ends, Ffn, SelfAttn};
-use super::meta::Meta;
+use super::meta::{Meta, Sign};
+use super::weights::Tensors;
 use super::{ArchSpec, Architecture, ForwardInputs, Hparams, Weights};
 use crate::compute::Step;
 use crate::ggml::{RopeParams, Tensor, TensorId};
+use crate::gguf::Value;
 
 pub const SPEC: ArchSpec = ArchSpec {
     names: &["gemma3"],
@@ -33,11 +37,11 @@ struct Gemma3 {
 }
 
 impl Gemma3 {
-    fn new(hp: &mut Hparams, w: &Weights) -> anyhow::Result<Self> {
-        let m = Meta::new(&w.file)?;
-        hp.layer_window = layer_windows(m, hp.n_layer)?;
+    fn new(hp: &mut Hparams, w: Tensors<'_>) -> anyhow::Result<Self> {
+        let m = Meta::new(w.file)?;
+        hp.layer_window = layer_windows(m, hp)?;
         let swa_rope = RopeParams {
-            freq_base: m.f32_or("rope.freq_base_swa", 10_000.0)?,
+            freq_base: m.f32_or("rope.freq_base_swa", 10_000.0, Sign::Positive)?,
             freq_scale: 1.0,
             ..hp.rope
         };
@@ -67,25 +71,41 @@ impl Gemma3 {
         Ok(Self {
             ends: Ends::load(hp, w)?,
             layers: (0..hp.n_layer).map(layer).collect::<anyhow::Result<_>>()?,
-            final_softcap: m.f32_or("final_logit_softcapping", 0.0)?,
+            final_softcap: m.f32_or("final_logit_softcapping", 0.0, Sign::NonNegative)?,
         })
     }
 }
 
 /// Each layer's sliding window (0: global) from `attention.sliding_window`
-/// and `attention.sliding_window_pattern` (per-layer flags, or n: every
-/// n-th layer is global; 6 when absent).
-fn layer_windows(m: Meta, n_layer: usize) -> anyhow::Result<Vec<usize>> {
+/// (at most the trained context) and `attention.sliding_window_pattern`
+/// (per-layer flags, or n: every n-th layer is global; 6 when absent).
+fn layer_windows(m: Meta, hp: &Hparams) -> anyhow::Result<Vec<usize>> {
+    let n_layer = hp.n_layer;
     let window = m.usize_or("attention.sliding_window", 0)?;
     if window == 0 {
         return Ok(vec![0; n_layer]);
     }
+    ensure!(
+        window <= hp.n_ctx_train,
+        "{} is {window}: above the trained context of {} tokens",
+        m.key("attention.sliding_window"),
+        hp.n_ctx_train
+    );
     let key = "attention.sliding_window_pattern";
     let swa: Vec<bool> = match m.get(key) {
         Some(v) if v.as_array().is_some() => {
             let a = m.file.get_array(&m.key(key))?;
-            anyhow::ensure!(a.len() == n_layer, "sliding_window_pattern has {} entries", a.len());
-            a.iter().map(|v| v.as_bool().unwrap_or(false)).collect()
+            ensure!(
+                a.len() == n_layer,
+                "{} has {} entries for {n_layer} layers",
+                m.key(key),
+                a.len()
+            );
+            let flag = |(i, v): (usize, &Value)| {
+                v.as_bool()
+                    .with_context(|| format!("{}[{i}] is not a bool", m.key(key)))
+            };
+            a.iter().enumerate().map(flag).collect::<anyhow::Result<_>>()?
         }
         _ => every_nth_global(n_layer, m.usize_or(key, 6)?),
     };

@@ -5,7 +5,8 @@
 
 use super::builders::Builder;
 use super::decoder::{Decoder, Options};
-use super::meta::Meta;
+use super::meta::{Meta, Sign};
+use super::weights::Tensors;
 use super::{ArchSpec, Architecture, ForwardInputs, Hparams, Weights};
 use crate::compute::Step;
 use crate::ggml::Tensor;
@@ -34,8 +35,8 @@ struct Granite {
 }
 
 impl Granite {
-    fn new(hp: &mut Hparams, w: &Weights) -> anyhow::Result<Self> {
-        let m = Meta::new(&w.file)?;
+    fn new(hp: &mut Hparams, w: Tensors<'_>) -> anyhow::Result<Self> {
+        let m = Meta::new(w.file)?;
         anyhow::ensure!(
             m.bool_or("rope.scaling.finetuned", true)?,
             "granite without rope is not supported"
@@ -51,21 +52,17 @@ impl Granite {
             );
         }
         let mut decoder = Decoder::new(hp, w, Options::default())?;
-        let attention_scale = m.f32_or("attention.scale", 0.0)?;
+        let attention_scale = m.f32_or("attention.scale", 0.0, Sign::NonNegative)?;
         if attention_scale != 0.0 {
             for l in &mut decoder.layers {
                 l.attn.params.scale = attention_scale;
             }
         }
-        let logit_scale = m.f32("logit_scale")?;
-        anyhow::ensure!(
-            logit_scale.is_finite() && logit_scale > 0.0,
-            "granite.logit_scale {logit_scale}: must be positive"
-        );
+        let logit_scale = m.f32("logit_scale", Sign::Positive)?;
         Ok(Self {
             decoder,
-            embedding_scale: m.f32_or("embedding_scale", 0.0)?,
-            residual_scale: m.f32_or("residual_scale", 0.0)?,
+            embedding_scale: m.f32_or("embedding_scale", 0.0, Sign::NonNegative)?,
+            residual_scale: m.f32_or("residual_scale", 0.0, Sign::NonNegative)?,
             logit_scale,
         })
     }

@@ -3,7 +3,7 @@
 //! frequency factors.
 
 use super::decoder::{Decoder, Options};
-use super::meta::Meta;
+use super::meta::{Meta, Sign};
 use super::ArchSpec;
 
 pub const SPEC: ArchSpec = ArchSpec {
@@ -11,10 +11,10 @@ pub const SPEC: ArchSpec = ArchSpec {
     neox: false,
     load: |hp, w| {
         // Mistral 3's optional Llama-4-style attention temperature is not implemented.
-        let m = Meta::new(&w.file)?;
+        let m = Meta::new(w.file)?;
         let key = "attention.temperature_scale";
         anyhow::ensure!(
-            m.f32_or(key, 0.0)? == 0.0,
+            m.f32_or(key, 0.0, Sign::NonNegative)? == 0.0,
             "{} (attention temperature scaling) is not supported",
             m.key(key)
         );

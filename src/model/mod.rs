@@ -14,17 +14,18 @@ mod qwen3;
 mod weights;
 
 pub use hparams::Hparams;
-pub use weights::Weights;
+pub use weights::{Role, TensorTable, Tensors, Weights};
 
 use std::path::Path;
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
 
 use crate::attention::{LayerAttn, LayerQkv, StepAttention};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 use crate::gguf::GgufFile;
 use crate::placement::{Offload, Placement};
+use crate::quote::quoted;
 use crate::tokenizer::Tokenizer;
 
 /// The architectures this engine runs.
@@ -37,9 +38,67 @@ const REGISTRY: &[ArchSpec] = &[
     granite::SPEC,
 ];
 
+/// More tensors than any supported architecture has (about 16 per layer):
+/// each becomes a ggml tensor header before the architecture looks at them.
+pub const MAX_TENSORS: usize = 1 << 16;
+
 /// Names of the supported architectures (`general.architecture`).
 pub fn supported() -> Vec<&'static str> {
     REGISTRY.iter().flat_map(|a| a.names.iter().copied()).collect()
+}
+
+/// The file's architecture: its registered name and entry.
+fn spec(file: &GgufFile) -> anyhow::Result<(&'static str, &'static ArchSpec)> {
+    let name = file.architecture()?;
+    REGISTRY
+        .iter()
+        .find_map(|a| Some((*a.names.iter().find(|&&n| n == name)?, a)))
+        .with_context(|| {
+            format!(
+                "unknown architecture {} (supported: {})",
+                quoted(name),
+                supported().join(", ")
+            )
+        })
+}
+
+/// Every check a model file gets before it is loaded: architecture,
+/// hyper-parameters, tokenizer, and each tensor the architecture uses (its
+/// shape, and its type against the ops that use it). No ggml compute, no
+/// weight upload: cheap enough to run on every input of a fuzzer.
+/// `Model::load_on` runs the same checks first.
+pub fn check(file: &GgufFile) -> anyhow::Result<()> {
+    Checked::new(file).map(drop)
+}
+
+/// A model file that passed every check, and what the checks built, which
+/// loading goes on with.
+struct Checked {
+    hp: Hparams,
+    tokenizer: Tokenizer,
+    table: TensorTable,
+    arch: Box<dyn Architecture>,
+}
+
+impl Checked {
+    fn new(file: &GgufFile) -> anyhow::Result<Self> {
+        let (_, spec) = spec(file)?;
+        let mut hp = Hparams::read(file, spec.neox)?;
+        let tokenizer = Tokenizer::from_gguf(file).context("reading the tokenizer")?;
+        let n = file.tensors.len();
+        ensure!(
+            n <= MAX_TENSORS,
+            "{n} tensors: more than any supported model has ({MAX_TENSORS})"
+        );
+        let table = TensorTable::new(file);
+        let arch = (spec.load)(&mut hp, Tensors::new(file, &table))?;
+        Ok(Self {
+            hp,
+            tokenizer,
+            table,
+            arch,
+        })
+    }
 }
 
 /// An architecture: its `general.architecture` names, rotary layout and
@@ -48,8 +107,9 @@ pub struct ArchSpec {
     pub names: &'static [&'static str],
     /// Rotary dimensions in NeoX halves (true) or adjacent pairs.
     pub neox: bool,
-    /// Builds the graph builder; may refine the hyper-parameters (sliding windows).
-    pub load: fn(&mut Hparams, &Weights) -> anyhow::Result<Box<dyn Architecture>>,
+    /// Builds the graph builder, resolving (and so checking) every tensor it
+    /// uses; may refine the hyper-parameters (sliding windows).
+    pub load: fn(&mut Hparams, Tensors<'_>) -> anyhow::Result<Box<dyn Architecture>>,
 }
 
 /// A model's forward pass over its weights.
@@ -87,17 +147,16 @@ impl Model {
 
     fn load_inner(path: &Path, offload: &Offload, log: &mut dyn FnMut(String)) -> anyhow::Result<Self> {
         let file = GgufFile::open(path)?;
-        let name = file.architecture()?;
-        let Some(spec) = REGISTRY.iter().find(|a| a.names.contains(&name)) else {
-            anyhow::bail!("unknown architecture '{name}' (supported: {})", supported().join(", "));
-        };
-        let mut hp = Hparams::read(&file, spec.neox)?;
-        let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
+        let Checked {
+            hp,
+            tokenizer,
+            table,
+            arch,
+        } = Checked::new(&file)?;
         let identity = xxhash_rust::xxh3::xxh3_64(&file.bytes()[..file.data_offset as usize]);
         let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
         let placement = Placement::new(offload, hp.n_layer)?;
-        let weights = Weights::load(file, &placement, offload.repack, log)?;
-        let arch = (spec.load)(&mut hp, &weights)?;
+        let weights = Weights::load(file, table, &placement, offload.repack, log)?;
         Ok(Self {
             hp,
             weights,

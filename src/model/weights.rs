@@ -1,59 +1,161 @@
 //! Model weights: every GGUF tensor as a ggml tensor. On the CPU its data is
 //! the memory-mapped file itself (no copy); a layer placed on a device is
 //! uploaded once into a buffer there.
+//!
+//! Architectures resolve their weights through [`Tensors`], which checks
+//! each one's shape and, by the [`Role`] it plays in the graph, its type: a
+//! file cannot hand an op a tensor that its kernels would abort on.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context as _};
 
-use crate::ggml::{self, Buffer, BufferType, Context, Device, Tensor, TensorId};
+use crate::ggml::{Buffer, BufferType, Context, Device, GgmlType, Tensor, TensorId};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::placement::Placement;
+use crate::quote::quoted;
+
+/// How the graph uses a weight, which decides the types it may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The matrix of a matmul: projections, the output head, and the token
+    /// embeddings (also looked up by row, and the head when tied). Any type
+    /// ggml's CPU matmul has a kernel for (its row lookup takes them all).
+    Matrix,
+    /// Multiplied or added element-wise to f32 activations (norms, biases),
+    /// or read as floats by rope (frequency factors): ggml's CPU kernels
+    /// take only f32 there.
+    F32,
+}
+
+impl Role {
+    fn accepts(self, ty: GgmlType) -> bool {
+        match self {
+            Role::Matrix => ty.has_cpu_matmul(),
+            Role::F32 => ty == GgmlType::F32,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Role::Matrix => "a type ggml's CPU matmul supports",
+            Role::F32 => "f32",
+        }
+    }
+}
+
+/// The file's tensors as ggml tensors without data, by name: what the
+/// architectures resolve their weights against, whether the file is only
+/// checked or then loaded.
+pub struct TensorTable {
+    ctx: Context,
+    by_name: HashMap<String, TensorId>,
+}
+
+impl TensorTable {
+    /// One metadata-only tensor per table entry (the reader checked their
+    /// types, dimensions and names against ggml's limits).
+    pub fn new(file: &GgufFile) -> Self {
+        let ctx = Context::new(file.tensors.len() + 1, 0);
+        let mut by_name = HashMap::with_capacity(file.tensors.len());
+        for info in &file.tensors {
+            let t = ctx.new_tensor(info.ggml_type, &ggml_ne(info)).set_name(&info.name);
+            by_name.insert(info.name.clone(), ctx.id(t));
+        }
+        Self { ctx, by_name }
+    }
+}
+
+/// ggml's dimensions of a table entry: a scalar has one.
+fn ggml_ne(info: &TensorInfo) -> Vec<i64> {
+    if info.dims.is_empty() {
+        vec![1]
+    } else {
+        info.dims.iter().map(|&d| d as i64).collect()
+    }
+}
+
+/// A file's tensors as the architectures see them when they load.
+#[derive(Clone, Copy)]
+pub struct Tensors<'w> {
+    pub file: &'w GgufFile,
+    table: &'w TensorTable,
+}
+
+impl<'w> Tensors<'w> {
+    pub fn new(file: &'w GgufFile, table: &'w TensorTable) -> Self {
+        Self { file, table }
+    }
+
+    pub fn info(&self, name: &str) -> Option<&'w TensorInfo> {
+        self.file.tensor(name)
+    }
+
+    /// A tensor that must exist with the given dimensions (ggml order) and
+    /// a type fit for its `role`.
+    pub fn require(&self, name: &str, role: Role, dims: &[u64]) -> anyhow::Result<TensorId> {
+        let info = self
+            .info(name)
+            .with_context(|| format!("tensor {} is missing from the model file", quoted(name)))?;
+        if info.dims != dims {
+            bail!("tensor {} has shape {:?}, expected {:?}", quoted(name), info.dims, dims);
+        }
+        if !role.accepts(info.ggml_type) {
+            bail!(
+                "tensor {} has type {}, expected {}",
+                quoted(name),
+                info.ggml_type,
+                role.expected()
+            );
+        }
+        Ok(self.table.by_name[name])
+    }
+
+    /// A tensor that may be absent; present, it is checked as by `require`.
+    pub fn optional(&self, name: &str, role: Role, dims: &[u64]) -> anyhow::Result<Option<TensorId>> {
+        match self.info(name) {
+            None => Ok(None),
+            Some(_) => self.require(name, role, dims).map(Some),
+        }
+    }
+}
 
 pub struct Weights {
-    // Field order matters: the buffers and context refer to the mapping in `file`.
+    // Field order matters: the buffers refer to the tensors in `table` and
+    // to the mapping in `file`.
     _buffer: Buffer,
     /// Weights copied out of the mapping: to devices, or repacked.
     _uploaded: Vec<Buffer>,
     /// Bytes of weights in the CPU's repacked layouts.
     pub repacked_bytes: usize,
-    ctx: Context,
-    by_name: HashMap<String, TensorId>,
+    table: TensorTable,
     pub file: GgufFile,
 }
 
 impl Weights {
-    /// Places every tensor as `placement` says; `log` gets a line before
-    /// each device's upload. On the CPU, matmul weights go to ggml's
-    /// repacked layouts where its kernels have one (as llama.cpp places
-    /// them; silently: the caller reports `repacked_bytes`).
-    /// `repack: false` keeps the CPU's weights in the file's layout.
+    /// Places every tensor of `table` (built from `file`) as `placement`
+    /// says; `log` gets a line before each device's upload. On the CPU,
+    /// matmul weights go to ggml's repacked layouts where its kernels have
+    /// one (as llama.cpp places them; silently: the caller reports
+    /// `repacked_bytes`). `repack: false` keeps the CPU's weights in the
+    /// file's layout.
     pub fn load(
         file: GgufFile,
+        table: TensorTable,
         placement: &Placement,
         repack: bool,
         log: &mut dyn FnMut(String),
     ) -> anyhow::Result<Self> {
-        let ctx = Context::new(file.tensors.len() + 1, 0);
         let cpu = Device::cpu()?;
         let repacked = if repack { cpu.extra_buffer_types() } else { Vec::new() };
         let mut mapped = Vec::with_capacity(file.tensors.len());
         let mut uploads: Vec<Upload<'_>> = Vec::new();
-        let mut by_name = HashMap::with_capacity(file.tensors.len());
         for info in &file.tensors {
-            let ne: Vec<i64> = if info.dims.is_empty() {
-                vec![1]
-            } else {
-                info.dims.iter().map(|&d| d as i64).collect()
-            };
-            if ggml::type_info(info.ggml_type).is_none() {
-                bail!("tensor '{}' has unsupported type {}", info.name, info.ggml_type);
-            }
-            let t = ctx.new_tensor(info.ggml_type, &ne).set_name(&info.name);
+            let t = table.ctx.tensor(table.by_name[&info.name]);
             let at = (t, (file.data_offset + info.offset) as usize);
             let dest = match placement.tensor(&info.name) {
                 Some(d) => Some((d.buffer_type()?, Some(d.name()))),
-                None if is_matmul_weight(&info.name, &ne) => repacked
+                None if is_matmul_weight(&info.name, &ggml_ne(info)) => repacked
                     .iter()
                     .find(|&&b| cpu.runs_matmul_with(b, t))
                     .map(|&b| (b, None)),
@@ -70,7 +172,6 @@ impl Weights {
                     }),
                 },
             }
-            by_name.insert(info.name.clone(), ctx.id(t));
         }
         let buffer = Buffer::from_host_slice(file.bytes(), &mapped).context("placing weights")?;
         let uploaded = uploads
@@ -82,41 +183,17 @@ impl Weights {
             _buffer: buffer,
             _uploaded: uploaded,
             repacked_bytes,
-            ctx,
-            by_name,
+            table,
             file,
         })
     }
 
     pub fn ctx(&self) -> &Context {
-        &self.ctx
-    }
-
-    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.file.tensor(name)
-    }
-
-    /// A tensor that must exist with the given dimensions (ggml order).
-    pub fn require(&self, name: &str, dims: &[u64]) -> anyhow::Result<TensorId> {
-        let info = self
-            .info(name)
-            .with_context(|| format!("tensor '{name}' is missing from the model file"))?;
-        if info.dims != dims {
-            bail!("tensor '{name}' has shape {:?}, expected {:?}", info.dims, dims);
-        }
-        Ok(self.by_name[name])
-    }
-
-    /// A tensor that may be absent; present with the wrong shape is an error.
-    pub fn optional(&self, name: &str, dims: &[u64]) -> anyhow::Result<Option<TensorId>> {
-        match self.info(name) {
-            None => Ok(None),
-            Some(_) => self.require(name, dims).map(Some),
-        }
+        &self.table.ctx
     }
 
     pub fn get(&self, id: TensorId) -> Tensor<'_> {
-        self.ctx.tensor(id)
+        self.table.ctx.tensor(id)
     }
 }
 

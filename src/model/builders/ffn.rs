@@ -1,8 +1,9 @@
 //! The gated feed-forward block (SwiGLU, GELU-gated, fused gate-up).
 
-use super::{Blk, Builder, Dims};
+use super::{Blk, Builder, Dims, Role};
 use crate::ggml::{Tensor, TensorId};
-use crate::model::{Hparams, Weights};
+use crate::model::weights::Tensors;
+use crate::model::Hparams;
 
 /// The gate's activation in a gated feed-forward block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,20 +31,20 @@ pub struct Ffn {
 
 impl Ffn {
     /// Loads layer `il`'s block: separate gate and up, or (SiLU only) fused.
-    pub fn load(w: &Weights, hp: &Hparams, il: usize, act: Act) -> anyhow::Result<Self> {
+    pub fn load(w: Tensors<'_>, hp: &Hparams, il: usize, act: Act) -> anyhow::Result<Self> {
         let blk = Blk::new(w, hp, il);
         let Dims { embd: e, ff, .. } = Dims::of(hp);
-        let up = match blk.optional("ffn_gate.weight", &[e, ff])? {
+        let up = match blk.optional("ffn_gate.weight", Role::Matrix, &[e, ff])? {
             Some(gate) => Up::Gated {
                 gate,
-                up: blk.require("ffn_up.weight", &[e, ff])?,
+                up: blk.matrix("ffn_up.weight", &[e, ff])?,
             },
-            None if act == Act::Silu => Up::Fused(blk.require("ffn_up.weight", &[e, 2 * ff])?),
-            None => anyhow::bail!("tensor 'blk.{il}.ffn_gate.weight' is missing from the model file"),
+            None if act == Act::Silu => Up::Fused(blk.matrix("ffn_up.weight", &[e, 2 * ff])?),
+            None => anyhow::bail!("tensor \"blk.{il}.ffn_gate.weight\" is missing from the model file"),
         };
         Ok(Self {
             up,
-            down: blk.require("ffn_down.weight", &[ff, e])?,
+            down: blk.matrix("ffn_down.weight", &[ff, e])?,
             act,
         })
     }

@@ -10,6 +10,7 @@ mod self_attn;
 pub use ffn::{Act, Ffn};
 pub use self_attn::SelfAttn;
 
+use super::weights::{Role, Tensors};
 use super::{ForwardInputs, Hparams, Weights};
 use crate::compute::Step;
 use crate::ggml::{Context, Tensor, TensorId};
@@ -100,27 +101,32 @@ impl Dims {
 
 /// The tensors of layer `il`, by their names without the `blk.{il}.` prefix.
 pub struct Blk<'w> {
-    w: &'w Weights,
+    w: Tensors<'w>,
     il: usize,
     d: Dims,
 }
 
 impl<'w> Blk<'w> {
-    pub fn new(w: &'w Weights, hp: &Hparams, il: usize) -> Self {
+    pub fn new(w: Tensors<'w>, hp: &Hparams, il: usize) -> Self {
         Self { w, il, d: Dims::of(hp) }
     }
 
-    pub fn require(&self, name: &str, dims: &[u64]) -> anyhow::Result<TensorId> {
-        self.w.require(&format!("blk.{}.{name}", self.il), dims)
+    pub fn require(&self, name: &str, role: Role, dims: &[u64]) -> anyhow::Result<TensorId> {
+        self.w.require(&format!("blk.{}.{name}", self.il), role, dims)
     }
 
-    pub fn optional(&self, name: &str, dims: &[u64]) -> anyhow::Result<Option<TensorId>> {
-        self.w.optional(&format!("blk.{}.{name}", self.il), dims)
+    pub fn optional(&self, name: &str, role: Role, dims: &[u64]) -> anyhow::Result<Option<TensorId>> {
+        self.w.optional(&format!("blk.{}.{name}", self.il), role, dims)
+    }
+
+    /// A projection matrix.
+    pub fn matrix(&self, name: &str, dims: &[u64]) -> anyhow::Result<TensorId> {
+        self.require(name, Role::Matrix, dims)
     }
 
     /// A norm over the embedding: `{name}.weight`, [n_embd].
     pub fn norm(&self, name: &str) -> anyhow::Result<TensorId> {
-        self.require(&format!("{name}.weight"), &[self.d.embd])
+        self.require(&format!("{name}.weight"), Role::F32, &[self.d.embd])
     }
 }
 
@@ -134,14 +140,16 @@ pub struct Ends {
 }
 
 impl Ends {
-    pub fn load(hp: &Hparams, w: &Weights) -> anyhow::Result<Self> {
+    pub fn load(hp: &Hparams, w: Tensors<'_>) -> anyhow::Result<Self> {
         let d = Dims::of(hp);
-        let tok_embd = w.require("token_embd.weight", &[d.embd, d.vocab])?;
+        let tok_embd = w.require("token_embd.weight", Role::Matrix, &[d.embd, d.vocab])?;
         Ok(Self {
             tok_embd,
-            output_norm: w.require("output_norm.weight", &[d.embd])?,
-            output: w.optional("output.weight", &[d.embd, d.vocab])?.unwrap_or(tok_embd),
-            output_bias: w.optional("output.bias", &[d.vocab])?,
+            output_norm: w.require("output_norm.weight", Role::F32, &[d.embd])?,
+            output: w
+                .optional("output.weight", Role::Matrix, &[d.embd, d.vocab])?
+                .unwrap_or(tok_embd),
+            output_bias: w.optional("output.bias", Role::F32, &[d.vocab])?,
         })
     }
 

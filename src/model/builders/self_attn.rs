@@ -1,11 +1,12 @@
 //! Self-attention: projections, optional Q/K norms, the engine's attention
 //! (full KV cache or InfLLM), the output projection.
 
-use super::{last_row, Blk, Builder, Dims};
+use super::{last_row, Blk, Builder, Dims, Role};
 use crate::attention::{LayerAttn, LayerQkv};
 use crate::compute::Step;
 use crate::ggml::{Tensor, TensorId};
-use crate::model::{Hparams, Weights};
+use crate::model::weights::Tensors;
+use crate::model::Hparams;
 
 #[derive(Clone, Copy)]
 enum Projection {
@@ -36,30 +37,31 @@ pub struct SelfAttn {
 impl SelfAttn {
     /// Loads layer `il`'s attention; `qk_norm`: per-head Q and K norms are
     /// required (Qwen3, Gemma 3). Scale 1/sqrt(head_dim), the model's rope.
-    pub fn load(w: &Weights, hp: &Hparams, il: usize, qk_norm: bool) -> anyhow::Result<Self> {
+    pub fn load(w: Tensors<'_>, hp: &Hparams, il: usize, qk_norm: bool) -> anyhow::Result<Self> {
         let blk = Blk::new(w, hp, il);
         let Dims {
             embd: e, q, kv, head, ..
         } = Dims::of(hp);
-        let qkv = match blk.optional("attn_qkv.weight", &[e, q + 2 * kv])? {
+        let qkv = match blk.optional("attn_qkv.weight", Role::Matrix, &[e, q + 2 * kv])? {
             Some(t) => Projection::Fused(t),
             None => Projection::Separate {
-                q: blk.require("attn_q.weight", &[e, q])?,
-                k: blk.require("attn_k.weight", &[e, kv])?,
-                v: blk.require("attn_v.weight", &[e, kv])?,
+                q: blk.matrix("attn_q.weight", &[e, q])?,
+                k: blk.matrix("attn_k.weight", &[e, kv])?,
+                v: blk.matrix("attn_v.weight", &[e, kv])?,
             },
         };
-        let head_norm = |s: &str| qk_norm.then(|| blk.require(s, &[head])).transpose();
+        let head_norm = |s: &str| qk_norm.then(|| blk.require(s, Role::F32, &[head])).transpose();
+        let bias = |s: &str, n: u64| blk.optional(s, Role::F32, &[n]);
         Ok(Self {
             qkv,
-            qkv_bias: blk.optional("attn_qkv.bias", &[q + 2 * kv])?,
-            bq: blk.optional("attn_q.bias", &[q])?,
-            bk: blk.optional("attn_k.bias", &[kv])?,
-            bv: blk.optional("attn_v.bias", &[kv])?,
+            qkv_bias: bias("attn_qkv.bias", q + 2 * kv)?,
+            bq: bias("attn_q.bias", q)?,
+            bk: bias("attn_k.bias", kv)?,
+            bv: bias("attn_v.bias", kv)?,
             q_norm: head_norm("attn_q_norm.weight")?,
             k_norm: head_norm("attn_k_norm.weight")?,
-            wo: blk.require("attn_output.weight", &[q, e])?,
-            freq_factors: w.optional("rope_freqs.weight", &[hp.rope.n_dims as u64 / 2])?,
+            wo: blk.matrix("attn_output.weight", &[q, e])?,
+            freq_factors: w.optional("rope_freqs.weight", Role::F32, &[hp.rope.n_dims as u64 / 2])?,
             params: LayerAttn {
                 rope: hp.rope,
                 scale: 1.0 / (hp.head_dim as f32).sqrt(),
