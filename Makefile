@@ -9,7 +9,16 @@ VK_TARGET := target/vulkan
 VK_SDK := target/vulkan-sdk
 DEMO_PROMPT := <|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n
 
-.PHONY: all deps models build vulkan test demo portable lint
+# Fuzz targets (fuzz/): cargo-fuzz on the stable compiler (RUSTC_BOOTSTRAP
+# lets it pass libFuzzer's -Z flags), debug assertions on (overflow checks),
+# no sanitizer (the code they reach is safe Rust). `make fuzz` runs each
+# target FUZZ_SECONDS; `make test` runs each FUZZ_CI_SECONDS.
+FUZZ_TARGETS := gguf_reader model_check session_load chat_template tokenizer
+FUZZ_SECONDS ?= 600
+FUZZ_CI_SECONDS ?= 30
+FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+
+.PHONY: all deps models build vulkan test demo portable lint fuzz fuzz-ci fuzz-tools
 
 all: build
 
@@ -32,6 +41,7 @@ vulkan: deps
 
 test: deps models vulkan
 	$(CARGO) test --release
+	$(MAKE) fuzz-ci
 
 demo: build models
 	$(BIN) -m models/SmolLM2-135M-Instruct.Q4_1.gguf -p "$$(printf '$(DEMO_PROMPT)')" -n 64 --temp 0
@@ -43,3 +53,15 @@ portable: deps
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --version 0.13.2 --locked
+
+# -timeout: an input running over 10 s is a hang, reported as a crash.
+fuzz: FUZZ_TIME = $(FUZZ_SECONDS)
+fuzz-ci: FUZZ_TIME = $(FUZZ_CI_SECONDS)
+fuzz fuzz-ci: deps models fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_TIME) s"; \
+	  ($(FUZZ) run -s none -a $$t -- -timeout=10 -rss_limit_mb=4096 -max_total_time=$(FUZZ_TIME)) || exit 1; \
+	done

@@ -1,28 +1,36 @@
 //! Text taken from a file or a flag, made safe for a one-line error.
 
-/// Longest quoted text, in characters (the rest is cut with `...`).
+/// Longest quoted text, in output characters (the rest is cut with `...`).
 const MAX_CHARS: usize = 64;
 
 /// `s` in double quotes, with control characters, quotes and non-ASCII
-/// escaped (`\n`, `\u{0}`) and cut to `MAX_CHARS`: a damaged key name or
-/// template can neither break the line nor flood the terminal.
+/// escaped (`\n`, `\u{0}`) and cut to `MAX_CHARS` of output: a damaged key
+/// name or template can neither break the line nor flood the terminal.
 pub fn quoted(s: &str) -> String {
-    let mut out = String::from("\"");
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_CHARS {
+    format!("\"{}\"", escape(s, MAX_CHARS, true))
+}
+
+/// `s` with control characters and non-ASCII escaped, cut to `max` bytes of
+/// output with `...`: a message that quotes a file (a template error) on
+/// one line.
+pub fn escaped(s: &str, max: usize) -> String {
+    escape(s, max, false)
+}
+
+fn escape(s: &str, max: usize, quotes: bool) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let e: String = match c {
+            '"' | '\\' if quotes => format!("\\{c}"),
+            c if c.is_ascii_graphic() || c == ' ' => c.to_string(),
+            c => c.escape_default().collect(),
+        };
+        if out.len() + e.len() > max {
             out.push_str("...");
             break;
         }
-        if c.is_ascii_graphic() || c == ' ' {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
-        } else {
-            out.extend(c.escape_default());
-        }
+        out.push_str(&e);
     }
-    out.push('"');
     out
 }
 
@@ -40,8 +48,10 @@ mod tests {
     fn quoted_text_is_one_short_line() {
         assert_eq!(quoted("blk.0.attn"), "\"blk.0.attn\"");
         assert_eq!(quoted("a\nb\0\"c"), "\"a\\nb\\u{0}\\\"c\"");
-        let long = quoted(&"x".repeat(10_000));
-        assert!(long.len() < 80 && long.ends_with("...\""), "{long}");
+        for long in ["x".repeat(10_000), "\0".repeat(10_000)] {
+            let q = quoted(&long);
+            assert!(q.len() < 72 && q.ends_with("...\""), "{q}");
+        }
         let bytes = quoted_bytes(&[0xff; 100_000]);
         assert!(bytes.len() < 1000 && !bytes.contains('\n'), "{bytes}");
     }

@@ -662,6 +662,11 @@ fn bad_keys_and_names() {
         &["is 64 bytes long (ggml allows at most 63)"],
     );
     assert!(parse(one_tensor(&long[..63], &[8], F32, bytes_of(32, 0)), "a 63-byte name").is_ok());
+    // A NUL in a tensor name (found by fuzz/model_check: ggml's C string).
+    expect_err(
+        one_tensor("blk\0.0.attn_norm.weight", &[8], F32, bytes_of(32, 0)),
+        &["name holds a NUL byte"],
+    );
 }
 
 #[test]

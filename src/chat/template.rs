@@ -108,7 +108,7 @@ impl ChatTemplate {
     pub fn from_source(name: &str, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = hf_environment();
         env.add_template_owned(name.to_string(), source.to_string())
-            .map_err(|e| anyhow!("chat template {name} does not compile: {e}"))?;
+            .map_err(|e| anyhow!("chat template {name} does not compile: {}", one_line(&e)))?;
         Ok(Self {
             name: name.to_string(),
             env,
@@ -181,7 +181,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template(&self.name)
-            .map_err(|e| anyhow!("chat template {}: {e}", self.name))?;
+            .map_err(|e| anyhow!("chat template {}: {}", self.name, one_line(&e)))?;
         template
             .render(context! {
                 messages => messages,
@@ -189,18 +189,35 @@ impl ChatTemplate {
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
             })
-            .map_err(|e| anyhow!("chat template {}: {e}", self.name))
+            .map_err(|e| anyhow!("chat template {}: {}", self.name, one_line(&e)))
     }
+}
+
+/// The built-in templates: (name, Jinja source).
+pub fn builtins() -> impl Iterator<Item = (&'static str, &'static str)> {
+    BUILTINS.into_iter()
+}
+
+/// A template error on one line: its message can quote the template and the
+/// messages (`raise_exception` text), which come from files.
+fn one_line(e: &Error) -> String {
+    crate::quote::escaped(&e.to_string(), 300)
 }
 
 fn builtin_names() -> String {
     BUILTINS.map(|(n, _)| n).join(", ")
 }
 
+/// Instructions one render may run (about 0.1 s).
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
 /// An environment that behaves like the one `transformers` renders chat
 /// templates with, since that is what template authors test against.
 fn hf_environment() -> Environment<'static> {
     let mut env = Environment::new();
+    // A hostile template (a model file's) must not hang a render: real ones
+    // take a few hundred instructions a message.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     // `.strip()`, `.startswith()`, `.split()`, `.items()`, ... as in Python.

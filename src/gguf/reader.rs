@@ -620,6 +620,10 @@ impl<'a> Cursor<'a> {
                 name.len()
             )));
         }
+        // ggml keeps the name as a C string: a NUL would cut it short.
+        if name.contains('\0') {
+            return Err(bad("name holds a NUL byte".into()));
+        }
         let ctx = || format!("tensor {}", quoted(&name));
         let n_dims = self.u32("dimension count").map_err(|e| e.context(&ctx()))?;
         if n_dims as usize > MAX_DIMS {

@@ -12,6 +12,7 @@ use super::special_ids::SpecialIds;
 use super::vocab::{attr_of_type, Vocab, ATTR_LSTRIP, ATTR_NORMAL, ATTR_RSTRIP};
 use super::{Model, Token, Tokenizer};
 use crate::gguf::{GgufFile, Value};
+use crate::quote::quoted;
 
 /// What the model type (and its pre-tokenizer) sets before the file's keys
 /// override it.
@@ -140,15 +141,20 @@ fn read_model(f: &GgufFile, model_name: &str, pre: &str) -> Result<(Model, Defau
         )),
         "gpt2" => read_bpe(f, pre),
         other => bail!(
-            "unsupported tokenizer model {other:?} (tokenizer.ggml.model): supported are \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE)"
+            "unsupported tokenizer model {} (tokenizer.ggml.model): supported are \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE)",
+            quoted(other)
         ),
     }
 }
 
 /// Byte-level BPE: the pre-tokenizer named `pre` and the merges.
 fn read_bpe(f: &GgufFile, pre: &str) -> Result<(Model, Defaults)> {
-    let (rules, opts) = pretokenize::for_pre(pre)?
-        .ok_or_else(|| anyhow!("unsupported pre-tokenizer {pre:?} (tokenizer.ggml.pre) for a gpt2 tokenizer"))?;
+    let (rules, opts) = pretokenize::for_pre(pre)?.ok_or_else(|| {
+        anyhow!(
+            "unsupported pre-tokenizer {} (tokenizer.ggml.pre) for a gpt2 tokenizer",
+            quoted(pre)
+        )
+    })?;
     let merges = f
         .get("tokenizer.ggml.merges")
         .ok_or_else(|| anyhow!("key tokenizer.ggml.merges is missing (needed by a gpt2 tokenizer)"))?
