@@ -323,7 +323,11 @@ impl Conversation {
                 self.session = Some(held);
                 result
             }
-            None => self.load_from(&SessionFile::open(path)?),
+            None => {
+                // Checked first: a mistyped name leaves no lock file behind.
+                anyhow::ensure!(path.exists(), "session file {}: no such file", path.display());
+                self.load_from(&SessionFile::open(path)?)
+            }
         }
     }
 
