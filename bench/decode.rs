@@ -1,5 +1,5 @@
 //! Decode speed from a saved state. Filling 128K tokens takes ~23 minutes
-//! on 2 cores; a session file holds that state, and each timing run maps it
+//! on 2 cores; a session file holds that state, and each timing run reads it
 //! back in seconds, so old and new code can be compared at 128K many times
 //! over one fill. Default InfLLM settings (TYPE, e.g. q4_0: another type for
 //! the blocks' K and V than the default q8_0), the default model.
@@ -20,6 +20,7 @@ use infllm::cli::ModelArgs;
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::type_by_name;
 use infllm::model::Model;
+use infllm::session::SessionFile;
 
 fn engine(threads: usize) -> anyhow::Result<Engine> {
     let model = Model::load(&ModelArgs { model: None }.path()?)?;
@@ -57,16 +58,17 @@ fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             e.feed(&tokens, &mut |_, _| {})?;
             eprintln!("filled {n} tokens in {:.0} s", start.elapsed().as_secs_f64());
-            infllm::session::save(path, &e, serde_json::Value::Null)
+            infllm::session::save(&SessionFile::open(path)?, &e, serde_json::Value::Null)
         }
         Some("time") => {
             let path = path(1)?;
             let (n, reps) = (num(2, 128)?, num(3, 3)?);
             let mut e = engine(num(4, 2)?)?;
             let n_vocab = e.model().hp.n_vocab as i32;
+            let session = SessionFile::open(path)?;
             for _ in 0..reps {
-                infllm::session::load(path, &mut e, |_| Ok(()))?;
-                // One token untimed: the first step after a load touches the mapped pages.
+                infllm::session::load(&session, &mut e, |_, _| Ok(()))?;
+                // One token untimed: the first step after a load warms up.
                 e.eval(&[rng.gen_range(0..n_vocab)], false, &mut |_, _| {})?;
                 let start = Instant::now();
                 for _ in 0..n {

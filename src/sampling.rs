@@ -1,11 +1,19 @@
 //! Token sampling with llama.cpp's default chain: repetition penalty, top-k,
-//! top-p, min-p, temperature, then a seeded random draw. `temp <= 0` is greedy.
+//! top-p, min-p, temperature, then a seeded random draw. `temp == 0` is
+//! greedy; a negative temperature, which llama.cpp also takes as greedy, is
+//! refused (`SamplingParams::check`): it is more likely a typo than a wish.
 
+use anyhow::{ensure, Context as _};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::quote::quoted;
 use crate::tokenizer::Token;
+
+/// Largest `--repeat-last-n`: llama.cpp reads it as a 32-bit int. Values past
+/// the context behave as the whole context (the text is no longer).
+pub const MAX_REPEAT_LAST_N: usize = i32::MAX as usize;
 
 /// llama.cpp's sampling defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -33,6 +41,32 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Checks the values llama.cpp accepts for the flags (seeds: any); errors
+    /// name the flag as a user types it.
+    pub fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.temp.is_finite() && self.temp >= 0.0,
+            "--temp must be a number >= 0 (0: greedy), got {}",
+            self.temp
+        );
+        for (flag, value) in [("--top-p", self.top_p), ("--min-p", self.min_p)] {
+            ensure!((0.0..=1.0).contains(&value), "{flag} must be in [0, 1], got {value}");
+        }
+        ensure!(
+            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+            "--repeat-penalty must be a number > 0 (1: off), got {}",
+            self.repeat_penalty
+        );
+        ensure!(
+            self.repeat_last_n <= MAX_REPEAT_LAST_N,
+            "--repeat-last-n must be in [-1, {MAX_REPEAT_LAST_N}] (-1: the context size), got {}",
+            self.repeat_last_n
+        );
+        Ok(())
+    }
+}
+
 /// Everything a sampler needs to go on exactly where it was (sessions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerState {
@@ -42,6 +76,33 @@ pub struct SamplerState {
     /// The generator's position (a u128, as text for JSON).
     rng_word_pos: String,
     history: Vec<Token>,
+}
+
+impl SamplerState {
+    /// Checks a saved state (a session file's): its parameters as flags
+    /// are, its history as tokens of a vocabulary of `n_vocab`; returns the
+    /// generator's position.
+    pub fn check(&self, n_vocab: usize) -> anyhow::Result<u128> {
+        self.params.check()?;
+        if let Some(t) = self
+            .history
+            .iter()
+            .find(|&&t| usize::try_from(t).map_or(true, |t| t >= n_vocab))
+        {
+            anyhow::bail!("sampler history: token {t} is not in the vocabulary (0..{n_vocab})");
+        }
+        // The generator counts 2^64 blocks of 16 words.
+        self.rng_word_pos
+            .parse()
+            .ok()
+            .filter(|&pos: &u128| pos < 1 << 68)
+            .with_context(|| {
+                format!(
+                    "sampler rng_word_pos {}: not a whole number below 2^68",
+                    quoted(&self.rng_word_pos)
+                )
+            })
+    }
 }
 
 pub struct Sampler {
@@ -72,10 +133,12 @@ impl Sampler {
         }
     }
 
-    pub fn from_state(s: &SamplerState) -> anyhow::Result<Self> {
+    /// A sampler going on from `s`, checked as `SamplerState::check` does.
+    pub fn from_state(s: &SamplerState, n_vocab: usize) -> anyhow::Result<Self> {
+        let word_pos = s.check(n_vocab)?;
         let mut rng = ChaCha8Rng::from_seed(s.rng_seed);
         rng.set_stream(s.rng_stream);
-        rng.set_word_pos(s.rng_word_pos.parse()?);
+        rng.set_word_pos(word_pos);
         Ok(Self {
             params: s.params,
             rng,
@@ -103,7 +166,7 @@ impl Sampler {
     pub fn accept(&mut self, t: Token) {
         self.history.push(t);
         let keep = self.params.repeat_last_n.max(1);
-        if self.history.len() > 4 * keep {
+        if self.history.len() > keep.saturating_mul(4) {
             self.history.drain(..self.history.len() - keep);
         }
     }
@@ -237,9 +300,67 @@ mod tests {
             a.accept(t);
         }
         let json = serde_json::to_string(&a.state()).unwrap();
-        let mut b = Sampler::from_state(&serde_json::from_str(&json).unwrap()).unwrap();
+        let mut b = Sampler::from_state(&serde_json::from_str(&json).unwrap(), 100).unwrap();
         let draws = |s: &mut Sampler| (0..20).map(|_| s.sample(&logits)).collect::<Vec<_>>();
         assert_eq!(draws(&mut a), draws(&mut b));
+    }
+
+    #[test]
+    fn check_takes_llama_cpp_ranges_and_names_the_flag() {
+        let ok = SamplingParams::default();
+        ok.check().unwrap();
+        SamplingParams {
+            temp: 0.0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..ok
+        }
+        .check()
+        .unwrap();
+        let bad = [
+            (
+                SamplingParams { temp: -3.0, ..ok },
+                "--temp must be a number >= 0 (0: greedy), got -3",
+            ),
+            (
+                SamplingParams { temp: f32::NAN, ..ok },
+                "--temp must be a number >= 0 (0: greedy), got NaN",
+            ),
+            (
+                SamplingParams { top_p: -1.0, ..ok },
+                "--top-p must be in [0, 1], got -1",
+            ),
+            (SamplingParams { min_p: 5.0, ..ok }, "--min-p must be in [0, 1], got 5"),
+            (
+                SamplingParams {
+                    repeat_penalty: 0.0,
+                    ..ok
+                },
+                "--repeat-penalty must be a number > 0 (1: off), got 0",
+            ),
+            (
+                SamplingParams {
+                    repeat_last_n: 1 << 62,
+                    ..ok
+                },
+                "--repeat-last-n must be in [-1, 2147483647] (-1: the context size), got 4611686018427387904",
+            ),
+        ];
+        for (p, message) in bad {
+            assert_eq!(p.check().unwrap_err().to_string(), message);
+        }
+    }
+
+    #[test]
+    fn a_huge_repeat_window_keeps_the_history() {
+        let mut s = Sampler::new(SamplingParams {
+            repeat_last_n: usize::MAX,
+            ..Default::default()
+        });
+        for t in 0..10 {
+            s.accept(t);
+        }
+        assert_eq!(s.history().len(), 10);
     }
 
     #[test]

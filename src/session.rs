@@ -3,31 +3,41 @@
 //! restart.
 //!
 //! Layout: `MAGIC` and the format version; the sections (window buffers,
-//! KV cache, blocks; block sections start at multiples of `MAP_ALIGN` so
-//! that loading maps them instead of reading them); the index (JSON: model
-//! identity, attention settings, counters, section table, caller's record);
-//! the index length, an xxh3-64 checksum of everything before it, `END`.
+//! KV cache, blocks); the index (JSON: model identity, attention settings,
+//! token count, counters, section table, caller's record); the index
+//! length, an xxh3-64 checksum of everything before it, `END`.
 //!
-//! Files are written to a temporary name and renamed, so a session file is
-//! either the old one or the complete new one. Loading checks everything
-//! (length, magic, version, checksum, model, settings) before it touches the
-//! engine, and never writes to the file.
+//! A session is used through a `SessionFile`: the path with its symbolic
+//! links followed, refused unless it is a regular file (or absent), and
+//! locked (`.NAME.lock` beside it) for as long as the value lives, so that
+//! two processes never write one session.
+//!
+//! Files are written to a temporary name (`.NAME.PID.tmp`) and renamed, so
+//! a session file is either the old one or the complete new one; the lock
+//! holder removes temporary files that killed saves left. Loading checks
+//! everything (length, magic, version, checksum, model, settings, record,
+//! counters) before it touches the engine, then reads the sections into
+//! memory (a mapping would die with SIGBUS if another program truncated the
+//! file), and never writes to the file.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{BufWriter, ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{FileExt as _, FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context as _};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::attention::{Settings, StateReader, StateWriter};
 use crate::engine::Engine;
-use crate::ggml::{map_readonly, MAP_ALIGN};
+use crate::quote::quoted;
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;
@@ -38,6 +48,9 @@ struct Index {
     model: String,
     /// The attention settings.
     attention: Settings,
+    /// Tokens the state holds (the attention's state and the caller's
+    /// record are checked against it).
+    n_past: usize,
     /// What the attention needs besides its sections (`Attention::state_write`).
     state: serde_json::Value,
     /// (offset, length) of each section, in the order the state reads them.
@@ -45,33 +58,176 @@ struct Index {
     record: serde_json::Value,
 }
 
-/// Writes `engine`'s state and `record` to `path` (atomically).
-pub fn save(path: &Path, engine: &Engine, record: serde_json::Value) -> anyhow::Result<()> {
-    let tmp = temp_path(path);
+/// A session path taken for this process: links followed, locked.
+pub struct SessionFile {
+    /// The path as given (for messages).
+    shown: PathBuf,
+    /// The file it names: links followed, in a canonical directory.
+    target: PathBuf,
+    /// Held (locked) while this value lives (see `take_lock` for None).
+    _lock: Option<File>,
+}
+
+impl SessionFile {
+    /// Takes the session at `path` for this process: refuses anything but a
+    /// regular file (or none yet) without opening it, fails at once if
+    /// another process holds it, and removes what killed saves left.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let target = resolve(path).with_context(|| format!("session {}", path.display()))?;
+        refuse_special(&target).with_context(|| format!("session {}", path.display()))?;
+        let lock = take_lock(&target, path)?;
+        remove_stale_temps(&target);
+        Ok(Self {
+            shown: path.to_path_buf(),
+            target,
+            _lock: lock,
+        })
+    }
+
+    /// Whether a saved session is there.
+    pub fn exists(&self) -> bool {
+        std::fs::symlink_metadata(&self.target).is_ok_and(|m| m.is_file())
+    }
+
+    /// Whether `path` names this session's file.
+    pub fn holds(&self, path: &Path) -> bool {
+        resolve(path).is_ok_and(|t| t == self.target)
+    }
+}
+
+/// `path` with its symbolic links followed to the file they name (which
+/// may not exist yet), in its directory's canonical form.
+fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            let name = path.file_name().context("the path names no file")?;
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let dir = std::fs::canonicalize(dir).with_context(|| format!("cannot find directory {}", dir.display()))?;
+            return Ok(dir.join(name));
+        }
+        let link = std::fs::read_link(&path).context("cannot read the symbolic link")?;
+        // A relative link is relative to its own directory.
+        path = path.parent().map_or(link.clone(), |dir| dir.join(&link));
+    }
+    bail!("too many levels of symbolic links")
+}
+
+/// Refuses `target` if it exists and is not a regular file (a FIFO would
+/// block the open forever), without opening it.
+fn refuse_special(target: &Path) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(target) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let kind = match () {
+        _ if t.is_file() => return Ok(()),
+        _ if t.is_dir() => "a directory",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_block_device() || t.is_char_device() => "a device",
+        _ => "not a regular file",
+    };
+    bail!("is {kind}, not a regular file")
+}
+
+/// `.NAME.SUFFIX` beside `target`.
+fn beside(target: &Path, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(target.file_name().unwrap_or(OsStr::new("session")));
+    name.push(".");
+    name.push(suffix);
+    target.with_file_name(name)
+}
+
+/// Opens `path`, which must be a regular file, without blocking on a FIFO
+/// planted in its place.
+fn open_regular(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    let file = options.custom_flags(libc::O_NONBLOCK).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Locks `.NAME.lock` beside `target` (the session file itself is replaced
+/// by rename, so it cannot carry the lock). None in a directory we may not
+/// write to: no save can happen there either, and loading needs no lock.
+fn take_lock(target: &Path, shown: &Path) -> anyhow::Result<Option<File>> {
+    let path = beside(target, "lock");
+    let file = match open_regular(
+        &path,
+        OpenOptions::new().read(true).write(true).create(true).truncate(false),
+    ) {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem) => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("session {}: cannot open {}", shown.display(), path.display()))
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => bail!("session {} is in use by another infllm process", shown.display()),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("session {}: cannot lock {}", shown.display(), path.display()))
+        }
+    }
+}
+
+/// Removes the temporary files of saves of `target` that were killed: the
+/// caller holds the lock, so no save of it is under way. Best effort.
+fn remove_stale_temps(target: &Path) {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if is_temp_of(&entry.file_name(), name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether `file` is `.NAME.PID.tmp` for the session file `name`.
+fn is_temp_of(file: &OsStr, name: &OsStr) -> bool {
+    let pid = file
+        .as_bytes()
+        .strip_prefix(b".")
+        .and_then(|f| f.strip_prefix(name.as_bytes()))
+        .and_then(|f| f.strip_prefix(b"."))
+        .and_then(|f| f.strip_suffix(b".tmp"));
+    pid.is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
+}
+
+/// Writes `engine`'s state and `record` to `session` (atomically).
+pub fn save(session: &SessionFile, engine: &Engine, record: serde_json::Value) -> anyhow::Result<()> {
+    let target = &session.target;
+    let tmp = beside(target, &format!("{}.tmp", std::process::id()));
     let result = write_file(&tmp, engine, record).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, target)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("cannot save session {}", path.display()))
+    result.with_context(|| format!("cannot save session {}", session.shown.display()))
 }
 
-/// Restores the state saved in `path` into `engine` (built with the same
-/// model and attention settings); returns the caller's record as `check`
-/// reads it (called before the engine changes, so a record it refuses
-/// leaves the engine as it was).
+/// Restores the state saved in `session` into `engine` (built with the
+/// same model and attention settings); returns the caller's record as
+/// `check(record, n_past)` reads it (called before the engine changes, so
+/// a record it refuses leaves the engine as it was). Only a file changed
+/// while it is read can fail once the engine changed: it is then cleared.
 pub fn load<T>(
-    path: &Path,
+    session: &SessionFile,
     engine: &mut Engine,
-    check: impl FnOnce(&serde_json::Value) -> anyhow::Result<T>,
+    check: impl FnOnce(&serde_json::Value, usize) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    load_inner(path, engine, check).with_context(|| format!("session file {}", path.display()))
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map_or("session".into(), |n| n.to_string_lossy());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    load_inner(&session.target, engine, check).with_context(|| format!("session file {}", session.shown.display()))
 }
 
 /// Sequential writer that hashes what it writes and records sections.
@@ -92,19 +248,19 @@ impl SectionWriter {
 }
 
 impl StateWriter for SectionWriter {
-    /// A section; `mappable` ones start at a multiple of `MAP_ALIGN`.
-    fn section(&mut self, data: &[u8], mappable: bool) -> std::io::Result<()> {
-        if mappable && !data.is_empty() {
-            let pad = self.pos.next_multiple_of(MAP_ALIGN as u64) - self.pos;
-            self.write(&vec![0u8; pad as usize])?;
-        }
+    fn section(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.sections.push((self.pos, data.len() as u64));
         self.write(data)
     }
 }
 
 fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow::Result<()> {
-    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // create_new: never through a link or a FIFO planted under this name.
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = SectionWriter {
         out: BufWriter::with_capacity(1 << 20, file),
         hash: Xxh3::new(),
@@ -118,6 +274,7 @@ fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow:
     let index = serde_json::to_vec(&Index {
         model: format!("{:016x}", engine.model().identity),
         attention: engine.settings(),
+        n_past: engine.n_past(),
         state,
         sections: std::mem::take(&mut w.sections),
         record,
@@ -132,45 +289,97 @@ fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow:
     Ok(())
 }
 
+/// `len` bytes of `file` from `offset`.
+fn read_at(file: &File, offset: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset).context("cannot read it")?;
+    Ok(bytes)
+}
+
+/// The xxh3-64 of `file`'s first `len` bytes, read a bounded buffer at a time.
+fn checksum(file: &File, len: u64) -> anyhow::Result<u64> {
+    const STEP: u64 = 1 << 20;
+    let mut hash = Xxh3::new();
+    let mut buf = vec![0u8; STEP as usize];
+    let mut at = 0;
+    while at < len {
+        let n = STEP.min(len - at) as usize;
+        file.read_exact_at(&mut buf[..n], at).context("cannot read it")?;
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hash.digest())
+}
+
 fn load_inner<T>(
-    path: &Path,
+    target: &Path,
     engine: &mut Engine,
-    check: impl FnOnce(&serde_json::Value) -> anyhow::Result<T>,
+    check: impl FnOnce(&serde_json::Value, usize) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let file = File::open(path).context("cannot open it")?;
-    let map = map_readonly(&file).context("cannot map it")?;
-    let b: &[u8] = &map;
-    ensure!(
-        b.len() >= HEADER_LEN + TRAILER_LEN && b.starts_with(MAGIC),
-        "not an infllm session file (or truncated to {} bytes)",
-        b.len()
-    );
-    let version = u32::from_le_bytes(b[8..12].try_into()?);
+    let file = open_regular(target, OpenOptions::new().read(true)).context("cannot open it")?;
+    let len = file.metadata().context("cannot stat it")?.len();
+    let not_session = || format!("not an infllm session file (or truncated to {len} bytes)");
+    ensure!(len >= (HEADER_LEN + TRAILER_LEN) as u64, not_session());
+    let header = read_at(&file, 0, HEADER_LEN)?;
+    ensure!(header.starts_with(MAGIC), not_session());
+    let version = u32::from_le_bytes(header[8..12].try_into()?);
     ensure!(
         version == VERSION,
         "format version {version}, this build reads version {VERSION}"
     );
-    ensure!(b.ends_with(END), "truncated or corrupt (no end marker)");
-    let le = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    let (index_len, checksum) = (le(b.len() - 24), le(b.len() - 16));
-    ensure!(xxh3_64(&b[..b.len() - 16]) == checksum, "corrupt (checksum mismatch)");
-    let index_start = (b.len() - TRAILER_LEN)
-        .checked_sub(usize::try_from(index_len)?)
-        .filter(|&s| s >= HEADER_LEN)
+    let trailer = read_at(&file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
+    ensure!(trailer.ends_with(END), "truncated or corrupt (no end marker)");
+    let le = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
+    let (index_len, saved_checksum) = (le(0), le(8));
+    ensure!(
+        checksum(&file, len - 16)? == saved_checksum,
+        "corrupt (checksum mismatch)"
+    );
+    let index_start = (len - TRAILER_LEN as u64)
+        .checked_sub(index_len)
+        .filter(|&s| s >= HEADER_LEN as u64)
         .context("corrupt (index length)")?;
-    let index: Index = serde_json::from_slice(&b[index_start..b.len() - TRAILER_LEN]).context("corrupt index")?;
+    let index_bytes = read_at(&file, index_start, index_len as usize)?;
+    let index: Index = serde_json::from_slice(&index_bytes)
+        .map_err(|e| anyhow::anyhow!("corrupt index: {}", quoted(&e.to_string())))?;
 
     let model = format!("{:016x}", engine.model().identity);
     ensure!(
         index.model == model,
         "saved with another model (identity {}, this model {model})",
-        index.model
+        quoted(&index.model)
     );
     if let Some(why) = engine.settings().mismatch(&index.attention) {
         bail!("{why}");
     }
-    let mut sections = StateReader::new(&file, &b[..index_start], &index.sections)?;
-    let record = check(&index.record)?;
-    engine.state_read(&index.state, &mut sections)?;
+    let mut sections = StateReader::new(&file, index_start, &index.sections, index.n_past)?;
+    let record = check(&index.record, index.n_past)?;
+    if let Err(e) = engine.state_read(&index.state, &mut sections) {
+        if sections.read_failed() {
+            engine.clear();
+            return Err(e.context("the memory was cleared"));
+        }
+        return Err(e);
+    }
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_files_are_recognized_by_session_and_pid() {
+        let name = OsStr::new("chat.session");
+        assert!(is_temp_of(OsStr::new(".chat.session.12345.tmp"), name));
+        for other in [
+            ".chat.session.tmp",
+            ".chat.session.12a.tmp",
+            ".other.session.12345.tmp",
+            ".chat.session.lock",
+            "chat.session",
+        ] {
+            assert!(!is_temp_of(OsStr::new(other), name), "{other}");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::state::{read_ranges, write_ranges, Ranges};
+use super::state::{read_ranges, read_ranges_from, write_ranges, Ranges};
 use super::{
     alloc_per_layer, Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, Settings, Snapshot, StateReader,
     StateWriter, StepAttention,
@@ -354,15 +354,28 @@ impl Attention for FullAttention {
     }
 
     fn state_write(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value> {
-        out.section(&self.cache_bytes_used(), false)?;
+        out.section(&self.cache_bytes_used())?;
         Ok(serde_json::json!({ "n_past": self.n_past }))
     }
 
+    /// Checks the saved token count against the index and the context
+    /// before it reads the cache straight into place.
     fn state_read(&mut self, state: &serde_json::Value, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
         let n_past = state["n_past"]
             .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| anyhow::anyhow!("corrupt (no n_past)"))?;
-        self.restore(usize::try_from(n_past)?, Some(sections.next_bytes()?))
+        anyhow::ensure!(
+            n_past == sections.n_past(),
+            "corrupt (a KV cache of {n_past} tokens in a session of {})",
+            sections.n_past()
+        );
+        anyhow::ensure!(n_past <= self.p.n_ctx, "the saved text is longer than the context (-c)");
+        let ranges = self.ranges(n_past);
+        let section = sections.next(ranges.iter().map(|r| r.2).sum())?;
+        read_ranges_from(ranges, sections, section)?;
+        self.n_past = n_past;
+        Ok(())
     }
 }
 

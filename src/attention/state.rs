@@ -1,9 +1,9 @@
 //! Saving an attention's state: the sections an attention writes (opaque
-//! bytes; mappable ones are loaded by mapping the file instead of reading
-//! it) and reads back in the same order. The file format around them is
+//! bytes) and reads back in the same order. The file format around them is
 //! `session.rs`'s.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt as _;
 
 use anyhow::{ensure, Context as _};
 
@@ -11,53 +11,80 @@ use crate::ggml::Tensor;
 
 /// Where an attention writes its state: sections of bytes, in order.
 pub trait StateWriter {
-    /// A section; `mappable` ones start where the file can be mapped from.
-    fn section(&mut self, data: &[u8], mappable: bool) -> std::io::Result<()>;
+    fn section(&mut self, data: &[u8]) -> std::io::Result<()>;
 }
 
-/// A saved state's sections, handed back in the order they were written.
+/// Where a section lies in the saved file.
+#[derive(Debug, Clone, Copy)]
+pub struct Section {
+    offset: u64,
+    len: usize,
+}
+
+/// A saved state's sections, handed back in the order they were written,
+/// and read from the file (not mapped: another program may truncate it
+/// while we run, and a mapping would then kill us with SIGBUS).
+///
+/// A reader of a state (`Attention::state_read`) checks everything it can
+/// (counters, section lengths) before it changes anything; then it reads. A
+/// read fails only if the file changed since the session layer checked it
+/// (`read_failed`): the state may then be half read, and the caller clears it.
 pub struct StateReader<'f> {
-    /// The saved file, for sections to map rather than read.
-    pub file: &'f File,
-    /// The file's bytes up to its index.
-    bytes: &'f [u8],
-    /// (offset, length) of each section, checked to lie within `bytes`.
+    file: &'f File,
+    /// (offset, length) of each section, checked to lie within the data.
     sections: std::slice::Iter<'f, (u64, u64)>,
+    /// Tokens the saved state holds, as the session index says: every
+    /// attention's state must agree.
+    n_past: usize,
+    read_failed: bool,
 }
 
 impl<'f> StateReader<'f> {
-    /// `sections` must lie within `bytes` (checked).
-    pub fn new(file: &'f File, bytes: &'f [u8], sections: &'f [(u64, u64)]) -> anyhow::Result<Self> {
+    /// `sections` must lie within the file's first `data_len` bytes (checked).
+    pub fn new(file: &'f File, data_len: u64, sections: &'f [(u64, u64)], n_past: usize) -> anyhow::Result<Self> {
         for &(offset, len) in sections {
             ensure!(
-                offset.checked_add(len).is_some_and(|end| end <= bytes.len() as u64),
+                offset.checked_add(len).is_some_and(|end| end <= data_len),
                 "corrupt (section past the data)"
             );
         }
         Ok(Self {
             file,
-            bytes,
             sections: sections.iter(),
+            n_past,
+            read_failed: false,
         })
     }
 
-    fn next_section(&mut self) -> anyhow::Result<(usize, usize)> {
-        let &(offset, len) = self.sections.next().context("corrupt (missing sections)")?;
-        Ok((offset as usize, len as usize))
+    /// Tokens the saved state holds.
+    pub fn n_past(&self) -> usize {
+        self.n_past
     }
 
-    /// The next section's bytes.
-    pub fn next_bytes(&mut self) -> anyhow::Result<&'f [u8]> {
-        let (offset, len) = self.next_section()?;
-        Ok(&self.bytes[offset..offset + len])
+    /// The next section, which must be `len` bytes long.
+    pub fn next(&mut self, len: usize) -> anyhow::Result<Section> {
+        let &(offset, found) = self.sections.next().context("corrupt (missing sections)")?;
+        ensure!(
+            found == len as u64,
+            "corrupt (section of {found} bytes, expected {len})"
+        );
+        Ok(Section { offset, len })
     }
 
-    /// The next section's offset in the file, which must be `len` bytes long
-    /// (a section to map).
-    pub fn next_offset(&mut self, len: usize) -> anyhow::Result<u64> {
-        let (offset, found) = self.next_section()?;
-        ensure!(found == len, "corrupt (section of {found} bytes, expected {len})");
-        Ok(offset as u64)
+    /// Fills `dst` from section `s`, from `at` on.
+    pub fn read_into(&mut self, s: Section, at: usize, dst: &mut [u8]) -> anyhow::Result<()> {
+        ensure!(
+            at.checked_add(dst.len()).is_some_and(|end| end <= s.len),
+            "read past a section"
+        );
+        let result = self.file.read_exact_at(dst, s.offset + at as u64);
+        self.read_failed |= result.is_err();
+        result.context("it changed while it was read")
+    }
+
+    /// Whether a read failed (the file changed since it was checked).
+    pub fn read_failed(&self) -> bool {
+        self.read_failed
     }
 }
 
@@ -84,6 +111,30 @@ pub(crate) fn write_ranges(ranges: Ranges<'_>, bytes: &[u8]) -> anyhow::Result<(
     let mut at = 0;
     for (t, offset, len) in ranges {
         t.write_bytes(offset, &bytes[at..at + len]);
+        at += len;
+    }
+    Ok(())
+}
+
+/// Bytes read from a file per step into `ranges` (bounds the memory a large
+/// KV cache takes on its way in).
+const READ_STEP: usize = 4 << 20;
+
+/// Reads section `s` into `ranges`, one after the other: the inverse of
+/// `read_ranges`, straight from the file.
+pub(crate) fn read_ranges_from(ranges: Ranges<'_>, sections: &mut StateReader<'_>, s: Section) -> anyhow::Result<()> {
+    ensure!(
+        ranges.iter().map(|r| r.2).sum::<usize>() == s.len,
+        "saved attention state of the wrong size"
+    );
+    let mut buf = Vec::new();
+    let mut at = 0;
+    for (t, offset, len) in ranges {
+        for done in (0..len).step_by(READ_STEP) {
+            buf.resize(READ_STEP.min(len - done), 0);
+            sections.read_into(s, at + done, &mut buf)?;
+            t.write_bytes(offset + done, &buf);
+        }
         at += len;
     }
     Ok(())

@@ -4,13 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
 use serde::{Deserialize, Serialize};
 
 use super::template::{ChatTemplate, Message};
 use crate::attention::Snapshot;
 use crate::engine::Engine;
+use crate::quote::quoted;
 use crate::sampling::{Sampler, SamplerState};
+use crate::session::SessionFile;
 use crate::tokenizer::Token;
 
 /// Why an answer ended.
@@ -61,6 +63,36 @@ pub struct Record {
     sampler: SamplerState,
 }
 
+/// The roles a conversation writes: a system prompt first, if any, then
+/// user and assistant turns.
+const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+impl Record {
+    /// Reads a saved record, checked as flags and turns are: its sampler
+    /// (returned, ready), its roles, its tokens (of `n_vocab`), and that it
+    /// holds a turn exactly when the memory holds `n_past` tokens.
+    fn read(saved: &serde_json::Value, n_past: usize, n_vocab: usize) -> anyhow::Result<(Self, Sampler)> {
+        let r = Record::deserialize(saved).map_err(|e| anyhow::anyhow!("corrupt: {}", quoted(&e.to_string())))?;
+        let sampler = Sampler::from_state(&r.sampler, n_vocab)?;
+        for (i, m) in r.messages.iter().enumerate() {
+            ensure!(
+                ROLES.contains(&m.role.as_str()) && (m.role != "system" || i == 0),
+                "message {i}: role {} is not one this conversation writes (system first, then user and assistant)",
+                quoted(&m.role)
+            );
+        }
+        let has_turn = r.messages.iter().any(|m| m.role == "user");
+        ensure!(
+            has_turn == (n_past > 0) && r.fed.is_empty() == (n_past == 0),
+            "{} messages ({} user turns, {} bytes of text) do not match a memory of {n_past} tokens",
+            r.messages.len(),
+            r.messages.iter().filter(|m| m.role == "user").count(),
+            r.fed.len()
+        );
+        Ok((r, sampler))
+    }
+}
+
 pub struct Conversation {
     pub engine: Engine,
     pub sampler: Sampler,
@@ -77,6 +109,9 @@ pub struct Conversation {
     /// the window buffers: up to their size again in memory).
     pub regen: bool,
     pub stats: TurnStats,
+    /// The session this conversation is saved to (`use_session`): locked
+    /// for as long as the conversation lives.
+    session: Option<SessionFile>,
 }
 
 impl Conversation {
@@ -92,6 +127,7 @@ impl Conversation {
             before_answer: None,
             regen: true,
             stats: TurnStats::default(),
+            session: None,
         };
         c.clear();
         c
@@ -252,27 +288,71 @@ impl Conversation {
         }
     }
 
-    /// Takes back a `record` saved with the engine state now loaded.
-    pub fn restore(&mut self, r: Record) -> anyhow::Result<()> {
-        self.sampler = Sampler::from_state(&r.sampler)?;
-        self.messages = r.messages;
-        self.fed = r.fed;
-        self.logits.clear();
-        self.before_answer = None;
-        Ok(())
+    /// Takes `session` (see `SessionFile::open`) for this conversation:
+    /// restored from it if it exists, held (locked) until the conversation
+    /// ends, saved to by `save` with its path. Returns whether it was restored.
+    pub fn use_session(&mut self, session: SessionFile) -> anyhow::Result<bool> {
+        let restored = session.exists();
+        if restored {
+            self.load_from(&session)?;
+        }
+        self.session = Some(session);
+        Ok(restored)
     }
 
-    /// Saves the whole state to `path` (atomically).
+    /// Saves the whole state to `path` (atomically), under its lock: the
+    /// held session's, or taken for this save.
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        crate::session::save(path, &self.engine, serde_json::to_value(self.record())?)
+        let taken;
+        let session = match &self.session {
+            Some(s) if s.holds(path) => s,
+            _ => {
+                taken = SessionFile::open(path)?;
+                &taken
+            }
+        };
+        crate::session::save(session, &self.engine, serde_json::to_value(self.record())?)
     }
 
     /// Loads a session saved by `save`; the file is checked before anything
     /// changes here.
     pub fn load(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
-        let record = crate::session::load(path, &mut self.engine, |r| {
-            serde_json::from_value::<Record>(r.clone()).context("corrupt conversation record")
-        })?;
-        self.restore(record)
+        match self.session.take_if(|s| s.holds(path)) {
+            Some(held) => {
+                let result = self.load_from(&held);
+                self.session = Some(held);
+                result
+            }
+            None => {
+                // Checked first: a mistyped name leaves no lock file behind.
+                anyhow::ensure!(path.exists(), "session file {}: no such file", path.display());
+                self.load_from(&SessionFile::open(path)?)
+            }
+        }
+    }
+
+    fn load_from(&mut self, session: &SessionFile) -> anyhow::Result<()> {
+        let n_vocab = self.engine.tokenizer().n_vocab();
+        let held = self.engine.n_past();
+        let loaded = crate::session::load(session, &mut self.engine, |saved, n_past| {
+            Record::read(saved, n_past, n_vocab).context("conversation record")
+        });
+        let (record, sampler) = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                // A file changed while it was read clears the memory: the
+                // conversation goes with it.
+                if self.engine.n_past() != held {
+                    self.clear();
+                }
+                return Err(e);
+            }
+        };
+        self.sampler = sampler;
+        self.messages = record.messages;
+        self.fed = record.fed;
+        self.logits.clear();
+        self.before_answer = None;
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ use super::{error_line, read_prompt, read_stdin};
 use crate::chat::{ChatTemplate, Conversation, Stop};
 use crate::engine::Engine;
 use crate::sampling::Sampler;
+use crate::session::SessionFile;
 
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
@@ -88,6 +89,8 @@ fn interrupted() -> bool {
 
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let c = &a.chat;
+    // Taken first: a session another process holds stops the run before any work.
+    let session = c.session.as_deref().map(SessionFile::open).transpose()?;
     let first = read_prompt(&a.prompt, &a.file)?;
     let system = read_prompt(&c.system_prompt, &c.system_prompt_file)?;
     let (model, info) = a.run.load()?;
@@ -98,10 +101,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let sampler = Sampler::new(a.sampling(engine.n_ctx()));
     let mut conv = Conversation::new(engine, sampler, template, system);
     // A session that cannot be restored stops the run before any output.
-    let restored = match c.session.as_deref().filter(|p| p.exists()) {
-        Some(path) => {
-            conv.load(path)?;
-            Some(path)
+    let restored = match session {
+        Some(s) => {
+            let restored = conv.use_session(s)?;
+            c.session.as_deref().filter(|_| restored)
         }
         None => None,
     };

@@ -3,8 +3,10 @@
 //! layer on a device also keeps a copy of the first blocks there (its
 //! block cache), so that retrieval and attention read device memory.
 
+use anyhow::Context as _;
 use half::f16;
 
+use crate::attention::state::{Section, StateReader};
 use crate::ggml::{dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId};
 
 /// Bytes of one representative key value (f16: retrieval reads every
@@ -139,7 +141,7 @@ impl BlockStore {
     fn upload(&self, from: usize, to: usize) {
         let Some(c) = &self.cache else { return };
         let to = to.min(c.cap);
-        let sizes = self.part_lens(1);
+        let sizes = self.block_part_bytes();
         let host = [&self.k, &self.v, &self.repr];
         for i in 0..3 {
             if from < to {
@@ -197,23 +199,33 @@ impl BlockStore {
         ]
     }
 
-    /// Byte lengths of `parts` for `n` blocks.
-    pub fn part_lens(&self, n: usize) -> [usize; 3] {
-        let s = self.shape;
-        [n * s.k_bytes(), n * s.v_bytes(), n * s.repr_len() * REPR_BYTES]
+    /// Byte lengths of `parts` for `n` blocks, if the store has room for
+    /// them (None: more than it reserved).
+    pub fn part_lens(&self, n: usize) -> Option<[usize; 3]> {
+        let room = [&self.k, &self.v, &self.repr].map(HostArena::len);
+        let lens = self.block_part_bytes().map(|b| n.checked_mul(b));
+        match lens {
+            [Some(k), Some(v), Some(r)] if k <= room[0] && v <= room[1] && r <= room[2] => Some([k, v, r]),
+            _ => None,
+        }
     }
 
-    /// Takes `n` blocks saved by `parts` from `file` at `offsets`, mapped
-    /// (copy-on-write) rather than read.
-    pub fn map_from(&mut self, file: &std::fs::File, n: usize, offsets: [u64; 3]) -> anyhow::Result<()> {
-        let lens = self.part_lens(n);
-        anyhow::ensure!(
-            lens[0] <= self.k.len(),
-            "the saved blocks exceed the memory reserved for them (-c)"
-        );
-        self.k.map_file(file, offsets[0], lens[0])?;
-        self.v.map_file(file, offsets[1], lens[1])?;
-        self.repr.map_file(file, offsets[2], lens[2])?;
+    /// Bytes of one block in each part.
+    fn block_part_bytes(&self) -> [usize; 3] {
+        let s = self.shape;
+        [s.k_bytes(), s.v_bytes(), s.repr_len() * REPR_BYTES]
+    }
+
+    /// Reads `n` blocks saved by `parts` from `sections` (each checked to
+    /// be `part_lens(n)` long), in place of the blocks held.
+    pub fn read_from(&mut self, sections: &mut StateReader<'_>, n: usize, parts: [Section; 3]) -> anyhow::Result<()> {
+        let lens = self
+            .part_lens(n)
+            .context("the saved blocks exceed the memory reserved for them")?;
+        let arenas = [&mut self.k, &mut self.v, &mut self.repr];
+        for ((arena, len), part) in arenas.into_iter().zip(lens).zip(parts) {
+            sections.read_into(part, 0, arena.slice_mut(0, len))?;
+        }
         self.len = n;
         self.upload(0, n);
         Ok(())

@@ -297,10 +297,17 @@ impl Attention for Infllm {
     }
 
     fn state_read(&mut self, state: &serde_json::Value, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
-        let saved: Vec<SavedPosition> = Vec::deserialize(state).context("corrupt attention state")?;
+        let saved: Vec<SavedPosition> = Vec::deserialize(state)
+            .map_err(|e| anyhow::anyhow!("corrupt attention state: {}", crate::quote::quoted(&e.to_string())))?;
         anyhow::ensure!(saved.len() == self.all().count(), "saved with other layers");
-        self.all_mut()
+        // Every instance's state checked before any is read.
+        let checked = self
+            .all()
             .zip(&saved)
-            .try_for_each(|(a, s)| a.state_read(s, sections))
+            .map(|(a, s)| a.check_saved(s, sections))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.all_mut()
+            .zip(checked)
+            .try_for_each(|(a, c)| a.load_saved(c, sections))
     }
 }

@@ -1,12 +1,15 @@
 //! An instance's state to come back to: snapshots within a run and the
 //! sections of a saved session. Blocks are only ever appended, so a
-//! snapshot remembers their count; a saved session writes them out.
+//! snapshot remembers their count; a saved session writes them out, and
+//! reading one back checks its counters and section lengths first
+//! (`check_saved`), then reads (`load_saved`).
 
+use anyhow::{ensure, Context as _};
 use serde::{Deserialize, Serialize};
 
 use super::layout::KEY_PAD;
 use super::InfllmAttention;
-use crate::attention::state::{read_ranges, write_ranges, Ranges};
+use crate::attention::state::{read_ranges, read_ranges_from, write_ranges, Ranges, Section};
 use crate::attention::{StateReader, StateWriter};
 
 /// Where an instance stands in the text.
@@ -40,6 +43,15 @@ pub struct SavedPosition {
     pub n_blocks: usize,
 }
 
+/// A saved instance's state that passed `check_saved`: what to read, where.
+pub struct CheckedState {
+    pos: TextPosition,
+    n_blocks: usize,
+    window: Section,
+    /// Each layer's keys, values and representative keys.
+    blocks: Vec<[Section; 3]>,
+}
+
 impl InfllmAttention {
     /// The state to come back to with `restore` (taken between steps).
     pub fn window_state(&self) -> WindowState {
@@ -51,37 +63,56 @@ impl InfllmAttention {
     }
 
     /// Returns to a `WindowState`: a snapshot of this run (its blocks are
-    /// still here) or a saved session's, after its blocks were mapped.
+    /// still here).
     pub fn restore(&mut self, s: &WindowState) -> anyhow::Result<()> {
-        self.restore_parts(s.pos, s.n_blocks, &s.bytes)
-    }
-
-    fn restore_parts(&mut self, c: TextPosition, n_blocks: usize, bytes: &[u8]) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            n_blocks <= self.n_blocks()
-                && c.buffer_start <= c.remainder_start
-                && c.remainder_start <= c.n_past
-                && c.n_past <= self.p.max_tokens
-                && c.n_init <= self.p.n_init
-                && c.n_past - c.buffer_start + KEY_PAD <= self.cap,
-            "inconsistent attention state"
-        );
-        write_ranges(self.window_ranges(c.n_past - c.buffer_start), bytes)?;
+        self.check_position(s.pos)?;
+        ensure!(s.n_blocks <= self.n_blocks(), "inconsistent attention state");
+        write_ranges(self.window_ranges(s.pos.n_past - s.pos.buffer_start), &s.bytes)?;
         for l in &mut self.layers {
-            l.blocks.truncate(n_blocks);
+            l.blocks.truncate(s.n_blocks);
         }
-        self.pos = c;
+        self.pos = s.pos;
         self.rerotate = false;
         Ok(())
     }
 
-    /// Writes the window state, then each layer's blocks (mappable).
+    /// Whether `c` is a position this instance can hold: ordered, within
+    /// its text and buffer limits, made of whole blocks after the initial
+    /// tokens (`commit` keeps these).
+    fn check_position(&self, c: TextPosition) -> anyhow::Result<()> {
+        let p = &self.p;
+        ensure!(
+            c.buffer_start <= c.remainder_start
+                && c.n_init <= c.remainder_start
+                && c.remainder_start <= c.n_past
+                && c.n_past <= p.max_tokens
+                && c.n_past - c.buffer_start + KEY_PAD <= self.cap,
+            "inconsistent attention state (positions out of order or past the buffer)"
+        );
+        ensure!(
+            c.n_init <= p.n_init
+                && (c.remainder_start - c.n_init).is_multiple_of(p.block_size)
+                && (c.remainder_start == c.n_init || c.n_init == p.n_init),
+            "inconsistent attention state (initial tokens and blocks)"
+        );
+        Ok(())
+    }
+
+    /// Blocks stored for the text before `c.remainder_start`.
+    fn blocks_before(&self, c: TextPosition) -> usize {
+        match self.p.topk {
+            0 => 0,
+            _ => (c.remainder_start - c.n_init) / self.p.block_size,
+        }
+    }
+
+    /// Writes the window state, then each layer's blocks.
     pub fn state_write(&self, out: &mut dyn StateWriter) -> anyhow::Result<SavedPosition> {
         let s = self.window_state();
-        out.section(&s.bytes, false)?;
+        out.section(&s.bytes)?;
         for l in &self.layers {
             for part in l.blocks.parts() {
-                out.section(part, true)?;
+                out.section(part)?;
             }
         }
         Ok(SavedPosition {
@@ -90,18 +121,58 @@ impl InfllmAttention {
         })
     }
 
-    /// Reads back what `state_write` wrote, mapping the blocks from the file.
-    pub fn state_read(&mut self, saved: &SavedPosition, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
-        let bytes = sections.next_bytes()?;
-        let n = saved.n_blocks;
-        for l in &mut self.layers {
-            let mut offsets = [0u64; 3];
-            for (o, len) in offsets.iter_mut().zip(l.blocks.part_lens(n)) {
-                *o = sections.next_offset(len)?;
-            }
-            l.blocks.map_from(sections.file, n, offsets)?;
+    /// Checks what `state_write` wrote against this instance, the session's
+    /// token count and the sections' lengths, before anything is read.
+    pub fn check_saved(&self, saved: &SavedPosition, sections: &mut StateReader<'_>) -> anyhow::Result<CheckedState> {
+        let c = saved.pos;
+        ensure!(
+            c.n_past == sections.n_past(),
+            "inconsistent attention state ({} tokens in a session of {})",
+            c.n_past,
+            sections.n_past()
+        );
+        self.check_position(c)?;
+        ensure!(
+            saved.n_blocks == self.blocks_before(c),
+            "inconsistent attention state ({} blocks where the positions make {})",
+            saved.n_blocks,
+            self.blocks_before(c)
+        );
+        let window_len = self.window_ranges(c.n_past - c.buffer_start).iter().map(|r| r.2).sum();
+        let window = sections.next(window_len)?;
+        let blocks = self
+            .layers
+            .iter()
+            .map(|l| {
+                let lens = l
+                    .blocks
+                    .part_lens(saved.n_blocks)
+                    .context("more blocks than memory for them")?;
+                let [k, v, repr] = lens.map(|len| sections.next(len));
+                Ok([k?, v?, repr?])
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(CheckedState {
+            pos: c,
+            n_blocks: saved.n_blocks,
+            window,
+            blocks,
+        })
+    }
+
+    /// Reads a state `check_saved` passed, in place of this one's.
+    pub fn load_saved(&mut self, c: CheckedState, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
+        for (l, parts) in self.layers.iter_mut().zip(c.blocks) {
+            l.blocks.read_from(sections, c.n_blocks, parts)?;
         }
-        self.restore_parts(saved.pos, n, bytes)
+        read_ranges_from(
+            self.window_ranges(c.pos.n_past - c.pos.buffer_start),
+            sections,
+            c.window,
+        )?;
+        self.pos = c.pos;
+        self.rerotate = false;
+        Ok(())
     }
 
     /// The tensor byte ranges holding the state of `n` buffered tokens:
