@@ -383,6 +383,16 @@ fn smollm2_encode_random_strings_match_llama_cpp() {
     check_encode(smollm2(), &random_corpus(1, 400));
 }
 
+/// Every ASCII control character between letters: SmolLM2's vocabulary
+/// has no byte token for some (0x04, 0x06, ...), which llama.cpp drops; the
+/// tokenizer fuzz target found these.
+#[test]
+fn control_characters_match_llama_cpp() {
+    let texts: Vec<String> = (1u8..32).chain([127]).map(|b| format!("a{}b", b as char)).collect();
+    check_encode(smollm2(), &texts);
+    check_encode(gemma3(), &texts);
+}
+
 #[test]
 fn smollm2_chat_tokens_are_single_ids() {
     let m = &smollm2().ours;

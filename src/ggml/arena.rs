@@ -9,10 +9,6 @@ use std::ptr::NonNull;
 use super::sys;
 use super::tensor::Tensor;
 
-/// File offsets given to `HostArena::map_file` are multiples of this (the
-/// largest page size of the platforms we run on).
-pub const MAP_ALIGN: usize = 64 << 10;
-
 pub struct HostArena {
     ptr: NonNull<u8>,
     len: usize,
@@ -85,51 +81,6 @@ impl HostArena {
         );
         // SAFETY: in range (checked); shared borrow of self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
-    }
-
-    /// Replaces the arena's first `len` bytes with a private (copy-on-write)
-    /// mapping of `file` from `offset`: a saved session's blocks come back
-    /// without being read or copied. `offset` must be a multiple of
-    /// `MAP_ALIGN`, and the file must stay unmodified while mapped.
-    pub fn map_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> anyhow::Result<()> {
-        use std::os::fd::AsRawFd;
-        anyhow::ensure!(len <= self.len, "mapped data longer than the arena");
-        if len == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(offset.is_multiple_of(MAP_ALIGN as u64), "unaligned file offset");
-        let offset = libc::off_t::try_from(offset)?;
-        // SAFETY: MAP_FIXED over the start of our own reservation (the range
-        // is inside it, checked above); the buffer keeps pointing at the same
-        // addresses. &mut self: no Rust reference into the range is alive.
-        let ptr = unsafe {
-            libc::mmap(
-                self.ptr.as_ptr().cast(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED,
-                file.as_raw_fd(),
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let err = std::io::Error::last_os_error();
-            // A failed MAP_FIXED may have unmapped the range: reserve it anew
-            // (empty) so the arena stays valid memory.
-            // SAFETY: as above, over our own range, anonymous this time.
-            unsafe {
-                libc::mmap(
-                    self.ptr.as_ptr().cast(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
-            anyhow::bail!("cannot map the saved blocks: {err}");
-        }
-        Ok(())
     }
 
     /// Points `t` (a tensor without data) at `offset` in the arena.
