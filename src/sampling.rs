@@ -1,7 +1,6 @@
 //! Token sampling with llama.cpp's default chain: repetition penalty, top-k,
-//! top-p, min-p, temperature, then a seeded random draw. `temp == 0` is
-//! greedy; a negative temperature, which llama.cpp also takes as greedy, is
-//! refused (`SamplingParams::check`): it is more likely a typo than a wish.
+//! top-p, min-p, temperature, then a seeded random draw. `temp <= 0` is
+//! greedy, as in llama.cpp (`--temp -1` is a common spelling of it).
 
 use anyhow::{ensure, Context as _};
 use rand::{Rng, SeedableRng};
@@ -46,8 +45,8 @@ impl SamplingParams {
     /// name the flag as a user types it.
     pub fn check(&self) -> anyhow::Result<()> {
         ensure!(
-            self.temp.is_finite() && self.temp >= 0.0,
-            "--temp must be a number >= 0 (0: greedy), got {}",
+            self.temp.is_finite(),
+            "--temp must be a finite number (<= 0: greedy), got {}",
             self.temp
         );
         for (flag, value) in [("--top-p", self.top_p), ("--min-p", self.min_p)] {
@@ -309,22 +308,20 @@ mod tests {
     fn check_takes_llama_cpp_ranges_and_names_the_flag() {
         let ok = SamplingParams::default();
         ok.check().unwrap();
-        SamplingParams {
-            temp: 0.0,
-            top_p: 1.0,
-            min_p: 0.0,
-            ..ok
+        for temp in [0.0, -1.0] {
+            SamplingParams {
+                temp,
+                top_p: 1.0,
+                min_p: 0.0,
+                ..ok
+            }
+            .check()
+            .unwrap();
         }
-        .check()
-        .unwrap();
         let bad = [
             (
-                SamplingParams { temp: -3.0, ..ok },
-                "--temp must be a number >= 0 (0: greedy), got -3",
-            ),
-            (
                 SamplingParams { temp: f32::NAN, ..ok },
-                "--temp must be a number >= 0 (0: greedy), got NaN",
+                "--temp must be a finite number (<= 0: greedy), got NaN",
             ),
             (
                 SamplingParams { top_p: -1.0, ..ok },

@@ -206,8 +206,8 @@ fn crafted_records_are_refused_in_one_line_and_left_alone() {
         ),
         (
             "temp",
-            set("/record/sampler/params/temp", json!(-3)),
-            "--temp must be a number >= 0".into(),
+            set("/record/sampler/params/temp", json!(1e39)),
+            "--temp must be a finite number".into(),
         ),
         (
             "repeat_penalty",
