@@ -88,6 +88,16 @@ impl ChatArgs {
 #[error("cannot write the answer: {0}")]
 struct OutputClosed(std::io::Error);
 
+/// The terminal cannot be read any more: the conversation ends, kept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the next message: {0}")]
+struct InputClosed(ReadlineError);
+
+/// Whether `e` ended a conversation whose memory is whole (to be saved).
+fn keeps_conversation(e: &anyhow::Error) -> bool {
+    e.is::<Stopped>() || e.is::<OutputClosed>() || e.is::<InputClosed>()
+}
+
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let c = &a.chat;
     let first = PromptSource::from_flags(&a.prompt, &a.file)?;
@@ -139,10 +149,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let result = converse(&mut conv, first, a.predict_limit(), c.color);
     // Stopped by a signal or a closed stdout, the memory and the
     // conversation still agree: keep them.
-    let keep = result
-        .as_ref()
-        .err()
-        .is_none_or(|e| e.is::<Stopped>() || e.is::<OutputClosed>());
+    let keep = result.as_ref().err().is_none_or(keeps_conversation);
     if let (true, Some(path)) = (keep, &c.session) {
         conv.save(path)?;
         eprintln!("infllm: session saved to {}", path.display());
@@ -311,7 +318,9 @@ impl Repl<'_> {
                     continue;
                 }
                 Input::Read(Err(ReadlineError::Interrupted | ReadlineError::Eof)) => break,
-                Input::Read(Err(e)) => return Err(e.into()),
+                // A hangup (SIGHUP) closes the terminal too: the signal's code.
+                Input::Read(Err(_)) if signals::quit_code().is_some() => break,
+                Input::Read(Err(e)) => return Err(InputClosed(e).into()),
                 Input::Quit => break,
             };
             ctrl_c = false;
@@ -333,7 +342,7 @@ impl Repl<'_> {
                 self.turn(&content).map(|_| ())
             };
             match result {
-                Err(e) if e.is::<OutputClosed>() || e.is::<Stopped>() => return Err(e),
+                Err(e) if keeps_conversation(&e) => return Err(e),
                 // A failed command or turn is reported; the conversation goes on.
                 Err(e) => eprintln!("{}", error_line(&e)),
                 Ok(()) => {}

@@ -71,6 +71,18 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
+    /// Most tokens to generate: `-n`, or without it (-1) none where the
+    /// context stops the text, and `DEFAULT_PREDICT` where it does not
+    /// (InfLLM or stream without -c).
+    pub fn predict_limit(&self) -> Option<usize> {
+        let unbounded = self.run.attn.attn != AttnKind::Full && matches!(self.run.ctx_size, None | Some(0));
+        match usize::try_from(self.n_predict) {
+            Ok(n) => Some(n),
+            Err(_) if unbounded => Some(limits::DEFAULT_PREDICT),
+            Err(_) => None,
+        }
+    }
+
     pub fn sampling(&self, n_ctx: usize) -> SamplingParams {
         let seed = if self.seed < 0 {
             std::time::SystemTime::now()
@@ -91,20 +103,6 @@ impl GenerateArgs {
                 self.repeat_last_n as usize
             },
             seed,
-        }
-    }
-}
-
-impl GenerateArgs {
-    /// Most tokens to generate: `-n`, or without it (-1) none where the
-    /// context stops the text, and `DEFAULT_PREDICT` where it does not
-    /// (InfLLM or stream without -c).
-    pub fn predict_limit(&self) -> Option<usize> {
-        let unbounded = self.run.attn.attn != AttnKind::Full && matches!(self.run.ctx_size, None | Some(0));
-        match usize::try_from(self.n_predict) {
-            Ok(n) => Some(n),
-            Err(_) if unbounded => Some(limits::DEFAULT_PREDICT),
-            Err(_) => None,
         }
     }
 }

@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub model: ModelArgs,
     /// Context size, 0..=16777216. Full attention: KV cache tokens
     /// [default: 4096; 0 = the model's training context]. InfLLM / stream:
-    /// cap on the text length [default: 0 = no cap but 16777216]
+    /// cap on the text length [default: 0 = none below 16777216 tokens]
     #[arg(short = 'c', long = "ctx-size", value_parser = limits::count(0, limits::MAX_TOKENS), help_heading = "Common")]
     pub ctx_size: Option<usize>,
     /// Threads, 1..=1024; at most one per core runs [default: all cores]

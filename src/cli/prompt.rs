@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use super::limits;
 use crate::tokenizer::{ChunkedEncoder, Tokenizer};
 
 /// Where a text comes from.
@@ -68,8 +69,9 @@ impl PromptSource {
     /// `max_token_bytes`), then by counting them piece by piece. A pipe is
     /// read here, up to what `room` tokens can hold.
     pub fn count_tokens(&mut self, tok: &Tokenizer, room: usize) -> anyhow::Result<usize> {
-        let too_long = |name: &str, what: String| {
-            anyhow::anyhow!("{name} is too long: {what}, but the context holds {room} (-c): raise -c")
+        let too_long = |name: &str, what: String| match room as u64 >= limits::MAX_TOKENS {
+            true => anyhow::anyhow!("{name} is too long: {what}, but no context holds more than {room}"),
+            false => anyhow::anyhow!("{name} is too long: {what}, but the context holds {room} (-c): raise -c"),
         };
         let per_token = tok.max_token_bytes().map(|m| m as u64);
         if let (Self::File { len, .. }, Some(m)) = (&*self, per_token) {

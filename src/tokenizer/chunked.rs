@@ -68,15 +68,17 @@ impl<R: Read> ChunkedEncoder<R> {
         if self.started && self.eof && self.buf.is_empty() {
             return Ok(None);
         }
-        let mut want = self.piece_bytes;
+        let (mut want, mut scanned) = (self.piece_bytes, 0);
         let cut = loop {
             self.fill(want)?;
             if self.eof {
                 break self.buf.len();
             }
-            if let Some(cut) = self.find_cut(tok) {
+            if let Some(cut) = self.find_cut(tok, scanned) {
                 break cut;
             }
+            // Cuts near the old end are checked again with the text after them.
+            scanned = self.buf.len().saturating_sub(CHECK_BYTES);
             want += self.piece_bytes;
         };
         let bytes: Vec<u8> = self.buf.drain(..cut).collect();
@@ -104,10 +106,11 @@ impl<R: Read> ChunkedEncoder<R> {
         Ok(())
     }
 
-    /// The last safe cut in the buffer, if any (see the module documentation).
-    fn find_cut(&self, tok: &Tokenizer) -> Option<usize> {
+    /// The last safe cut in the buffer from `from` on, if any (see the
+    /// module documentation).
+    fn find_cut(&self, tok: &Tokenizer, from: usize) -> Option<usize> {
         let b = &self.buf;
-        (1..b.len())
+        (from.max(1)..b.len())
             .rev()
             .filter(|&p| {
                 let after_line = b[p - 1] == b'\n' && starts_with_non_space(&b[p..]);
