@@ -1,9 +1,9 @@
 use clap::Parser;
 
-use infllm::cli::{self, Cli, Command};
+use infllm::cli::{self, signals, Cli, Command};
 
 fn main() {
-    let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
+    let cli = parse_args();
     infllm::ggml::set_quiet_logs(std::env::var_os("INFLLM_GGML_LOG").is_none());
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),
@@ -12,8 +12,29 @@ fn main() {
         Some(Command::RpcServer(a)) => cli::rpc_server::run(a),
         None => cli::generate::run(&cli.generate),
     };
-    if let Err(e) = result {
-        eprintln!("{}", cli::error_line(&e));
-        std::process::exit(1);
+    match result {
+        Ok(()) => {}
+        // A signal stopped the work: a line, and the signal's exit code.
+        Err(e) if e.is::<signals::Stopped>() => {
+            eprintln!("infllm: {e}");
+            signals::exit(e.downcast_ref::<signals::Stopped>().map_or(130, |s| s.code));
+        }
+        Err(e) => {
+            eprintln!("{}", cli::error_line(&e));
+            signals::exit(1);
+        }
+    }
+}
+
+/// The flags; a bad one is a one-line error with exit code 1, as every
+/// other bad input (`--help` and `--version` print as usual).
+fn parse_args() -> Cli {
+    match Cli::try_parse_from(cli::normalize_args(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("{}", cli::clap_error_line(&e));
+            std::process::exit(1);
+        }
     }
 }

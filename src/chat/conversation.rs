@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use crate::quote::quoted;
 use crate::sampling::{Sampler, SamplerState};
 use crate::session::SessionFile;
-use crate::tokenizer::Token;
+use crate::tokenizer::{Token, Tokenizer};
 
 /// Why an answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,40 @@ pub struct Answer {
     pub text: String,
     pub tokens: Vec<Token>,
     pub stop: Stop,
+}
+
+/// How much of a user turn was read into the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnRead {
+    /// Tokens evaluated.
+    pub tokens: usize,
+    /// False when interrupted before its end.
+    pub complete: bool,
+}
+
+/// The start of `text` that `tokens`, its first tokens, stand for (the
+/// whole text when their pieces do not spell a start of it).
+fn read_prefix<'t>(tok: &Tokenizer, text: &'t str, tokens: &[Token], bos_added: bool) -> &'t str {
+    let tokens = &tokens[usize::from(bos_added)..];
+    let spelled: Vec<u8> = tokens.iter().flat_map(|&t| tok.token_to_piece(t, true)).collect();
+    // SentencePiece's space prefix is not in the text.
+    let spelled = match text.as_bytes().starts_with(&spelled) {
+        true => &spelled[..],
+        false => spelled.strip_prefix(b" ").unwrap_or(&spelled),
+    };
+    match text.as_bytes().starts_with(spelled) && text.is_char_boundary(spelled.len()) {
+        true => &text[..spelled.len()],
+        false => text,
+    }
+}
+
+/// The part of a message's `content` within the first `read` bytes of the
+/// rendered `text` (all of it when the template changed it beyond finding).
+fn message_prefix<'c>(text: &str, content: &'c str, read: usize) -> &'c str {
+    match text.find(content) {
+        Some(at) => &content[..read.saturating_sub(at).min(content.len())],
+        None => content,
+    }
 }
 
 /// Timings of the last turn.
@@ -191,7 +225,19 @@ impl Conversation {
     /// Adds a user message and evaluates its tokens (`progress(done,
     /// total)` after each step); returns how many tokens were evaluated.
     pub fn user_turn(&mut self, content: &str, progress: &mut dyn FnMut(usize, usize)) -> anyhow::Result<usize> {
-        let (messages, text, tokens) = self.render_turn(content)?;
+        Ok(self.read_user_turn(content, &|| false, progress)?.tokens)
+    }
+
+    /// As `user_turn`, polling `interrupted` between steps. An interrupted
+    /// turn keeps what was read: the memory holds it, and the message is
+    /// cut to it; there is then nothing to answer.
+    pub fn read_user_turn(
+        &mut self,
+        content: &str,
+        interrupted: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> anyhow::Result<TurnRead> {
+        let (mut messages, text, tokens) = self.render_turn(content)?;
         let n_ctx = self.engine.n_ctx();
         anyhow::ensure!(
             self.engine.n_past() + tokens.len() < n_ctx,
@@ -200,17 +246,46 @@ impl Conversation {
             tokens.len()
         );
         let start = Instant::now();
-        self.logits = self.engine.eval(&tokens, false, progress)?;
+        let tok = self.engine.tokenizer();
+        let bos_added = self.fed.is_empty()
+            && tokens
+                .first()
+                .is_some_and(|&t| Some(t) == tok.bos() && !text.as_bytes().starts_with(&tok.token_to_piece(t, true)));
+        // Whole steps, then the rest with the logits: the steps of one `eval`.
+        let step = self.engine.step_tokens();
+        let mut done = 0;
+        while tokens.len() - done > step && !interrupted() {
+            self.engine.feed(&tokens[done..done + step], &mut |_, _| {})?;
+            done += step;
+            progress(done, tokens.len());
+        }
+        let complete = !interrupted();
+        if complete {
+            self.logits = self
+                .engine
+                .eval(&tokens[done..], false, &mut |n, total| progress(done + n, done + total))?;
+            done = tokens.len();
+        } else if done == 0 {
+            return Ok(TurnRead { tokens: 0, complete });
+        } else {
+            self.logits.clear();
+            let read = read_prefix(self.engine.tokenizer(), &text, &tokens[..done], bos_added);
+            let user = messages.last_mut().expect("the user message");
+            user.content = message_prefix(&text, &user.content, read.len()).to_string();
+            self.fed.push_str(read);
+        }
+        if complete {
+            self.fed.push_str(&text);
+        }
         self.messages = messages;
-        tokens.iter().for_each(|&t| self.sampler.accept(t));
-        self.fed.push_str(&text);
+        tokens[..done].iter().for_each(|&t| self.sampler.accept(t));
         self.before_answer = None;
         self.stats = TurnStats {
-            prompt_tokens: tokens.len(),
+            prompt_tokens: done,
             prompt_time: start.elapsed(),
             ..Default::default()
         };
-        Ok(tokens.len())
+        Ok(TurnRead { tokens: done, complete })
     }
 
     /// Generates the assistant's answer (at most `limit` tokens), passing

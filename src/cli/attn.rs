@@ -2,11 +2,21 @@
 
 use clap::{Args, ValueEnum};
 
+use super::limits::count;
+
 use crate::attention::full::cache_type;
 use crate::attention::infllm::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
 use crate::ggml::{type_by_name, GgmlType};
 use crate::model::Hparams;
+
+/// Ranges of the InfLLM flags: far past any useful setting (the reference
+/// uses 128 / 4096 / 128 / 16 / 512), short of sizes that only allocate.
+const MAX_N_INIT: u64 = 16384;
+const MAX_N_LOCAL: u64 = 1 << 20;
+const MAX_BLOCK_SIZE: u64 = 4096;
+const MAX_TOPK: u64 = 1024;
+const MAX_CHUNK: u64 = 8192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttnKind {
@@ -44,23 +54,28 @@ impl AttnArgs {
 /// Everything about the attention but its kind.
 #[derive(Args, Debug, Clone)]
 pub struct AttnSettings {
-    /// Initial tokens kept forever [default: 128, less for short-context models]
-    #[arg(long = "n-init", help_heading = "Attention / InfLLM")]
+    /// Initial tokens kept forever, 0..=16384 [default: 128, less for
+    /// short-context models]
+    #[arg(long = "n-init", value_parser = count(0, MAX_N_INIT), help_heading = "Attention / InfLLM")]
     pub n_init: Option<usize>,
-    /// Local window in tokens [default: 4096, less for short-context models]
-    #[arg(long = "n-local", help_heading = "Attention / InfLLM")]
+    /// Local window in tokens, 1..=1048576 [default: 4096, less for
+    /// short-context models]
+    #[arg(long = "n-local", value_parser = count(1, MAX_N_LOCAL), help_heading = "Attention / InfLLM")]
     pub n_local: Option<usize>,
-    /// Tokens per memory block [default: 128]
-    #[arg(long = "block-size", help_heading = "Attention / InfLLM")]
+    /// Tokens per memory block, 1..=4096, a multiple of the block type's
+    /// unit (32 for q8_0) [default: 128]
+    #[arg(long = "block-size", value_parser = count(1, MAX_BLOCK_SIZE), help_heading = "Attention / InfLLM")]
     pub block_size: Option<usize>,
-    /// Memory blocks retrieved per chunk and layer [default: 16, less for short-context models]
-    #[arg(long, help_heading = "Attention / InfLLM")]
+    /// Memory blocks retrieved per chunk and layer, 0..=1024 [default: 16,
+    /// less for short-context models]
+    #[arg(long, value_parser = count(0, MAX_TOPK), help_heading = "Attention / InfLLM")]
     pub topk: Option<usize>,
-    /// Representative tokens per block and head [default: 4]
-    #[arg(long = "repr-topk", help_heading = "Attention / InfLLM")]
+    /// Representative tokens per block and head, 1..=--block-size [default: 4]
+    #[arg(long = "repr-topk", value_parser = count(1, MAX_BLOCK_SIZE), help_heading = "Attention / InfLLM")]
     pub repr_topk: Option<usize>,
-    /// Queries processed together, one retrieval per chunk [default: 512]
-    #[arg(long, help_heading = "Attention / InfLLM")]
+    /// Queries processed together, one retrieval per chunk, 1..=8192 and at
+    /// most --n-local [default: 512]
+    #[arg(long, value_parser = count(1, MAX_CHUNK), help_heading = "Attention / InfLLM")]
     pub chunk: Option<usize>,
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]

@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use super::attn::{AttnKind, AttnSettings};
 use super::devices::DeviceArgs;
+use super::limits::{self, count};
 use super::rss::{peak_rss_bytes, reset_peak_rss};
-use super::{default_threads, ModelArgs};
+use super::ModelArgs;
 use crate::engine::{AttnMode, Engine, EngineParams};
 use crate::ggml::reference::{RefContext, RefModel, RefParams};
 use crate::model::Model;
@@ -32,25 +33,31 @@ pub enum Format {
     Csv,
 }
 
+/// `-p` and `-n` at most: tokens of one test.
+const MAX_TEST_TOKENS: u64 = 1 << 20;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Model files (GGUF), comma-separated or repeated [default: the SmolLM2 file]
     #[arg(short = 'm', long = "model", value_delimiter = ',', value_name = "FNAME")]
     pub models: Vec<PathBuf>,
-    /// Prompt sizes of the pp tests (0: none)
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    /// Prompt sizes of the pp tests, 0..=1048576 (0: none)
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512",
+          value_parser = count(0, MAX_TEST_TOKENS))]
     pub n_prompt: Vec<usize>,
-    /// Generated tokens of the tg tests (0: none)
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    /// Generated tokens of the tg tests, 0..=1048576 (0: none)
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128",
+          value_parser = count(0, MAX_TEST_TOKENS))]
     pub n_gen: Vec<usize>,
-    /// Tokens already in memory when the tests run
-    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    /// Tokens already in memory when the tests run, 0..=16777216
+    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0",
+          value_parser = count(0, limits::MAX_TOKENS))]
     pub n_depth: Vec<usize>,
-    /// Timed runs per test
-    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    /// Timed runs per test, 1..=1000
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = count(1, 1000))]
     pub reps: usize,
-    /// Threads [default: all cores]
-    #[arg(short = 't', long = "threads")]
+    /// Threads, 1..=1024; at most one per core runs [default: all cores]
+    #[arg(short = 't', long = "threads", value_parser = count(1, limits::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Attention modes, comma-separated
     #[arg(long = "attn", value_enum, value_delimiter = ',', default_value = "infllm")]
@@ -60,8 +67,9 @@ pub struct BenchArgs {
     /// Output format
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Md)]
     pub output: Format,
-    /// Deepest depth also run through llama.cpp (deeper rows show n/a)
-    #[arg(long = "ref-max-depth", default_value_t = 32768)]
+    /// Deepest depth also run through llama.cpp (deeper rows show n/a),
+    /// 0..=16777216
+    #[arg(long = "ref-max-depth", default_value_t = 32768, value_parser = count(0, limits::MAX_TOKENS))]
     pub ref_max_depth: usize,
     /// Do not run llama.cpp
     #[arg(long = "no-ref")]
@@ -234,7 +242,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
     let models = model_paths(a)?;
     let plan = plan(a)?;
-    let threads = a.threads.unwrap_or_else(default_threads);
+    let threads = limits::threads(a.threads);
     let offload = a.devices.offload()?;
     let rss_resets = reset_peak_rss();
     let mut rows = Vec::new();
@@ -277,11 +285,18 @@ fn plan(a: &BenchArgs) -> anyhow::Result<Plan> {
         .collect();
     anyhow::ensure!(!tests.is_empty(), "nothing to bench: every -p and -n is 0");
     anyhow::ensure!(a.reps > 0, "-r must be at least 1");
-    Ok(Plan {
+    let plan = Plan {
         tests,
         reps: a.reps,
         warmup: !a.no_warmup,
-    })
+    };
+    let deepest = a.n_depth.iter().map(|&d| plan.n_ctx(d)).max().unwrap_or(0);
+    anyhow::ensure!(
+        deepest <= limits::MAX_TOKENS as usize,
+        "-d, -p, -n and -r ask for {deepest} tokens in memory, more than {}",
+        limits::MAX_TOKENS
+    );
+    Ok(plan)
 }
 
 /// What one engine configuration's rows share.

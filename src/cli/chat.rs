@@ -4,21 +4,25 @@
 //! answer alone.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use nix::sys::termios::{self, SetArg, Termios};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::history::DefaultHistory;
 use rustyline::{Completer, Editor, Helper, Hinter, Validator};
 
 use super::attn::describe;
+use super::error_line;
 use super::generate::GenerateArgs;
 use super::progress::Progress;
-use super::{error_line, read_prompt, read_stdin};
+use super::prompt::PromptSource;
+use super::signals::{self, Stopped};
 use crate::chat::{ChatTemplate, Conversation, Stop};
 use crate::engine::Engine;
 use crate::sampling::Sampler;
@@ -80,25 +84,44 @@ impl ChatArgs {
     }
 }
 
-/// Set by Ctrl-C; a second Ctrl-C before it is taken exits.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Stdout closed (a pipe's reader gone): the conversation ends, kept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the answer: {0}")]
+struct OutputClosed(std::io::Error);
 
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
+/// The terminal cannot be read any more: the conversation ends, kept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the next message: {0}")]
+struct InputClosed(ReadlineError);
+
+/// Whether `e` ended a conversation whose memory is whole (to be saved).
+fn keeps_conversation(e: &anyhow::Error) -> bool {
+    e.is::<Stopped>() || e.is::<OutputClosed>() || e.is::<InputClosed>()
 }
 
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let c = &a.chat;
     // Taken first: a session another process holds stops the run before any work.
     let session = c.session.as_deref().map(SessionFile::open).transpose()?;
-    let first = read_prompt(&a.prompt, &a.file)?;
-    let system = read_prompt(&c.system_prompt, &c.system_prompt_file)?;
+    let first = PromptSource::from_flags(&a.prompt, &a.file)?;
+    let system = PromptSource::from_flags(&c.system_prompt, &c.system_prompt_file)?;
     let (model, info) = a.run.load()?;
     let template = chat_template(&model, c)?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
     let engine = Engine::new(model, params)?;
-    let sampler = Sampler::new(a.sampling(engine.n_ctx()));
+    // Texts are read once the context says how long they may be, and
+    // before any output: an error is then the only line.
+    let (tok, n_ctx) = (engine.tokenizer(), engine.n_ctx());
+    let read = |s: PromptSource| s.read_within(tok, n_ctx).map(|(text, _)| text);
+    let system = system.map(read).transpose()?;
+    let piped = !std::io::stdin().is_terminal();
+    let first = match first {
+        Some(s) => Some(read(s)?),
+        None if piped => Some(read(PromptSource::Pipe(None))?.trim_end().to_string()),
+        None => None,
+    };
+    let sampler = Sampler::new(a.sampling(n_ctx)?);
     let mut conv = Conversation::new(engine, sampler, template, system);
     // A session that cannot be restored stops the run before any output.
     let restored = match session {
@@ -113,7 +136,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     eprintln!(
         "infllm: chat template {}, threads {}, seed {}",
         conv.template().name(),
-        params.n_threads,
+        super::generate::threads_used(a.run.threads, params.n_threads),
         conv.sampler.params.seed
     );
     if let Some(path) = restored {
@@ -124,19 +147,23 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
             conv.messages().len()
         );
     }
-    ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::Relaxed) {
-            std::process::exit(130);
-        }
-    })
-    .context("cannot install the Ctrl-C handler")?;
-
-    converse(&mut conv, first, usize::try_from(a.n_predict).ok(), c.color)?;
-    if let Some(path) = &c.session {
+    signals::install()?;
+    signals::set_unsaved(c.session.is_some());
+    let result = converse(&mut conv, first, a.predict_limit(), c.color);
+    // Stopped by a signal or a closed stdout, the memory and the
+    // conversation still agree: keep them.
+    let keep = result.as_ref().err().is_none_or(keeps_conversation);
+    if let (true, Some(path)) = (keep, &c.session) {
         conv.save(path)?;
         eprintln!("infllm: session saved to {}", path.display());
     }
-    Ok(())
+    signals::set_unsaved(false);
+    result?;
+    // A signal that came during the save.
+    match signals::quit_code() {
+        Some(code) => Err(Stopped { code }.into()),
+        None => Ok(()),
+    }
 }
 
 /// The model's template, or the one the flags name.
@@ -154,8 +181,8 @@ fn chat_template(model: &crate::model::Model, c: &ChatArgs) -> anyhow::Result<Ch
     )
 }
 
-/// On a terminal, the REPL (after the `-p` turn, if any); otherwise one
-/// turn from `-p` / `-f` or the piped stdin.
+/// On a terminal, the REPL (after the `-p` turn, if any); otherwise the
+/// one turn read from `-p` / `-f` or the piped stdin.
 fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>, color: Color) -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() {
         let color = match color {
@@ -175,40 +202,55 @@ fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>
         repl.run()
     } else {
         conv.regen = false;
-        let turn = match first {
-            Some(p) => p,
-            None => read_stdin()?.trim_end().to_string(),
-        };
-        if !turn.is_empty() {
-            answer_turn(conv, &turn, limit)?;
+        let turn = first.unwrap_or_default();
+        if !turn.is_empty() && answer_turn(conv, &turn, limit)? == Stop::Interrupted {
+            return Err(Stopped::now().into());
         }
         Ok(())
     }
 }
 
-/// Evaluates a user message and streams the answer to stdout.
+/// Evaluates a user message and streams the answer to stdout; a message
+/// interrupted while read is not answered.
 fn answer_turn(conv: &mut Conversation, content: &str, limit: Option<usize>) -> anyhow::Result<Stop> {
     let mut progress = None;
-    conv.user_turn(content, &mut |done, total| {
+    let read = conv.read_user_turn(content, &signals::interrupted, &mut |done, total| {
         progress.get_or_insert_with(|| Progress::new(total)).update(done)
     })?;
-    if let Some(p) = progress {
-        p.finish();
+    if let Some(mut p) = progress {
+        p.clear();
+    }
+    if !read.complete {
+        signals::clear_interrupt();
+        eprintln!("[interrupted: {} tokens of the message read]", read.tokens);
+        return Ok(Stop::Interrupted);
     }
     stream_answer(conv, limit)
 }
 
+/// Streams an answer to stdout. If stdout closes, the answer stops there
+/// (what was generated stays in the memory) and `OutputClosed` ends the
+/// conversation.
 fn stream_answer(conv: &mut Conversation, limit: Option<usize>) -> anyhow::Result<Stop> {
     let mut out = std::io::stdout().lock();
+    let closed = Cell::new(false);
+    let mut write_error = None;
     let stop = conv
-        .answer(limit, &interrupted, &mut |s| {
-            out.write_all(s.as_bytes())?;
-            Ok(out.flush()?)
+        .answer(limit, &|| closed.get() || signals::interrupted(), &mut |s| {
+            if !closed.get() {
+                if let Err(e) = out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+                    closed.set(true);
+                    write_error = Some(e);
+                }
+            }
+            Ok(())
         })?
         .stop;
-    writeln!(out)?;
-    out.flush()?;
-    INTERRUPTED.store(false, Ordering::Relaxed);
+    let end_of_line = writeln!(out).and_then(|_| out.flush());
+    if let Some(e) = write_error.or(end_of_line.err()) {
+        return Err(OutputClosed(e).into());
+    }
+    signals::clear_interrupt();
     match stop {
         Stop::Interrupted => eprintln!("[interrupted]"),
         Stop::ContextFull => eprintln!("[context full: -c {}]", conv.engine.n_ctx()),
@@ -264,24 +306,32 @@ impl Repl<'_> {
             let _ = rl.load_history(h);
         }
         eprintln!("infllm: chat: /help for commands, Ctrl-C interrupts an answer, Ctrl-D or /exit quits");
+        let terminal = Terminal::save();
+        let reader = LineReader::start(rl);
         let mut ctrl_c = false;
         loop {
-            let input = match read_input(&mut rl) {
-                Ok(s) => s,
-                Err(ReadlineError::Interrupted) if !ctrl_c => {
+            if signals::quit_code().is_some() {
+                break;
+            }
+            let input = match reader.read() {
+                Input::Read(Ok(s)) => s,
+                Input::Read(Err(ReadlineError::Interrupted)) if !ctrl_c => {
                     ctrl_c = true;
                     eprintln!("(Ctrl-C again or Ctrl-D to quit)");
                     continue;
                 }
-                Err(ReadlineError::Interrupted | ReadlineError::Eof) => break,
-                Err(e) => return Err(e.into()),
+                Input::Read(Err(ReadlineError::Interrupted | ReadlineError::Eof)) => break,
+                // A hangup (SIGHUP) closes the terminal too: the signal's code.
+                Input::Read(Err(_)) if signals::quit_code().is_some() => break,
+                Input::Read(Err(e)) => return Err(InputClosed(e).into()),
+                Input::Quit => break,
             };
             ctrl_c = false;
             let input = input.trim();
             if input.is_empty() {
                 continue;
             }
-            let _ = rl.add_history_entry(input);
+            reader.add_history(input);
             let result = if let Some(cmd) = input.strip_prefix('/') {
                 match self.command(cmd) {
                     Ok(true) => break,
@@ -294,12 +344,16 @@ impl Repl<'_> {
                 };
                 self.turn(&content).map(|_| ())
             };
-            // A failed command or turn is reported; the conversation goes on.
-            if let Err(e) = result {
-                eprintln!("{}", error_line(&e));
+            match result {
+                Err(e) if keeps_conversation(&e) => return Err(e),
+                // A failed command or turn is reported; the conversation goes on.
+                Err(e) => eprintln!("{}", error_line(&e)),
+                Ok(()) => {}
             }
         }
-        if let Some(h) = &history {
+        // Quitting on a signal, the reader may still be waiting for a line.
+        terminal.restore();
+        if let (Some(mut rl), Some(h)) = (reader.finish(), &history) {
             if let Some(dir) = h.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -309,7 +363,7 @@ impl Repl<'_> {
     }
 
     fn turn(&mut self, content: &str) -> anyhow::Result<Stop> {
-        INTERRUPTED.store(false, Ordering::Relaxed);
+        signals::clear_interrupt();
         answer_turn(self.conv, content, self.limit)
     }
 
@@ -335,8 +389,8 @@ impl Repl<'_> {
             }
             "read" => {
                 let path = file_arg()?;
-                let doc = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let n = self.conv.engine.tokenizer().encode(&doc, false, false).len();
+                let room = self.conv.engine.n_ctx().saturating_sub(self.conv.engine.n_past());
+                let (doc, n) = PromptSource::file(path)?.read_within(self.conv.engine.tokenizer(), room)?;
                 println!(
                     "(read {}: {} bytes, {n} tokens; it goes with your next message)",
                     path.display(),
@@ -390,6 +444,108 @@ impl Repl<'_> {
     }
 }
 
+/// What the REPL waits for: a message, or a signal asking to quit.
+enum Input {
+    Read(Result<String, ReadlineError>),
+    Quit,
+}
+
+enum Request {
+    Message,
+    History(String),
+}
+
+/// rustyline on a thread of its own, so that a signal can end the wait
+/// for a message (the main thread then saves the session and exits).
+struct LineReader {
+    /// A message asked for, or a line for the history; closed to end the thread.
+    ask: mpsc::Sender<Request>,
+    inputs: mpsc::Receiver<Input>,
+    thread: std::thread::JoinHandle<Editor<Prompt, DefaultHistory>>,
+    /// Whether the thread may be waiting for a line now.
+    reading: Cell<bool>,
+}
+
+impl LineReader {
+    fn start(mut rl: Editor<Prompt, DefaultHistory>) -> Self {
+        let (ask, asked) = mpsc::channel();
+        let (send, inputs) = mpsc::channel();
+        let wake = send.clone();
+        signals::on_quit(Some(Box::new(move || {
+            let _ = wake.send(Input::Quit);
+        })));
+        let thread = std::thread::spawn(move || {
+            for request in asked {
+                match request {
+                    Request::Message => {
+                        if send.send(Input::Read(read_input(&mut rl))).is_err() {
+                            break;
+                        }
+                    }
+                    Request::History(line) => {
+                        let _ = rl.add_history_entry(line);
+                    }
+                }
+            }
+            rl
+        });
+        Self {
+            ask,
+            inputs,
+            thread,
+            reading: Cell::new(false),
+        }
+    }
+
+    /// The next message, or `Quit` when a signal asks first.
+    fn read(&self) -> Input {
+        if self.ask.send(Request::Message).is_err() {
+            return Input::Quit;
+        }
+        self.reading.set(true);
+        let input = self.inputs.recv().unwrap_or(Input::Quit);
+        self.reading.set(matches!(input, Input::Quit));
+        input
+    }
+
+    fn add_history(&self, line: &str) {
+        let _ = self.ask.send(Request::History(line.to_string()));
+    }
+
+    /// The editor back (for its history); None while it may still wait for
+    /// a line (it ends with the process).
+    fn finish(self) -> Option<Editor<Prompt, DefaultHistory>> {
+        signals::on_quit(None);
+        if self.reading.get() {
+            return None;
+        }
+        drop(self.ask);
+        self.thread.join().ok()
+    }
+}
+
+/// The terminal's settings before the REPL, given back when a signal ends
+/// it while rustyline holds the terminal in raw mode.
+struct Terminal(Option<Termios>);
+
+impl Terminal {
+    fn save() -> Self {
+        let saved = termios::tcgetattr(std::io::stdin()).ok();
+        if let Some(t) = saved.clone() {
+            signals::at_exit(Some(Box::new(move || {
+                let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t);
+            })));
+        }
+        Self(saved)
+    }
+
+    fn restore(&self) {
+        if let Some(t) = &self.0 {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, t);
+        }
+    }
+}
+
 /// One message: a line, lines joined by a trailing `\`, or a `"""` block.
 fn read_input(rl: &mut Editor<Prompt, DefaultHistory>) -> Result<String, ReadlineError> {
     let first = rl.readline("> ")?;
@@ -416,6 +572,7 @@ fn set_sampling(s: &mut Sampler, key: &str, value: &str) -> anyhow::Result<()> {
             .parse::<f32>()
             .with_context(|| format!("{key}: not a number: {value}"))
     };
+    let old = s.params;
     let p = &mut s.params;
     match key {
         "temp" => p.temp = f()?,
@@ -426,7 +583,8 @@ fn set_sampling(s: &mut Sampler, key: &str, value: &str) -> anyhow::Result<()> {
         "seed" => s.reseed(value.parse().with_context(|| format!("seed: not a number: {value}"))?),
         _ => anyhow::bail!("unknown setting {key} (temp, top-k, top-p, min-p, repeat-penalty, seed)"),
     }
-    Ok(())
+    // The flags' ranges; a refused value leaves the setting as it was.
+    s.params.check().inspect_err(|_| s.params = old)
 }
 
 /// `$XDG_DATA_HOME/infllm/history` (or under ~/.local/share).

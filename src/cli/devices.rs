@@ -4,8 +4,12 @@
 use anyhow::{bail, Context as _};
 use clap::Args;
 
+use super::limits;
 use crate::ggml::{self, Device};
 use crate::placement::{GpuLayers, Offload, SplitMode};
+
+/// `--block-cache` at most (16 TiB): its bytes must fit a `usize`.
+const MAX_BLOCK_CACHE_MIB: u64 = 1 << 24;
 
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
@@ -29,29 +33,33 @@ pub struct DeviceArgs {
     /// How layers spread over several devices
     #[arg(long = "split-mode", value_enum, default_value = "layer", help_heading = "Devices")]
     pub split_mode: SplitMode,
-    /// Share of the layers per device, e.g. 3,1 [default: by free memory]
+    /// Share of the layers per device, numbers >= 0, e.g. 3,1 [default: by
+    /// free memory]
     #[arg(
         long = "tensor-split",
         value_name = "N0,N1,..",
         value_delimiter = ',',
+        value_parser = limits::share,
         help_heading = "Devices"
     )]
     pub tensor_split: Vec<f32>,
-    /// The device of `-sm none` (an index into the devices used)
+    /// The device of `-sm none`, an index into the devices used, 0..=255
     #[arg(
         long = "main-gpu",
         value_name = "INDEX",
         default_value_t = 0,
+        value_parser = limits::count(0, 255),
         help_heading = "Devices"
     )]
     pub main_gpu: usize,
     /// Keep CPU weights in the file's layout (no repacking for faster kernels)
     #[arg(long = "no-repack", help_heading = "Devices")]
     pub no_repack: bool,
-    /// Device memory for InfLLM's memory blocks, MiB per device [default: a
-    /// quarter of the device's free memory]; blocks past it are read from
-    /// host memory
-    #[arg(long = "block-cache", value_name = "MiB", help_heading = "Devices")]
+    /// Device memory for InfLLM's memory blocks, MiB per device,
+    /// 0..=16777216 [default: a quarter of the device's free memory]; blocks
+    /// past it are read from host memory
+    #[arg(long = "block-cache", value_name = "MiB", value_parser = limits::count(0, MAX_BLOCK_CACHE_MIB),
+          help_heading = "Devices")]
     pub block_cache: Option<usize>,
     /// RPC servers to offload to (`infllm rpc-server` or llama.cpp's)
     #[arg(long = "rpc", value_name = "HOST:PORT,..", help_heading = "Devices")]

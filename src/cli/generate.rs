@@ -2,16 +2,17 @@
 //! the prompt (unless --no-display-prompt) and the generated text, streamed;
 //! load information and timings go to stderr.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::attn::describe;
+use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
 use super::progress::Progress;
-use super::{read_prompt, read_stdin, RunArgs};
+use super::prompt::PromptSource;
+use super::{limits, signals, RunArgs};
 use crate::engine::Engine;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Utf8Stream;
@@ -26,8 +27,10 @@ pub struct GenerateArgs {
     /// File containing the prompt
     #[arg(short = 'f', long = "file", help_heading = "Common")]
     pub file: Option<PathBuf>,
-    /// Number of tokens to predict (-1 = until end of text or full context)
-    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true, help_heading = "Common")]
+    /// Number of tokens to predict, -1..=16777216 (-1 = until end of text
+    /// or full context; InfLLM / stream without -c: at most 4096)
+    #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true,
+          value_parser = limits::count_or_minus_one(limits::MAX_TOKENS as i64), help_heading = "Common")]
     pub n_predict: i64,
     /// Print only the generated text, not the prompt
     #[arg(long = "no-display-prompt", help_heading = "Common")]
@@ -48,16 +51,19 @@ pub struct GenerateArgs {
     /// Penalty for repeated tokens (1.0 = off)
     #[arg(long = "repeat-penalty", default_value_t = 1.0, help_heading = "Sampling")]
     pub repeat_penalty: f32,
-    /// Tokens considered by the repeat penalty (-1 = context size)
+    /// Tokens considered by the repeat penalty, -1..=16777216 (-1 = context
+    /// size)
     #[arg(
         long = "repeat-last-n",
         default_value_t = 64,
         allow_negative_numbers = true,
+        value_parser = limits::count_or_minus_one(limits::MAX_TOKENS as i64),
         help_heading = "Sampling"
     )]
     pub repeat_last_n: i64,
-    /// Random seed (-1 = random)
-    #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true, help_heading = "Sampling")]
+    /// Random seed, -1..=9223372036854775807 (-1 = random)
+    #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true,
+          value_parser = limits::count_or_minus_one(i64::MAX), help_heading = "Sampling")]
     pub seed: i64,
 
     #[command(flatten)]
@@ -65,7 +71,21 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
-    pub fn sampling(&self, n_ctx: usize) -> SamplingParams {
+    /// Most tokens to generate: `-n`, or without it (-1) none where the
+    /// context stops the text, and `DEFAULT_PREDICT` where it does not
+    /// (InfLLM or stream without -c).
+    pub fn predict_limit(&self) -> Option<usize> {
+        let unbounded = self.run.attn.attn != AttnKind::Full && matches!(self.run.ctx_size, None | Some(0));
+        match usize::try_from(self.n_predict) {
+            Ok(n) => Some(n),
+            Err(_) if unbounded => Some(limits::DEFAULT_PREDICT),
+            Err(_) => None,
+        }
+    }
+
+    /// The sampler's parameters, checked (`SamplingParams::check`: the same
+    /// ranges a session's record gets).
+    pub fn sampling(&self, n_ctx: usize) -> anyhow::Result<SamplingParams> {
         let seed = if self.seed < 0 {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -73,7 +93,7 @@ impl GenerateArgs {
         } else {
             self.seed as u64
         };
-        SamplingParams {
+        let p = SamplingParams {
             temp: self.temp,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -85,7 +105,9 @@ impl GenerateArgs {
                 self.repeat_last_n as usize
             },
             seed,
-        }
+        };
+        p.check()?;
+        Ok(p)
     }
 }
 
@@ -96,69 +118,107 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }
-    let prompt = prompt_text(a)?;
+    let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file)?;
     let (model, info) = a.run.load()?;
-    let tokens = model.tokenizer.encode(&prompt, true, true);
-    anyhow::ensure!(
-        !tokens.is_empty(),
-        "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
-    );
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
     let n_ctx = engine.n_ctx();
+    let n_prompt = prompt.count_tokens(engine.tokenizer(), n_ctx)?;
     anyhow::ensure!(
-        tokens.len() < n_ctx,
-        "the prompt is too long: {} tokens, but the context holds {n_ctx} (-c): raise -c",
-        tokens.len(),
+        n_prompt > 0,
+        "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
     );
-    let mut sampler = Sampler::new(a.sampling(n_ctx));
+    let mut sampler = Sampler::new(a.sampling(n_ctx)?);
     eprintln!("{info}");
     eprintln!("infllm: {attn_info}");
     eprintln!(
-        "infllm: n_ctx = {n_ctx}, n_ubatch = {}, threads = {}, prompt = {} tokens, seed = {}",
+        "infllm: n_ctx = {n_ctx}, n_ubatch = {}, threads = {}, prompt = {n_prompt} tokens, seed = {}",
         params.n_ubatch,
-        params.n_threads,
-        tokens.len(),
+        threads_used(a.run.threads, params.n_threads),
         sampler.params.seed
     );
 
+    signals::install()?;
     let mut out = std::io::stdout().lock();
-    if !a.no_display_prompt {
-        write!(out, "{prompt}")?;
-        out.flush()?;
-    }
     let t0 = Instant::now();
-    let mut progress = Progress::new(tokens.len());
-    let logits = engine.eval(&tokens, false, &mut |done, _| progress.update(done))?;
-    progress.finish();
+    let echo = (!a.no_display_prompt).then_some(&mut out as &mut dyn Write);
+    let logits = prefill(&mut engine, &mut sampler, &prompt, n_prompt, echo)?;
     let prompt_time = t0.elapsed();
-    tokens.iter().for_each(|&t| sampler.accept(t));
 
     let t1 = Instant::now();
-    let limit = if a.n_predict < 0 {
-        usize::MAX
-    } else {
-        a.n_predict as usize
-    };
+    let limit = a.predict_limit().unwrap_or(usize::MAX);
     let n_eval = generate(&mut engine, &mut sampler, logits, limit, &mut out)?;
     let gen_time = t1.elapsed();
-    print_timings(tokens.len(), prompt_time, n_eval, gen_time);
+    print_timings(n_prompt, prompt_time, n_eval, gen_time);
     eprintln!("infllm: {}", engine.memory_report());
     Ok(())
 }
 
-/// The prompt: -p, -f, or without them a piped stdin.
-fn prompt_text(a: &GenerateArgs) -> anyhow::Result<String> {
-    Ok(match read_prompt(&a.prompt, &a.file)? {
-        Some(p) => p,
-        None if !std::io::stdin().is_terminal() => read_stdin()?,
-        None => String::new(),
-    })
+/// "2", or "2 (of -t 1000: one per core)" when -t asked for more than run.
+pub fn threads_used(asked: Option<usize>, used: usize) -> String {
+    match asked {
+        Some(n) if n > used => format!("{used} (of -t {n}: one per core)"),
+        _ => used.to_string(),
+    }
+}
+
+/// Reads the prompt piece by piece into the engine, printing each piece to
+/// `echo` as its tokens go in; returns the last logits. Whole steps are fed
+/// as they come (the memory holds the prompt, not this function), so the
+/// steps are those of one `eval` of the whole; a Ctrl-C is taken between them.
+fn prefill(
+    engine: &mut Engine,
+    sampler: &mut Sampler,
+    prompt: &PromptSource,
+    n_prompt: usize,
+    mut echo: Option<&mut dyn Write>,
+) -> anyhow::Result<Vec<f32>> {
+    let step = engine.step_tokens();
+    let n_ctx = engine.n_ctx();
+    let mut progress = Progress::new(n_prompt);
+    let mut pieces = prompt.pieces(true, true)?;
+    let (mut pending, mut done) = (Vec::new(), 0);
+    while let Some((text, tokens)) = pieces.next_piece(engine.tokenizer())? {
+        if let Some(out) = echo.as_mut() {
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+        pending.extend(tokens);
+        // The file may have grown since its tokens were counted.
+        anyhow::ensure!(
+            done + pending.len() < n_ctx,
+            "the prompt is too long: more than {n_ctx} tokens (-c): raise -c"
+        );
+        // All but the last step's worth, which `eval` takes with the logits.
+        let whole = pending.len().saturating_sub(1) / step * step;
+        for chunk in pending[..whole].chunks(step) {
+            stop_if_interrupted(&mut progress)?;
+            engine.feed(chunk, &mut |_, _| {})?;
+            chunk.iter().for_each(|&t| sampler.accept(t));
+            done += chunk.len();
+            progress.update(done);
+        }
+        pending.drain(..whole);
+    }
+    stop_if_interrupted(&mut progress)?;
+    let logits = engine.eval(&pending, false, &mut |n, _| progress.update(done + n))?;
+    pending.iter().for_each(|&t| sampler.accept(t));
+    progress.finish();
+    Ok(logits)
+}
+
+fn stop_if_interrupted(progress: &mut Progress) -> anyhow::Result<()> {
+    if signals::interrupted() {
+        progress.clear();
+        println!();
+        return Err(signals::Stopped::now().into());
+    }
+    Ok(())
 }
 
 /// Samples and prints up to `limit` tokens from `logits` on, stopping at
-/// end of text or a full context; returns the decode steps run.
+/// end of text, a full context or a Ctrl-C; returns the decode steps run.
 fn generate(
     engine: &mut Engine,
     sampler: &mut Sampler,
@@ -184,6 +244,10 @@ fn generate(
         }
         if n_gen == limit {
             break;
+        }
+        if signals::interrupted() {
+            writeln!(out, "{}", utf8.finish())?;
+            return Err(signals::Stopped::now().into());
         }
         logits = engine.eval(&[t], false, &mut |_, _| {})?;
         n_eval += 1;

@@ -5,10 +5,13 @@ pub mod bench;
 pub mod chat;
 pub mod devices;
 pub mod generate;
+pub mod limits;
 pub mod passkey;
 pub mod progress;
+pub mod prompt;
 pub mod rpc_server;
 pub mod rss;
+pub mod signals;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
@@ -91,19 +94,21 @@ impl ModelArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Context size. Full attention: KV cache tokens [default: 4096; 0 = the
-    /// model's training context]. InfLLM / stream: cap on the text length
-    /// [default: 0 = no cap]
-    #[arg(short = 'c', long = "ctx-size", help_heading = "Common")]
+    /// Context size, 0..=16777216. Full attention: KV cache tokens
+    /// [default: 4096; 0 = the model's training context]. InfLLM / stream:
+    /// cap on the text length [default: 0 = none below 16777216 tokens]
+    #[arg(short = 'c', long = "ctx-size", value_parser = limits::count(0, limits::MAX_TOKENS), help_heading = "Common")]
     pub ctx_size: Option<usize>,
-    /// Threads (default: all cores)
-    #[arg(short = 't', long = "threads", help_heading = "Common")]
+    /// Threads, 1..=1024; at most one per core runs [default: all cores]
+    #[arg(short = 't', long = "threads", value_parser = limits::count(1, limits::MAX_THREADS), help_heading = "Common")]
     pub threads: Option<usize>,
-    /// Logical batch size: most prompt tokens submitted at once
-    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, help_heading = "Common")]
+    /// Logical batch size, 1..=16384: most prompt tokens submitted at once
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048,
+          value_parser = limits::count(1, limits::MAX_BATCH), help_heading = "Common")]
     pub batch_size: usize,
-    /// Physical batch size (-ub): tokens per forward pass
-    #[arg(long = "ubatch-size", default_value_t = 512, help_heading = "Common")]
+    /// Physical batch size (-ub), 1..=16384: tokens per forward pass
+    #[arg(long = "ubatch-size", default_value_t = 512,
+          value_parser = limits::count(1, limits::MAX_BATCH), help_heading = "Common")]
     pub ubatch_size: usize,
     #[command(flatten)]
     pub devices: devices::DeviceArgs,
@@ -115,7 +120,7 @@ impl RunArgs {
     pub fn engine_params(&self, hp: &Hparams) -> anyhow::Result<EngineParams> {
         Ok(EngineParams {
             attn: self.attn.mode(hp, self.ctx_size)?,
-            n_threads: self.threads.unwrap_or_else(default_threads),
+            n_threads: limits::threads(self.threads),
             n_ctx: self.ctx_size.unwrap_or(4096),
             n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
             block_cache: self.devices.block_cache.map(|mib| mib << 20),
@@ -159,29 +164,27 @@ impl RunArgs {
     }
 }
 
-/// Prompt text from `-p` or `-f`.
-pub fn read_prompt(prompt: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
-    match (prompt, file) {
-        (Some(_), Some(_)) => anyhow::bail!("give the prompt with -p or -f, not both"),
-        (Some(p), None) => Ok(Some(p.clone())),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(Some)
-            .with_context(|| format!("cannot read prompt file {}", f.display())),
-        (None, None) => Ok(None),
-    }
-}
-
-/// All of stdin (a piped prompt or turn).
-pub fn read_stdin() -> anyhow::Result<String> {
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
-    Ok(s)
-}
-
 /// An error and its causes on one line, outermost first.
 pub fn error_line(e: &anyhow::Error) -> String {
     let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
     format!("error: {}", msg.join(": "))
+}
+
+/// A command-line error (clap's) on one line: its first paragraph, without
+/// usage and tips, control characters escaped, cut to a line's length.
+pub fn clap_error_line(e: &clap::Error) -> String {
+    const MAX_CHARS: usize = 300;
+    let text = e.to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let msg = first.trim().strip_prefix("error:").unwrap_or(first).trim();
+    let mut line = String::from("error: ");
+    for c in msg.chars().take(MAX_CHARS) {
+        match c.is_control() {
+            true => line.extend(c.escape_default()),
+            false => line.push(c),
+        }
+    }
+    line
 }
 
 /// Default thread count: the machine's cores.

@@ -9,6 +9,7 @@ use clap::Args;
 use rand::{Rng, SeedableRng};
 
 use super::attn::describe;
+use super::limits::{self, count};
 use super::progress::Progress;
 use super::RunArgs;
 use crate::attention::Snapshot;
@@ -21,24 +22,27 @@ const INTRO: &str = "There is an important info hidden inside a lot of irrelevan
 const FILLER: &str = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 const QUESTION: &str = " What is the pass key? The pass key is";
 
+/// `--junk` at most: some 20 million tokens of filler.
+const MAX_JUNK: u64 = 1_000_000;
+
 #[derive(Args, Debug)]
 pub struct PasskeyArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Target prompt length in tokens
-    #[arg(long, default_value_t = 16384, conflicts_with = "junk")]
+    /// Target prompt length in tokens, 1..=16777216
+    #[arg(long, default_value_t = 16384, conflicts_with = "junk", value_parser = count(1, limits::MAX_TOKENS))]
     pub tokens: usize,
-    /// Number of filler sentences instead of a token count
-    #[arg(long)]
+    /// Number of filler sentences instead of a token count, 0..=1000000
+    #[arg(long, value_parser = count(0, MAX_JUNK))]
     pub junk: Option<usize>,
     /// Where the key goes: a fraction of the text (0.5) or a filler index (120); repeat or comma-separate for several runs
     #[arg(long, value_delimiter = ',', default_values = ["0.1", "0.5", "0.9"])]
     pub pos: Vec<String>,
-    /// Seed of the pass key
+    /// Seed of the pass key, 0..=18446744073709551615
     #[arg(short = 's', long, default_value_t = 1234)]
     pub seed: u64,
-    /// Tokens generated after the question
-    #[arg(short = 'n', long = "n-predict", default_value_t = 12)]
+    /// Tokens generated after the question, 1..=1024
+    #[arg(short = 'n', long = "n-predict", default_value_t = 12, value_parser = count(1, 1024))]
     pub n_predict: usize,
     /// Evaluate the text the runs have in common once (runs in key order):
     /// each run goes back to a snapshot of it. Same answers, less prefill,

@@ -68,6 +68,13 @@ impl Progress {
         }
     }
 
+    /// Takes the bar off the terminal (an interrupted prefill).
+    pub fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();

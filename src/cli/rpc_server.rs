@@ -14,15 +14,16 @@ pub struct RpcServerArgs {
     /// Address to listen on
     #[arg(short = 'H', long = "host", default_value = "127.0.0.1")]
     pub host: String,
-    /// Port to listen on
-    #[arg(short = 'p', long = "port", default_value_t = 50052)]
+    /// Port to listen on, 1..=65535
+    #[arg(short = 'p', long = "port", default_value_t = 50052, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Devices to serve, comma-separated [default: every device but the
     /// CPU, or the CPU when there is none]
     #[arg(short = 'd', long = "device", value_name = "DEV1,DEV2,..")]
     pub device: Option<String>,
-    /// Threads of the CPU device (default: all cores)
-    #[arg(short = 't', long = "threads")]
+    /// Threads of the CPU device, 1..=1024; at most one per core runs
+    /// [default: all cores]
+    #[arg(short = 't', long = "threads", value_parser = super::limits::count(1, super::limits::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Directory where the server caches large tensors it receives
     #[arg(short = 'c', long = "cache", value_name = "DIR")]
@@ -44,7 +45,7 @@ pub fn run(a: &RpcServerArgs) -> anyhow::Result<()> {
         );
     }
     let devices = served_devices(a.device.as_deref())?;
-    let threads = a.threads.unwrap_or_else(super::default_threads);
+    let threads = super::limits::threads(a.threads);
     ggml::set_quiet_logs(false);
     ggml::serve_rpc(&format!("{}:{}", a.host, a.port), a.cache.as_deref(), threads, &devices)
 }

@@ -3,9 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Args;
 
-use super::{read_prompt, ModelArgs};
+use super::prompt::PromptSource;
+use super::ModelArgs;
 use crate::gguf::GgufFile;
 use crate::tokenizer::Tokenizer;
 
@@ -31,19 +33,37 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(a: &TokenizeArgs) -> anyhow::Result<()> {
-    let text = read_prompt(&a.prompt, &a.file)?.ok_or_else(|| anyhow::anyhow!("give the text with -p or -f"))?;
+    let text =
+        PromptSource::from_flags(&a.prompt, &a.file)?.ok_or_else(|| anyhow::anyhow!("give the text with -p or -f"))?;
+    let text = match text {
+        // A pipe given to -f: no context bounds it here.
+        PromptSource::Pipe(Some(path)) => PromptSource::Text(
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        source => source,
+    };
     let file = GgufFile::open(a.model.path()?)?;
     let tok = Tokenizer::from_gguf(&file)?;
-    let ids = tok.encode(&text, !a.no_bos, !a.no_parse_special);
+    // Piece by piece: a long file's tokens are printed as they come.
+    let mut pieces = text.pieces(!a.no_bos, !a.no_parse_special)?;
     let mut out = std::io::stdout().lock();
+    let mut first = true;
     if a.ids {
-        let list: Vec<String> = ids.iter().map(|t| t.to_string()).collect();
-        writeln!(out, "[{}]", list.join(", "))?;
-    } else {
-        for &t in &ids {
-            let piece = String::from_utf8_lossy(&tok.token_to_piece(t, true)).into_owned();
-            writeln!(out, "{t:6} -> '{piece}'")?;
+        write!(out, "[")?;
+    }
+    while let Some((_, ids)) = pieces.next_piece(&tok)? {
+        for t in ids {
+            if a.ids {
+                let sep = if std::mem::take(&mut first) { "" } else { ", " };
+                write!(out, "{sep}{t}")?;
+            } else {
+                let piece = String::from_utf8_lossy(&tok.token_to_piece(t, true)).into_owned();
+                writeln!(out, "{t:6} -> '{piece}'")?;
+            }
         }
+    }
+    if a.ids {
+        writeln!(out, "]")?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! before punctuation (`pieces`). `load` reads it all from the file.
 
 mod bpe;
+mod chunked;
 mod load;
 mod pieces;
 mod pretokenize;
@@ -29,6 +30,7 @@ use pieces::{clean_up_spaces, Pieces, SPM_SPACE};
 use special::{Fragment, Specials};
 use vocab::{Vocab, ATTR_CONTROL, ATTR_UNKNOWN};
 
+pub use chunked::ChunkedEncoder;
 pub use stream::Utf8Stream;
 
 /// A token id, as llama.cpp's `llama_token`.
@@ -127,33 +129,39 @@ impl Tokenizer {
     /// (`<|im_start|>`, `<start_of_turn>`, ...) into those tokens.
     /// User-defined tokens are always recognised.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<Token> {
-        let fragments = self.specials.partition(&self.vocab, text, parse_special);
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        match &self.model {
-            Model::Spm => self.encode_spm(fragments, &mut out),
-            Model::Bpe(bpe) => {
-                for frag in fragments {
-                    match frag {
-                        Fragment::Text(s) => bpe.encode(&self.vocab, s, &mut out),
-                        Fragment::Special(t) => out.push(t),
-                    }
-                }
-            }
-        }
+        self.encode_text(text, parse_special, true, &mut out);
         if add_special && self.add_eos {
             out.extend(self.eos);
         }
         out
     }
 
+    /// The tokens of `text` alone (no BOS / EOS); `at_start`: whether it
+    /// starts the whole text (SentencePiece's space prefix goes there only).
+    fn encode_text(&self, text: &str, parse_special: bool, at_start: bool, out: &mut Vec<Token>) {
+        let fragments = self.specials.partition(&self.vocab, text, parse_special);
+        match &self.model {
+            Model::Spm => self.encode_spm(fragments, at_start, out),
+            Model::Bpe(bpe) => {
+                for frag in fragments {
+                    match frag {
+                        Fragment::Text(s) => bpe.encode(&self.vocab, s, out),
+                        Fragment::Special(t) => out.push(t),
+                    }
+                }
+            }
+        }
+    }
+
     /// SentencePiece over the text fragments: spaces become `▁`, and a
     /// fragment after a special token (or the start) gets the model's space
     /// prefix.
-    fn encode_spm(&self, fragments: Vec<Fragment>, out: &mut Vec<Token>) {
-        let mut prev_special = true;
+    fn encode_spm(&self, fragments: Vec<Fragment>, at_start: bool, out: &mut Vec<Token>) {
+        let mut prev_special = at_start;
         let mut buf = String::new();
         for frag in fragments {
             match frag {
