@@ -582,14 +582,14 @@ fn text_from_the_file_is_escaped_and_cut() {
         &run_model(&t.write("rope-type.gguf")),
         &["rope scaling type \"a\\nb\\rzzz", "...\" is not supported"],
     );
-    let name = "bad\nname\0";
+    let name = "bad\nname\u{1}";
     let mut w = GgufWriter::new();
     w.add("general.architecture", Value::String("llama".into()));
     w.add_tensor(name, &[4], GgmlType::F32, vec![0; 16]);
     w.add_tensor(name, &[4], GgmlType::F32, vec![0; 16]);
     assert_refused(
         &run_model(&write("tensor-name.gguf", &w.to_bytes())),
-        &["tensor \"bad\\nname\\u{0}\": duplicate tensor name"],
+        &["tensor \"bad\\nname\\u{1}\": duplicate tensor name"],
     );
 }
 

@@ -13,7 +13,11 @@ use infllm::tokenizer::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 
 static TOKENIZERS: LazyLock<[Tokenizer; 2]> = LazyLock::new(|| {
-    ["models/SmolLM2-135M-Instruct.Q4_1.gguf", "models/gemma-3-270m-q4_k_m.gguf"].map(|m| {
+    [
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "models/gemma-3-270m-q4_k_m.gguf",
+    ]
+    .map(|m| {
         let f = GgufFile::open(infllm_fuzz::repo_file(m)).expect("model file");
         Tokenizer::from_gguf(&f).expect("tokenizer")
     })

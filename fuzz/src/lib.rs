@@ -34,7 +34,11 @@ pub fn repo_file(rel: &str) -> PathBuf {
 pub fn seed_corpus(target: &str, make: impl FnOnce() -> Vec<(String, Vec<u8>)>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
     std::fs::create_dir_all(&dir).expect("create the corpus folder");
-    if std::fs::read_dir(&dir).expect("read the corpus folder").next().is_some() {
+    if std::fs::read_dir(&dir)
+        .expect("read the corpus folder")
+        .next()
+        .is_some()
+    {
         return;
     }
     for (name, bytes) in make() {

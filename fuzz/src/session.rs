@@ -48,7 +48,10 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     for (i, text) in [long.as_str(), "And then?"].into_iter().enumerate() {
         turn(&mut conv, text).expect("a turn");
         conv.save(&path).expect("save");
-        seeds.push((format!("turn{i}.session"), std::fs::read(&path).expect("read the session")));
+        seeds.push((
+            format!("turn{i}.session"),
+            std::fs::read(&path).expect("read the session"),
+        ));
     }
     let _ = std::fs::remove_file(&path);
     seeds
