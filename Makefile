@@ -15,7 +15,7 @@ DEMO_PROMPT := <|im_start|>user\nWhat is the capital of France? Answer in one se
 # target FUZZ_SECONDS; `make test` runs each FUZZ_CI_SECONDS.
 FUZZ_TARGETS := gguf_reader model_check session_load chat_template tokenizer
 FUZZ_SECONDS ?= 600
-FUZZ_CI_SECONDS ?= 30
+FUZZ_CI_SECONDS ?= 20
 FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 
 .PHONY: all deps models build vulkan test demo portable lint fuzz fuzz-ci fuzz-tools

@@ -1,13 +1,15 @@
 //! The passkey task at 16K tokens (twice SmolLM2's 8K training context),
-//! through the `infllm passkey` command: InfLLM finds the key at 10%, 50% and
-//! 90% of the text; StreamingLLM (no retrieval) cannot see a key that left
-//! its window.
+//! through the `infllm passkey` command: InfLLM finds the key at 10% and 50%
+//! of the text; StreamingLLM (no retrieval) cannot see a key that left its
+//! window.
 //!
-//! With the defaults (a 4096-token window, 16 blocks of 128 per chunk) the
-//! keys at 10% and 50% lie in memory blocks and must be retrieved; the one
-//! at 90% is still in the window. `--share-prefix` evaluates 2.4 prompts'
-//! worth instead of 3 (the three tests take ~13 minutes on 2 cores; the
-//! StreamingLLM one reads 6K tokens); the benchmark script runs 32K-128K. (Reduced
+//! With the defaults (a 4096-token window, 16 blocks of 128 per chunk) both
+//! keys lie in memory blocks and must be retrieved (a key still in the
+//! window, at 90%, is left to the benchmark: within the window InfLLM is
+//! the model's own attention, tests/model.rs). `--share-prefix` evaluates
+//! 1.9 prompts' worth instead of 2 (the three tests take ~9 minutes on 2
+//! cores; the StreamingLLM one reads 6K tokens); the benchmark script runs
+//! 32K-128K with keys from 5% to 95% of the text. (Reduced
 //! settings were tried for speed: with a 1024-token window this 135M model
 //! fails at 90% with 4 blocks and at 10% with 8, so they test the model's
 //! limits more than the engine.)
@@ -39,9 +41,9 @@ fn run(extra: &[&str]) -> String {
 
 #[test]
 fn infllm_finds_the_key_anywhere_in_16k_tokens() {
-    let out = passkey(&["--attn", "infllm", "--pos", "0.1,0.5,0.9", "--share-prefix"]);
-    assert_eq!(out.lines().filter(|l| l.ends_with(": pass")).count(), 3, "{out}");
-    assert!(out.contains("accuracy 3/3 (100%)"), "{out}");
+    let out = passkey(&["--attn", "infllm", "--pos", "0.1,0.5", "--share-prefix"]);
+    assert_eq!(out.lines().filter(|l| l.ends_with(": pass")).count(), 2, "{out}");
+    assert!(out.contains("accuracy 2/2 (100%)"), "{out}");
     for line in out.lines().filter(|l| l.starts_with("passkey: length ")) {
         let n: usize = line["passkey: length ".len()..]
             .split(' ')
