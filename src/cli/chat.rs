@@ -115,12 +115,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let (tok, n_ctx) = (engine.tokenizer(), engine.n_ctx());
     let read = |s: PromptSource| s.read_within(tok, n_ctx).map(|(text, _)| text);
     let system = system.map(read).transpose()?;
-    let piped = !std::io::stdin().is_terminal();
-    let first = match first {
-        Some(s) => Some(read(s)?),
-        None if piped => Some(read(PromptSource::Pipe(None))?.trim_end().to_string()),
-        None => None,
-    };
+    let first = first.map(read).transpose()?;
     let sampler = Sampler::new(a.sampling(n_ctx)?);
     let mut conv = Conversation::new(engine, sampler, template, system);
     // A session that cannot be restored stops the run before any output.
@@ -147,6 +142,15 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
             conv.messages().len()
         );
     }
+    // A piped turn is read once the run has said what it restored (a caller
+    // may wait for that line before it writes).
+    let first = match first {
+        None if !std::io::stdin().is_terminal() => {
+            let pipe = PromptSource::Pipe(None).read_within(conv.engine.tokenizer(), n_ctx)?;
+            Some(pipe.0.trim_end().to_string())
+        }
+        first => first,
+    };
     signals::install()?;
     signals::set_unsaved(c.session.is_some());
     let result = converse(&mut conv, first, a.predict_limit(), c.color);
