@@ -34,12 +34,6 @@ fn escape(s: &str, max: usize, quotes: bool) -> String {
     out
 }
 
-/// Bytes that should be text: as `quoted`, invalid UTF-8 shown as U+FFFD.
-pub fn quoted_bytes(b: &[u8]) -> String {
-    let cut = &b[..b.len().min(4 * MAX_CHARS)];
-    quoted(&String::from_utf8_lossy(cut))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,7 +46,5 @@ mod tests {
             let q = quoted(&long);
             assert!(q.len() < 72 && q.ends_with("...\""), "{q}");
         }
-        let bytes = quoted_bytes(&[0xff; 100_000]);
-        assert!(bytes.len() < 1000 && !bytes.contains('\n'), "{bytes}");
     }
 }

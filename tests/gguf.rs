@@ -99,17 +99,6 @@ fn expect_err(bytes: Vec<u8>, needles: &[&str]) -> String {
     msg
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .unwrap_or_else(|| panic!("{:?} not in the file", String::from_utf8_lossy(needle)))
-}
-
-/// Offset just past the length-prefixed string `s` (where what follows it starts).
-fn after_str(bytes: &[u8], s: &str) -> usize {
-    find(bytes, &[&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()) + 8 + s.len()
-}
-
 fn put(bytes: &mut [u8], at: usize, new: &[u8]) {
     bytes[at..at + new.len()].copy_from_slice(new);
 }
@@ -168,7 +157,7 @@ fn small() -> Vec<u8> {
 /// Offset of tensor entry `name`'s fields: (n_dims, first dim, type, offset)
 /// for an entry with `n_dims` dimensions.
 fn tensor_fields(bytes: &[u8], name: &str, n_dims: usize) -> (usize, usize, usize, usize) {
-    let n = after_str(bytes, name);
+    let n = common::after_str(bytes, name);
     (n, n + 4, n + 4 + 8 * n_dims, n + 4 + 8 * n_dims + 4)
 }
 
@@ -314,7 +303,7 @@ fn truncated_at_structural_boundaries() {
     // Early cuts trip the count check first (8 entries need at least 104 bytes).
     cut(24 + 103, &["metadata count 8 is impossible"]);
     // Inside a key's length and inside a key.
-    let key = find(&b, b"general.architecture");
+    let key = common::find(&b, b"general.architecture");
     cut(
         key - 3,
         &[&format!("metadata entry #5: metadata key length at byte {}", key - 8)],
@@ -326,39 +315,42 @@ fn truncated_at_structural_boundaries() {
         )],
     );
     // Inside a value type, a string value, a u32 value, a bool.
-    let arch = after_str(&b, "general.architecture");
+    let arch = common::after_str(&b, "general.architecture");
     cut(arch + 2, &["metadata key \"general.architecture\": value type"]);
     cut(
-        after_str(&b, "llama") - 2,
+        common::after_str(&b, "llama") - 2,
         &["metadata key \"general.architecture\": string value at byte"],
     );
     cut(
-        after_str(&b, "test.count") + 6,
+        common::after_str(&b, "test.count") + 6,
         &["metadata key \"test.count\": u32 value"],
     );
     cut(
-        after_str(&b, "test.flag") + 4,
+        common::after_str(&b, "test.flag") + 4,
         &["metadata key \"test.flag\": bool value"],
     );
     // Inside a string array: its length, then its third item.
-    let tokens = after_str(&b, "test.tokens");
+    let tokens = common::after_str(&b, "test.tokens");
     cut(tokens + 4 + 4 + 3, &["metadata key \"test.tokens\": array length"]);
     cut(
-        after_str(&b, "hello") + 8 + 4,
+        common::after_str(&b, "hello") + 8 + 4,
         &["metadata key \"test.tokens\": String array item #3: string value length"],
     );
     cut(
-        after_str(&b, "wörld") - 1,
+        common::after_str(&b, "wörld") - 1,
         &["String array item #3: string value at byte"],
     );
     // Inside a nested array.
     cut(
-        after_str(&b, "x") + 8 + 1,
+        common::after_str(&b, "x") + 8 + 1,
         &["\"test.nested\": Array array item #0: String array item #1: string value at byte"],
     );
     // Inside each field of a tensor entry.
     let (n_dims, dim0, ty, off) = tensor_fields(&b, "tensor.float", 2);
-    cut(find(&b, b"tensor.float") + 4, &["tensor entry #1: tensor name at byte"]);
+    cut(
+        common::find(&b, b"tensor.float") + 4,
+        &["tensor entry #1: tensor name at byte"],
+    );
     cut(
         n_dims + 1,
         &["tensor entry #1: tensor \"tensor.float\": dimension count"],
@@ -441,7 +433,7 @@ fn absurd_string_and_array_lengths() {
         &["metadata key at byte 32 needs 18446744073709551615 bytes"],
     );
     // String value length.
-    let llama = find(&b, b"llama") - 8;
+    let llama = common::find(&b, b"llama") - 8;
     expect_err(
         with(&b, llama, &(1u64 << 62).to_le_bytes()),
         &[
@@ -450,7 +442,7 @@ fn absurd_string_and_array_lengths() {
         ],
     );
     // Array lengths, a string array and an inner array.
-    let tokens = after_str(&b, "test.tokens") + 8;
+    let tokens = common::after_str(&b, "test.tokens") + 8;
     expect_err(
         with(&b, tokens, &u64::MAX.to_le_bytes()),
         &[
@@ -458,7 +450,7 @@ fn absurd_string_and_array_lengths() {
             "length of the String array 18446744073709551615 is impossible",
         ],
     );
-    let inner = after_str(&b, "test.nested") + 4 + 4 + 8 + 4;
+    let inner = common::after_str(&b, "test.nested") + 4 + 4 + 8 + 4;
     expect_err(
         with(&b, inner, &(u64::MAX / 2).to_le_bytes()),
         &[
@@ -468,7 +460,7 @@ fn absurd_string_and_array_lengths() {
         ],
     );
     // Tensor name length.
-    let name = find(&b, b"tensor.quant") - 8;
+    let name = common::find(&b, b"tensor.quant") - 8;
     expect_err(
         with(&b, name, &u64::MAX.to_le_bytes()),
         &["tensor entry #0: tensor name at byte"],
@@ -497,7 +489,7 @@ fn tensor_offsets_past_the_end_or_misaligned() {
         &["tensor \"tensor.float\"", "overlaps tensor \"tensor.quant\""],
     );
     // The header claims an alignment the layout does not have.
-    let align = after_str(&b, "general.alignment") + 4;
+    let align = common::after_str(&b, "general.alignment") + 4;
     expect_err(
         with(&b, align, &128u32.to_le_bytes()),
         &["tensor \"tensor.float\": data offset 64 is not aligned to 128"],
@@ -514,7 +506,7 @@ fn bad_general_alignment() {
         w.to_bytes()
     };
     let b = with_alignment(Value::U32(0));
-    let at = find(&b, b"general.alignment") - 8;
+    let at = common::find(&b, b"general.alignment") - 8;
     expect_err(
         b,
         &[
@@ -536,7 +528,7 @@ fn bad_general_alignment() {
 #[test]
 fn unknown_value_types() {
     let b = small();
-    let count = after_str(&b, "test.count");
+    let count = common::after_str(&b, "test.count");
     expect_err(
         with(&b, count, &13u32.to_le_bytes()),
         &["metadata key \"test.count\": unknown value type 13"],
@@ -545,7 +537,7 @@ fn unknown_value_types() {
         with(&b, count, &u32::MAX.to_le_bytes()),
         &["unknown value type 4294967295"],
     );
-    let tokens = after_str(&b, "test.tokens") + 4;
+    let tokens = common::after_str(&b, "test.tokens") + 4;
     expect_err(
         with(&b, tokens, &42u32.to_le_bytes()),
         &["metadata key \"test.tokens\": unknown array element type 42"],
@@ -636,17 +628,17 @@ fn duplicate_names_and_keys() {
 fn bad_keys_and_names() {
     // Invalid UTF-8 in a key, a string value and a tensor name.
     let b = small();
-    let key = find(&b, b"test.flag");
+    let key = common::find(&b, b"test.flag");
     expect_err(
         with(&b, key + 1, &[0xff]),
         &["metadata entry #3: metadata key is not valid UTF-8 (bad byte at index 1 of 9)"],
     );
-    let hello = find(&b, b"hello");
+    let hello = common::find(&b, b"hello");
     expect_err(
         with(&b, hello, &[0xc3, 0x28]),
         &["\"test.tokens\": String array item #1: string value is not valid UTF-8"],
     );
-    let name = find(&b, b"tensor.float");
+    let name = common::find(&b, b"tensor.float");
     expect_err(
         with(&b, name, &[0x80]),
         &["tensor entry #1: tensor name is not valid UTF-8"],
@@ -672,7 +664,7 @@ fn bad_keys_and_names() {
 #[test]
 fn bool_not_zero_or_one() {
     let b = small();
-    let flag = after_str(&b, "test.flag") + 4;
+    let flag = common::after_str(&b, "test.flag") + 4;
     assert_eq!(b[flag], 1);
     expect_err(
         with(&b, flag, &[2]),

@@ -198,27 +198,16 @@ fn write(name: &str, bytes: &[u8]) -> PathBuf {
 // ---------------------------------------------------------------------------
 // Byte surgery
 
-fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .unwrap_or_else(|| panic!("{:?} not in the file", String::from_utf8_lossy(needle)))
-}
-
-/// Offset just past the length-prefixed string `s`.
-fn after_str(bytes: &[u8], s: &str) -> usize {
-    find(bytes, &[&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()) + 8 + s.len()
-}
-
 /// Sets the type field of tensor `name` (with `n_dims` dimensions) in the
 /// table: the data size the reader derives changes with it.
 fn patch_tensor_type(bytes: &mut [u8], name: &str, n_dims: usize, ty: GgmlType) {
-    let at = after_str(bytes, name) + 4 + 8 * n_dims;
+    let at = common::after_str(bytes, name) + 4 + 8 * n_dims;
     bytes[at..at + 4].copy_from_slice(&ty.id().to_le_bytes());
 }
 
 /// Sets the value of u32 metadata key `key`.
 fn patch_u32(bytes: &mut [u8], key: &str, v: u32) {
-    let at = after_str(bytes, key);
+    let at = common::after_str(bytes, key);
     assert_eq!(
         bytes[at..at + 4],
         (ValueType::U32 as u32).to_le_bytes(),
@@ -545,7 +534,7 @@ fn text_from_the_file_is_escaped_and_cut() {
     // follow it (binary: a tab, NULs), then a count is read as its type.
     let mut header = smollm2_header();
     let key = "tokenizer.ggml.tokens";
-    let len_at = after_str(&header, key) - key.len() - 8;
+    let len_at = common::after_str(&header, key) - key.len() - 8;
     header[len_at..len_at + 8].copy_from_slice(&(key.len() as u64 + 8).to_le_bytes());
     assert_refused(
         &run_model(&smollm2_with("smollm2-key.gguf", &header)),
@@ -561,7 +550,7 @@ fn text_from_the_file_is_escaped_and_cut() {
     let mut w = GgufWriter::new();
     w.add(&long_key, Value::U8(0));
     let mut b = w.to_bytes();
-    let at = after_str(&b, &long_key);
+    let at = common::after_str(&b, &long_key);
     b[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
     assert_refused(
         &run_model(&write("long-key.gguf", &b)),

@@ -108,3 +108,15 @@ impl TinyModel {
         self.w.add_tensor(name, dims, infllm::ggml::GgmlType::F32, data);
     }
 }
+
+/// Where `needle` first occurs in a file's bytes (tests that patch files).
+pub fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in the file", String::from_utf8_lossy(needle)))
+}
+
+/// Offset just past the GGUF length-prefixed string `s` (where what follows it starts).
+pub fn after_str(bytes: &[u8], s: &str) -> usize {
+    find(bytes, &[&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()) + 8 + s.len()
+}
