@@ -5,7 +5,7 @@
 
 use half::f16;
 
-use super::state::{read_ranges, read_ranges_from, write_ranges, Ranges};
+use super::state::{read_ranges, read_ranges_from, Ranges};
 use super::{
     alloc_per_layer, Attention, AttentionError, LayerAttn, LayerQkv, MemoryReport, Settings, Snapshot, StateReader,
     StateWriter, StepAttention,
@@ -137,14 +137,10 @@ impl FullAttention {
         read_ranges(self.ranges(self.n_past))
     }
 
-    /// Goes back (or, with `bytes` from `cache_bytes_used`, forward) to
-    /// `n_past` tokens.
-    fn restore(&mut self, n_past: usize, bytes: Option<&[u8]>) -> anyhow::Result<()> {
+    /// Goes back to `n_past` tokens (cells below it are never rewritten).
+    fn restore(&mut self, n_past: usize) -> anyhow::Result<()> {
         anyhow::ensure!(n_past <= self.p.n_ctx, "the saved text is longer than the context (-c)");
-        match bytes {
-            Some(bytes) => write_ranges(self.ranges(n_past), bytes)?,
-            None => anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to"),
-        }
+        anyhow::ensure!(n_past <= self.n_past, "no cached state to go forward to");
         self.n_past = n_past;
         Ok(())
     }
@@ -333,7 +329,7 @@ impl Attention for FullAttention {
         let n_past =
             s.0.downcast_ref::<usize>()
                 .ok_or_else(|| anyhow::anyhow!("snapshot of another attention"))?;
-        self.restore(*n_past, None)
+        self.restore(*n_past)
     }
 
     fn memory(&self) -> MemoryReport {
