@@ -2,6 +2,8 @@
 //! devices that hold its layers (and the CPU), keeping the attention state
 //! between calls.
 
+use std::rc::Rc;
+
 use crate::attention::full::{CacheParams, FullAttention};
 use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
 use crate::attention::{Attention, LayerPlace, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
@@ -62,7 +64,9 @@ struct StepKey {
 }
 
 pub struct Engine {
-    model: Model,
+    /// Shared by the engines of a server (one compute thread).
+    model: Rc<Model>,
+    params: EngineParams,
     attention: Box<dyn Attention>,
     sched: Scheduler,
     n_ubatch: usize,
@@ -74,7 +78,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
+    pub fn new(model: impl Into<Rc<Model>>, p: EngineParams) -> anyhow::Result<Self> {
+        let model = model.into();
         let attention = new_attention(&model, &p)?;
         let mut backends = model
             .placement
@@ -88,6 +93,7 @@ impl Engine {
             n_ubatch: attention.step_tokens(p.n_ubatch),
             attention,
             model,
+            params: p,
             logits: Vec::new(),
             kept: None,
             reuse_graphs: true,
@@ -97,6 +103,25 @@ impl Engine {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The model, to share with another engine.
+    pub fn shared_model(&self) -> Rc<Model> {
+        Rc::clone(&self.model)
+    }
+
+    /// An empty attention state, as this engine's, to hold a conversation
+    /// outside it (`swap_state`).
+    pub fn new_state(&self) -> anyhow::Result<Box<dyn Attention>> {
+        new_attention(&self.model, &self.params)
+    }
+
+    /// Puts `state` (from `new_state` of an engine of the same model and
+    /// parameters) in place of this engine's; returns the one it held.
+    pub fn swap_state(&mut self, state: Box<dyn Attention>) -> Box<dyn Attention> {
+        // A kept graph refers to the old state's tensors.
+        self.kept = None;
+        std::mem::replace(&mut self.attention, state)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -12,5 +12,6 @@ pub mod model;
 pub mod placement;
 pub mod quote;
 pub mod sampling;
+pub mod server;
 pub mod session;
 pub mod tokenizer;

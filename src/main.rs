@@ -10,6 +10,7 @@ fn main() {
         Some(Command::Passkey(a)) => cli::passkey::run(a),
         Some(Command::Bench(a)) => cli::bench::run(a),
         Some(Command::RpcServer(a)) => cli::rpc_server::run(a),
+        Some(Command::Serve(a)) => infllm::server::run(a),
         None => cli::generate::run(&cli.generate),
     };
     match result {

@@ -85,6 +85,11 @@ impl SessionFile {
     }
 
     /// Whether a saved session is there.
+    /// The file (links resolved).
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
     pub fn exists(&self) -> bool {
         std::fs::symlink_metadata(&self.target).is_ok_and(|m| m.is_file())
     }
@@ -311,35 +316,43 @@ fn checksum(file: &File, len: u64) -> anyhow::Result<u64> {
     Ok(hash.digest())
 }
 
-fn load_inner<T>(
-    target: &Path,
-    engine: &mut Engine,
-    check: impl FnOnce(&serde_json::Value, usize) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let file = open_regular(target, OpenOptions::new().read(true)).context("cannot open it")?;
+/// The caller's record in `session` and the tokens its state holds,
+/// without reading the state (checked as `load` checks it, for `engine`).
+pub fn record(session: &SessionFile, engine: &Engine) -> anyhow::Result<(serde_json::Value, usize)> {
+    let read = || {
+        let file = open_regular(&session.target, OpenOptions::new().read(true)).context("cannot open it")?;
+        let (index, _) = read_index(&file, engine)?;
+        Ok::<_, anyhow::Error>((index.record, index.n_past))
+    };
+    read().with_context(|| format!("session file {}", session.shown.display()))
+}
+
+/// The checked index of a session file for `engine`'s model and settings,
+/// and where it starts.
+fn read_index(file: &File, engine: &Engine) -> anyhow::Result<(Index, u64)> {
     let len = file.metadata().context("cannot stat it")?.len();
     let not_session = || format!("not an infllm session file (or truncated to {len} bytes)");
     ensure!(len >= (HEADER_LEN + TRAILER_LEN) as u64, not_session());
-    let header = read_at(&file, 0, HEADER_LEN)?;
+    let header = read_at(file, 0, HEADER_LEN)?;
     ensure!(header.starts_with(MAGIC), not_session());
     let version = u32::from_le_bytes(header[8..12].try_into()?);
     ensure!(
         version == VERSION,
         "format version {version}, this build reads version {VERSION}"
     );
-    let trailer = read_at(&file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
+    let trailer = read_at(file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
     ensure!(trailer.ends_with(END), "truncated or corrupt (no end marker)");
     let le = |at: usize| u64::from_le_bytes(trailer[at..at + 8].try_into().expect("8 bytes"));
     let (index_len, saved_checksum) = (le(0), le(8));
     ensure!(
-        checksum(&file, len - 16)? == saved_checksum,
+        checksum(file, len - 16)? == saved_checksum,
         "corrupt (checksum mismatch)"
     );
     let index_start = (len - TRAILER_LEN as u64)
         .checked_sub(index_len)
         .filter(|&s| s >= HEADER_LEN as u64)
         .context("corrupt (index length)")?;
-    let index_bytes = read_at(&file, index_start, index_len as usize)?;
+    let index_bytes = read_at(file, index_start, index_len as usize)?;
     let index: Index = serde_json::from_slice(&index_bytes)
         .map_err(|e| anyhow::anyhow!("corrupt index: {}", quoted(&e.to_string())))?;
 
@@ -352,6 +365,16 @@ fn load_inner<T>(
     if let Some(why) = engine.settings().mismatch(&index.attention) {
         bail!("{why}");
     }
+    Ok((index, index_start))
+}
+
+fn load_inner<T>(
+    target: &Path,
+    engine: &mut Engine,
+    check: impl FnOnce(&serde_json::Value, usize) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let file = open_regular(target, OpenOptions::new().read(true)).context("cannot open it")?;
+    let (index, index_start) = read_index(&file, engine)?;
     let mut sections = StateReader::new(&file, index_start, &index.sections, index.n_past)?;
     let record = check(&index.record, index.n_past)?;
     if let Err(e) = engine.state_read(&index.state, &mut sections) {

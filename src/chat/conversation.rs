@@ -47,7 +47,7 @@ pub struct TurnRead {
 
 /// The start of `text` that `tokens`, its first tokens, stand for (the
 /// whole text when their pieces do not spell a start of it).
-fn read_prefix<'t>(tok: &Tokenizer, text: &'t str, tokens: &[Token], bos_added: bool) -> &'t str {
+pub fn read_prefix<'t>(tok: &Tokenizer, text: &'t str, tokens: &[Token], bos_added: bool) -> &'t str {
     let tokens = &tokens[usize::from(bos_added)..];
     let spelled: Vec<u8> = tokens.iter().flat_map(|&t| tok.token_to_piece(t, true)).collect();
     // SentencePiece's space prefix is not in the text.

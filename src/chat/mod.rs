@@ -3,5 +3,5 @@
 pub mod conversation;
 pub mod template;
 
-pub use conversation::{Answer, Conversation, Stop, TurnRead, TurnStats};
+pub use conversation::{read_prefix, Answer, Conversation, Stop, TurnRead, TurnStats};
 pub use template::{ChatTemplate, Message};

@@ -172,14 +172,24 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
 
 /// The model's template, or the one the flags name.
 fn chat_template(model: &crate::model::Model, c: &ChatArgs) -> anyhow::Result<ChatTemplate> {
+    template_for(model, c.chat_template.as_deref(), c.chat_template_file.as_deref())
+}
+
+/// The template `--chat-template NAME` / `--chat-template-file F` name,
+/// else the model's own.
+pub fn template_for(
+    model: &crate::model::Model,
+    name: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ChatTemplate> {
     let tok = &model.tokenizer;
     let token_text = |t: Option<crate::tokenizer::Token>| t.and_then(|t| tok.token_text(t)).unwrap_or("").to_string();
     // Gemma files often come without a template; their format is known.
     let fallback = (model.chat_template.is_none() && model.hp.arch.starts_with("gemma")).then_some("gemma");
     ChatTemplate::resolve(
         model.chat_template.as_deref(),
-        c.chat_template.as_deref().or(fallback),
-        c.chat_template_file.as_deref(),
+        name.or(fallback),
+        file,
         &token_text(tok.bos()),
         &token_text(tok.eos()),
     )

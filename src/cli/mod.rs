@@ -11,6 +11,7 @@ pub mod progress;
 pub mod prompt;
 pub mod rpc_server;
 pub mod rss;
+pub mod sampling;
 pub mod signals;
 pub mod tokenize;
 
@@ -50,6 +51,9 @@ pub enum Command {
     Passkey(Box<passkey::PasskeyArgs>),
     /// Prompt and generation speed beside llama.cpp's, in one run (like llama-bench)
     Bench(Box<bench::BenchArgs>),
+    /// An OpenAI-compatible HTTP server where each conversation keeps its
+    /// memory (like llama-server)
+    Serve(Box<crate::server::ServeArgs>),
     /// Serve this machine's devices to other machines over ggml's RPC
     /// protocol (like llama.cpp's rpc-server)
     RpcServer(rpc_server::RpcServerArgs),
@@ -208,6 +212,7 @@ const LLAMA_SPELLINGS: &[(&str, &str)] = &[
     ("-ts", "--tensor-split"),
     ("-mg", "--main-gpu"),
     ("-nr", "--no-repack"),
+    ("-np", "--parallel"),
 ];
 
 /// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.

@@ -1,0 +1,348 @@
+//! OpenAI's request and error shapes as the server reads and checks them:
+//! every value is checked here, before it reaches the compute thread.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::chat::Message;
+use crate::quote::quoted;
+use crate::sampling::SamplingParams;
+
+/// An error as OpenAI's API returns it: `{"error": {code, message, type}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", message)
+    }
+
+    pub fn server(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.status.as_u16(), "message": self.message, "type": self.kind}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// A request body as JSON of type `T`; serde's message names the field.
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+/// `content` as OpenAI sends it: a string or a list of parts.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+/// `stop`: one string or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The generation options both completion endpoints take.
+#[derive(Deserialize, Default)]
+struct Options {
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    repeat_penalty: Option<f32>,
+    repeat_last_n: Option<i64>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    /// llama-server's name for `max_tokens`.
+    n_predict: Option<i64>,
+    seed: Option<i64>,
+    stop: Option<StopField>,
+    #[serde(default)]
+    stream: bool,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    n: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<InMessage>,
+    #[serde(flatten)]
+    options: Options,
+}
+
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    prompt: String,
+    #[serde(flatten)]
+    options: Options,
+}
+
+/// The server's defaults for what a request leaves out (its flags).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub sampling: SamplingParams,
+    /// Seed flag -1: a new seed per request.
+    pub random_seed: bool,
+    /// `-n`; None: until the end of the turn or the context.
+    pub max_tokens: Option<usize>,
+    pub n_ctx: usize,
+}
+
+/// A checked request for the compute thread.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub input: Input,
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Rendered with the chat template.
+    Chat(Vec<Message>),
+    /// Read as it is.
+    Text(String),
+}
+
+/// Roles a chat request may use (OpenAI's `developer` is a system prompt).
+fn role(r: &str) -> Result<&'static str, ApiError> {
+    match r {
+        "system" | "developer" => Ok("system"),
+        "user" => Ok("user"),
+        "assistant" => Ok("assistant"),
+        _ => Err(ApiError::bad_request(format!(
+            "unknown message role {} (system, developer, user or assistant)",
+            quoted(r)
+        ))),
+    }
+}
+
+fn content_text(i: usize, c: Option<Content>) -> Result<String, ApiError> {
+    match c {
+        None => Ok(String::new()),
+        Some(Content::Text(t)) => Ok(t),
+        Some(Content::Parts(parts)) => parts
+            .into_iter()
+            .map(|p| match (p.kind.as_str(), p.text) {
+                ("text", Some(t)) => Ok(t),
+                (kind, _) => Err(ApiError::bad_request(format!(
+                    "messages[{i}]: content part of type {} is not supported (text only)",
+                    quoted(kind)
+                ))),
+            })
+            .collect(),
+    }
+}
+
+impl ChatRequest {
+    pub fn check(self, d: &Defaults) -> Result<Generation, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_request("messages is empty"));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let role = role(&m.role).map_err(|e| ApiError::bad_request(format!("messages[{i}]: {}", e.message)))?;
+            let content = content_text(i, m.content)?;
+            if content.is_empty() && role != "assistant" {
+                return Err(ApiError::bad_request(format!("messages[{i}]: empty content")));
+            }
+            messages.push(Message::new(role, &content));
+        }
+        if messages.last().is_some_and(|m| m.role == "assistant") {
+            return Err(ApiError::bad_request(
+                "the last message is the assistant's: nothing to answer (continuing an answer is not supported)",
+            ));
+        }
+        self.options.check(Input::Chat(messages), d)
+    }
+}
+
+impl CompletionRequest {
+    pub fn check(self, d: &Defaults) -> Result<Generation, ApiError> {
+        if self.prompt.is_empty() {
+            return Err(ApiError::bad_request("prompt is empty"));
+        }
+        self.options.check(Input::Text(self.prompt), d)
+    }
+}
+
+fn range_error(field: &str, want: &str, got: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("{field} must be {want}, got {got}"))
+}
+
+impl Options {
+    fn check(self, input: Input, d: &Defaults) -> Result<Generation, ApiError> {
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::bad_request(format!(
+                    "{field} is not supported by infllm's sampler (0 or absent only)"
+                )));
+            }
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad_request("n must be 1 (one choice per request)"));
+        }
+        let max = self.max_completion_tokens.or(self.max_tokens).or(self.n_predict);
+        let max_tokens = match max {
+            None | Some(-1) => d.max_tokens,
+            Some(n) if n < 0 => return Err(range_error("max_tokens", ">= 0", n)),
+            Some(n) => Some(n as usize),
+        };
+        let sampling = self.sampling(d)?;
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(v)) => v,
+        };
+        if stop.len() > 16 || stop.iter().any(String::is_empty) {
+            return Err(ApiError::bad_request("stop: at most 16 non-empty strings"));
+        }
+        Ok(Generation {
+            input,
+            sampling,
+            max_tokens,
+            stop,
+            stream: self.stream,
+        })
+    }
+
+    fn sampling(&self, d: &Defaults) -> Result<SamplingParams, ApiError> {
+        let mut p = d.sampling;
+        if let Some(t) = self.temperature {
+            p.temp = Some(t)
+                .filter(|t| t.is_finite())
+                .ok_or(range_error("temperature", "finite", t))?;
+        }
+        for (field, value, target) in [("top_p", self.top_p, &mut p.top_p), ("min_p", self.min_p, &mut p.min_p)] {
+            if let Some(v) = value {
+                *target = Some(v)
+                    .filter(|v| (0.0..=1.0).contains(v))
+                    .ok_or(range_error(field, "in [0, 1]", v))?;
+            }
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = usize::try_from(k).map_err(|_| range_error("top_k", ">= 0", k))?;
+        }
+        if let Some(r) = self.repeat_penalty {
+            p.repeat_penalty =
+                Some(r)
+                    .filter(|r| r.is_finite() && *r > 0.0)
+                    .ok_or(range_error("repeat_penalty", "> 0", r))?;
+        }
+        if let Some(n) = self.repeat_last_n {
+            p.repeat_last_n = match n {
+                -1 => d.n_ctx,
+                n => usize::try_from(n).map_err(|_| range_error("repeat_last_n", ">= -1", n))?,
+            };
+        }
+        p.seed = match self.seed {
+            Some(s) if s >= 0 => s as u64,
+            Some(-1) => random_seed(),
+            Some(s) => return Err(range_error("seed", ">= -1", s)),
+            None if d.random_seed => random_seed(),
+            None => d.sampling.seed,
+        };
+        p.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(p)
+    }
+}
+
+/// A seed from the clock, as `-s -1` gives.
+pub fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `POST /tokenize`.
+#[derive(Deserialize)]
+pub struct TokenizeRequest {
+    pub content: String,
+    #[serde(default)]
+    pub add_special: bool,
+}
+
+/// `POST /detokenize`.
+#[derive(Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<i64>,
+}
+
+/// `POST /slots/{id}` body.
+#[derive(Deserialize)]
+pub struct SlotRequest {
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+/// `?action=` of `/slots/{id}`.
+#[derive(Deserialize)]
+pub struct SlotQuery {
+    pub action: String,
+}
+
+/// A slot file name: a plain name inside `--slot-save-path`.
+pub fn check_filename(name: &str) -> Result<(), ApiError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control);
+    match plain {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "filename {} must be a plain file name (no path, not hidden)",
+            quoted(name)
+        ))),
+    }
+}
