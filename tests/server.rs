@@ -396,18 +396,8 @@ fn cli_answer(message: &str, n: u32) -> String {
     let model = common::smollm2();
     let n = n.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_infllm"))
-        .args([
-            "-m",
-            model.to_str().unwrap(),
-            "-cnv",
-            "--temp",
-            "0",
-            "-t",
-            "2",
-            "--color",
-            "off",
-        ])
-        .args(["-n", &n])
+        .args(["-m", model.to_str().unwrap()])
+        .args(["-cnv", "--temp", "0", "-t", "2", "--color", "off", "-n", &n])
         .env("HOME", tmp("home"))
         .env_remove("XDG_DATA_HOME")
         .stdin(Stdio::piped())
@@ -415,19 +405,13 @@ fn cli_answer(message: &str, n: u32) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{message}\n").as_bytes())
-        .unwrap();
+    let input = format!("{message}\n");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    stdout
-        .strip_suffix('\n')
-        .unwrap_or_else(|| panic!("{stdout:?}"))
-        .to_string()
+    let answer = stdout.strip_suffix('\n').unwrap_or_else(|| panic!("{stdout:?}"));
+    answer.to_string()
 }
 
 /// `infllm tokenize --ids` output, as JSON (`[1, 2, 3]`).
