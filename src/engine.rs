@@ -66,7 +66,6 @@ struct StepKey {
 pub struct Engine {
     /// Shared by the engines of a server (one compute thread).
     model: Rc<Model>,
-    params: EngineParams,
     attention: Box<dyn Attention>,
     sched: Scheduler,
     n_ubatch: usize,
@@ -93,7 +92,6 @@ impl Engine {
             n_ubatch: attention.step_tokens(p.n_ubatch),
             attention,
             model,
-            params: p,
             logits: Vec::new(),
             kept: None,
             reuse_graphs: true,
@@ -103,25 +101,6 @@ impl Engine {
 
     pub fn model(&self) -> &Model {
         &self.model
-    }
-
-    /// The model, to share with another engine.
-    pub fn shared_model(&self) -> Rc<Model> {
-        Rc::clone(&self.model)
-    }
-
-    /// An empty attention state, as this engine's, to hold a conversation
-    /// outside it (`swap_state`).
-    pub fn new_state(&self) -> anyhow::Result<Box<dyn Attention>> {
-        new_attention(&self.model, &self.params)
-    }
-
-    /// Puts `state` (from `new_state` of an engine of the same model and
-    /// parameters) in place of this engine's; returns the one it held.
-    pub fn swap_state(&mut self, state: Box<dyn Attention>) -> Box<dyn Attention> {
-        // A kept graph refers to the old state's tensors.
-        self.kept = None;
-        std::mem::replace(&mut self.attention, state)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

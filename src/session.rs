@@ -31,13 +31,13 @@ use anyhow::{bail, ensure, Context as _};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::attention::{Settings, StateReader, StateWriter};
+use crate::attention::{Settings, Source, StateReader, StateWriter};
 use crate::engine::Engine;
 use crate::quote::quoted;
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;
@@ -208,8 +208,36 @@ fn is_temp_of(file: &OsStr, name: &OsStr) -> bool {
     pid.is_some_and(|pid| !pid.is_empty() && pid.iter().all(u8::is_ascii_digit))
 }
 
+/// A state to save: an engine's, or one set aside in memory (a server's).
+pub trait SavedState {
+    /// The model's identity hash.
+    fn identity(&self) -> u64;
+    fn settings(&self) -> Settings;
+    fn n_past(&self) -> usize;
+    /// Writes the sections; returns what reading them back needs besides.
+    fn write_state(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value>;
+}
+
+impl SavedState for Engine {
+    fn identity(&self) -> u64 {
+        self.model().identity
+    }
+
+    fn settings(&self) -> Settings {
+        Engine::settings(self)
+    }
+
+    fn n_past(&self) -> usize {
+        Engine::n_past(self)
+    }
+
+    fn write_state(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value> {
+        self.state_write(out)
+    }
+}
+
 /// Writes `engine`'s state and `record` to `session` (atomically).
-pub fn save(session: &SessionFile, engine: &Engine, record: serde_json::Value) -> anyhow::Result<()> {
+pub fn save(session: &SessionFile, engine: &dyn SavedState, record: serde_json::Value) -> anyhow::Result<()> {
     let target = &session.target;
     let tmp = beside(target, &format!("{}.tmp", std::process::id()));
     let result = write_file(&tmp, engine, record).and_then(|()| {
@@ -259,7 +287,7 @@ impl StateWriter for SectionWriter {
     }
 }
 
-fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow::Result<()> {
+fn write_file(tmp: &Path, engine: &dyn SavedState, record: serde_json::Value) -> anyhow::Result<()> {
     // create_new: never through a link or a FIFO planted under this name.
     let file = OpenOptions::new()
         .write(true)
@@ -275,9 +303,9 @@ fn write_file(tmp: &Path, engine: &Engine, record: serde_json::Value) -> anyhow:
     w.write(MAGIC)?;
     w.write(&VERSION.to_le_bytes())?;
     w.write(&0u32.to_le_bytes())?;
-    let state = engine.state_write(&mut w)?;
+    let state = engine.write_state(&mut w)?;
     let index = serde_json::to_vec(&Index {
-        model: format!("{:016x}", engine.model().identity),
+        model: format!("{:016x}", engine.identity()),
         attention: engine.settings(),
         n_past: engine.n_past(),
         state,
@@ -375,7 +403,7 @@ fn load_inner<T>(
 ) -> anyhow::Result<T> {
     let file = open_regular(target, OpenOptions::new().read(true)).context("cannot open it")?;
     let (index, index_start) = read_index(&file, engine)?;
-    let mut sections = StateReader::new(&file, index_start, &index.sections, index.n_past)?;
+    let mut sections = StateReader::new(Source::File(&file), index_start, &index.sections, index.n_past)?;
     let record = check(&index.record, index.n_past)?;
     if let Err(e) = engine.state_read(&index.state, &mut sections) {
         if sections.read_failed() {

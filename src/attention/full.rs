@@ -322,7 +322,7 @@ impl Attention for FullAttention {
 
     /// Cheap: the cache is only appended to, so the count is the state.
     fn snapshot(&self) -> Snapshot {
-        Snapshot(Box::new(self.n_past))
+        Snapshot(Box::new(self.n_past), 0)
     }
 
     fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()> {

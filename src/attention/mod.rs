@@ -10,7 +10,7 @@ mod settings;
 pub mod state;
 
 pub use settings::Settings;
-pub use state::{StateReader, StateWriter};
+pub use state::{MemorySections, Source, StateReader, StateWriter};
 
 use std::any::Any;
 
@@ -47,7 +47,14 @@ pub enum AttentionError {
 
 /// A point of the text to come back to (`Attention::snapshot`); what it
 /// holds is the attention kind's own.
-pub struct Snapshot(pub(crate) Box<dyn Any + Send>);
+pub struct Snapshot(pub(crate) Box<dyn Any + Send>, pub(crate) usize);
+
+impl Snapshot {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.1
+    }
+}
 
 /// What shapes a decode step's graph besides its input data, as the
 /// attention describes it: two steps with equal keys build equal graphs.

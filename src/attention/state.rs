@@ -14,6 +14,57 @@ pub trait StateWriter {
     fn section(&mut self, data: &[u8]) -> std::io::Result<()>;
 }
 
+/// A state's sections kept in memory (a server's conversation set aside).
+#[derive(Default)]
+pub struct MemorySections {
+    data: Vec<u8>,
+    sections: Vec<(u64, u64)>,
+}
+
+impl MemorySections {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// A reader of these sections, for a state of `n_past` tokens.
+    pub fn reader(&self, n_past: usize) -> anyhow::Result<StateReader<'_>> {
+        StateReader::new(Source::Bytes(&self.data), self.data.len() as u64, &self.sections, n_past)
+    }
+}
+
+impl StateWriter for MemorySections {
+    fn section(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.sections.push((self.data.len() as u64, data.len() as u64));
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Where saved sections are read from.
+#[derive(Clone, Copy)]
+pub enum Source<'f> {
+    File(&'f File),
+    Bytes(&'f [u8]),
+}
+
+impl Source<'_> {
+    fn read_exact_at(&self, dst: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File(f) => f.read_exact_at(dst, offset),
+            Source::Bytes(b) => {
+                // Sections were checked to lie within the bytes.
+                let at = offset as usize;
+                dst.copy_from_slice(&b[at..at + dst.len()]);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Where a section lies in the saved file.
 #[derive(Debug, Clone, Copy)]
 pub struct Section {
@@ -30,7 +81,7 @@ pub struct Section {
 /// read fails only if the file changed since the session layer checked it
 /// (`read_failed`): the state may then be half read, and the caller clears it.
 pub struct StateReader<'f> {
-    file: &'f File,
+    file: Source<'f>,
     /// (offset, length) of each section, checked to lie within the data.
     sections: std::slice::Iter<'f, (u64, u64)>,
     /// Tokens the saved state holds, as the session index says: every
@@ -41,7 +92,7 @@ pub struct StateReader<'f> {
 
 impl<'f> StateReader<'f> {
     /// `sections` must lie within the file's first `data_len` bytes (checked).
-    pub fn new(file: &'f File, data_len: u64, sections: &'f [(u64, u64)], n_past: usize) -> anyhow::Result<Self> {
+    pub fn new(file: Source<'f>, data_len: u64, sections: &'f [(u64, u64)], n_past: usize) -> anyhow::Result<Self> {
         for &(offset, len) in sections {
             ensure!(
                 offset.checked_add(len).is_some_and(|end| end <= data_len),
@@ -59,6 +110,11 @@ impl<'f> StateReader<'f> {
     /// Tokens the saved state holds.
     pub fn n_past(&self) -> usize {
         self.n_past
+    }
+
+    /// The length of the next section, if there is one.
+    pub fn next_len(&self) -> Option<usize> {
+        self.sections.clone().next().map(|&(_, len)| len as usize)
     }
 
     /// The next section, which must be `len` bytes long.

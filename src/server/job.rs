@@ -29,7 +29,8 @@ pub enum Event {
 /// How an answer ended, with its counts and times.
 #[derive(Debug, Clone)]
 pub struct Finish {
-    /// "stop" (end of turn or a stop string) or "length".
+    /// "stop" (end of turn or a stop string), "length", or "cancelled"
+    /// (the client went away; never sent).
     pub reason: &'static str,
     pub prompt_tokens: usize,
     pub cached: usize,
@@ -49,7 +50,7 @@ pub enum Stepped {
     Going,
     Finished(Finish),
     /// The client went away: the memory keeps what was read and written.
-    Cancelled,
+    Cancelled(Finish),
 }
 
 /// A request in a slot.
@@ -114,16 +115,11 @@ impl Active {
         }
     }
 
-    /// Tokens evaluated so far for this request's prompt.
-    pub fn prompt_read(&self) -> usize {
-        self.read
-    }
-
     /// One step: a prompt chunk or one token.
     pub fn step(&mut self, engine: &mut Engine, h: &mut Held) -> anyhow::Result<Stepped> {
         if self.job.events.is_closed() {
             self.keep_read(engine, h);
-            return Ok(Stepped::Cancelled);
+            return Ok(Stepped::Cancelled(self.counts("cancelled")));
         }
         if !self.answering {
             self.read_chunk(engine, h)?;
@@ -188,7 +184,7 @@ impl Active {
         let safe = self.out.len() - held_back(&self.out, &self.job.gen.stop);
         if !self.send_text(safe) {
             self.keep_read(engine, h);
-            return Ok(Stepped::Cancelled);
+            return Ok(Stepped::Cancelled(self.counts("cancelled")));
         }
         Ok(Stepped::Going)
     }
@@ -211,16 +207,29 @@ impl Active {
             self.send_text(self.out.len());
         }
         self.keep_answer(h);
-        let f = Finish {
-            reason,
-            prompt_tokens: self.prompt_tokens,
-            cached: self.cached,
-            completion_tokens: self.generated.len(),
-            prompt_time: self.prompt_time,
-            predict_time: self.start.elapsed() - self.prompt_time,
-        };
+        let f = self.counts(reason);
         let _ = self.job.events.send(Event::Done(f.clone()));
         Stepped::Finished(f)
+    }
+
+    /// The counts and times so far (a prompt cut short counts what was read).
+    pub fn counts(&self, reason: &'static str) -> Finish {
+        let (cached, read) = match self.answering {
+            true => (self.cached, self.prompt_tokens - self.cached),
+            false => (self.cached, self.read),
+        };
+        let prompt_time = match self.answering {
+            true => self.prompt_time,
+            false => self.start.elapsed(),
+        };
+        Finish {
+            reason,
+            prompt_tokens: cached + read,
+            cached,
+            completion_tokens: self.generated.len(),
+            prompt_time,
+            predict_time: self.start.elapsed() - prompt_time,
+        }
     }
 
     fn keep_answer(&mut self, h: &mut Held) {

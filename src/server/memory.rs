@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attention::{Attention, MemoryReport, Snapshot};
+use crate::attention::{MemorySections, Settings, Snapshot, StateWriter};
+use crate::engine::Engine;
+use crate::session::SavedState;
 use crate::session::SessionFile;
 use crate::tokenizer::Token;
 
@@ -23,8 +25,8 @@ pub struct Before {
 pub enum Place {
     /// Installed in slot `i`'s engine.
     Slot(usize),
-    /// Parked in RAM (`bytes` of it).
-    Ram(Box<dyn Attention>, usize),
+    /// Set aside in RAM.
+    Ram(Parked),
     /// In a session file (locked while held).
     Disk(SessionFile),
 }
@@ -134,15 +136,9 @@ impl Pool {
         best
     }
 
-    /// Bytes of the conversations parked in RAM.
+    /// Bytes of the conversations set aside in RAM.
     pub fn parked_bytes(&self) -> usize {
-        self.held
-            .values()
-            .map(|h| match &h.place {
-                Place::Ram(_, b) => *b,
-                _ => 0,
-            })
-            .sum()
+        self.held.values().map(held_bytes).sum()
     }
 
     /// Conversations in RAM (slots and parked) and on disk.
@@ -161,10 +157,79 @@ impl Pool {
     }
 }
 
-/// Bytes a state parked in RAM takes: its buffers, blocks and snapshot.
-pub fn state_bytes(m: &MemoryReport, before: Option<&Before>) -> usize {
-    let blocks = m.blocks.map_or(0, |(_, b)| b);
-    m.buffer_bytes * (1 + usize::from(before.is_some())) + blocks
+/// An attention state set aside in RAM: what a session file would hold
+/// (the used part of its buffers and its blocks), not the buffers
+/// themselves, so that a short conversation takes little.
+pub struct Parked {
+    identity: u64,
+    settings: Settings,
+    n_past: usize,
+    state: serde_json::Value,
+    sections: MemorySections,
+    /// InfLLM block bytes among them.
+    pub block_bytes: usize,
+}
+
+impl Parked {
+    /// Copies `engine`'s state out and clears the engine.
+    pub fn take(engine: &mut Engine) -> anyhow::Result<Self> {
+        let mut sections = MemorySections::default();
+        let state = engine.state_write(&mut sections)?;
+        let parked = Self {
+            identity: engine.model().identity,
+            settings: engine.settings(),
+            n_past: engine.n_past(),
+            state,
+            sections,
+            block_bytes: engine.block_bytes().unwrap_or(0),
+        };
+        engine.clear();
+        Ok(parked)
+    }
+
+    /// Puts the state back into `engine` (of the same model and settings).
+    pub fn restore(&self, engine: &mut Engine) -> anyhow::Result<()> {
+        engine.state_read(&self.state, &mut self.sections.reader(self.n_past)?)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.sections.len()
+    }
+}
+
+impl SavedState for Parked {
+    fn identity(&self) -> u64 {
+        self.identity
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings.clone()
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn write_state(&self, out: &mut dyn StateWriter) -> anyhow::Result<serde_json::Value> {
+        let mut reader = self.sections.reader(self.n_past)?;
+        let mut buf = Vec::new();
+        while let Some(len) = reader.next_len() {
+            buf.resize(len, 0);
+            let s = reader.next(len)?;
+            reader.read_into(s, 0, &mut buf)?;
+            out.section(&buf)?;
+        }
+        Ok(self.state.clone())
+    }
+}
+
+/// Bytes a conversation set aside takes: its state and its snapshot.
+pub fn held_bytes(h: &Held) -> usize {
+    let snapshot = h.before.as_ref().map_or(0, |b| b.snapshot.bytes());
+    match &h.place {
+        Place::Ram(p) => p.bytes() + snapshot,
+        _ => 0,
+    }
 }
 
 /// Where conversations go when they leave RAM: `--slot-save-path`, kept

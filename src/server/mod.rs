@@ -67,8 +67,9 @@ pub struct ServeArgs {
     /// Model name in responses and /v1/models [default: the file's name]
     #[arg(long, help_heading = "Server")]
     pub alias: Option<String>,
-    /// Requests that may wait for a slot, 0..=65536; more get 503
-    #[arg(long, default_value_t = 64, value_parser = limits::count(0, 65536), help_heading = "Server")]
+    /// Requests taken at most besides those in slots, 1..=65536 (those
+    /// being handed to a slot count); more get 503
+    #[arg(long, default_value_t = 64, value_parser = limits::count(1, 65536), help_heading = "Server")]
     pub queue: usize,
     /// Largest request body in MiB, 1..=4096
     #[arg(long = "body-limit", default_value_t = 64, value_parser = limits::count(1, 4096), help_heading = "Server")]

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::api::ApiError;
 use super::job::{Active, Event, Job, Stepped};
-use super::memory::{state_bytes, Held, Place, Pool, Record, Resume, SpillDir, MAX_HELD};
+use super::memory::{Held, Parked, Place, Pool, Record, Resume, SpillDir, MAX_HELD};
 use super::metrics::Metrics;
 use crate::chat::ChatTemplate;
 use crate::engine::Engine;
@@ -219,45 +219,43 @@ impl Worker {
             .expect("a free slot")
     }
 
-    /// Parks the conversation in `slot` (unless it is `keep`) and leaves the
-    /// slot's engine with an empty state.
+    /// Sets the conversation in `slot` aside (unless it is `keep`) and
+    /// leaves the slot's engine empty.
     pub(super) fn vacate(&mut self, slot: usize, keep: Option<u64>) -> Result<(), ApiError> {
+        let engine = &mut self.slots[slot].engine;
         let Some(id) = self.pool.in_slot(slot).filter(|&id| Some(id) != keep) else {
             if keep.is_none() {
-                self.slots[slot].engine.clear();
+                engine.clear();
             }
             return Ok(());
         };
-        let engine = &mut self.slots[slot].engine;
-        let fresh = engine.new_state().map_err(|e| ApiError::server(format!("{e:#}")))?;
-        let h = self.pool.held.get_mut(&id).expect("held");
-        let bytes = state_bytes(&engine.memory(), h.before.as_ref());
-        h.place = Place::Ram(engine.swap_state(fresh), bytes);
+        let parked = Parked::take(engine).map_err(|e| ApiError::server(format!("{e:#}")))?;
+        self.pool.held.get_mut(&id).expect("held").place = Place::Ram(parked);
         Ok(())
     }
 
-    /// Brings conversation `id` into `slot` (whose state is empty).
+    /// Brings conversation `id` into `slot` (whose engine is empty).
     fn install(&mut self, id: u64, slot: usize) -> anyhow::Result<()> {
         let h = self.pool.held.get_mut(&id).expect("held");
         let engine = &mut self.slots[slot].engine;
-        match std::mem::replace(&mut h.place, Place::Slot(slot)) {
-            Place::Slot(_) => {}
-            Place::Ram(state, _) => drop(engine.swap_state(state)),
+        let loaded = match std::mem::replace(&mut h.place, Place::Slot(slot)) {
+            Place::Slot(_) => Ok(()),
+            Place::Ram(parked) => parked.restore(engine),
             Place::Disk(file) => {
                 let n_vocab = engine.tokenizer().n_vocab();
                 let loaded = crate::session::load(&file, engine, |saved, n_past| Record::read(saved, n_past, n_vocab));
                 let _ = std::fs::remove_file(file.path());
-                if let Err(e) = loaded.and_then(|r| {
+                loaded.and_then(|r| {
                     anyhow::ensure!(r.text == h.text && r.tokens == h.tokens, "it changed on disk");
                     Ok(())
-                }) {
-                    engine.clear();
-                    self.pool.held.remove(&id);
-                    return Err(e);
-                }
+                })
             }
+        };
+        if loaded.is_err() {
+            engine.clear();
+            self.pool.held.remove(&id);
         }
-        Ok(())
+        loaded
     }
 
     fn new_held(&mut self, slot: usize) -> u64 {
@@ -294,13 +292,12 @@ impl Worker {
             let outcome = a.step(&mut self.slots[a.slot].engine, h);
             let done = match outcome {
                 Ok(Stepped::Going) => false,
-                Ok(Stepped::Finished(f)) => {
+                Ok(Stepped::Finished(f) | Stepped::Cancelled(f)) => {
                     let read = f.prompt_tokens - f.cached;
                     let m = &self.metrics;
                     m.add_answer(read, f.cached, f.prompt_time, f.completion_tokens, f.predict_time);
                     true
                 }
-                Ok(Stepped::Cancelled) => true,
                 Err(e) => {
                     let _ = a.job.events.send(Event::Failed(ApiError::server(format!("{e:#}"))));
                     self.slots[a.slot].engine.clear();
@@ -346,27 +343,21 @@ impl Worker {
         }
     }
 
-    /// Writes parked conversation `id` to a session file (through slot 0's
-    /// engine, its own state set aside meanwhile).
+    /// Writes conversation `id`, set aside in RAM, to a session file.
     fn spill(&mut self, id: u64) -> anyhow::Result<()> {
         let h = self.pool.held.get_mut(&id).expect("held");
-        let Place::Ram(state, _) = std::mem::replace(&mut h.place, Place::Slot(usize::MAX)) else {
-            unreachable!("spill takes a parked conversation")
+        let Place::Ram(parked) = &h.place else {
+            unreachable!("spill takes a conversation set aside")
         };
-        let engine = &mut self.slots[0].engine;
-        let own = engine.swap_state(state);
-        let file = SessionFile::open(&self.spill.file_for(&h.text));
-        let saved = file.and_then(|f| {
-            let record = serde_json::to_value(Record {
-                text: h.text.clone(),
-                tokens: h.tokens.clone(),
-            })?;
-            crate::session::save(&f, engine, record).map(|()| f)
-        });
-        drop(engine.swap_state(own));
+        let file = SessionFile::open(&self.spill.file_for(&h.text))?;
+        let record = serde_json::to_value(Record {
+            text: h.text.clone(),
+            tokens: h.tokens.clone(),
+        })?;
+        crate::session::save(&file, parked, record)?;
         h.before = None;
         h.logits = Vec::new();
-        h.place = Place::Disk(saved?);
+        h.place = Place::Disk(file);
         Ok(())
     }
 
@@ -383,7 +374,7 @@ impl Worker {
             .held
             .values()
             .filter_map(|h| match &h.place {
-                Place::Ram(state, _) => state.memory().blocks.map(|(_, b)| b),
+                Place::Ram(parked) => Some(parked.block_bytes),
                 _ => None,
             })
             .sum();

@@ -265,7 +265,9 @@ impl Attention for Infllm {
 
     /// The window buffers' copy (blocks are only appended: their count).
     fn snapshot(&self) -> Snapshot {
-        Snapshot(Box::new(self.all().map(|a| a.window_state()).collect::<Vec<_>>()))
+        let states: Vec<WindowState> = self.all().map(|a| a.window_state()).collect();
+        let bytes = states.iter().map(|s| s.bytes.len()).sum();
+        Snapshot(Box::new(states), bytes)
     }
 
     fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()> {

@@ -67,6 +67,7 @@ impl InfllmAttention {
     pub fn restore(&mut self, s: &WindowState) -> anyhow::Result<()> {
         self.check_position(s.pos)?;
         ensure!(s.n_blocks <= self.n_blocks(), "inconsistent attention state");
+        self.zero_scores();
         write_ranges(self.window_ranges(s.pos.n_past - s.pos.buffer_start), &s.bytes)?;
         for l in &mut self.layers {
             l.blocks.truncate(s.n_blocks);
@@ -165,6 +166,7 @@ impl InfllmAttention {
         for (l, parts) in self.layers.iter_mut().zip(c.blocks) {
             l.blocks.read_from(sections, c.n_blocks, parts)?;
         }
+        self.zero_scores();
         read_ranges_from(
             self.window_ranges(c.pos.n_past - c.pos.buffer_start),
             sections,
@@ -176,8 +178,8 @@ impl InfllmAttention {
     }
 
     /// The tensor byte ranges holding the state of `n` buffered tokens:
-    /// their keys and values, all scores (zero past the tokens), the
-    /// initial tokens.
+    /// their keys, values and scores (those past them are zero: written
+    /// by `zero_scores` before these), the initial tokens.
     fn window_ranges(&self, n: usize) -> Ranges<'_> {
         let e = self.shape.n_embd_kv();
         let mut out = Vec::new();
@@ -187,7 +189,9 @@ impl InfllmAttention {
             for id in [l.k_rot_t, l.v_t] {
                 out.extend((0..e).map(|c| (t(id), c * self.cap * 2, n * 2)));
             }
-            for id in [l.score, l.init_k, l.init_v_t] {
+            let heads = 0..self.shape.n_head;
+            out.extend(heads.map(|h| (t(l.score), h * self.cap * 4, n * 4)));
+            for id in [l.init_k, l.init_v_t] {
                 out.push((t(id), 0, t(id).nbytes()));
             }
         }

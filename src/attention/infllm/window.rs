@@ -143,6 +143,13 @@ impl InfllmAttention {
         self.rerotate = false;
         for l in &mut self.layers {
             l.blocks.clear();
+        }
+        self.zero_scores();
+    }
+
+    /// Zeroes every buffered token's score: tokens enter the buffer with none.
+    pub fn zero_scores(&self) {
+        for l in &self.layers {
             let score = self.ctx.tensor(l.score);
             score.write_bytes(0, &vec![0u8; score.nbytes()]);
         }
