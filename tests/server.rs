@@ -209,13 +209,13 @@ impl Server {
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
-    /// Waits until metric `name` reads `want`.
-    fn wait_for_metric(&self, name: &str, want: f64, within: Duration) {
+    /// Waits until metric `name` reads `want`; returns how long it took.
+    fn wait_for_metric(&self, name: &str, want: f64, within: Duration) -> Duration {
         let start = Instant::now();
         loop {
             let got = self.metric(name);
             if got == want {
-                return;
+                return start.elapsed();
             }
             assert!(
                 start.elapsed() < within,
@@ -527,7 +527,12 @@ fn a_client_that_disconnects_stops_its_generation() {
     assert_eq!(server.metric("llamacpp:requests_processing"), 1.0);
     drop(lines);
     drop(client);
-    server.wait_for_metric("llamacpp:requests_processing", 0.0, Duration::from_secs(2));
+    // Waited for longer than allowed, to tell slow from never.
+    let stopped = server.wait_for_metric("llamacpp:requests_processing", 0.0, Duration::from_secs(30));
+    assert!(
+        stopped < Duration::from_secs(2),
+        "still processing {stopped:?} after the disconnect"
+    );
     let predicted = server.metric("llamacpp:tokens_predicted_total");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(server.metric("llamacpp:tokens_predicted_total"), predicted);
