@@ -37,7 +37,7 @@ SENTENCES = [
 
 class Server:
     def __init__(self, *flags):
-        cmd = [BIN, "serve", "-m", MODEL, "--port", "0", "-t", "2", "--temp", "0", *flags]
+        cmd = [BIN, "serve", "-m", MODEL, "--port", "0", "-t", "2", "--temp", "0", "--timeout", "7200", *flags]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         for line in self.proc.stderr:
             m = re.search(r"listening on (http://\S+)", line)

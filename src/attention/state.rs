@@ -32,7 +32,12 @@ impl MemorySections {
 
     /// A reader of these sections, for a state of `n_past` tokens.
     pub fn reader(&self, n_past: usize) -> anyhow::Result<StateReader<'_>> {
-        StateReader::new(Source::Bytes(&self.data), self.data.len() as u64, &self.sections, n_past)
+        StateReader::new(
+            Source::Bytes(&self.data),
+            self.data.len() as u64,
+            &self.sections,
+            n_past,
+        )
     }
 }
 

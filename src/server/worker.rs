@@ -158,21 +158,19 @@ impl Worker {
             .pool
             .best(&text, |h| !matches!(h.place, Place::Slot(s) if slots[s].busy));
         let slot = self.pick_slot(found.map(|f| f.0));
-        let mut id = found.map(|(id, ..)| id);
-        self.vacate(slot, id)?;
-        if let Some(i) = id {
-            if let Err(e) = self.install(i, slot) {
+        self.vacate(slot, found.map(|f| f.0))?;
+        let resumed = found.and_then(|(id, resume, _)| match self.install(id, slot) {
+            Ok(()) => Some((id, resume)),
+            Err(e) => {
                 eprintln!("infllm: a held conversation is lost, its text is read again: {e:#}");
-                id = None;
+                None
             }
-        }
-        let id = match id {
-            Some(i) => i,
+        });
+        let id = match resumed {
+            Some((id, Resume::BeforeAnswer)) => self.rewind(id, slot).map(|()| id)?,
+            Some((id, Resume::Whole)) => id,
             None => self.new_held(slot),
         };
-        if found.is_some_and(|f| f.1 == Resume::BeforeAnswer) {
-            self.rewind(id, slot)?;
-        }
         self.pool.touch(id);
         let h = &self.pool.held[&id];
         let engine = &self.slots[slot].engine;
@@ -187,11 +185,14 @@ impl Worker {
             true => Vec::new(),
             false => tok.encode(&new_text, add_bos, true),
         };
-        let n_ctx = engine.n_ctx();
-        if h.tokens.len() + tokens.len() >= n_ctx {
+        let (held, n_ctx) = (h.tokens.len(), engine.n_ctx());
+        if held + tokens.len() >= n_ctx {
+            if held == 0 {
+                self.pool.held.remove(&id);
+            }
             return Err(ApiError::bad_request(format!(
                 "the prompt does not fit the context: {} tokens >= {n_ctx} (-c)",
-                h.tokens.len() + tokens.len()
+                held + tokens.len()
             )));
         }
         let bos_added = add_bos && tokens.first() == tok.bos().as_ref();
