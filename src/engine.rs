@@ -2,8 +2,6 @@
 //! devices that hold its layers (and the CPU), keeping the attention state
 //! between calls.
 
-use std::rc::Rc;
-
 use crate::attention::full::{CacheParams, FullAttention};
 use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
 use crate::attention::{Attention, LayerPlace, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
@@ -64,8 +62,8 @@ struct StepKey {
 }
 
 pub struct Engine {
-    /// Shared by the engines of a server (one compute thread).
-    model: Rc<Model>,
+    model: Model,
+    params: EngineParams,
     attention: Box<dyn Attention>,
     sched: Scheduler,
     n_ubatch: usize,
@@ -77,8 +75,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(model: impl Into<Rc<Model>>, p: EngineParams) -> anyhow::Result<Self> {
-        let model = model.into();
+    pub fn new(model: Model, p: EngineParams) -> anyhow::Result<Self> {
         let attention = new_attention(&model, &p)?;
         let mut backends = model
             .placement
@@ -92,6 +89,7 @@ impl Engine {
             n_ubatch: attention.step_tokens(p.n_ubatch),
             attention,
             model,
+            params: p,
             logits: Vec::new(),
             kept: None,
             reuse_graphs: true,
@@ -101,6 +99,20 @@ impl Engine {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// An empty attention state like this engine's, to hold another
+    /// conversation (`swap_state`).
+    pub fn new_state(&self) -> anyhow::Result<Box<dyn Attention>> {
+        new_attention(&self.model, &self.params)
+    }
+
+    /// Puts `state` (from `new_state`) in place of the engine's; returns
+    /// the one it held.
+    pub fn swap_state(&mut self, state: Box<dyn Attention>) -> Box<dyn Attention> {
+        // A kept graph refers to the old state's tensors.
+        self.kept = None;
+        std::mem::replace(&mut self.attention, state)
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -200,16 +200,16 @@ impl Active {
     }
 
     /// Ends the answer: the memory holds its text; sends what is left
-    /// (`flush`: not when a stop string ended it) and the counts.
+    /// (`flush`: not when a stop string ended it).
     fn finish(&mut self, reason: &'static str, h: &mut Held, flush: bool) -> Stepped {
         if flush {
             self.out.push_str(&self.utf8.finish());
             self.send_text(self.out.len());
         }
         self.keep_answer(h);
-        let f = self.counts(reason);
-        let _ = self.job.events.send(Event::Done(f.clone()));
-        Stepped::Finished(f)
+        // The caller counts it, then sends `Done`: a client that reads the
+        // metrics after its answer finds it counted.
+        Stepped::Finished(self.counts(reason))
     }
 
     /// The counts and times so far (a prompt cut short counts what was read).

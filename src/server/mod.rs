@@ -2,8 +2,9 @@
 //! flags, where each conversation keeps its memory between requests.
 //!
 //! Threads: tokio runs the HTTP side (`routes`); one compute thread owns
-//! the model, the engines and the conversations (`worker`), and takes work
-//! through a channel. Nothing model-related crosses threads.
+//! the model, the engine, the slots' states and the conversations
+//! (`worker`), and takes work through a channel. Nothing model-related
+//! crosses threads.
 
 pub mod api;
 pub mod job;
@@ -16,7 +17,6 @@ pub mod worker;
 use std::collections::VecDeque;
 use std::future::IntoFuture as _;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,7 +33,7 @@ use api::Defaults;
 use memory::{Pool, SpillDir};
 use metrics::Metrics;
 use routes::AppState;
-use worker::{Slot, Work, Worker};
+use worker::{Slots, Work, Worker};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -206,11 +206,8 @@ fn build_worker(a: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<(Worker,
     let params = a.run.engine_params(&model.hp)?;
     let template = crate::cli::chat::template_for(&model, a.chat_template.as_deref(), a.chat_template_file.as_deref())?;
     eprintln!("{info}");
-    let model = Rc::new(model);
-    let slots = (0..a.parallel)
-        .map(|_| Engine::new(Rc::clone(&model), params).map(|engine| Slot { engine, busy: false }))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let n_ctx = slots[0].engine.n_ctx();
+    let slots = Slots::new(Engine::new(model, params)?, a.parallel)?;
+    let n_ctx = slots.engine().n_ctx();
     let defaults = Defaults {
         sampling: a.sample.params(n_ctx)?,
         random_seed: a.sample.seed < 0,

@@ -31,7 +31,7 @@ impl Worker {
                 self.slots.len()
             )));
         }
-        if self.slots[id].busy {
+        if self.slots.busy[id] {
             return Err(ApiError::unavailable(format!("slot {id} is processing a request")));
         }
         let file = || {
@@ -65,7 +65,7 @@ impl Worker {
                     Some(h) => self.pool.held.remove(&h).map_or(0, |h| h.tokens.len()),
                     None => 0,
                 };
-                self.slots[id].engine.clear();
+                self.slots.at(id).clear();
                 Ok(json!({"id_slot": id, "n_erased": n_erased}))
             }
             other => Err(ApiError::bad_request(format!(
@@ -86,7 +86,7 @@ impl Worker {
             tokens: h.tokens.clone(),
         })
         .map_err(|e| ApiError::server(e.to_string()))?;
-        let saved = SessionFile::open(path).and_then(|f| crate::session::save(&f, &self.slots[id].engine, record));
+        let saved = SessionFile::open(path).and_then(|f| crate::session::save(&f, &*self.slots.at(id), record));
         saved.map_err(|e| ApiError::server(format!("{e:#}")))?;
         Ok(h.tokens.len())
     }
@@ -102,7 +102,7 @@ impl Worker {
         }
         let file = SessionFile::open(path).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         self.vacate(id, None)?;
-        let engine = &mut self.slots[id].engine;
+        let engine = self.slots.at(id);
         let n_vocab = engine.tokenizer().n_vocab();
         let r = crate::session::load(&file, engine, |saved, n_past| Record::read(saved, n_past, n_vocab))
             .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;

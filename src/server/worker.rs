@@ -1,7 +1,7 @@
-//! The compute thread: the model, one engine per slot (`-np`), the held
-//! conversations and the requests in the slots, advanced a step each in
-//! turn (a prompt chunk or a token): up to `-np` answers stream at once,
-//! and each step still has every ggml thread.
+//! The compute thread: the engine, one attention state per slot (`-np`),
+//! the held conversations and the requests in the slots, advanced a step
+//! each in turn (a prompt chunk or a token): up to `-np` answers stream at
+//! once, and each step still has every ggml thread.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,6 +14,7 @@ use super::api::ApiError;
 use super::job::{Active, Event, Job, Stepped};
 use super::memory::{Held, Parked, Place, Pool, Record, Resume, SpillDir, MAX_HELD};
 use super::metrics::Metrics;
+use crate::attention::Attention;
 use crate::chat::ChatTemplate;
 use crate::engine::Engine;
 use crate::session::SessionFile;
@@ -42,13 +43,62 @@ pub enum Work {
     Shutdown,
 }
 
-pub struct Slot {
-    pub engine: Engine,
-    pub busy: bool,
+/// The slots (`-np`): one attention state each, taking turns in one
+/// engine, so that they share its scheduler, compute buffers and thread
+/// pool (one pool per engine would spin against each other).
+pub struct Slots {
+    engine: Engine,
+    /// Each slot's state while another's is in the engine (None: in it).
+    states: Vec<Option<Box<dyn Attention>>>,
+    current: usize,
+    pub busy: Vec<bool>,
+}
+
+impl Slots {
+    pub fn new(engine: Engine, n: usize) -> anyhow::Result<Self> {
+        let states = (0..n)
+            .map(|i| if i == 0 { Ok(None) } else { engine.new_state().map(Some) })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            engine,
+            states,
+            current: 0,
+            busy: vec![false; n],
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.busy.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.busy.is_empty()
+    }
+
+    /// The engine with slot `slot`'s state in it.
+    pub fn at(&mut self, slot: usize) -> &mut Engine {
+        if self.current != slot {
+            let state = self.states[slot].take().expect("the slot's state");
+            self.states[self.current] = Some(self.engine.swap_state(state));
+            self.current = slot;
+        }
+        &mut self.engine
+    }
+
+    /// The engine, for what does not depend on a slot (the tokenizer).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Bytes of InfLLM blocks in the slots' states.
+    pub fn block_bytes(&self) -> usize {
+        let others = self.states.iter().flatten().filter_map(|s| s.memory().blocks);
+        self.engine.block_bytes().unwrap_or(0) + others.map(|(_, b)| b).sum::<usize>()
+    }
 }
 
 pub struct Worker {
-    pub slots: Vec<Slot>,
+    pub slots: Slots,
     pub pool: Pool,
     pub spill: SpillDir,
     /// Bytes of parked conversations kept in RAM (None: no limit).
@@ -90,7 +140,7 @@ impl Worker {
                 add_special,
                 reply,
             } => {
-                let _ = reply.send(self.engine(0).tokenizer().encode(&content, add_special, true));
+                let _ = reply.send(self.engine().tokenizer().encode(&content, add_special, true));
             }
             Work::Detokenize { tokens, reply } => {
                 let _ = reply.send(self.detokenize(&tokens));
@@ -107,12 +157,12 @@ impl Worker {
         }
     }
 
-    pub fn engine(&self, slot: usize) -> &Engine {
-        &self.slots[slot].engine
+    pub fn engine(&self) -> &Engine {
+        self.slots.engine()
     }
 
     fn detokenize(&self, tokens: &[i64]) -> Result<String, ApiError> {
-        let tok = self.engine(0).tokenizer();
+        let tok = self.engine().tokenizer();
         let n_vocab = tok.n_vocab();
         let ids = tokens
             .iter()
@@ -128,7 +178,7 @@ impl Worker {
 
     /// Moves waiting requests into free slots.
     fn admit_waiting(&mut self) {
-        while self.slots.iter().any(|s| !s.busy) {
+        while self.slots.busy.contains(&false) {
             let Some(job) = self.waiting.pop_front() else { break };
             self.metrics.deferred.fetch_sub(1, Relaxed);
             if job.events.is_closed() {
@@ -138,7 +188,7 @@ impl Worker {
             match self.admit(job) {
                 Ok(a) => {
                     let _ = events.send(a.started());
-                    self.slots[a.slot].busy = true;
+                    self.slots.busy[a.slot] = true;
                     self.active.push(a);
                 }
                 Err(e) => {
@@ -153,10 +203,8 @@ impl Worker {
     /// or a new one; checks that it fits the context.
     fn admit(&mut self, job: Job) -> Result<Active, ApiError> {
         let text = self.render(&job.gen.input)?;
-        let slots = &self.slots;
-        let found = self
-            .pool
-            .best(&text, |h| !matches!(h.place, Place::Slot(s) if slots[s].busy));
+        let busy = &self.slots.busy;
+        let found = self.pool.best(&text, |h| !matches!(h.place, Place::Slot(s) if busy[s]));
         let slot = self.pick_slot(found.map(|f| f.0));
         self.vacate(slot, found.map(|f| f.0))?;
         let resumed = found.and_then(|(id, resume, _)| match self.install(id, slot) {
@@ -173,7 +221,7 @@ impl Worker {
         };
         self.pool.touch(id);
         let h = &self.pool.held[&id];
-        let engine = &self.slots[slot].engine;
+        let engine = self.slots.at(slot);
         let new_text = text[h.text.len()..].to_string();
         let tok = engine.tokenizer();
         let bos_in_text = tok
@@ -215,7 +263,7 @@ impl Worker {
         if let Some(Place::Slot(s)) = held.map(|id| &self.pool.held[&id].place) {
             return *s;
         }
-        let free = (0..self.slots.len()).filter(|&s| !self.slots[s].busy);
+        let free = (0..self.slots.len()).filter(|&s| !self.slots.busy[s]);
         free.min_by_key(|&s| self.pool.in_slot(s).map_or(0, |id| self.pool.held[&id].used))
             .expect("a free slot")
     }
@@ -223,7 +271,7 @@ impl Worker {
     /// Sets the conversation in `slot` aside (unless it is `keep`) and
     /// leaves the slot's engine empty.
     pub(super) fn vacate(&mut self, slot: usize, keep: Option<u64>) -> Result<(), ApiError> {
-        let engine = &mut self.slots[slot].engine;
+        let engine = self.slots.at(slot);
         let Some(id) = self.pool.in_slot(slot).filter(|&id| Some(id) != keep) else {
             if keep.is_none() {
                 engine.clear();
@@ -238,7 +286,7 @@ impl Worker {
     /// Brings conversation `id` into `slot` (whose engine is empty).
     fn install(&mut self, id: u64, slot: usize) -> anyhow::Result<()> {
         let h = self.pool.held.get_mut(&id).expect("held");
-        let engine = &mut self.slots[slot].engine;
+        let engine = self.slots.at(slot);
         let loaded = match std::mem::replace(&mut h.place, Place::Slot(slot)) {
             Place::Slot(_) => Ok(()),
             Place::Ram(parked) => parked.restore(engine),
@@ -274,8 +322,8 @@ impl Worker {
     fn rewind(&mut self, id: u64, slot: usize) -> Result<(), ApiError> {
         let h = self.pool.held.get_mut(&id).expect("held");
         let b = h.before.take().expect("a state before the answer");
-        self.slots[slot]
-            .engine
+        self.slots
+            .at(slot)
             .rollback(&b.snapshot)
             .map_err(|e| ApiError::server(format!("{e:#}")))?;
         h.text.truncate(b.text_len);
@@ -290,18 +338,19 @@ impl Worker {
         while i < self.active.len() {
             let a = &mut self.active[i];
             let h = self.pool.held.get_mut(&a.held).expect("held");
-            let outcome = a.step(&mut self.slots[a.slot].engine, h);
+            let outcome = a.step(self.slots.at(a.slot), h);
             let done = match outcome {
                 Ok(Stepped::Going) => false,
                 Ok(Stepped::Finished(f) | Stepped::Cancelled(f)) => {
                     let read = f.prompt_tokens - f.cached;
                     let m = &self.metrics;
                     m.add_answer(read, f.cached, f.prompt_time, f.completion_tokens, f.predict_time);
+                    let _ = a.job.events.send(Event::Done(f));
                     true
                 }
                 Err(e) => {
                     let _ = a.job.events.send(Event::Failed(ApiError::server(format!("{e:#}"))));
-                    self.slots[a.slot].engine.clear();
+                    self.slots.at(a.slot).clear();
                     h.text.clear();
                     h.tokens.clear();
                     true
@@ -309,7 +358,7 @@ impl Worker {
             };
             if done {
                 let a = self.active.swap_remove(i);
-                self.slots[a.slot].busy = false;
+                self.slots.busy[a.slot] = false;
                 if self.pool.held[&a.held].text.is_empty() {
                     self.pool.held.remove(&a.held);
                 }
@@ -369,7 +418,7 @@ impl Worker {
         m.in_ram.store(ram as u64, Relaxed);
         m.on_disk.store(disk as u64, Relaxed);
         m.processing.store(self.active.len() as u64, Relaxed);
-        let slots: usize = self.slots.iter().filter_map(|s| s.engine.block_bytes()).sum();
+        let slots = self.slots.block_bytes();
         let parked: usize = self
             .pool
             .held
@@ -387,12 +436,12 @@ impl Worker {
     fn shutdown(mut self) {
         for mut a in std::mem::take(&mut self.active) {
             let h = self.pool.held.get_mut(&a.held).expect("held");
-            a.keep_read(&mut self.slots[a.slot].engine, h);
+            a.keep_read(self.slots.at(a.slot), h);
             let _ = a
                 .job
                 .events
                 .send(Event::Failed(ApiError::unavailable("the server is shutting down")));
-            self.slots[a.slot].busy = false;
+            self.slots.busy[a.slot] = false;
         }
         for job in self.waiting.drain(..) {
             let _ = job
@@ -422,7 +471,7 @@ impl Worker {
     pub fn register_saved(&mut self) {
         for path in self.spill.saved() {
             let found = SessionFile::open(&path).and_then(|f| {
-                let engine = &self.slots[0].engine;
+                let engine = self.slots.engine();
                 let (saved, n_past) = crate::session::record(&f, engine)?;
                 let r = Record::read(&saved, n_past, engine.tokenizer().n_vocab())?;
                 Ok((f, r))
