@@ -66,6 +66,13 @@ impl SamplingParams {
     }
 }
 
+/// A seed from the clock, as `-s -1` gives.
+pub fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Everything a sampler needs to go on exactly where it was (sessions).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerState {

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::limits;
-use crate::sampling::SamplingParams;
+use crate::sampling::{random_seed, SamplingParams};
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -42,13 +42,7 @@ impl SamplingArgs {
     /// The sampler's parameters, checked (`SamplingParams::check`: the same
     /// ranges a session's record gets).
     pub fn params(&self, n_ctx: usize) -> anyhow::Result<SamplingParams> {
-        let seed = if self.seed < 0 {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        } else {
-            self.seed as u64
-        };
+        let seed = if self.seed < 0 { random_seed() } else { self.seed as u64 };
         let p = SamplingParams {
             temp: self.temp,
             top_k: self.top_k,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::chat::Message;
 use crate::quote::quoted;
-use crate::sampling::SamplingParams;
+use crate::sampling::{random_seed, SamplingParams};
 
 /// An error as OpenAI's API returns it: `{"error": {code, message, type}}`.
 #[derive(Debug, Clone)]
@@ -295,13 +295,6 @@ impl Options {
         p.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(p)
     }
-}
-
-/// A seed from the clock, as `-s -1` gives.
-pub fn random_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `POST /tokenize`.

@@ -135,9 +135,7 @@ async fn serve(a: ServeArgs, alias: String) -> anyhow::Result<()> {
         alias,
         api_key: a.api_key(),
         timeout: Duration::from_secs(a.timeout as u64),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: routes::unix_now(),
     });
     let (ready, loaded) = oneshot::channel();
     let compute = {

@@ -141,7 +141,7 @@ impl Meta {
     fn new(s: &AppState, kind: Kind) -> Self {
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
         Self {
-            id: format!("{prefix}-{:016x}", super::api::random_seed()),
+            id: format!("{prefix}-{:016x}", crate::sampling::random_seed()),
             created: unix_now(),
             model: s.alias.clone(),
             kind,
@@ -186,7 +186,7 @@ impl Meta {
     }
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
