@@ -1,5 +1,3 @@
-use clap::Parser;
-
 use infllm::cli::{self, signals, Cli, Command};
 
 fn main() {
@@ -30,11 +28,11 @@ fn main() {
 /// The flags; a bad one is a one-line error with exit code 1, as every
 /// other bad input (`--help` and `--version` print as usual).
 fn parse_args() -> Cli {
-    match Cli::try_parse_from(cli::normalize_args(std::env::args_os())) {
+    match cli::parse(std::env::args_os().collect(), &|var| std::env::var(var).ok()) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            eprintln!("{}", cli::clap_error_line(&e));
+        Err(cli::ParseError::Info(e)) => e.exit(),
+        Err(cli::ParseError::Line(line)) => {
+            eprintln!("{line}");
             std::process::exit(1);
         }
     }

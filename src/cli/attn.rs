@@ -49,6 +49,18 @@ impl AttnArgs {
     pub fn mode(&self, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         self.settings.mode(self.attn, hp, n_ctx)
     }
+
+    /// Lines (each after a newline) about flags that do nothing here.
+    pub fn notes(&self) -> String {
+        match (self.attn, self.settings.flash_attn) {
+            (AttnKind::Full, _) | (_, Switch::Auto) => String::new(),
+            (kind, _) => format!(
+                "\ninfllm: -fa has no effect with --attn {} (its attention has its own kernels)",
+                kind.to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
+            ),
+        }
+    }
 }
 
 /// Everything about the attention but its kind.

@@ -21,7 +21,7 @@ use super::attn::describe;
 use super::error_line;
 use super::generate::GenerateArgs;
 use super::progress::Progress;
-use super::prompt::PromptSource;
+use super::prompt::{PromptSource, Rules};
 use super::signals::{self, Stopped};
 use crate::chat::{ChatTemplate, Conversation, Stop};
 use crate::engine::Engine;
@@ -32,18 +32,26 @@ use crate::session::SessionFile;
 pub struct ChatArgs {
     /// Conversation mode (-cnv): chat with the model's template (default when
     /// stdin is a terminal and no prompt is given)
-    #[arg(long = "conversation", help_heading = "Conversation")]
+    #[arg(
+        long = "conversation",
+        overrides_with = "no_conversation",
+        help_heading = "Conversation"
+    )]
     pub conversation: bool,
     /// Never enter conversation mode (-no-cnv)
     #[arg(
         long = "no-conversation",
-        conflicts_with = "conversation",
+        overrides_with = "conversation",
         help_heading = "Conversation"
     )]
     pub no_conversation: bool,
     /// Interactive mode (same as conversation mode here)
     #[arg(short = 'i', long = "interactive", help_heading = "Conversation")]
     pub interactive: bool,
+    /// Accepted for llama.cpp's command lines: chat templates are always
+    /// rendered as Jinja here
+    #[arg(long = "jinja", help_heading = "Conversation")]
+    pub jinja: bool,
     /// Chat template: a built-in name (chatml, llama3, gemma) or a Jinja
     /// template [default: the model's, else chatml]
     #[arg(long = "chat-template", value_name = "JINJA_TEMPLATE", help_heading = "Conversation")]
@@ -103,8 +111,8 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let c = &a.chat;
     // Taken first: a session another process holds stops the run before any work.
     let session = c.session.as_deref().map(SessionFile::open).transpose()?;
-    let first = PromptSource::from_flags(&a.prompt, &a.file)?;
-    let system = PromptSource::from_flags(&c.system_prompt, &c.system_prompt_file)?;
+    let first = PromptSource::from_flags(&a.prompt, &a.file, Some(a.prompt_rules()))?;
+    let system = PromptSource::from_flags(&c.system_prompt, &c.system_prompt_file, Some(Rules { escape: false }))?;
     let (model, info) = a.run.load()?;
     let template = chat_template(&model, c)?;
     let params = a.run.engine_params(&model.hp)?;
@@ -146,7 +154,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     // may wait for that line before it writes).
     let first = match first {
         None if !std::io::stdin().is_terminal() => {
-            let pipe = PromptSource::Pipe(None).read_within(conv.engine.tokenizer(), n_ctx)?;
+            let pipe = PromptSource::Pipe(None, None).read_within(conv.engine.tokenizer(), n_ctx)?;
             Some(pipe.0.trim_end().to_string())
         }
         first => first,
@@ -404,7 +412,7 @@ impl Repl<'_> {
             "read" => {
                 let path = file_arg()?;
                 let room = self.conv.engine.n_ctx().saturating_sub(self.conv.engine.n_past());
-                let (doc, n) = PromptSource::file(path)?.read_within(self.conv.engine.tokenizer(), room)?;
+                let (doc, n) = PromptSource::file(path, None)?.read_within(self.conv.engine.tokenizer(), room)?;
                 println!(
                     "(read {}: {} bytes, {n} tokens; it goes with your next message)",
                     path.display(),

@@ -53,8 +53,11 @@ pub struct DeviceArgs {
     )]
     pub main_gpu: usize,
     /// Keep CPU weights in the file's layout (no repacking for faster kernels)
-    #[arg(long = "no-repack", help_heading = "Devices")]
+    #[arg(long = "no-repack", overrides_with = "repack", help_heading = "Devices")]
     pub no_repack: bool,
+    /// Repack CPU weights for ggml's faster kernels where it can [default]
+    #[arg(long = "repack", overrides_with = "no_repack", help_heading = "Devices")]
+    pub repack: bool,
     /// Device memory for InfLLM's memory blocks, MiB per device,
     /// 0..=16777216 [default: a quarter of the device's free memory]; blocks
     /// past it are read from host memory

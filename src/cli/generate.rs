@@ -11,7 +11,7 @@ use clap::Args;
 use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
 use super::progress::Progress;
-use super::prompt::PromptSource;
+use super::prompt::{PromptSource, Rules};
 use super::sampling::SamplingArgs;
 use super::{limits, signals, RunArgs};
 use crate::engine::Engine;
@@ -28,14 +28,32 @@ pub struct GenerateArgs {
     /// File containing the prompt
     #[arg(short = 'f', long = "file", help_heading = "Common")]
     pub file: Option<PathBuf>,
-    /// Number of tokens to predict, -1..=16777216 (-1 = until end of text
+    /// Number of tokens to predict, -2..=16777216 (-1, -2 = until end of text
     /// or full context; InfLLM / stream without -c: at most 4096)
     #[arg(short = 'n', long = "n-predict", default_value_t = -1, allow_negative_numbers = true,
-          value_parser = limits::count_or_minus_one(limits::MAX_TOKENS as i64), help_heading = "Common")]
+          value_parser = limits::predict(limits::MAX_TOKENS as i64), help_heading = "Common")]
     pub n_predict: i64,
     /// Print only the generated text, not the prompt
-    #[arg(long = "no-display-prompt", help_heading = "Common")]
+    #[arg(
+        long = "no-display-prompt",
+        overrides_with = "display_prompt",
+        help_heading = "Common"
+    )]
     pub no_display_prompt: bool,
+    /// Print the prompt before the generated text [default]
+    #[arg(
+        long = "display-prompt",
+        overrides_with = "no_display_prompt",
+        help_heading = "Common"
+    )]
+    pub display_prompt: bool,
+    /// Read \n \r \t \' \" \\ \xHH in the prompt (-p, -f) as the characters they
+    /// name [default]
+    #[arg(short = 'e', long = "escape", overrides_with = "no_escape", help_heading = "Common")]
+    pub escape: bool,
+    /// Take the prompt's backslashes as written
+    #[arg(long = "no-escape", overrides_with = "escape", help_heading = "Common")]
+    pub no_escape: bool,
 
     #[command(flatten)]
     pub sample: SamplingArgs,
@@ -57,6 +75,13 @@ impl GenerateArgs {
         }
     }
 
+    /// How `-p` and `-f` are read (as llama.cpp reads them).
+    pub fn prompt_rules(&self) -> Rules {
+        Rules {
+            escape: !self.no_escape,
+        }
+    }
+
     /// The sampler's parameters, checked.
     pub fn sampling(&self, n_ctx: usize) -> anyhow::Result<SamplingParams> {
         self.sample.params(n_ctx)
@@ -70,7 +95,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }
-    let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file)?;
+    let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file, Some(a.prompt_rules()))?;
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);

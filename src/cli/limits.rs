@@ -25,6 +25,13 @@ pub fn count_or_minus_one(max: i64) -> RangedI64ValueParser<i64> {
     RangedI64ValueParser::new().range(-1..=max)
 }
 
+/// `-n`: a whole number in `-2..=max` (-1: no limit, -2: until the context
+/// is full; both stop where the context does, as llama.cpp without context
+/// shift).
+pub fn predict(max: i64) -> RangedI64ValueParser<i64> {
+    RangedI64ValueParser::new().range(-2..=max)
+}
+
 /// A proportion (`-ts`): a finite number >= 0.
 pub fn share(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {

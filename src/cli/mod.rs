@@ -1,11 +1,14 @@
 //! The command line: llama.cpp's flag spellings, one module per sub-command.
 
+pub mod args;
 pub mod attn;
 pub mod bench;
 pub mod chat;
 pub mod devices;
 pub mod generate;
 pub mod limits;
+pub mod llama_flags;
+pub mod llama_text;
 pub mod passkey;
 pub mod progress;
 pub mod prompt;
@@ -164,7 +167,7 @@ impl RunArgs {
             on if on.is_empty() => info,
             on => format!("{info}\ninfllm: offloaded {on}"),
         };
-        Ok((model, info))
+        Ok((model, info + &self.attn.notes()))
     }
 }
 
@@ -196,31 +199,31 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get())
 }
 
-/// llama.cpp's multi-letter single-dash flags, spelled as clap can parse them.
-const LLAMA_SPELLINGS: &[(&str, &str)] = &[
-    ("-ctk", "--cache-type-k"),
-    ("-ctv", "--cache-type-v"),
-    ("-ub", "--ubatch-size"),
-    ("-fa", "--flash-attn"),
-    ("-cnv", "--conversation"),
-    ("-no-cnv", "--no-conversation"),
-    ("-sys", "--system-prompt"),
-    ("-sysf", "--system-prompt-file"),
-    ("-ngl", "--n-gpu-layers"),
-    ("-dev", "--device"),
-    ("-sm", "--split-mode"),
-    ("-ts", "--tensor-split"),
-    ("-mg", "--main-gpu"),
-    ("-nr", "--no-repack"),
-    ("-np", "--parallel"),
-];
+/// Parses a command line (program name first) as llama.cpp's tools read
+/// theirs (see `args`): the parsed flags, or a one-line error for exit
+/// code 1; `--help` and `--version` come back as clap's "errors" to print.
+pub fn parse(args: Vec<std::ffi::OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Cli, ParseError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Cli::command().args_override_self(true);
+    let args = args::rewrite(args, &cmd, env).map_err(|e| ParseError::Line(format!("error: {e}")))?;
+    let matches = cmd.try_get_matches_from(args).map_err(ParseError::from)?;
+    Cli::from_arg_matches(&matches).map_err(ParseError::from)
+}
 
-/// Rewrites llama.cpp spellings (`-ctk q8_0`, `-ub 512`) to long flags.
-pub fn normalize_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    args.into_iter()
-        .map(|a| match LLAMA_SPELLINGS.iter().find(|(short, _)| a == *short) {
-            Some((_, long)) => long.into(),
-            None => a,
-        })
-        .collect()
+/// Why a command line was not parsed.
+#[derive(Debug)]
+pub enum ParseError {
+    /// `--help` or `--version`: clap prints it, exit 0.
+    Info(clap::Error),
+    /// A one-line error.
+    Line(String),
+}
+
+impl From<clap::Error> for ParseError {
+    fn from(e: clap::Error) -> Self {
+        match e.use_stderr() {
+            true => Self::Line(clap_error_line(&e)),
+            false => Self::Info(e),
+        }
+    }
 }

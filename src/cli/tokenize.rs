@@ -33,11 +33,11 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(a: &TokenizeArgs) -> anyhow::Result<()> {
-    let text =
-        PromptSource::from_flags(&a.prompt, &a.file)?.ok_or_else(|| anyhow::anyhow!("give the text with -p or -f"))?;
+    let text = PromptSource::from_flags(&a.prompt, &a.file, None)?
+        .ok_or_else(|| anyhow::anyhow!("give the text with -p or -f"))?;
     let text = match text {
         // A pipe given to -f: no context bounds it here.
-        PromptSource::Pipe(Some(path)) => PromptSource::Text(
+        PromptSource::Pipe(Some(path), _) => PromptSource::Text(
             std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
         ),
         source => source,
