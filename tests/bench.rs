@@ -97,3 +97,23 @@ fn check_timing(t: &Value, n_tokens: u64) -> u64 {
     );
     ns.iter().sum()
 }
+
+/// On a terminal each row shows once, in the table as it grows (stderr and
+/// stdout are the same screen there).
+#[test]
+fn a_terminal_sees_each_row_once() {
+    let model = common::smollm2();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infllm"));
+    cmd.args(["bench", "-m", model.to_str().unwrap(), "-t", "2"])
+        .args(["-p", "32", "-n", "4", "-r", "1", "--no-warmup"]);
+    let options = rexpect::reader::Options {
+        timeout_ms: Some(300_000),
+        strip_ansi_escape_codes: true,
+    };
+    let mut p = rexpect::session::spawn_with_options(cmd, options).expect("spawn infllm bench on a pty");
+    let screen = p.exp_eof().expect("bench ends");
+    assert_eq!(screen.matches("| pp32 |").count(), 1, "{screen}");
+    assert_eq!(screen.matches("| tg4 |").count(), 1, "{screen}");
+    assert_eq!(screen.matches("| model |").count(), 1, "{screen}");
+    assert!(!screen.contains("bench: |"), "{screen}");
+}

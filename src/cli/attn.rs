@@ -50,14 +50,19 @@ impl AttnArgs {
         self.settings.mode(self.attn, hp, n_ctx)
     }
 
-    /// Lines (each after a newline) about flags that do nothing here.
-    pub fn notes(&self) -> String {
-        match (self.attn, self.settings.flash_attn) {
-            (AttnKind::Full, _) | (_, Switch::Auto) => String::new(),
-            (kind, _) => format!(
+    /// Lines (each after a newline) about flags that do nothing here, and
+    /// llama.cpp's warning for full attention past the training context.
+    pub fn notes(&self, hp: &Hparams, n_ctx: Option<usize>) -> String {
+        match (self.attn, self.settings.flash_attn, n_ctx) {
+            (AttnKind::Full, _, Some(n)) if n > hp.n_ctx_train => format!(
+                "\ninfllm: warning: -c {n} is past the model's training context ({}): full attention \
+                 degrades there (--attn infllm reads past it)",
+                hp.n_ctx_train
+            ),
+            (AttnKind::Full, ..) | (_, Switch::Auto, _) => String::new(),
+            (kind, ..) => format!(
                 "\ninfllm: -fa has no effect with --attn {} (its attention has its own kernels)",
-                kind.to_possible_value()
-                    .map_or_else(String::new, |v| v.get_name().to_string())
+                kind.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string())
             ),
         }
     }

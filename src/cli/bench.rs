@@ -9,6 +9,7 @@
 //! both engines alike. The peak RSS is restarted before each engine loads
 //! (Linux), so each figure is that engine's own.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -134,7 +135,7 @@ impl Timing {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub model: String,
     pub model_type: String,
@@ -245,6 +246,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let threads = limits::threads(a.threads);
     let offload = a.devices.offload()?;
     let rss_resets = reset_peak_rss();
+    // On a terminal the markdown table grows row by row; otherwise rows
+    // show on stderr as they come and the table follows on stdout.
+    let live = a.output == Format::Md && std::io::stdout().is_terminal();
     let mut rows = Vec::new();
     for path in &models {
         for &depth in &a.n_depth {
@@ -256,13 +260,19 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                     reference.get_or_insert_with(|| reference_timings(a, &plan, (path, &offload), depth, threads));
                 for (i, (&test, timing)) in plan.tests.iter().zip(ours.timings).enumerate() {
                     let row = ours.meta.row(test, depth, timing, reference.as_ref().map(|r| &r[i]));
-                    eprintln!("bench: {}", markdown_line(&row));
+                    match live {
+                        true if rows.is_empty() => print!("{}", format_rows(a, &plan, &[row.clone()], threads, rss_resets)?),
+                        true => println!("{}", markdown_line(&row)),
+                        false => eprintln!("bench: {}", markdown_line(&row)),
+                    }
                     rows.push(row);
                 }
             }
         }
     }
-    print!("{}", format_rows(a, &plan, &rows, threads, rss_resets)?);
+    if !live {
+        print!("{}", format_rows(a, &plan, &rows, threads, rss_resets)?);
+    }
     Ok(())
 }
 

@@ -95,6 +95,15 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
         return super::chat::run(a);
     }
+    let c = &a.chat;
+    anyhow::ensure!(
+        c.system_prompt.is_none() && c.system_prompt_file.is_none(),
+        "-sys / -sysf apply in conversation mode only: add -cnv"
+    );
+    anyhow::ensure!(
+        c.session.is_none(),
+        "--session keeps a conversation: add -cnv (completion mode keeps no session)"
+    );
     let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file, Some(a.prompt_rules()))?;
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
@@ -120,16 +129,20 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let t0 = Instant::now();
     let echo = (!a.no_display_prompt).then_some(&mut out as &mut dyn Write);
-    let logits = prefill(&mut engine, &mut sampler, &prompt, n_prompt, echo)?;
+    let mut n_read = 0;
+    let prefilled = prefill(&mut engine, &mut sampler, (&prompt, n_prompt), echo, &mut n_read);
     let prompt_time = t0.elapsed();
 
     let t1 = Instant::now();
     let limit = a.predict_limit().unwrap_or(usize::MAX);
-    let n_eval = generate(&mut engine, &mut sampler, logits, limit, &mut out)?;
-    let gen_time = t1.elapsed();
-    print_timings(n_prompt, prompt_time, n_eval, gen_time);
-    eprintln!("infllm: {}", engine.memory_report());
-    Ok(())
+    let mut n_eval = 0;
+    let result = prefilled.and_then(|logits| generate(&mut engine, &mut sampler, logits, limit, &mut out, &mut n_eval));
+    // A Ctrl-C still gets the timings of what ran, as in llama.cpp.
+    if result.as_ref().err().is_none_or(|e| e.is::<signals::Stopped>()) {
+        print_timings(n_read, prompt_time, n_eval, t1.elapsed());
+        eprintln!("infllm: {}", engine.memory_report());
+    }
+    result
 }
 
 /// "2", or "2 (of -t 1000: one per core)" when -t asked for more than run.
@@ -144,18 +157,19 @@ pub fn threads_used(asked: Option<usize>, used: usize) -> String {
 /// `echo` as its tokens go in; returns the last logits. Whole steps are fed
 /// as they come (the memory holds the prompt, not this function), so the
 /// steps are those of one `eval` of the whole; a Ctrl-C is taken between them.
+/// `done` counts the tokens read.
 fn prefill(
     engine: &mut Engine,
     sampler: &mut Sampler,
-    prompt: &PromptSource,
-    n_prompt: usize,
+    (prompt, n_prompt): (&PromptSource, usize),
     mut echo: Option<&mut dyn Write>,
+    done: &mut usize,
 ) -> anyhow::Result<Vec<f32>> {
     let step = engine.step_tokens();
     let n_ctx = engine.n_ctx();
     let mut progress = Progress::new(n_prompt);
     let mut pieces = prompt.pieces(true, true)?;
-    let (mut pending, mut done) = (Vec::new(), 0);
+    let mut pending = Vec::new();
     while let Some((text, tokens)) = pieces.next_piece(engine.tokenizer())? {
         if let Some(out) = echo.as_mut() {
             out.write_all(text.as_bytes())?;
@@ -164,7 +178,7 @@ fn prefill(
         pending.extend(tokens);
         // The file may have grown since its tokens were counted.
         anyhow::ensure!(
-            done + pending.len() < n_ctx,
+            *done + pending.len() < n_ctx,
             "the prompt is too long: more than {n_ctx} tokens (-c): raise -c"
         );
         // All but the last step's worth, which `eval` takes with the logits.
@@ -173,13 +187,14 @@ fn prefill(
             stop_if_interrupted(&mut progress)?;
             engine.feed(chunk, &mut |_, _| {})?;
             chunk.iter().for_each(|&t| sampler.accept(t));
-            done += chunk.len();
-            progress.update(done);
+            *done += chunk.len();
+            progress.update(*done);
         }
         pending.drain(..whole);
     }
     stop_if_interrupted(&mut progress)?;
-    let logits = engine.eval(&pending, false, &mut |n, _| progress.update(done + n))?;
+    let logits = engine.eval(&pending, false, &mut |n, _| progress.update(*done + n))?;
+    *done += pending.len();
     pending.iter().for_each(|&t| sampler.accept(t));
     progress.finish();
     Ok(logits)
@@ -195,17 +210,18 @@ fn stop_if_interrupted(progress: &mut Progress) -> anyhow::Result<()> {
 }
 
 /// Samples and prints up to `limit` tokens from `logits` on, stopping at
-/// end of text, a full context or a Ctrl-C; returns the decode steps run.
+/// end of text, a full context or a Ctrl-C; `n_eval` counts the decode steps.
 fn generate(
     engine: &mut Engine,
     sampler: &mut Sampler,
     mut logits: Vec<f32>,
     limit: usize,
     out: &mut impl Write,
-) -> anyhow::Result<usize> {
+    n_eval: &mut usize,
+) -> anyhow::Result<()> {
     let n_ctx = engine.n_ctx();
     let mut utf8 = Utf8Stream::new();
-    let (mut n_gen, mut n_eval) = (0usize, 0usize);
+    let mut n_gen = 0usize;
     while n_gen < limit {
         let t = sampler.sample(&logits);
         if engine.tokenizer().is_eog(t) {
@@ -227,12 +243,12 @@ fn generate(
             return Err(signals::Stopped::now().into());
         }
         logits = engine.eval(&[t], false, &mut |_, _| {})?;
-        n_eval += 1;
+        *n_eval += 1;
     }
     write!(out, "{}", utf8.finish())?;
     writeln!(out)?;
     out.flush()?;
-    Ok(n_eval)
+    Ok(())
 }
 
 /// llama.cpp-style timing lines on stderr.

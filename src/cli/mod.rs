@@ -167,7 +167,8 @@ impl RunArgs {
             on if on.is_empty() => info,
             on => format!("{info}\ninfllm: offloaded {on}"),
         };
-        Ok((model, info + &self.attn.notes()))
+        let notes = self.attn.notes(&model.hp, self.ctx_size);
+        Ok((model, info + &notes))
     }
 }
 
