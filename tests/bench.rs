@@ -104,8 +104,15 @@ fn check_timing(t: &Value, n_tokens: u64) -> u64 {
 fn a_terminal_sees_each_row_once() {
     let model = common::smollm2();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_infllm"));
-    cmd.args(["bench", "-m", model.to_str().unwrap(), "-t", "2"])
-        .args(["-p", "32", "-n", "4", "-r", "1", "--no-warmup"]);
+    cmd.args(["bench", "-m", model.to_str().unwrap(), "-t", "2"]).args([
+        "-p",
+        "32",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--no-warmup",
+    ]);
     let options = rexpect::reader::Options {
         timeout_ms: Some(300_000),
         strip_ansi_escape_codes: true,

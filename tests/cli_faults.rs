@@ -367,6 +367,90 @@ fn ctrl_c_during_a_completion_prefill_stops_it_with_exit_130() {
     let (code, stderr) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(130), "{stderr:?}");
     assert_eq!(stderr.last().unwrap(), "infllm: stopped by SIGINT");
+    // llama.cpp's timing lines still come, for what was read.
+    let timing = stderr
+        .iter()
+        .find(|l| l.contains("prompt eval time"))
+        .expect("timings after Ctrl-C");
+    let read: usize = timing
+        .split(" / ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(read > 0, "{timing}");
+}
+
+#[test]
+fn full_attention_past_the_training_context_warns_and_fa_with_infllm_says_it_does_nothing() {
+    let warned = |args: &[&str], line: &str| {
+        let out = run(args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr).lines().filter(|l| *l == line).count(),
+            1,
+            "{}",
+            text(&out.stderr)
+        );
+    };
+    warned(
+        &["--attn", "full", "-c", "9000", "-p", "hi", "-n", "1"],
+        "infllm: warning: -c 9000 is past the model's training context (8192): full attention degrades there \
+         (--attn infllm reads past it)",
+    );
+    warned(
+        &["-fa", "on", "-p", "hi", "-n", "1"],
+        "infllm: -fa has no effect with --attn infllm (its attention has its own kernels)",
+    );
+}
+
+#[test]
+fn conversation_flags_without_conversation_mode_are_refused() {
+    let session = tmp("completion.session");
+    for (args, message) in [
+        (
+            &["-p", "hi", "-sys", "be brief"][..],
+            "error: -sys / -sysf apply in conversation mode only: add -cnv",
+        ),
+        (
+            &["-p", "hi", "--session", session.to_str().unwrap()][..],
+            "error: --session keeps a conversation: add -cnv (completion mode keeps no session)",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(text(&out.stderr), format!("{message}\n"));
+        assert!(!session.exists());
+    }
+}
+
+#[test]
+fn a_session_resumed_with_another_system_prompt_is_refused_and_kept() {
+    let _cpu = common::exclusive();
+    let session = tmp("sys.session");
+    let _ = std::fs::remove_file(&session);
+    let turn = |sys: &str| {
+        Running::start(chat_with(&session, &["-n", "2", "-sys", sys]), "Hello.").finish(Duration::from_secs(120))
+    };
+    assert_eq!(turn("You are brief.").0, Some(0));
+    let saved = std::fs::read(&session).unwrap();
+    assert_eq!(turn("You are brief.").0, Some(0), "the same -sys goes on");
+    let saved_again = std::fs::read(&session).unwrap();
+    let (code, stderr) = turn("You are a pirate.");
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        [format!(
+            "error: session file {}: its conversation has another system prompt (\"You are brief.\"): \
+             drop -sys / -sysf to go on with it, or start another session",
+            session.display()
+        )]
+    );
+    assert_eq!(std::fs::read(&session).unwrap(), saved_again);
+    assert_ne!(saved, saved_again);
 }
 
 #[test]

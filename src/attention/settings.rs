@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::infllm::InfllmParams;
+use super::infllm::{InfllmParams, NO_CAP_TOKENS};
 use crate::ggml::GgmlType;
 
 /// What a saved state must match to be loaded (`Attention::settings`).
@@ -55,6 +55,8 @@ impl Settings {
                 let show = |m: &serde_json::Map<String, serde_json::Value>| match m.get(k) {
                     None => "unset".to_string(),
                     Some(serde_json::Value::String(s)) => s.clone(),
+                    // InfLLM's "no cap" is what `-c 0` (or no -c) asks for.
+                    Some(v) if k == "max_tokens" && v.as_u64() == Some(NO_CAP_TOKENS as u64) => "0".into(),
                     Some(v) => v.to_string(),
                 };
                 format!("{flag} {} (now {})", show(&then), show(&now))
@@ -99,6 +101,15 @@ mod tests {
         assert_eq!(
             q4.mismatch(&Settings::Infllm(a)).unwrap(),
             "saved with other attention settings: -ctk q8_0 (now q4_0)"
+        );
+        let uncapped = InfllmParams {
+            max_tokens: NO_CAP_TOKENS,
+            ..a
+        };
+        let capped = Settings::Infllm(InfllmParams { max_tokens: 5000, ..a });
+        assert_eq!(
+            capped.mismatch(&Settings::Infllm(uncapped)).unwrap(),
+            "saved with other attention settings: -c 0 (now 5000)"
         );
     }
 }

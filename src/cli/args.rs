@@ -185,7 +185,11 @@ impl Reader {
     /// Flags from llama.cpp's environment variables, for the infllm flags
     /// the command line leaves unset. Variables of flags infllm lacks are
     /// ignored (they may be meant for llama.cpp).
-    fn env_flags(&self, given: &HashSet<String>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<OsString>, String> {
+    fn env_flags(
+        &self,
+        given: &HashSet<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<OsString>, String> {
         let mut out = Vec::new();
         for flag in LLAMA_FLAGS.iter().filter(|f| f.tools & self.tools != 0) {
             let Some(var) = flag.env else { continue };

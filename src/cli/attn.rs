@@ -62,7 +62,8 @@ impl AttnArgs {
             (AttnKind::Full, ..) | (_, Switch::Auto, _) => String::new(),
             (kind, ..) => format!(
                 "\ninfllm: -fa has no effect with --attn {} (its attention has its own kernels)",
-                kind.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string())
+                kind.to_possible_value()
+                    .map_or_else(String::new, |v| v.get_name().to_string())
             ),
         }
     }

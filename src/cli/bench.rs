@@ -261,7 +261,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 for (i, (&test, timing)) in plan.tests.iter().zip(ours.timings).enumerate() {
                     let row = ours.meta.row(test, depth, timing, reference.as_ref().map(|r| &r[i]));
                     match live {
-                        true if rows.is_empty() => print!("{}", format_rows(a, &plan, &[row.clone()], threads, rss_resets)?),
+                        true if rows.is_empty() => {
+                            print!("{}", format_rows(a, &plan, &[row.clone()], threads, rss_resets)?)
+                        }
                         true => println!("{}", markdown_line(&row)),
                         false => eprintln!("bench: {}", markdown_line(&row)),
                     }

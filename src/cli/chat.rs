@@ -125,12 +125,17 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let system = system.map(read).transpose()?;
     let first = first.map(read).transpose()?;
     let sampler = Sampler::new(a.sampling(n_ctx)?);
-    let mut conv = Conversation::new(engine, sampler, template, system);
+    let mut conv = Conversation::new(engine, sampler, template, system.clone());
     // A session that cannot be restored stops the run before any output.
     let restored = match session {
         Some(s) => {
             let restored = conv.use_session(s)?;
-            c.session.as_deref().filter(|_| restored)
+            let path = c.session.as_deref().filter(|_| restored);
+            if let Some(path) = path {
+                same_system_prompt(&conv, system.as_deref())
+                    .with_context(|| format!("session file {}", path.display()))?;
+            }
+            path
         }
         None => None,
     };
@@ -176,6 +181,29 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         Some(code) => Err(Stopped { code }.into()),
         None => Ok(()),
     }
+}
+
+/// A restored conversation goes on with its own system prompt: `-sys` or
+/// `-sysf`, when given, must be that one (else it would silently not apply).
+fn same_system_prompt(conv: &Conversation, asked: Option<&str>) -> anyhow::Result<()> {
+    let Some(asked) = asked else { return Ok(()) };
+    let saved = conv
+        .messages()
+        .first()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.as_str());
+    anyhow::ensure!(
+        saved == Some(asked),
+        "its conversation has {}: drop -sys / -sysf to go on with it, or start another session",
+        match saved {
+            Some(s) => format!(
+                "another system prompt ({})",
+                crate::quote::quoted(&s.chars().take(60).collect::<String>())
+            ),
+            None => "no system prompt".into(),
+        }
+    );
+    Ok(())
 }
 
 /// The model's template, or the one the flags name.
