@@ -112,16 +112,21 @@ fn ctrl_c_interrupts_an_answer_and_the_chat_goes_on() {
     let answer = chat.say(FACT);
     assert!(!answer.is_empty());
     let after = chat.say("/stats");
+    chat.say("/clear");
+    let cleared = chat.say("/stats");
     // Ctrl-C twice at the empty prompt quits.
     chat.0.send_control('c').unwrap();
     chat.0.exp_string("Ctrl-C again").expect("a hint after the first");
     chat.0.send_control('c').unwrap();
-    chat.0.exp_eof().expect("exit after the second");
+    let last = chat.0.exp_eof().expect("exit after the second");
     // The partial answer stayed in the memory: more tokens than its prompt.
     let held = |s: &str| number_after(s, "memory: ");
     let prompt = |s: &str| number_after(s, "prompt ");
     assert!(held(&stats) > prompt(&stats), "{stats}");
     assert!(held(&after) > held(&stats), "{after}");
+    assert_eq!((held(&cleared), prompt(&cleared)), (0, 0), "{cleared}");
+    // The whole chat's timings at exit, as llama.cpp prints them.
+    assert!(last.contains("prompt eval time") && last.contains("eval time"), "{last}");
 }
 
 #[test]

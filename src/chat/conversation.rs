@@ -70,13 +70,22 @@ fn message_prefix<'c>(text: &str, content: &'c str, read: usize) -> &'c str {
     }
 }
 
-/// Timings of the last turn.
+/// Timings of a turn, or of all turns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TurnStats {
     pub prompt_tokens: usize,
     pub prompt_time: Duration,
     pub gen_tokens: usize,
     pub gen_time: Duration,
+}
+
+impl TurnStats {
+    fn add(&mut self, o: &TurnStats) {
+        self.prompt_tokens += o.prompt_tokens;
+        self.prompt_time += o.prompt_time;
+        self.gen_tokens += o.gen_tokens;
+        self.gen_time += o.gen_time;
+    }
 }
 
 /// The state just before the last answer, for `regenerate`.
@@ -142,7 +151,10 @@ pub struct Conversation {
     /// Keep the state before each answer for `forget_answer` (a copy of
     /// the window buffers: up to their size again in memory).
     pub regen: bool,
+    /// The last turn's timings (none after `clear`).
     pub stats: TurnStats,
+    /// Every turn's, since the start.
+    pub totals: TurnStats,
     /// The session this conversation is saved to (`use_session`): locked
     /// for as long as the conversation lives.
     session: Option<SessionFile>,
@@ -161,6 +173,7 @@ impl Conversation {
             before_answer: None,
             regen: true,
             stats: TurnStats::default(),
+            totals: TurnStats::default(),
             session: None,
         };
         c.clear();
@@ -182,6 +195,7 @@ impl Conversation {
         self.fed.clear();
         self.logits.clear();
         self.before_answer = None;
+        self.stats = TurnStats::default();
     }
 
     /// The tokens a user message adds to the memory: the newly rendered
@@ -285,6 +299,7 @@ impl Conversation {
             prompt_time: start.elapsed(),
             ..Default::default()
         };
+        self.totals.add(&self.stats);
         Ok(TurnRead { tokens: done, complete })
     }
 
@@ -336,8 +351,14 @@ impl Conversation {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         self.fed.push_str(&text);
         self.messages.push(Message::new("assistant", &text));
-        self.stats.gen_tokens = tokens.len();
-        self.stats.gen_time = start.elapsed();
+        let gen = TurnStats {
+            gen_tokens: tokens.len(),
+            gen_time: start.elapsed(),
+            ..Default::default()
+        };
+        self.stats.gen_tokens = gen.gen_tokens;
+        self.stats.gen_time = gen.gen_time;
+        self.totals.add(&gen);
         Ok(Answer { text, tokens, stop })
     }
 

@@ -170,6 +170,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     // Stopped by a signal or a closed stdout, the memory and the
     // conversation still agree: keep them.
     let keep = result.as_ref().err().is_none_or(keeps_conversation);
+    if keep {
+        let t = conv.totals;
+        super::generate::print_timings(t.prompt_tokens, t.prompt_time, t.gen_tokens, t.gen_time);
+    }
     if let (true, Some(path)) = (keep, &c.session) {
         conv.save(path)?;
         eprintln!("infllm: session saved to {}", path.display());
