@@ -126,7 +126,10 @@ fn ctrl_c_interrupts_an_answer_and_the_chat_goes_on() {
     assert!(held(&after) > held(&stats), "{after}");
     assert_eq!((held(&cleared), prompt(&cleared)), (0, 0), "{cleared}");
     // The whole chat's timings at exit, as llama.cpp prints them.
-    assert!(last.contains("prompt eval time") && last.contains("eval time"), "{last}");
+    assert!(
+        last.contains("prompt eval time") && last.contains("eval time"),
+        "{last}"
+    );
 }
 
 #[test]
@@ -181,6 +184,10 @@ fn make_session(path: &Path) {
     let _ = std::fs::remove_file(path);
     let out = pipe(&["-n", "8", "--session", path.to_str().unwrap()], "Hello!");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 fn pipe(extra: &[&str], input: &str) -> Output {
@@ -375,4 +382,30 @@ fn sessions_and_regeneration_restore_the_exact_state() {
     g.forget_answer().unwrap();
     assert_eq!(g.engine.n_past(), held);
     assert_eq!(answer(&mut g, 160), once);
+}
+
+#[test]
+fn single_turn_answers_the_prompt_and_exits_without_asking() {
+    let _cpu = common::exclusive();
+    let options = Options {
+        timeout_ms: Some(300_000),
+        strip_ansi_escape_codes: true,
+    };
+    let cmd = command(&["-st", "-p", "Say hello.", "-n", "8"]);
+    let mut p = spawn_with_options(cmd, options).expect("spawn infllm on a pty");
+    let screen = p.exp_eof().expect("exits after one answer");
+    assert!(!screen.contains("\n> "), "asked for another message: {screen}");
+    assert!(screen.contains("eval time"), "{screen}");
+}
+
+#[test]
+fn a_reverse_prompt_ends_a_piped_answer() {
+    let _cpu = common::exclusive();
+    let question = "Count from 1 to 30, separated by commas.";
+    let full = text(&pipe(&["-n", "48"], question).stdout);
+    let stop: String = full.chars().skip(10).take(3).collect();
+    let at = full.find(&stop).unwrap() + stop.len();
+    let cut = text(&pipe(&["-n", "48", "-r", &stop], question).stdout);
+    assert!(full.starts_with(cut.trim_end_matches('\n')), "{cut:?} / {full:?}");
+    assert!(cut.trim_end_matches('\n').len() <= at + 8, "{cut:?} went past {stop:?}");
 }

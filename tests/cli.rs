@@ -179,3 +179,49 @@ fn piped_stdin_is_the_prompt() {
     );
     assert!(text(&out.stderr).contains("prompt = 4 tokens"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_reverse_prompt_stops_the_text_where_it_appears() {
+    let model = common::smollm2();
+    let base = [
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "1, 2, 3, 4,",
+        "-n",
+        "40",
+        "--temp",
+        "0",
+    ];
+    let full = text(&infllm(&[&base[..], &["--no-display-prompt"]].concat()).stdout);
+    // A piece of the greedy text, well after its start.
+    let stop: String = full.chars().skip(12).take(4).collect();
+    let at = full.find(&stop).unwrap() + stop.len();
+    let out = infllm(&[&base[..], &["--no-display-prompt", "-r", &stop]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cut = text(&out.stdout);
+    let cut = cut.strip_suffix('\n').unwrap();
+    assert!(full.starts_with(cut), "{cut:?} is not the start of {full:?}");
+    assert!(
+        cut.len() >= at && cut.len() <= at + 8,
+        "stopped at {} for {stop:?} ending at {at}: {cut:?}",
+        cut.len()
+    );
+    // `-r` reads escapes as -p does: `\n` stops at the first newline.
+    let lines = infllm(&[
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "A list:\\n1.",
+        "-n",
+        "64",
+        "--temp",
+        "0",
+        "-r",
+        "\\n",
+    ]);
+    let printed = text(&lines.stdout);
+    let answer = printed.strip_prefix("A list:\n1.").unwrap().strip_suffix('\n').unwrap();
+    let first = answer.find('\n').unwrap_or_else(|| panic!("no newline in {answer:?}"));
+    assert!(first + 3 >= answer.len(), "went on after the newline: {answer:?}");
+}

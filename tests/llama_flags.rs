@@ -34,9 +34,9 @@ fn unsupported(name: &str) -> String {
 
 #[test]
 fn the_trial_s_flags_parse_or_get_one_line() {
-    for name in ["-tb", "-np", "-st", "-sp", "-if", "-hf"] {
+    for name in ["-tb", "-np", "-sp", "-if", "-hf"] {
         let args: &[&str] = match name {
-            "-st" | "-sp" | "-if" => &[name],
+            "-sp" | "-if" => &[name],
             _ => &[name, "2"],
         };
         assert_eq!(parse(args).unwrap_err(), unsupported(name));
@@ -133,7 +133,7 @@ fn sample_value(flag: &str) -> Option<&'static str> {
         "--tensor-split" => "1,1",
         "--device" => "none",
         "--rpc" => "127.0.0.1:50052",
-        "--prompt" | "--system-prompt" | "--chat-template" => "x",
+        "--prompt" | "--system-prompt" | "--chat-template" | "--reverse-prompt" => "x",
         "--file" | "--system-prompt-file" | "--chat-template-file" | "--model" => "README.md",
         _ => return None,
     })

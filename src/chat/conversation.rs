@@ -28,6 +28,16 @@ pub enum Stop {
     ContextFull,
 }
 
+/// Whether `text` ends with one of `prompts`, as llama.cpp's `-r` sees it:
+/// the reverse prompt starts within its length plus two bytes of the end
+/// (a token may carry a little more after it).
+pub fn reverse_prompt_at_end(text: &str, prompts: &[String]) -> bool {
+    prompts.iter().filter(|p| !p.is_empty()).any(|p| {
+        let from = text.len().saturating_sub(p.len() + 2);
+        text.as_bytes()[from..].windows(p.len()).any(|w| w == p.as_bytes())
+    })
+}
+
 /// A generated answer: its text, its tokens, why it ended.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -151,6 +161,8 @@ pub struct Conversation {
     /// Keep the state before each answer for `forget_answer` (a copy of
     /// the window buffers: up to their size again in memory).
     pub regen: bool,
+    /// Texts that end an answer where they appear (`-r`).
+    pub reverse_prompts: Vec<String>,
     /// The last turn's timings (none after `clear`).
     pub stats: TurnStats,
     /// Every turn's, since the start.
@@ -174,6 +186,7 @@ impl Conversation {
             regen: true,
             stats: TurnStats::default(),
             totals: TurnStats::default(),
+            reverse_prompts: Vec::new(),
             session: None,
         };
         c.clear();
@@ -324,7 +337,11 @@ impl Conversation {
         let mut bytes = Vec::new();
         let mut utf8 = crate::tokenizer::Utf8Stream::new();
         let mut tokens = Vec::new();
+        let mut shown = String::new();
         let stop = loop {
+            if reverse_prompt_at_end(&shown, &self.reverse_prompts) {
+                break Stop::EndOfTurn;
+            }
             if interrupted() {
                 break Stop::Interrupted;
             }
@@ -342,7 +359,9 @@ impl Conversation {
             }
             let piece = tok.token_to_piece(t, false);
             bytes.extend_from_slice(&piece);
-            on_text(&utf8.push(&piece))?;
+            let text = utf8.push(&piece);
+            on_text(&text)?;
+            shown.push_str(&text);
             self.logits = self.engine.eval(&[t], false, &mut |_, _| {})?;
             self.sampler.accept(t);
             tokens.push(t);

@@ -262,7 +262,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                     let row = ours.meta.row(test, depth, timing, reference.as_ref().map(|r| &r[i]));
                     match live {
                         true if rows.is_empty() => {
-                            print!("{}", format_rows(a, &plan, std::slice::from_ref(&row), threads, rss_resets)?)
+                            print!(
+                                "{}",
+                                format_rows(a, &plan, std::slice::from_ref(&row), threads, rss_resets)?
+                            )
                         }
                         true => println!("{}", markdown_line(&row)),
                         false => eprintln!("bench: {}", markdown_line(&row)),

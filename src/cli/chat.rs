@@ -48,6 +48,9 @@ pub struct ChatArgs {
     /// Interactive mode (same as conversation mode here)
     #[arg(short = 'i', long = "interactive", help_heading = "Conversation")]
     pub interactive: bool,
+    /// One turn only: answer -p (or the first message), then exit
+    #[arg(long = "single-turn", help_heading = "Conversation")]
+    pub single_turn: bool,
     /// Accepted for llama.cpp's command lines: chat templates are always
     /// rendered as Jinja here
     #[arg(long = "jinja", help_heading = "Conversation")]
@@ -126,6 +129,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let first = first.map(read).transpose()?;
     let sampler = Sampler::new(a.sampling(n_ctx)?);
     let mut conv = Conversation::new(engine, sampler, template, system.clone());
+    conv.reverse_prompts = a.reverse_prompts()?;
     // A session that cannot be restored stops the run before any output.
     let restored = match session {
         Some(s) => {
@@ -166,7 +170,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     };
     signals::install()?;
     signals::set_unsaved(c.session.is_some());
-    let result = converse(&mut conv, first, a.predict_limit(), c.color);
+    let result = converse(&mut conv, first, a.predict_limit(), c);
     // Stopped by a signal or a closed stdout, the memory and the
     // conversation still agree: keep them.
     let keep = result.as_ref().err().is_none_or(keeps_conversation);
@@ -237,9 +241,9 @@ pub fn template_for(
 
 /// On a terminal, the REPL (after the `-p` turn, if any); otherwise the
 /// one turn read from `-p` / `-f` or the piped stdin.
-fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>, color: Color) -> anyhow::Result<()> {
+fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>, c: &ChatArgs) -> anyhow::Result<()> {
     if std::io::stdin().is_terminal() {
-        let color = match color {
+        let color = match c.color {
             Color::Auto => std::io::stdout().is_terminal(),
             Color::On => true,
             Color::Off => false,
@@ -249,11 +253,16 @@ fn converse(conv: &mut Conversation, first: Option<String>, limit: Option<usize>
             limit,
             pending_doc: None,
             color,
+            single_turn: c.single_turn,
         };
-        if let Some(p) = first {
-            repl.turn(&p)?;
+        match first {
+            Some(p) if c.single_turn => repl.turn(&p).map(|_| ()),
+            Some(p) => {
+                repl.turn(&p)?;
+                repl.run()
+            }
+            None => repl.run(),
         }
-        repl.run()
     } else {
         conv.regen = false;
         let turn = first.unwrap_or_default();
@@ -333,6 +342,8 @@ struct Repl<'a> {
     /// A file read with /read, waiting for the next message.
     pending_doc: Option<String>,
     color: bool,
+    /// `-st`: the first answered message ends the chat.
+    single_turn: bool,
 }
 
 /// Colours the prompt (and nothing else).
@@ -398,11 +409,15 @@ impl Repl<'_> {
                 };
                 self.turn(&content).map(|_| ())
             };
+            let answered = !input.starts_with('/') && result.is_ok();
             match result {
                 Err(e) if keeps_conversation(&e) => return Err(e),
                 // A failed command or turn is reported; the conversation goes on.
                 Err(e) => eprintln!("{}", error_line(&e)),
                 Ok(()) => {}
+            }
+            if answered && self.single_turn {
+                break;
             }
         }
         // Quitting on a signal, the reader may still be waiting for a line.

@@ -10,11 +10,14 @@ use clap::Args;
 
 use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
+use super::llama_text::unescape;
 use super::progress::Progress;
 use super::prompt::{PromptSource, Rules};
 use super::sampling::SamplingArgs;
 use super::{limits, signals, RunArgs};
+use crate::chat::conversation::reverse_prompt_at_end;
 use crate::engine::Engine;
+use crate::quote::quoted;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Utf8Stream;
 
@@ -54,6 +57,10 @@ pub struct GenerateArgs {
     /// Take the prompt's backslashes as written
     #[arg(long = "no-escape", overrides_with = "escape", help_heading = "Common")]
     pub no_escape: bool,
+    /// Stop generating (conversation: end the answer) where this text
+    /// appears; repeat for several
+    #[arg(short = 'r', long = "reverse-prompt", value_name = "PROMPT", help_heading = "Common")]
+    pub reverse_prompt: Vec<String>,
 
     #[command(flatten)]
     pub sample: SamplingArgs,
@@ -80,6 +87,17 @@ impl GenerateArgs {
         Rules {
             escape: !self.no_escape,
         }
+    }
+
+    /// `-r`'s texts, their escapes processed as the prompt's are.
+    pub fn reverse_prompts(&self) -> anyhow::Result<Vec<String>> {
+        let escape = self.prompt_rules().escape;
+        let read = |r: &String| match escape {
+            true => String::from_utf8(unescape(r))
+                .map_err(|_| anyhow::anyhow!("-r {}: not UTF-8 once its escapes are read", quoted(r))),
+            false => Ok(r.clone()),
+        };
+        self.reverse_prompt.iter().map(read).collect()
     }
 
     /// The sampler's parameters, checked.
@@ -116,6 +134,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
     );
     let mut sampler = Sampler::new(a.sampling(n_ctx)?);
+    let stops = a.reverse_prompts()?;
     eprintln!("{info}");
     eprintln!("infllm: {attn_info}");
     eprintln!(
@@ -136,7 +155,15 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     let limit = a.predict_limit().unwrap_or(usize::MAX);
     let mut n_eval = 0;
-    let result = prefilled.and_then(|logits| generate(&mut engine, &mut sampler, logits, limit, &mut out, &mut n_eval));
+    let result = prefilled.and_then(|logits| {
+        generate(
+            &mut engine,
+            &mut sampler,
+            (logits, limit, &stops),
+            &mut out,
+            &mut n_eval,
+        )
+    });
     // A Ctrl-C still gets the timings of what ran, as in llama.cpp.
     if result.as_ref().err().is_none_or(|e| e.is::<signals::Stopped>()) {
         print_timings(n_read, prompt_time, n_eval, t1.elapsed());
@@ -210,17 +237,18 @@ fn stop_if_interrupted(progress: &mut Progress) -> anyhow::Result<()> {
 }
 
 /// Samples and prints up to `limit` tokens from `logits` on, stopping at
-/// end of text, a full context or a Ctrl-C; `n_eval` counts the decode steps.
+/// end of text, a reverse prompt (`stops`), a full context or a Ctrl-C;
+/// `n_eval` counts the decode steps.
 fn generate(
     engine: &mut Engine,
     sampler: &mut Sampler,
-    mut logits: Vec<f32>,
-    limit: usize,
+    (mut logits, limit, stops): (Vec<f32>, usize, &[String]),
     out: &mut impl Write,
     n_eval: &mut usize,
 ) -> anyhow::Result<()> {
     let n_ctx = engine.n_ctx();
     let mut utf8 = Utf8Stream::new();
+    let mut shown = String::new();
     let mut n_gen = 0usize;
     while n_gen < limit {
         let t = sampler.sample(&logits);
@@ -229,8 +257,13 @@ fn generate(
         }
         sampler.accept(t);
         n_gen += 1;
-        write!(out, "{}", utf8.push(&engine.tokenizer().token_to_piece(t, false)))?;
+        let text = utf8.push(&engine.tokenizer().token_to_piece(t, false));
+        write!(out, "{text}")?;
         out.flush()?;
+        shown.push_str(&text);
+        if reverse_prompt_at_end(&shown, stops) {
+            break;
+        }
         if engine.n_past() + 1 > n_ctx {
             eprintln!("\ninfllm: context full ({n_ctx} tokens): stopping");
             break;
