@@ -225,3 +225,73 @@ fn a_reverse_prompt_stops_the_text_where_it_appears() {
     let first = answer.find('\n').unwrap_or_else(|| panic!("no newline in {answer:?}"));
     assert!(first + 3 >= answer.len(), "went on after the newline: {answer:?}");
 }
+
+#[test]
+fn a_prompt_cache_reads_only_what_is_new() {
+    let model = common::smollm2();
+    let cache = tmp("prompt.cache");
+    let _ = std::fs::remove_file(&cache);
+    let doc: String = (0..40).map(|i| format!("Item {i} is a red ball. ")).collect();
+    let small = [
+        "--n-init",
+        "8",
+        "--n-local",
+        "64",
+        "--block-size",
+        "32",
+        "--topk",
+        "2",
+        "--chunk",
+        "32",
+    ];
+    let run = |prompt: &str, extra: &[&str]| {
+        let mut args = vec!["-m", model.to_str().unwrap(), "-p", prompt, "-n", "8", "--temp", "0"];
+        args.extend_from_slice(&small);
+        args.extend_from_slice(&["--no-display-prompt", "--prompt-cache", cache.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = infllm(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        let line = err.lines().find(|l| l.contains("prompt tokens restored")).unwrap();
+        // "...: HELD of TOTAL prompt tokens restored"
+        let words: Vec<&str> = line.rsplit(": ").next().unwrap().split(' ').collect();
+        (
+            text(&out.stdout),
+            (words[0].parse::<usize>().unwrap(), words[2].parse::<usize>().unwrap()),
+        )
+    };
+    let (first, (held, n)) = run(&doc, &[]);
+    assert_eq!(held, 0);
+    assert!(n > 300, "{n}");
+    let saved = std::fs::read(&cache).unwrap();
+    // The same prompt again: all but its last token come from the cache,
+    // and the answer is the same to the bit (the same steps ran).
+    let (again, restored) = run(&doc, &[]);
+    assert_eq!(restored, (n - 1, n));
+    assert_eq!(again, first);
+    // A longer prompt reads only its new part; -ro leaves the cache as it was.
+    let longer = format!("{doc}Which item is blue?");
+    let (_, (held, more)) = run(&longer, &["--prompt-cache-ro"]);
+    assert_eq!(held, n - 1);
+    assert!(more > n, "{more}");
+    assert_eq!(std::fs::read(&cache).unwrap(), saved);
+    // Another prompt starts over.
+    let (_, (held, _)) = run("Something else entirely.", &["--prompt-cache-ro"]);
+    assert_eq!(held, 0);
+    // Other attention settings: refused in one line, the cache kept.
+    let mut args = vec![
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        &doc,
+        "--prompt-cache",
+        cache.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&small);
+    args.extend_from_slice(&["--n-local", "128"]);
+    assert_clean_error(
+        &infllm(&args),
+        "saved with other attention settings: --n-local 64 (now 128)",
+    );
+    assert_eq!(std::fs::read(&cache).unwrap(), saved);
+}

@@ -13,6 +13,7 @@ use super::chat::ChatArgs;
 use super::llama_text::unescape;
 use super::progress::Progress;
 use super::prompt::{PromptSource, Rules};
+use super::prompt_cache::PromptCache;
 use super::sampling::SamplingArgs;
 use super::{limits, signals, RunArgs};
 use crate::chat::conversation::reverse_prompt_at_end;
@@ -57,6 +58,13 @@ pub struct GenerateArgs {
     /// Take the prompt's backslashes as written
     #[arg(long = "no-escape", overrides_with = "escape", help_heading = "Common")]
     pub no_escape: bool,
+    /// Completion mode: keep the memory after the prompt in FNAME; a
+    /// later prompt that starts with this one reads only what is new
+    #[arg(long = "prompt-cache", value_name = "FNAME", help_heading = "Common")]
+    pub prompt_cache: Option<PathBuf>,
+    /// Use --prompt-cache without changing it
+    #[arg(long = "prompt-cache-ro", requires = "prompt_cache", help_heading = "Common")]
+    pub prompt_cache_ro: bool,
     /// Stop generating (conversation: end the answer) where this text
     /// appears; repeat for several
     #[arg(short = 'r', long = "reverse-prompt", value_name = "PROMPT", help_heading = "Common")]
@@ -120,8 +128,12 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         c.session.is_none(),
-        "--session keeps a conversation: add -cnv (completion mode keeps no session)"
+        "--session keeps a conversation: add -cnv (in completion mode, --prompt-cache keeps a prompt's memory)"
     );
+    // Taken first: a cache another process holds stops the run before any work.
+    let cache = (a.prompt_cache.as_deref())
+        .map(|p| PromptCache::open(p, a.prompt_cache_ro))
+        .transpose()?;
     let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file, Some(a.prompt_rules()))?;
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
@@ -135,6 +147,9 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     );
     let mut sampler = Sampler::new(a.sampling(n_ctx)?);
     let stops = a.reverse_prompts()?;
+    if let Some(cache) = &cache {
+        cache.check(&engine)?;
+    }
     eprintln!("{info}");
     eprintln!("infllm: {attn_info}");
     eprintln!(
@@ -149,7 +164,13 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let echo = (!a.no_display_prompt).then_some(&mut out as &mut dyn Write);
     let mut n_read = 0;
-    let prefilled = prefill(&mut engine, &mut sampler, (&prompt, n_prompt), echo, &mut n_read);
+    let prefilled = match &cache {
+        Some(cache) => prompt.read_within(engine.tokenizer(), n_ctx).and_then(|(text, _)| {
+            let tokens = engine.tokenizer().encode(&text, true, true);
+            cache.prefill((&mut engine, &mut sampler), (&text, &tokens), echo, &mut n_read)
+        }),
+        None => prefill(&mut engine, &mut sampler, (&prompt, n_prompt), echo, &mut n_read),
+    };
     let prompt_time = t0.elapsed();
 
     let t1 = Instant::now();

@@ -12,6 +12,7 @@ pub mod llama_text;
 pub mod passkey;
 pub mod progress;
 pub mod prompt;
+pub mod prompt_cache;
 pub mod rpc_server;
 pub mod rss;
 pub mod sampling;
