@@ -133,7 +133,7 @@ fn sample_value(flag: &str) -> Option<&'static str> {
         "--tensor-split" => "1,1",
         "--device" => "none",
         "--rpc" => "127.0.0.1:50052",
-        "--prompt" | "--system-prompt" | "--chat-template" | "--reverse-prompt" => "x",
+        "--prompt" | "--system-prompt" | "--chat-template" | "--reverse-prompt" | "--prompt-cache" => "x",
         "--file" | "--system-prompt-file" | "--chat-template-file" | "--model" => "README.md",
         _ => return None,
     })
