@@ -63,7 +63,7 @@ pub struct GenerateArgs {
     #[arg(long = "prompt-cache", value_name = "FNAME", help_heading = "Common")]
     pub prompt_cache: Option<PathBuf>,
     /// Use --prompt-cache without changing it
-    #[arg(long = "prompt-cache-ro", requires = "prompt_cache", help_heading = "Common")]
+    #[arg(long = "prompt-cache-ro", help_heading = "Common")]
     pub prompt_cache_ro: bool,
     /// Stop generating (conversation: end the answer) where this text
     /// appears; repeat for several
@@ -129,6 +129,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         c.session.is_none(),
         "--session keeps a conversation: add -cnv (in completion mode, --prompt-cache keeps a prompt's memory)"
+    );
+    anyhow::ensure!(
+        !a.prompt_cache_ro || a.prompt_cache.is_some(),
+        "--prompt-cache-ro needs --prompt-cache FNAME"
     );
     // Taken first: a cache another process holds stops the run before any work.
     let cache = (a.prompt_cache.as_deref())
