@@ -116,7 +116,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let read = |s: PromptSource| s.read_within(tok, n_ctx).map(|(text, _)| text);
     let system = system.map(read).transpose()?;
     let first = first.map(read).transpose()?;
-    let sampler = Sampler::new(a.sampling(n_ctx)?);
+    let sampler = Sampler::new(a.sampling(n_ctx)?, engine.tokenizer())?;
     let mut conv = Conversation::new(engine, sampler, template, system);
     // A session that cannot be restored stops the run before any output.
     let restored = match session {
@@ -586,7 +586,7 @@ fn set_sampling(s: &mut Sampler, key: &str, value: &str) -> anyhow::Result<()> {
             .parse::<f32>()
             .with_context(|| format!("{key}: not a number: {value}"))
     };
-    let old = s.params;
+    let old = s.params.clone();
     let p = &mut s.params;
     match key {
         "temp" => p.temp = f()?,
