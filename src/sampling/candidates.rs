@@ -132,7 +132,10 @@ impl Candidates {
             self.keep_best(self.data.len());
         }
         let min_logit = self.data[0].logit + p.ln();
-        let keep = 1 + self.data[1..].iter().take_while(|c| !(c.logit < min_logit)).count();
+        let keep = 1 + self.data[1..]
+            .iter()
+            .take_while(|c| c.logit >= min_logit || c.logit.is_nan())
+            .count();
         self.data.truncate(keep);
     }
 

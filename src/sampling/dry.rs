@@ -86,7 +86,7 @@ pub fn apply(c: &mut Candidates, p: &SamplingParams, h: &History, breakers: &Bre
     let mut longest: HashMap<Token, usize> = HashMap::new();
     for (i, &len) in counts[..n - 1].iter().enumerate() {
         if len as i64 >= allowed {
-            let t = h.from_end(n - 2 - i);
+            let t = h.back(n - 2 - i);
             let e = longest.entry(t).or_insert(len);
             *e = (*e).max(len);
         }
@@ -97,11 +97,11 @@ pub fn apply(c: &mut Candidates, p: &SamplingParams, h: &History, breakers: &Bre
 /// Step 1: the longest repeat may not reach back past the last breaker.
 fn repeat_limit(h: &History, n: usize, breakers: &Breakers) -> usize {
     for i in 0..n {
-        let Some(seqs) = breakers.0.get(&h.from_end(i)) else {
+        let Some(seqs) = breakers.0.get(&h.back(i)) else {
             continue;
         };
         let fits =
-            |tail: &&Vec<Token>| tail.len() <= i && tail.iter().enumerate().all(|(o, &t)| t == h.from_end(i - o - 1));
+            |tail: &&Vec<Token>| tail.len() <= i && tail.iter().enumerate().all(|(o, &t)| t == h.back(i - o - 1));
         if let Some(longest) = seqs.iter().filter(fits).map(Vec::len).max() {
             return i - longest;
         }
@@ -118,7 +118,7 @@ fn repeat_counts(h: &History, n: usize, limit: usize) -> Vec<usize> {
     for k in 1..n {
         if k > rt {
             let mut m = 0;
-            while m + k < n && h.from_end(m) == h.from_end(m + k) {
+            while m + k < n && h.back(m) == h.back(m + k) {
                 m += 1;
             }
             counts[last - k] = m.min(limit);
@@ -129,7 +129,7 @@ fn repeat_counts(h: &History, n: usize, limit: usize) -> Vec<usize> {
             counts[last - k] = counts[last - (k - lt)].min(limit);
         } else {
             let mut i = rt + 1;
-            while i < n && h.from_end(i) == h.from_end(i - k) {
+            while i < n && h.back(i) == h.back(i - k) {
                 i += 1;
             }
             counts[last - k] = (i - k).min(limit);
@@ -143,7 +143,7 @@ fn repeat_counts(h: &History, n: usize, limit: usize) -> Vec<usize> {
 fn penalize(c: &mut Candidates, p: &SamplingParams, longest: &HashMap<Token, usize>, breakers: &Breakers) {
     // pow(base, exp) stays below f32::MAX.
     let max_exponent = match p.dry_base > 1.000_001 {
-        true => (88.722_839_1f32 / p.dry_base.ln()) as i64,
+        true => (88.722_84_f32 / p.dry_base.ln()) as i64,
         false => 0,
     };
     for d in &mut c.data {

@@ -64,8 +64,8 @@ impl History {
         self.tokens.iter().copied().collect()
     }
 
-    /// The `i`-th token from the end (0: the last).
-    pub fn from_end(&self, i: usize) -> Token {
+    /// The `i`-th token back from the newest (0: the newest).
+    pub fn back(&self, i: usize) -> Token {
         self.tokens[self.tokens.len() - 1 - i]
     }
 

@@ -15,9 +15,11 @@ fn logits() -> Vec<f32> {
 }
 
 #[test]
-fn greedy_takes_first_maximum() {
+fn greedy_takes_first_maximum_in_vocabulary_order() {
+    // Unsorted (no top-k before it), temperature 0 keeps the first best.
     let mut s = sampler(SamplingParams {
         temp: 0.0,
+        samplers: vec![Stage::Temperature],
         ..Default::default()
     });
     assert_eq!(s.sample(&[0.1, 2.0, 2.0, -1.0]), 1);
@@ -44,7 +46,7 @@ fn state_round_trip_continues_the_draws() {
         let s: SamplerState = serde_json::from_str(&json).unwrap();
         s.check(100).unwrap();
         let mut b = Sampler::restored(&s, a.vocab.clone());
-        let mut draws = |s: &mut Sampler| {
+        let draws = |s: &mut Sampler| {
             (0..20)
                 .map(|_| {
                     let t = s.sample(&logits());
