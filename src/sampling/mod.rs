@@ -68,7 +68,11 @@ impl VocabFacts {
         let dry_on = p.dry_multiplier != 0.0 && p.dry_base >= 1.0 && p.dry_penalty_last_n != 0;
         Self {
             n_vocab,
-            eog: (0..n_vocab as Token).filter(|&t| tok.is_eog(t)).collect(),
+            // llama.cpp drops --ignore-eos for a vocabulary without EOS.
+            eog: match tok.eos() {
+                Some(_) => (0..n_vocab as Token).filter(|&t| tok.is_eog(t)).collect(),
+                None => Vec::new(),
+            },
             breakers: match dry_on {
                 true => Breakers::new(&p.dry_sequence_breakers, tok),
                 false => Breakers::default(),

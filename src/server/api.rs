@@ -374,3 +374,58 @@ pub fn check_filename(name: &str) -> Result<(), ApiError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(body: serde_json::Value) -> Result<SamplingParams, String> {
+        let d = Defaults {
+            sampling: SamplingParams::default(),
+            random_seed: false,
+            max_tokens: None,
+            n_ctx: 512,
+        };
+        let r: CompletionRequest = serde_json::from_value(body).unwrap();
+        r.check(&d).map(|g| g.sampling).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn penalties_seed_and_logit_bias_reach_the_sampler() {
+        let p = sampling(json!({
+            "prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -0.25, "seed": 4000000000u32,
+            "logit_bias": {"15": 2.5, "7": false}
+        }))
+        .unwrap();
+        assert_eq!(
+            (p.presence_penalty, p.frequency_penalty, p.seed),
+            (0.5, -0.25, 4_000_000_000)
+        );
+        let mut bias = p.logit_bias;
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(7, f32::NEG_INFINITY), (15, 2.5)]);
+        let p = sampling(json!({"prompt": "x", "logit_bias": [[3, -1.0]]})).unwrap();
+        assert_eq!(p.logit_bias, [(3, -1.0)]);
+    }
+
+    #[test]
+    fn bad_sampling_fields_are_refused() {
+        for (body, want) in [
+            (
+                json!({"prompt": "x", "seed": 4294967296u64}),
+                "seed must be in [-1, 4294967295]",
+            ),
+            (
+                json!({"prompt": "x", "logit_bias": {"a": 1}}),
+                "logit_bias must map token ids",
+            ),
+            (
+                json!({"prompt": "x", "logit_bias": [[1]]}),
+                "logit_bias must map token ids",
+            ),
+        ] {
+            let e = sampling(body).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+}
