@@ -38,6 +38,9 @@ struct Case {
     params: SamplingParams,
     prompt: Vec<Token>,
     favoured: Vec<Token>,
+    /// Logits rounded to quarters: many ties, which the sorts must order
+    /// as llama.cpp's do.
+    ties: bool,
 }
 
 impl Case {
@@ -48,7 +51,12 @@ impl Case {
             params,
             prompt: Vec::new(),
             favoured,
+            ties: false,
         }
+    }
+
+    fn tied(self) -> Self {
+        Self { ties: true, ..self }
     }
 
     fn alone(name: &'static str, stage: Stage, params: SamplingParams) -> Self {
@@ -106,7 +114,10 @@ fn check(case: &Case) -> usize {
         let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(seed));
         let scale = 1.0 + (seed % 7) as f32;
         for draw in 0..DRAWS {
-            let l = logits(&mut rng, scale, &case.favoured);
+            let mut l = logits(&mut rng, scale, &case.favoured);
+            if case.ties {
+                l.iter_mut().for_each(|x| *x = (*x * 4.0).round() / 4.0);
+            }
             let (a, b) = (ours.sample(&l), theirs.sample(&l));
             assert_eq!(
                 a, b,
@@ -222,6 +233,37 @@ fn chains_draw_as_llama_cpp() {
     ]);
 }
 
+#[test]
+fn tied_logits_draw_as_llama_cpp() {
+    let d = SamplingParams::default;
+    let all_on = SamplingParams {
+        repeat_penalty: 1.1,
+        top_n_sigma: 2.5,
+        typical_p: 0.95,
+        xtc_probability: 0.5,
+        ..d()
+    };
+    run_all(&[
+        Case::new("tied: default chain", d()).tied(),
+        Case::new("tied: default chain, greedy", SamplingParams { temp: 0.0, ..d() }).tied(),
+        Case::new("tied: default order, all on", all_on).tied(),
+        Case::alone("tied: top_k 300", Stage::TopK, SamplingParams { top_k: 300, ..d() }).tied(),
+        Case::alone("tied: top_p", Stage::TopP, SamplingParams { top_p: 0.5, ..d() }).tied(),
+        Case::alone("tied: typ_p", Stage::TypP, SamplingParams { typical_p: 0.5, ..d() }).tied(),
+        Case::alone(
+            "tied: xtc",
+            Stage::Xtc,
+            SamplingParams {
+                xtc_probability: 0.7,
+                xtc_threshold: 0.02,
+                ..d()
+            },
+        )
+        .tied(),
+        Case::new("tied: mirostat 1", SamplingParams { mirostat: 1, ..d() }).tied(),
+    ]);
+}
+
 /// A text that repeats itself, with DRY's default breakers ('\n', ':').
 fn repetitive_prompt() -> Vec<Token> {
     let text = "The cat sat on the mat. The cat sat on the mat.\nName: The cat sat on the mat. The cat sat";
@@ -244,6 +286,7 @@ fn dry_draws_as_llama_cpp() {
         params,
         prompt: prompt.clone(),
         favoured: favoured.clone(),
+        ties: false,
     };
     let breakers = |b: &[&str]| b.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     run_all(&[
@@ -303,6 +346,7 @@ fn logit_bias_and_ignore_eos_draw_as_llama_cpp() {
         params,
         prompt: vec![],
         favoured: favoured.clone(),
+        ties: false,
     };
     run_all(&[
         case("logit bias", biased.clone()),
