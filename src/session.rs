@@ -37,7 +37,7 @@ use crate::quote::quoted;
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 7;
+const VERSION: u32 = 8;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;

@@ -322,11 +322,12 @@ fn conversation_with(path: &Path, temp: f32, small: bool) -> Conversation {
         standard_ops: false,
     };
     let engine = Engine::new(model, params).unwrap();
-    let sampler = Sampler::new(SamplingParams {
+    let params = SamplingParams {
         temp,
         seed: 7,
         ..Default::default()
-    });
+    };
+    let sampler = Sampler::new(params, engine.tokenizer()).unwrap();
     Conversation::new(engine, sampler, template, None)
 }
 

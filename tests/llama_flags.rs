@@ -127,7 +127,7 @@ fn sample_value(flag: &str) -> Option<&'static str> {
         "--threads" | "--batch-size" | "--ubatch-size" | "--n-predict" | "--ctx-size" | "--top-k" | "--seed"
         | "--repeat-last-n" | "--main-gpu" | "--n-gpu-layers" => "1",
         "--temp" | "--top-p" | "--min-p" | "--repeat-penalty" => "0.5",
-        "--flash-attn" => "on",
+        "--flash-attn" | "--color" => "on",
         "--cache-type-k" | "--cache-type-v" => "q8_0",
         "--split-mode" => "layer",
         "--tensor-split" => "1,1",
@@ -182,14 +182,24 @@ fn every_llama_completion_flag_works_or_is_refused_in_one_line() {
                 continue;
             };
             supported += 1;
-            let value = sample_value(&target);
-            let args: Vec<&str> = [name].into_iter().chain(value.filter(|_| flag.takes_value)).collect();
+            // A value from the table, else the first common one it takes.
+            let values: Vec<&str> = match (flag.takes_value, sample_value(&target)) {
+                (false, _) => vec![],
+                (true, Some(v)) => vec![v],
+                (true, None) => vec!["1", "0.5", "1+1", "top_k", "kt"],
+            };
+            let parses = |v: Option<&str>| parse(&[name].into_iter().chain(v).collect::<Vec<_>>());
             match name {
-                "-h" | "--help" | "--usage" | "--version" => assert!(parse(&args).unwrap_err().starts_with("(help")),
+                "-h" | "--help" | "--usage" | "--version" => assert!(parses(None).unwrap_err().starts_with("(help")),
+                _ if values.is_empty() => assert!(
+                    parses(None).is_ok(),
+                    "{name} (reaches {target}): {:?}",
+                    parses(None).err()
+                ),
                 _ => assert!(
-                    parse(&args).is_ok(),
-                    "{args:?} (reaches {target}): {:?}",
-                    parse(&args).err()
+                    values.iter().any(|v| parses(Some(v)).is_ok()),
+                    "{name} (reaches {target}) takes none of {values:?}: {:?}",
+                    parses(Some(values[0])).err()
                 ),
             }
         }

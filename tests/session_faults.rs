@@ -233,9 +233,9 @@ fn crafted_records_are_refused_in_one_line_and_left_alone() {
             format!("do not match a memory of {n_past} tokens"),
         ),
         (
-            "word_pos",
-            set("/record/sampler/rng_word_pos", json!("zz")),
-            "rng_word_pos \"zz\"".into(),
+            "rng_position",
+            set("/record/sampler/rngs/dist/index", json!(700)),
+            "sampler dist generator state: 624 words at position 700".into(),
         ),
         (
             "temp_type",

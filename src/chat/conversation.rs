@@ -124,9 +124,9 @@ impl Record {
     /// Reads a saved record, checked as flags and turns are: its sampler
     /// (returned, ready), its roles, its tokens (of `n_vocab`), and that it
     /// holds a turn exactly when the memory holds `n_past` tokens.
-    fn read(saved: &serde_json::Value, n_past: usize, n_vocab: usize) -> anyhow::Result<(Self, Sampler)> {
+    fn read(saved: &serde_json::Value, n_past: usize, n_vocab: usize) -> anyhow::Result<Self> {
         let r = Record::deserialize(saved).map_err(|e| anyhow::anyhow!("corrupt: {}", quoted(&e.to_string())))?;
-        let sampler = Sampler::from_state(&r.sampler, n_vocab)?;
+        r.sampler.check(n_vocab)?;
         for (i, m) in r.messages.iter().enumerate() {
             ensure!(
                 ROLES.contains(&m.role.as_str()) && (m.role != "system" || i == 0),
@@ -142,7 +142,7 @@ impl Record {
             r.messages.iter().filter(|m| m.role == "user").count(),
             r.fed.len()
         );
-        Ok((r, sampler))
+        Ok(r)
     }
 }
 
@@ -390,7 +390,7 @@ impl Conversation {
         self.fed.truncate(b.fed_len);
         self.messages.pop();
         // The random stream goes on, so a new answer can differ.
-        self.sampler.set_history(b.history);
+        self.sampler.set_history(&b.history);
         Ok(())
     }
 
@@ -452,7 +452,7 @@ impl Conversation {
         let loaded = crate::session::load(session, &mut self.engine, |saved, n_past| {
             Record::read(saved, n_past, n_vocab).context("conversation record")
         });
-        let (record, sampler) = match loaded {
+        let record = match loaded {
             Ok(r) => r,
             Err(e) => {
                 // A file changed while it was read clears the memory: the
@@ -463,7 +463,7 @@ impl Conversation {
                 return Err(e);
             }
         };
-        self.sampler = sampler;
+        self.sampler = Sampler::from_state(&record.sampler, self.engine.tokenizer())?;
         self.messages = record.messages;
         self.fed = record.fed;
         self.logits.clear();

@@ -127,7 +127,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let read = |s: PromptSource| s.read_within(tok, n_ctx).map(|(text, _)| text);
     let system = system.map(read).transpose()?;
     let first = first.map(read).transpose()?;
-    let sampler = Sampler::new(a.sampling(n_ctx)?);
+    let sampler = Sampler::new(a.sampling(n_ctx)?, engine.tokenizer())?;
     let mut conv = Conversation::new(engine, sampler, template, system.clone());
     conv.reverse_prompts = a.reverse_prompts()?;
     // A session that cannot be restored stops the run before any output.
@@ -641,7 +641,7 @@ fn set_sampling(s: &mut Sampler, key: &str, value: &str) -> anyhow::Result<()> {
             .parse::<f32>()
             .with_context(|| format!("{key}: not a number: {value}"))
     };
-    let old = s.params;
+    let old = s.params.clone();
     let p = &mut s.params;
     match key {
         "temp" => p.temp = f()?,

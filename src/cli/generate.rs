@@ -149,7 +149,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         n_prompt > 0,
         "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
     );
-    let mut sampler = Sampler::new(a.sampling(n_ctx)?);
+    let mut sampler = Sampler::new(a.sampling(n_ctx)?, engine.tokenizer())?;
     let stops = a.reverse_prompts()?;
     if let Some(cache) = &cache {
         cache.check(&engine)?;

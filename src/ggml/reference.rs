@@ -6,6 +6,7 @@ use std::path::Path;
 use std::ptr::NonNull;
 
 use crate::placement::{GpuLayers, Offload, SplitMode};
+use crate::sampling::{SamplingParams, Stage};
 
 use super::{sys, GgmlType};
 
@@ -274,5 +275,168 @@ impl Drop for RefContext<'_> {
     fn drop(&mut self) {
         // SAFETY: we own the context.
         unsafe { sys::llama_free(self.raw.as_ptr()) }
+    }
+}
+
+/// llama.cpp's sampler chain for `p`, built as its common sampler
+/// (`common_sampler_init`) builds it: logit biases (and, for `ignore_eos`,
+/// -inf on the end-of-generation tokens), then the `--samplers` stages and
+/// `dist`, or temperature and Mirostat. DRY with sequence breakers and
+/// `ignore_eos` need `model`'s vocabulary.
+pub struct RefSampler {
+    raw: NonNull<sys::llama_sampler>,
+}
+
+impl RefSampler {
+    pub fn common(p: &SamplingParams, n_vocab: usize, model: Option<&RefModel>) -> anyhow::Result<Self> {
+        // SAFETY: a chain from llama.cpp's default parameters; it owns what
+        // is added to it and is freed by `Drop`.
+        let raw = unsafe { sys::llama_sampler_chain_init(sys::llama_sampler_chain_default_params()) };
+        let chain = Self {
+            raw: NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp failed to make a sampler chain"))?,
+        };
+        let n = n_vocab as i32;
+        let mut biases: Vec<sys::llama_logit_bias> = p
+            .logit_bias
+            .iter()
+            .map(|&(token, bias)| sys::llama_logit_bias { token, bias })
+            .collect();
+        if p.ignore_eos {
+            let m = model.ok_or_else(|| anyhow::anyhow!("ignore_eos needs the model's vocabulary"))?;
+            let eog = (0..n).filter(|&t| m.is_eog(t));
+            biases.extend(eog.map(|token| sys::llama_logit_bias {
+                token,
+                bias: f32::NEG_INFINITY,
+            }));
+        }
+        if !biases.is_empty() {
+            // SAFETY: llama.cpp copies the biases.
+            chain.add(unsafe { sys::llama_sampler_init_logit_bias(n, biases.len() as i32, biases.as_ptr()) })?;
+        }
+        // SAFETY (each init below): plain numeric arguments.
+        match p.mirostat {
+            0 => {
+                for &stage in &p.samplers {
+                    chain.add(Self::stage(stage, p, n, model)?)?;
+                }
+                chain.add(unsafe { sys::llama_sampler_init_dist(p.seed) })?;
+            }
+            m => {
+                chain.add(unsafe { sys::llama_sampler_init_temp(p.temp) })?;
+                chain.add(match m {
+                    1 => unsafe { sys::llama_sampler_init_mirostat(n, p.seed, p.mirostat_ent, p.mirostat_lr, 100) },
+                    _ => unsafe { sys::llama_sampler_init_mirostat_v2(p.seed, p.mirostat_ent, p.mirostat_lr) },
+                })?;
+            }
+        }
+        Ok(chain)
+    }
+
+    fn stage(
+        s: Stage,
+        p: &SamplingParams,
+        n: i32,
+        model: Option<&RefModel>,
+    ) -> anyhow::Result<*mut sys::llama_sampler> {
+        let last_n = |w: usize| i32::try_from(w).unwrap_or(i32::MAX);
+        // SAFETY (each init): plain numeric arguments; DRY's below.
+        Ok(match s {
+            Stage::Penalties => unsafe {
+                sys::llama_sampler_init_penalties(
+                    n,
+                    last_n(p.repeat_last_n),
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                )
+            },
+            Stage::Dry => Self::dry(p, model)?,
+            Stage::TopNSigma => unsafe { sys::llama_sampler_init_top_n_sigma(p.top_n_sigma) },
+            Stage::TopK => unsafe { sys::llama_sampler_init_top_k(p.top_k.min(i32::MAX as usize) as i32) },
+            Stage::TypP => unsafe { sys::llama_sampler_init_typical(p.typical_p, 0) },
+            Stage::TopP => unsafe { sys::llama_sampler_init_top_p(p.top_p, 0) },
+            Stage::MinP => unsafe { sys::llama_sampler_init_min_p(p.min_p, 0) },
+            Stage::Xtc => unsafe { sys::llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, 0, p.seed) },
+            Stage::Temperature => unsafe { sys::llama_sampler_init_temp_ext(p.temp, 0.0, 1.0) },
+        })
+    }
+
+    fn dry(p: &SamplingParams, model: Option<&RefModel>) -> anyhow::Result<*mut sys::llama_sampler> {
+        let breakers: Vec<CString> = p
+            .dry_sequence_breakers
+            .iter()
+            .map(|b| CString::new(b.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let mut ptrs: Vec<*const std::os::raw::c_char> = breakers.iter().map(|b| b.as_ptr()).collect();
+        let vocab = match (model, ptrs.is_empty()) {
+            (Some(m), _) => m.vocab(),
+            (None, true) => std::ptr::null(),
+            (None, false) => anyhow::bail!("DRY's sequence breakers need the model's vocabulary"),
+        };
+        // SAFETY: `vocab` is the model's (alive for this call) or null with
+        // no breakers (then unread); the breakers are NUL-terminated and
+        // read during the call only.
+        Ok(unsafe {
+            sys::llama_sampler_init_dry(
+                vocab,
+                p.dry_multiplier,
+                p.dry_base,
+                p.dry_allowed_length,
+                i32::try_from(p.dry_penalty_last_n).unwrap_or(i32::MAX),
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+            )
+        })
+    }
+
+    fn add(&self, s: *mut sys::llama_sampler) -> anyhow::Result<()> {
+        anyhow::ensure!(!s.is_null(), "llama.cpp failed to make a sampler");
+        // SAFETY: both valid; the chain takes ownership of `s`.
+        unsafe { sys::llama_sampler_chain_add(self.raw.as_ptr(), s) };
+        Ok(())
+    }
+
+    /// The chain's pick from `logits` (`llama_sampler_apply` on them in
+    /// vocabulary order, then the selected candidate).
+    pub fn sample(&mut self, logits: &[f32]) -> i32 {
+        let mut data: Vec<sys::llama_token_data> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &logit)| sys::llama_token_data {
+                id: i as i32,
+                logit,
+                p: 0.0,
+            })
+            .collect();
+        let mut arr = sys::llama_token_data_array {
+            data: data.as_mut_ptr(),
+            size: data.len(),
+            selected: -1,
+            sorted: false,
+        };
+        // SAFETY: `arr` points into `data`, alive across the call; stages
+        // only shrink it or move its start forward within `data`, and the
+        // chain's last stage selects an index within the result.
+        unsafe {
+            sys::llama_sampler_apply(self.raw.as_ptr(), &mut arr);
+            assert!(
+                arr.selected >= 0 && (arr.selected as usize) < arr.size,
+                "llama.cpp selected nothing"
+            );
+            (*arr.data.add(arr.selected as usize)).id
+        }
+    }
+
+    /// Tells every stage that `token` is now part of the text.
+    pub fn accept(&mut self, token: i32) {
+        // SAFETY: valid chain.
+        unsafe { sys::llama_sampler_accept(self.raw.as_ptr(), token) }
+    }
+}
+
+impl Drop for RefSampler {
+    fn drop(&mut self) {
+        // SAFETY: we own the chain (and through it its stages).
+        unsafe { sys::llama_sampler_free(self.raw.as_ptr()) }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::chat::Message;
 use crate::quote::quoted;
 use crate::sampling::{random_seed, SamplingParams};
+use crate::tokenizer::Token;
 
 /// An error as OpenAI's API returns it: `{"error": {code, message, type}}`.
 #[derive(Debug, Clone)]
@@ -105,6 +106,8 @@ struct Options {
     stream: bool,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
+    /// OpenAI's `{"TOKEN_ID": BIAS}` or llama-server's `[[TOKEN_ID, BIAS]]`.
+    logit_bias: Option<serde_json::Value>,
     n: Option<i64>,
 }
 
@@ -219,16 +222,6 @@ fn range_error(field: &str, want: &str, got: impl std::fmt::Display) -> ApiError
 
 impl Options {
     fn check(self, input: Input, d: &Defaults) -> Result<Generation, ApiError> {
-        for (field, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if v.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::bad_request(format!(
-                    "{field} is not supported by infllm's sampler (0 or absent only)"
-                )));
-            }
-        }
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad_request("n must be 1 (one choice per request)"));
         }
@@ -257,7 +250,20 @@ impl Options {
     }
 
     fn sampling(&self, d: &Defaults) -> Result<SamplingParams, ApiError> {
-        let mut p = d.sampling;
+        let mut p = d.sampling.clone();
+        for (field, value, target) in [
+            ("presence_penalty", self.presence_penalty, &mut p.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty, &mut p.frequency_penalty),
+        ] {
+            if let Some(v) = value {
+                *target = Some(v)
+                    .filter(|v| v.is_finite())
+                    .ok_or(range_error(field, "finite", v))?;
+            }
+        }
+        if let Some(b) = &self.logit_bias {
+            p.logit_bias = logit_bias(b)?;
+        }
         if let Some(t) = self.temperature {
             p.temp = Some(t)
                 .filter(|t| t.is_finite())
@@ -285,15 +291,44 @@ impl Options {
                 n => usize::try_from(n).map_err(|_| range_error("repeat_last_n", ">= -1", n))?,
             };
         }
+        // llama.cpp's seeds are 32-bit; -1 and 4294967295 ask for a random one.
         p.seed = match self.seed {
-            Some(s) if s >= 0 => s as u64,
-            Some(-1) => random_seed(),
-            Some(s) => return Err(range_error("seed", ">= -1", s)),
-            None if d.random_seed => random_seed(),
+            Some(-1 | 0xFFFF_FFFF) => random_seed() as u32,
+            Some(s) => u32::try_from(s).map_err(|_| range_error("seed", "in [-1, 4294967295]", s))?,
+            None if d.random_seed => random_seed() as u32,
             None => d.sampling.seed,
         };
         p.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(p)
+    }
+}
+
+/// A request's `logit_bias`: token ids (as strings or numbers) with finite
+/// biases, or `false` (llama-server: the token is banned).
+fn logit_bias(v: &serde_json::Value) -> Result<Vec<(Token, f32)>, ApiError> {
+    use serde_json::Value;
+    let bad = || ApiError::bad_request("logit_bias must map token ids to numbers (or false)");
+    let pair = |t: &Value, b: &Value| -> Result<(Token, f32), ApiError> {
+        let t = match t {
+            Value::String(s) => s.parse::<Token>().ok(),
+            t => t.as_i64().and_then(|t| Token::try_from(t).ok()),
+        };
+        let b = match b {
+            Value::Bool(false) => Some(f32::NEG_INFINITY),
+            b => b.as_f64().map(|b| b as f32).filter(|b| b.is_finite()),
+        };
+        t.filter(|&t| t >= 0).zip(b).ok_or_else(bad)
+    };
+    match v {
+        Value::Object(m) => m.iter().map(|(t, b)| pair(&Value::String(t.clone()), b)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .map(|e| match e.as_array().map(Vec::as_slice) {
+                Some([t, b]) => pair(t, b),
+                _ => Err(bad()),
+            })
+            .collect(),
+        _ => Err(bad()),
     }
 }
 
@@ -337,5 +372,60 @@ pub fn check_filename(name: &str) -> Result<(), ApiError> {
             "filename {} must be a plain file name (no path, not hidden)",
             quoted(name)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(body: serde_json::Value) -> Result<SamplingParams, String> {
+        let d = Defaults {
+            sampling: SamplingParams::default(),
+            random_seed: false,
+            max_tokens: None,
+            n_ctx: 512,
+        };
+        let r: CompletionRequest = serde_json::from_value(body).unwrap();
+        r.check(&d).map(|g| g.sampling).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn penalties_seed_and_logit_bias_reach_the_sampler() {
+        let p = sampling(json!({
+            "prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -0.25, "seed": 4000000000u32,
+            "logit_bias": {"15": 2.5, "7": false}
+        }))
+        .unwrap();
+        assert_eq!(
+            (p.presence_penalty, p.frequency_penalty, p.seed),
+            (0.5, -0.25, 4_000_000_000)
+        );
+        let mut bias = p.logit_bias;
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(7, f32::NEG_INFINITY), (15, 2.5)]);
+        let p = sampling(json!({"prompt": "x", "logit_bias": [[3, -1.0]]})).unwrap();
+        assert_eq!(p.logit_bias, [(3, -1.0)]);
+    }
+
+    #[test]
+    fn bad_sampling_fields_are_refused() {
+        for (body, want) in [
+            (
+                json!({"prompt": "x", "seed": 4294967296u64}),
+                "seed must be in [-1, 4294967295]",
+            ),
+            (
+                json!({"prompt": "x", "logit_bias": {"a": 1}}),
+                "logit_bias must map token ids",
+            ),
+            (
+                json!({"prompt": "x", "logit_bias": [[1]]}),
+                "logit_bias must map token ids",
+            ),
+        ] {
+            let e = sampling(body).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

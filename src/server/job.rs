@@ -83,10 +83,18 @@ impl Active {
     /// A request whose slot holds `held` (`logits`: after its last token),
     /// with `text` and its `tokens` still to read.
     /// `bos_added`: the tokens start with a BOS the text does not spell.
-    pub fn new(job: Job, slot: usize, held: (u64, &Held), text: String, tokens: Vec<Token>, bos_added: bool) -> Self {
+    pub fn new(
+        job: Job,
+        sampler: Sampler,
+        slot: usize,
+        held: (u64, &Held),
+        text: String,
+        tokens: Vec<Token>,
+        bos_added: bool,
+    ) -> Self {
         let (id, h) = held;
         Self {
-            sampler: Sampler::new(job.gen.sampling),
+            sampler,
             bos_added,
             slot,
             held: id,
@@ -149,9 +157,7 @@ impl Active {
             n_tokens: h.tokens.len(),
             logits: self.logits.clone(),
         });
-        let keep = self.sampler.params.repeat_last_n.max(1);
-        self.sampler
-            .set_history(h.tokens[h.tokens.len().saturating_sub(keep)..].to_vec());
+        self.sampler.set_history(&h.tokens);
         self.answering = true;
         self.prompt_time = self.start.elapsed();
         Ok(())

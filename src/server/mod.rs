@@ -208,7 +208,7 @@ fn build_worker(a: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<(Worker,
     let n_ctx = slots.engine().n_ctx();
     let defaults = Defaults {
         sampling: a.sample.params(n_ctx)?,
-        random_seed: a.sample.seed < 0,
+        random_seed: a.sample.random_seed(),
         max_tokens: a.max_tokens(),
         n_ctx,
     };

@@ -17,6 +17,7 @@ use super::metrics::Metrics;
 use crate::attention::Attention;
 use crate::chat::ChatTemplate;
 use crate::engine::Engine;
+use crate::sampling::Sampler;
 use crate::session::SessionFile;
 use crate::tokenizer::Token;
 
@@ -244,7 +245,8 @@ impl Worker {
             )));
         }
         let bos_added = add_bos && tokens.first() == tok.bos().as_ref();
-        Ok(Active::new(job, slot, (id, h), new_text, tokens, bos_added))
+        let sampler = Sampler::new(job.gen.sampling.clone(), tok).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Active::new(job, sampler, slot, (id, h), new_text, tokens, bos_added))
     }
 
     fn render(&self, input: &super::api::Input) -> Result<String, ApiError> {
