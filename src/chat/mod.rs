@@ -1,5 +1,6 @@
 //! Conversations: chat templates and turns over one engine.
 
+pub mod builtin;
 pub mod conversation;
 pub mod template;
 

@@ -5,8 +5,8 @@
 //! Hugging Face `tokenizer_config.json`, rendered with minijinja set up the
 //! way `transformers` sets up Jinja2 (trim/lstrip blocks, Python string
 //! methods, `raise_exception`, `strftime_now`), so that a model's own template
-//! renders here as it does in Python. Three built-ins cover models without a
-//! template and the `--chat-template NAME` choice.
+//! renders here as it does in Python. llama.cpp's named formats are built in
+//! (see `builtin`), for models without a template and `--chat-template NAME`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -34,53 +34,7 @@ impl Message {
     }
 }
 
-/// ChatML (Qwen, SmolLM, ...): no BOS, every turn closed by `<|im_end|>`.
-const CHATML: &str = r#"
-{%- for message in messages %}
-{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-{{- '<|im_start|>assistant\n' }}
-{%- endif %}
-"#;
-
-/// Llama 3: BOS once, header per turn, contents trimmed as Meta's template does.
-const LLAMA3: &str = r#"
-{{- bos_token }}
-{%- for message in messages %}
-{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
-"#;
-
-/// Gemma (2 and 3): no system role, so a leading system message becomes a
-/// prefix of the first user turn; the assistant is called "model".
-const GEMMA: &str = r#"
-{{- bos_token }}
-{%- if messages and messages[0]['role'] == 'system' %}
-{%- set ns = namespace(prefix=messages[0]['content'] + '\n\n') %}
-{%- set turns = messages[1:] %}
-{%- else %}
-{%- set ns = namespace(prefix='') %}
-{%- set turns = messages %}
-{%- endif %}
-{%- for message in turns %}
-{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
-{%- set text = message['content'] | trim %}
-{%- if message['role'] == 'user' %}
-{%- set text = ns.prefix + text %}
-{%- set ns.prefix = '' %}
-{%- endif %}
-{{- '<start_of_turn>' + role + '\n' + text + '<end_of_turn>\n' }}
-{%- endfor %}
-{%- if add_generation_prompt %}
-{{- '<start_of_turn>model\n' }}
-{%- endif %}
-"#;
-
-const BUILTINS: [(&str, &str); 3] = [("chatml", CHATML), ("llama3", LLAMA3), ("gemma", GEMMA)];
+use super::builtin::BUILTINS;
 
 /// A compiled chat template.
 pub struct ChatTemplate {
@@ -117,7 +71,7 @@ impl ChatTemplate {
         })
     }
 
-    /// One of the built-ins: "chatml", "llama3", "gemma".
+    /// One of the built-ins, by llama.cpp's name ("chatml", "llama3", ...).
     pub fn builtin(name: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         match BUILTINS.iter().find(|(n, _)| *n == name) {
             Some((n, source)) => Self::from_source(n, source, bos_token, eos_token),
@@ -158,7 +112,7 @@ impl ChatTemplate {
         }
     }
 
-    /// "chatml", "llama3", "gemma", "gguf", "file:<path>" or "custom".
+    /// A built-in's name, "gguf", "file:<path>" or "custom".
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -206,6 +160,14 @@ fn one_line(e: &Error) -> String {
 
 fn builtin_names() -> String {
     BUILTINS.map(|(n, _)| n).join(", ")
+}
+
+/// The `--chat-template` help, listing the built-in names.
+pub fn help() -> String {
+    format!(
+        "Chat template: a built-in name ({}) or a Jinja template [default: the model's, else chatml]",
+        builtin_names()
+    )
 }
 
 /// Instructions one render may run (about 0.1 s).
@@ -343,13 +305,10 @@ mod tests {
         ]
     }
 
+    /// A built-in; they write no BOS (the tokenizer adds it), so the
+    /// token texts given must not show up.
     fn builtin(name: &str) -> ChatTemplate {
-        let (bos, eos) = match name {
-            "llama3" => ("<|begin_of_text|>", "<|eot_id|>"),
-            "gemma" => ("<bos>", "<eos>"),
-            _ => ("<|im_start|>", "<|im_end|>"),
-        };
-        ChatTemplate::builtin(name, bos, eos).unwrap()
+        ChatTemplate::builtin(name, "<bos>", "<eos>").unwrap()
     }
 
     fn model_path(file: &str) -> PathBuf {
@@ -386,6 +345,14 @@ mod tests {
     /// finished conversation so far is a prefix of the next prompt, and the
     /// prompt is a prefix of the conversation with the reply appended.
     fn assert_prefix_property(t: &ChatTemplate, messages: &[Message]) {
+        assert_history_is_a_prefix(t, messages);
+        if let Some(e) = prompt_prefix_failure(t, messages) {
+            panic!("{e}");
+        }
+    }
+
+    /// The first half: the conversation so far is a prefix of the next prompt.
+    fn assert_history_is_a_prefix(t: &ChatTemplate, messages: &[Message]) {
         for n in 0..messages.len() {
             let done = t.render(&messages[..n], false).unwrap();
             let next = t.render(&messages[..n + 1], true).unwrap();
@@ -394,16 +361,21 @@ mod tests {
                 "{}: {n} messages {done:?} is not a prefix of {next:?}",
                 t.name()
             );
-            if messages[n].role == "assistant" {
+        }
+    }
+
+    /// The second half: where a prompt is not a prefix of its answered
+    /// conversation, why.
+    fn prompt_prefix_failure(t: &ChatTemplate, messages: &[Message]) -> Option<String> {
+        (0..messages.len())
+            .filter(|&n| messages[n].role == "assistant")
+            .find_map(|n| {
                 let prompt = t.render(&messages[..n], true).unwrap();
                 let answered = t.render(&messages[..n + 1], false).unwrap();
-                assert!(
-                    answered.starts_with(&prompt),
-                    "{}: prompt {prompt:?} is not a prefix of {answered:?}",
-                    t.name()
-                );
-            }
-        }
+                let name = t.name();
+                (!answered.starts_with(&prompt))
+                    .then(|| format!("{name}: prompt {prompt:?} is not a prefix of {answered:?}"))
+            })
     }
 
     const CHATML_DONE: &str = "<|im_start|>system\nYou are terse.<|im_end|>\n\
@@ -427,8 +399,7 @@ mod tests {
 
     #[test]
     fn llama3_builtin() {
-        let done = "<|begin_of_text|>\
-            <|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
+        let done = "<|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
             <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
             <|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>\
             <|start_header_id|>user<|end_header_id|>\n\nA joke, please.<|eot_id|>";
@@ -440,8 +411,7 @@ mod tests {
         );
     }
 
-    const GEMMA_DONE: &str = "<bos>\
-        <start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n\
+    const GEMMA_DONE: &str = "<start_of_turn>user\nYou are terse.\n\nHi<end_of_turn>\n\
         <start_of_turn>model\nHello!<end_of_turn>\n\
         <start_of_turn>user\nA joke, please.<end_of_turn>\n";
 
@@ -456,15 +426,30 @@ mod tests {
         // Without a system message there is no prefix.
         assert_eq!(
             t.render(&conversation()[1..2], true).unwrap(),
-            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+            "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 
+    /// Formats whose generation prompt is not how an answer renders: the
+    /// conversation then keeps the prompt it evaluated and takes the next
+    /// turn's text from after the answered conversation (`new_text`), as
+    /// llama.cpp does.
+    const PROMPT_NOT_IN_ANSWER: [&str; 2] = ["bailing-think", "yandex"];
+
+    /// Every built-in keeps the history half (see `builtin`), with spaces
+    /// to trim too; all but two keep the prompt half.
     #[test]
     fn builtins_keep_the_prefix_property() {
-        for name in ["chatml", "llama3", "gemma"] {
-            assert_prefix_property(&builtin(name), &conversation());
-            assert_prefix_property(&builtin(name), &conversation()[1..]);
+        let mut spaced = conversation();
+        spaced[2].content = " Hello! \n".into();
+        for (name, _) in builtins() {
+            for messages in [&conversation()[..], &conversation()[1..], &spaced[..]] {
+                let t = builtin(name);
+                assert_history_is_a_prefix(&t, messages);
+                let failure = prompt_prefix_failure(&t, messages);
+                let expected = PROMPT_NOT_IN_ANSWER.contains(&name);
+                assert_eq!(failure.is_some(), expected, "{name}: {failure:?}");
+            }
         }
     }
 
@@ -559,10 +544,14 @@ mod tests {
         let err = ChatTemplate::resolve(None, None, Some(missing), "", "").unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/dir/chat.jinja"), "{err:#}");
 
-        let err = ChatTemplate::resolve(None, Some("vicuna"), None, "", "")
+        let err = ChatTemplate::resolve(None, Some("vicuna-13b"), None, "", "")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("vicuna") && err.contains("chatml, llama3, gemma"), "{err}");
+        assert!(
+            err.contains("\"vicuna-13b\"") && err.contains("chatml, command-r"),
+            "{err}"
+        );
+        assert!(builtins().all(|(n, _)| err.contains(n)), "{err}");
     }
 
     #[test]
@@ -592,14 +581,14 @@ mod tests {
         let (template, bos, eos) = gguf_template("gemma-3-270m-q4_k_m.gguf");
         assert_eq!((bos.as_str(), eos.as_str()), ("<bos>", "<eos>"));
         // This pinned file carries no `tokenizer.chat_template`; if a newer
-        // one does, it must render as the built-in does.
+        // one does, it must render as the built-in does after its BOS.
         if let Some(source) = template {
             let t = ChatTemplate::resolve(Some(&source), None, None, &bos, &eos).unwrap();
             let gemma = builtin("gemma");
             for gen in [false, true] {
                 assert_eq!(
                     t.render(&conversation(), gen).unwrap(),
-                    gemma.render(&conversation(), gen).unwrap()
+                    format!("{bos}{}", gemma.render(&conversation(), gen).unwrap())
                 );
             }
             assert_prefix_property(&t, &conversation());
@@ -652,7 +641,8 @@ mod tests {
         let gemma = builtin("gemma");
         for messages in [&conversation()[..], &conversation()[1..]] {
             for gen in [false, true] {
-                assert_eq!(t.render(messages, gen).unwrap(), gemma.render(messages, gen).unwrap());
+                let builtin = gemma.render(messages, gen).unwrap();
+                assert_eq!(t.render(messages, gen).unwrap(), format!("<bos>{builtin}"));
             }
             assert_prefix_property(&t, messages);
         }

@@ -55,9 +55,12 @@ pub struct ChatArgs {
     /// rendered as Jinja here
     #[arg(long = "jinja", help_heading = "Conversation")]
     pub jinja: bool,
-    /// Chat template: a built-in name (chatml, llama3, gemma) or a Jinja
-    /// template [default: the model's, else chatml]
-    #[arg(long = "chat-template", value_name = "JINJA_TEMPLATE", help_heading = "Conversation")]
+    #[arg(
+        long = "chat-template",
+        value_name = "JINJA_TEMPLATE",
+        help = crate::chat::template::help(),
+        help_heading = "Conversation"
+    )]
     pub chat_template: Option<String>,
     /// File holding a Jinja chat template
     #[arg(long = "chat-template-file", value_name = "FNAME", help_heading = "Conversation")]

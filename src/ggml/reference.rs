@@ -440,3 +440,58 @@ impl Drop for RefSampler {
         unsafe { sys::llama_sampler_free(self.raw.as_ptr()) }
     }
 }
+
+/// llama.cpp's rendering of `messages` (role, content) with its built-in
+/// chat template `name` (`llama_chat_apply_template`, no model needed).
+pub fn chat_apply_template(name: &str, messages: &[(&str, &str)], add_assistant: bool) -> anyhow::Result<String> {
+    let tmpl = CString::new(name)?;
+    let texts = messages
+        .iter()
+        .map(|&(role, content)| Ok((CString::new(role)?, CString::new(content)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let chat: Vec<sys::llama_chat_message> = texts
+        .iter()
+        .map(|(role, content)| sys::llama_chat_message {
+            role: role.as_ptr(),
+            content: content.as_ptr(),
+        })
+        .collect();
+    let mut buf = vec![0u8; 256];
+    loop {
+        let len = i32::try_from(buf.len())?;
+        // SAFETY: `tmpl` and every role and content are NUL-terminated and
+        // outlive the call (`texts`); `chat` holds `chat.len()` messages;
+        // llama.cpp writes at most `len` bytes into `buf`.
+        let n = unsafe {
+            sys::llama_chat_apply_template(
+                tmpl.as_ptr(),
+                chat.as_ptr(),
+                chat.len(),
+                add_assistant,
+                buf.as_mut_ptr().cast(),
+                len,
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| anyhow::anyhow!("llama.cpp knows no chat template {name:?}"))?;
+        if n <= buf.len() {
+            buf.truncate(n);
+            return Ok(String::from_utf8(buf)?);
+        }
+        buf.resize(n, 0);
+    }
+}
+
+/// The names of llama.cpp's built-in chat templates (`llama_chat_builtin_templates`).
+pub fn chat_builtin_templates() -> Vec<String> {
+    // SAFETY: with a length of 0 llama.cpp writes nothing and returns the count.
+    let count = unsafe { sys::llama_chat_builtin_templates(std::ptr::null_mut(), 0) };
+    let mut names = vec![std::ptr::null(); usize::try_from(count).unwrap_or(0)];
+    // SAFETY: `names` has room for the `names.len()` pointers llama.cpp writes;
+    // they point to its static map's keys, NUL-terminated and never freed.
+    unsafe { sys::llama_chat_builtin_templates(names.as_mut_ptr(), names.len()) };
+    names
+        .into_iter()
+        // SAFETY: each pointer is one of those keys (see above).
+        .map(|p| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        .collect()
+}
