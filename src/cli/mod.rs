@@ -7,6 +7,8 @@ pub mod devices;
 pub mod generate;
 pub mod limits;
 pub mod passkey;
+pub mod perplexity;
+pub mod plot;
 pub mod progress;
 pub mod prompt;
 pub mod rpc_server;
@@ -49,6 +51,9 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Find a pass key hidden in a long text (like llama-passkey)
     Passkey(Box<passkey::PasskeyArgs>),
+    /// Perplexity of a text file, by chunks (like llama-perplexity) or per
+    /// position range over one long sequence (--range)
+    Perplexity(Box<perplexity::PerplexityArgs>),
     /// Prompt and generation speed beside llama.cpp's, in one run (like llama-bench)
     Bench(Box<bench::BenchArgs>),
     /// An OpenAI-compatible HTTP server where each conversation keeps its
