@@ -6,6 +6,7 @@ fn main() {
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),
         Some(Command::Passkey(a)) => cli::passkey::run(a),
+        Some(Command::Perplexity(a)) => cli::perplexity::run(a),
         Some(Command::Bench(a)) => cli::bench::run(a),
         Some(Command::RpcServer(a)) => cli::rpc_server::run(a),
         Some(Command::Serve(a)) => infllm::server::run(a),

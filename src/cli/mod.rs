@@ -10,6 +10,8 @@ pub mod limits;
 pub mod llama_flags;
 pub mod llama_text;
 pub mod passkey;
+pub mod perplexity;
+pub mod plot;
 pub mod progress;
 pub mod prompt;
 pub mod prompt_cache;
@@ -53,6 +55,9 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Find a pass key hidden in a long text (like llama-passkey)
     Passkey(Box<passkey::PasskeyArgs>),
+    /// Perplexity of a text file, by chunks (like llama-perplexity) or per
+    /// position range over one long sequence (--range)
+    Perplexity(Box<perplexity::PerplexityArgs>),
     /// Prompt and generation speed beside llama.cpp's, in one run (like llama-bench)
     Bench(Box<bench::BenchArgs>),
     /// An OpenAI-compatible HTTP server where each conversation keeps its
