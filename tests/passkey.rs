@@ -1,4 +1,4 @@
-//! The passkey task at 16K tokens (twice SmolLM2's 8K training context),
+//! The passkey task at 12K tokens (1.5x SmolLM2's 8K training context),
 //! through the `infllm passkey` command: InfLLM finds the key at 10% and 50%
 //! of the text; StreamingLLM (no retrieval) cannot see a key that left its
 //! window.
@@ -7,8 +7,9 @@
 //! keys lie in memory blocks and must be retrieved (a key still in the
 //! window, at 90%, is left to the benchmark: within the window InfLLM is
 //! the model's own attention, tests/model.rs). `--share-prefix` evaluates
-//! 1.9 prompts' worth instead of 2 (the three tests take ~9 minutes on 2
-//! cores; the StreamingLLM one reads 6K tokens); the benchmark script runs
+//! 1.9 prompts' worth instead of 2 (12K rather than 16K since session 18:
+//! 5.4 minutes for the InfLLM test on 2 cores; the StreamingLLM one reads
+//! 6K tokens); the benchmark script runs
 //! 32K-128K with keys from 5% to 95% of the text. (Reduced
 //! settings were tried for speed: with a 1024-token window this 135M model
 //! fails at 90% with 4 blocks and at 10% with 8, so they test the model's
@@ -19,7 +20,7 @@ mod common;
 use std::process::Command;
 
 fn passkey(extra: &[&str]) -> String {
-    let mut args = vec!["--tokens", "16384"];
+    let mut args = vec!["--tokens", "12288"];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -40,7 +41,7 @@ fn run(extra: &[&str]) -> String {
 }
 
 #[test]
-fn infllm_finds_the_key_anywhere_in_16k_tokens() {
+fn infllm_finds_the_key_anywhere_in_12k_tokens() {
     let out = passkey(&["--attn", "infllm", "--pos", "0.1,0.5", "--share-prefix"]);
     assert_eq!(out.lines().filter(|l| l.ends_with(": pass")).count(), 2, "{out}");
     assert!(out.contains("accuracy 2/2 (100%)"), "{out}");
@@ -51,7 +52,7 @@ fn infllm_finds_the_key_anywhere_in_16k_tokens() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!((16_000..16_800).contains(&n), "prompt of {n} tokens: {line}");
+        assert!((12_000..12_600).contains(&n), "prompt of {n} tokens: {line}");
     }
 }
 
