@@ -417,7 +417,7 @@ fn conversation_flags_without_conversation_mode_are_refused() {
         ),
         (
             &["-p", "hi", "--session", session.to_str().unwrap()][..],
-            "error: --session keeps a conversation: add -cnv (completion mode keeps no session)",
+            "error: --session keeps a conversation: add -cnv (in completion mode, --prompt-cache keeps a prompt's memory)",
         ),
     ] {
         let out = run(args);
