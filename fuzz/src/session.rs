@@ -24,10 +24,11 @@ pub fn conversation() -> Conversation {
         standard_ops: false,
     };
     let engine = Engine::new(model, params).expect("engine");
-    let sampler = Sampler::new(SamplingParams {
+    let params = SamplingParams {
         seed: 1,
         ..Default::default()
-    });
+    };
+    let sampler = Sampler::new(params, engine.tokenizer()).expect("sampler");
     let template = ChatTemplate::builtin("chatml", "", "").expect("chatml");
     Conversation::new(engine, sampler, template, Some("Be brief.".into()))
 }
