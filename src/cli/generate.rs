@@ -6,13 +6,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
-use super::llama_text::unescape;
 use super::progress::Progress;
-use super::prompt::{PromptSource, Rules};
+use super::prompt::{text_by, PromptSource, Rules};
 use super::prompt_cache::PromptCache;
 use super::sampling::SamplingArgs;
 use super::{limits, signals, RunArgs};
@@ -99,13 +99,10 @@ impl GenerateArgs {
 
     /// `-r`'s texts, their escapes processed as the prompt's are.
     pub fn reverse_prompts(&self) -> anyhow::Result<Vec<String>> {
-        let escape = self.prompt_rules().escape;
-        let read = |r: &String| match escape {
-            true => String::from_utf8(unescape(r))
-                .map_err(|_| anyhow::anyhow!("-r {}: not UTF-8 once its escapes are read", quoted(r))),
-            false => Ok(r.clone()),
-        };
-        self.reverse_prompt.iter().map(read).collect()
+        let rules = Some(self.prompt_rules());
+        (self.reverse_prompt.iter())
+            .map(|r| text_by(r, rules).with_context(|| format!("-r {}", quoted(r))))
+            .collect()
     }
 
     /// The sampler's parameters, checked.

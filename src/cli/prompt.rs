@@ -165,8 +165,8 @@ impl PromptSource {
 #[error("the pipe holds more than the context can")]
 struct PipeTooLong;
 
-/// `-p`'s text by `rules`.
-fn text_by(text: &str, rules: Option<Rules>) -> anyhow::Result<String> {
+/// `-p`'s (or `-r`'s) text by `rules`.
+pub fn text_by(text: &str, rules: Option<Rules>) -> anyhow::Result<String> {
     match rules {
         Some(Rules { escape: true }) => utf8(unescape(text), "the prompt (-e: escapes processed)"),
         _ => Ok(text.to_string()),
