@@ -34,13 +34,14 @@ fn unsupported(name: &str) -> String {
 
 #[test]
 fn the_trial_s_flags_parse_or_get_one_line() {
-    for name in ["-tb", "-np", "-sp", "-if", "-hf"] {
+    for name in ["-tb", "-np", "-sp", "-hf"] {
         let args: &[&str] = match name {
-            "-sp" | "-if" => &[name],
+            "-sp" => &[name],
             _ => &[name, "2"],
         };
         assert_eq!(parse(args).unwrap_err(), unsupported(name));
     }
+    assert!(parse(&["-if"]).unwrap().generate.chat.interactive_first);
     let g = parse(&["-sm", "none", "-mg", "0", "-co", "-ngl", "3"])
         .unwrap()
         .generate;

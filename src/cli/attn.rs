@@ -53,6 +53,20 @@ impl AttnArgs {
     /// Lines (each after a newline) about flags that do nothing here, and
     /// llama.cpp's warning for full attention past the training context.
     pub fn notes(&self, hp: &Hparams, n_ctx: Option<usize>) -> String {
+        let keep = match (self.settings.keep, self.attn) {
+            (None, _) => String::new(),
+            (Some(_), AttnKind::Full) => "\ninfllm: --keep has no effect: a full context stops the text \
+                 (there is no context shift, as in llama.cpp without --context-shift)"
+                .into(),
+            (Some(_), _) => format!(
+                "\ninfllm: --keep has no effect: this attention keeps its first {} tokens (--n-init) and needs no context shift",
+                (self.settings.n_init).unwrap_or(InfllmParams::defaults_for(hp.n_ctx_train).n_init)
+            ),
+        };
+        keep + &self.attention_notes(hp, n_ctx)
+    }
+
+    fn attention_notes(&self, hp: &Hparams, n_ctx: Option<usize>) -> String {
         match (self.attn, self.settings.flash_attn, n_ctx) {
             (AttnKind::Full, _, Some(n)) if n > hp.n_ctx_train => format!(
                 "\ninfllm: warning: -c {n} is past the model's training context ({}): full attention \
@@ -106,6 +120,15 @@ pub struct AttnSettings {
     /// Type of the cached values (-ctv), as -ctk
     #[arg(long = "cache-type-v", help_heading = "Attention / InfLLM")]
     pub cache_type_v: Option<String>,
+    /// llama.cpp's tokens kept at a context shift, -1..: no effect, there is
+    /// no context shift here (InfLLM and stream keep their --n-init tokens)
+    #[arg(long = "keep", value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-1..), help_heading = "Attention / InfLLM")]
+    pub keep: Option<i32>,
+    /// No context shift: a full context stops the text (the only behaviour
+    /// here, and llama.cpp's default)
+    #[arg(long = "no-context-shift", help_heading = "Attention / InfLLM")]
+    pub no_context_shift: bool,
 }
 
 impl AttnSettings {

@@ -45,9 +45,24 @@ pub struct ChatArgs {
         help_heading = "Conversation"
     )]
     pub no_conversation: bool,
-    /// Interactive mode (same as conversation mode here)
+    /// Interactive mode: conversation mode, or with -no-cnv (or --in-prefix /
+    /// --in-suffix) one text that the model and you continue in turn
     #[arg(short = 'i', long = "interactive", help_heading = "Conversation")]
     pub interactive: bool,
+    /// Interactive mode, waiting for your input right away (-if)
+    #[arg(long = "interactive-first", help_heading = "Conversation")]
+    pub interactive_first: bool,
+    /// Interactive mode without a template: text put before each of your
+    /// inputs (turns the chat template off, as in llama.cpp)
+    #[arg(long = "in-prefix", value_name = "STRING", help_heading = "Conversation")]
+    pub in_prefix: Option<String>,
+    /// Interactive mode without a template: text put after each of your
+    /// inputs (turns the chat template off, as in llama.cpp)
+    #[arg(long = "in-suffix", value_name = "STRING", help_heading = "Conversation")]
+    pub in_suffix: Option<String>,
+    /// Interactive mode without a template: a BOS token before each input
+    #[arg(long = "in-prefix-bos", help_heading = "Conversation")]
+    pub in_prefix_bos: bool,
     /// One turn only: answer -p (or the first message), then exit
     #[arg(long = "single-turn", help_heading = "Conversation")]
     pub single_turn: bool,
@@ -91,10 +106,29 @@ impl ChatArgs {
     /// Whether this run is a conversation: asked for, or by default on a
     /// terminal when no prompt is given (as llama-cli decides).
     pub fn wanted(&self, has_prompt: bool) -> bool {
-        if self.no_conversation {
-            return false;
+        !self.no_conversation && !self.affixes() && self.interaction_asked(has_prompt)
+    }
+
+    /// Whether this run is llama-completion's interactive mode without a
+    /// template: `-i` / `-if` with `-no-cnv`, or interaction with
+    /// `--in-prefix` / `--in-suffix` / `--in-prefix-bos`, which turn the
+    /// template off.
+    pub fn plain_interactive(&self, has_prompt: bool) -> bool {
+        match self.no_conversation {
+            true => self.interactive || self.interactive_first,
+            false => self.affixes() && self.interaction_asked(has_prompt),
         }
-        self.conversation || self.interactive || (!has_prompt && std::io::stdin().is_terminal())
+    }
+
+    fn affixes(&self) -> bool {
+        self.in_prefix.is_some() || self.in_suffix.is_some() || self.in_prefix_bos
+    }
+
+    fn interaction_asked(&self, has_prompt: bool) -> bool {
+        self.conversation
+            || self.interactive
+            || self.interactive_first
+            || (!has_prompt && std::io::stdin().is_terminal())
     }
 }
 

@@ -11,6 +11,7 @@ use clap::Args;
 
 use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
+use super::interactive::{self, Affixes};
 use super::progress::Progress;
 use super::prompt::{text_by, PromptSource, Rules};
 use super::prompt_cache::PromptCache;
@@ -20,7 +21,7 @@ use crate::chat::conversation::reverse_prompt_at_end;
 use crate::engine::Engine;
 use crate::quote::quoted;
 use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::Utf8Stream;
+use crate::tokenizer::{Token, Utf8Stream};
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -135,7 +136,16 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let cache = (a.prompt_cache.as_deref())
         .map(|p| PromptCache::open(p, a.prompt_cache_ro))
         .transpose()?;
-    let mut prompt = PromptSource::from_flags_or_stdin(&a.prompt, &a.file, Some(a.prompt_rules()))?;
+    let has_prompt = a.prompt.is_some() || a.file.is_some();
+    // Interactive, stdin holds the user's inputs, not the prompt.
+    let turns = (c.plain_interactive(has_prompt))
+        .then(|| Affixes::from_args(a))
+        .transpose()?;
+    let mut prompt = match turns {
+        Some(_) => PromptSource::from_flags(&a.prompt, &a.file, Some(a.prompt_rules()))?
+            .unwrap_or(PromptSource::Text(String::new())),
+        None => PromptSource::from_flags_or_stdin(&a.prompt, &a.file, Some(a.prompt_rules()))?,
+    };
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
@@ -143,7 +153,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let n_ctx = engine.n_ctx();
     let n_prompt = prompt.count_tokens(engine.tokenizer(), n_ctx)?;
     anyhow::ensure!(
-        n_prompt > 0,
+        n_prompt > 0 || turns.is_some(),
         "the prompt is empty and the model adds no BOS token: give a prompt with -p or -f"
     );
     let mut sampler = Sampler::new(a.sampling(n_ctx)?, engine.tokenizer())?;
@@ -166,6 +176,8 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let echo = (!a.no_display_prompt).then_some(&mut out as &mut dyn Write);
     let mut n_read = 0;
     let prefilled = match &cache {
+        // Interactive without a prompt: the user starts.
+        _ if n_prompt == 0 => Ok(Vec::new()),
         Some(cache) => prompt.read_within(engine.tokenizer(), n_ctx).and_then(|(text, _)| {
             let tokens = engine.tokenizer().encode(&text, true, true);
             cache.prefill((&mut engine, &mut sampler), (&text, &tokens), echo, &mut n_read)
@@ -177,14 +189,17 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     let limit = a.predict_limit().unwrap_or(usize::MAX);
     let mut n_eval = 0;
-    let result = prefilled.and_then(|logits| {
-        generate(
-            &mut engine,
-            &mut sampler,
+    let result = prefilled.and_then(|logits| match &turns {
+        Some(affixes) => {
+            let logits = (n_prompt > 0).then_some(logits);
+            interactive::converse((&mut engine, &mut sampler), logits, a, affixes, &mut out, &mut n_eval)
+        }
+        None => generate(
+            (&mut engine, &mut sampler),
             (logits, limit, &stops),
             &mut out,
             &mut n_eval,
-        )
+        ),
     });
     // A Ctrl-C still gets the timings of what ran, as in llama.cpp.
     if result.as_ref().err().is_none_or(|e| e.is::<signals::Stopped>()) {
@@ -262,20 +277,52 @@ fn stop_if_interrupted(progress: &mut Progress) -> anyhow::Result<()> {
 /// end of text, a reverse prompt (`stops`), a full context or a Ctrl-C;
 /// `n_eval` counts the decode steps.
 fn generate(
-    engine: &mut Engine,
-    sampler: &mut Sampler,
-    (mut logits, limit, stops): (Vec<f32>, usize, &[String]),
+    (engine, sampler): (&mut Engine, &mut Sampler),
+    (logits, limit, stops): (Vec<f32>, usize, &[String]),
     out: &mut impl Write,
     n_eval: &mut usize,
 ) -> anyhow::Result<()> {
+    let (end, _) = write_text((engine, sampler), (logits, limit, stops), out, n_eval)?;
+    writeln!(out)?;
+    out.flush()?;
+    match end {
+        End::ContextFull => eprintln!("infllm: context full ({} tokens): stopping", engine.n_ctx()),
+        End::Interrupted => return Err(signals::Stopped::now().into()),
+        End::EndOfText | End::Limit | End::ReversePrompt => {}
+    }
+    Ok(())
+}
+
+/// Why a stretch of generated text ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    EndOfText,
+    Limit,
+    ReversePrompt,
+    ContextFull,
+    Interrupted,
+}
+
+/// Samples and prints tokens from `logits` on until one of `End`'s
+/// reasons; returns it with the last token sampled (an end of text
+/// included), which is not evaluated yet.
+pub fn write_text(
+    (engine, sampler): (&mut Engine, &mut Sampler),
+    (mut logits, limit, stops): (Vec<f32>, usize, &[String]),
+    out: &mut impl Write,
+    n_eval: &mut usize,
+) -> anyhow::Result<(End, Option<Token>)> {
+    if limit == 0 {
+        return Ok((End::Limit, None));
+    }
     let n_ctx = engine.n_ctx();
     let mut utf8 = Utf8Stream::new();
     let mut shown = String::new();
     let mut n_gen = 0usize;
-    while n_gen < limit {
+    let end = loop {
         let t = sampler.sample(&logits);
         if engine.tokenizer().is_eog(t) {
-            break;
+            break (End::EndOfText, t);
         }
         sampler.accept(t);
         n_gen += 1;
@@ -283,27 +330,24 @@ fn generate(
         write!(out, "{text}")?;
         out.flush()?;
         shown.push_str(&text);
-        if reverse_prompt_at_end(&shown, stops) {
-            break;
-        }
-        if engine.n_past() + 1 > n_ctx {
-            eprintln!("\ninfllm: context full ({n_ctx} tokens): stopping");
-            break;
-        }
-        if n_gen == limit {
-            break;
-        }
-        if signals::interrupted() {
-            writeln!(out, "{}", utf8.finish())?;
-            return Err(signals::Stopped::now().into());
+        let end = if reverse_prompt_at_end(&shown, stops) {
+            Some(End::ReversePrompt)
+        } else if engine.n_past() + 1 > n_ctx {
+            Some(End::ContextFull)
+        } else if n_gen == limit {
+            Some(End::Limit)
+        } else {
+            signals::interrupted().then_some(End::Interrupted)
+        };
+        if let Some(end) = end {
+            break (end, t);
         }
         logits = engine.eval(&[t], false, &mut |_, _| {})?;
         *n_eval += 1;
-    }
+    };
     write!(out, "{}", utf8.finish())?;
-    writeln!(out)?;
     out.flush()?;
-    Ok(())
+    Ok((end.0, Some(end.1)))
 }
 
 /// llama.cpp-style timing lines on stderr.

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chat;
 pub mod devices;
 pub mod generate;
+pub mod interactive;
 pub mod limits;
 pub mod llama_flags;
 pub mod llama_text;
