@@ -191,6 +191,35 @@ fn infllm_equals_full_attention_inside_the_window() {
 }
 
 #[test]
+fn the_window_buffer_grows_with_the_text() {
+    // A one-token prompt used to allocate the whole window buffer (186 MiB
+    // for SmolLM2). It now doubles as the text needs, keeping what it holds
+    // (a prompt whose second step grows it is checked against full attention
+    // above), and a decode step after a growth builds its graph anew: the
+    // logits equal those of graphs built at every step, bit for bit.
+    let _one_at_a_time = common::exclusive();
+    infllm::ggml::set_quiet_logs(true);
+    let run = |reuse: bool| {
+        let mut e = engine_with(AttnMode::Infllm(InfllmParams::defaults_for(8192)), 0);
+        e.set_graph_reuse(reuse);
+        let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
+        let mut logits = e.eval(&tokens[..1], false, &mut |_, _| {}).unwrap();
+        let first = e.memory().buffer_bytes;
+        e.eval(&tokens[1..560], false, &mut |_, _| {}).unwrap();
+        for &t in &tokens[560..700] {
+            logits.extend(e.eval(&[t], false, &mut |_, _| {}).unwrap());
+        }
+        (logits, first, e.memory().buffer_bytes)
+    };
+    let (built, first, grown) = run(false);
+    let (reused, ..) = run(true);
+    assert!(first < (32 << 20), "{first} bytes of window for one token");
+    assert!(grown > first, "the buffer did not grow: {grown} bytes");
+    let first_diff = built.iter().zip(&reused).position(|(a, b)| a.to_bits() != b.to_bits());
+    assert_eq!(first_diff, None, "logits of kept and built graphs differ");
+}
+
+#[test]
 fn reused_decode_graphs_match_built_ones() {
     // Decode steps that run the last step's graph again with new inputs
     // give the logits a freshly built graph gives, bit for bit, while blocks

@@ -43,6 +43,8 @@ pub struct LayerAttn {
 pub enum AttentionError {
     #[error("the prompt is too long for the context: {needed} tokens > -c {n_ctx}")]
     ContextFull { needed: usize, n_ctx: usize },
+    #[error("cannot grow the window buffer: {0}")]
+    NoMemory(String),
 }
 
 /// A point of the text to come back to (`Attention::snapshot`); what it

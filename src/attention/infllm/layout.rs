@@ -43,6 +43,8 @@ pub struct DecodeShape {
     pub n_rem: usize,
     pub n_blocks: usize,
     pub n_init: usize,
+    /// The window buffer's capacity: a grown buffer has new tensors.
+    pub cap: usize,
 }
 
 impl Layout {
@@ -126,6 +128,7 @@ impl InfllmAttention {
             n_rem: l.n_rem(),
             n_blocks: self.n_blocks(),
             n_init: self.pos.n_init,
+            cap: self.cap,
         })
     }
 }

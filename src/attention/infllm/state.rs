@@ -67,6 +67,7 @@ impl InfllmAttention {
     pub fn restore(&mut self, s: &WindowState) -> anyhow::Result<()> {
         self.check_position(s.pos)?;
         ensure!(s.n_blocks <= self.n_blocks(), "inconsistent attention state");
+        self.reserve(s.pos.n_past - s.pos.buffer_start + KEY_PAD)?;
         self.zero_scores();
         write_ranges(self.window_ranges(s.pos.n_past - s.pos.buffer_start), &s.bytes)?;
         for l in &mut self.layers {
@@ -87,7 +88,7 @@ impl InfllmAttention {
                 && c.n_init <= c.remainder_start
                 && c.remainder_start <= c.n_past
                 && c.n_past <= p.max_tokens
-                && c.n_past - c.buffer_start + KEY_PAD <= self.cap,
+                && c.n_past - c.buffer_start + KEY_PAD <= self.max_cap,
             "inconsistent attention state (positions out of order or past the buffer)"
         );
         ensure!(
@@ -166,6 +167,7 @@ impl InfllmAttention {
         for (l, parts) in self.layers.iter_mut().zip(c.blocks) {
             l.blocks.read_from(sections, c.n_blocks, parts)?;
         }
+        self.reserve(c.pos.n_past - c.pos.buffer_start + KEY_PAD)?;
         self.zero_scores();
         read_ranges_from(
             self.window_ranges(c.pos.n_past - c.pos.buffer_start),
@@ -180,7 +182,7 @@ impl InfllmAttention {
     /// The tensor byte ranges holding the state of `n` buffered tokens:
     /// their keys, values and scores (those past them are zero: written
     /// by `zero_scores` before these), the initial tokens.
-    fn window_ranges(&self, n: usize) -> Ranges<'_> {
+    pub(super) fn window_ranges(&self, n: usize) -> Ranges<'_> {
         let e = self.shape.n_embd_kv();
         let mut out = Vec::new();
         for l in &self.layers {

@@ -10,7 +10,8 @@ use super::layout::KEY_PAD;
 use super::state::TextPosition;
 use super::{HeadShape, InfllmParams};
 use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
-use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
+use crate::attention::state::{read_ranges, write_ranges};
+use crate::ggml::{Buffer, BufferType, Context, GgmlType, Tensor, TensorId};
 
 /// One layer's storage. The window buffer holds, per slot (a token
 /// position relative to `TextPosition::buffer_start`), its un-rotated key,
@@ -47,14 +48,22 @@ pub struct InfllmAttention {
     pub(super) layers: Vec<LayerStore>,
     /// The window buffers and initial tokens, one buffer per device.
     buffers: Vec<Buffer>,
+    /// Each layer's buffer type (where its window lives).
+    bufts: Vec<BufferType>,
     pub(super) ctx: Context,
-    /// Window buffer capacity in tokens.
+    /// Window buffer capacity in tokens: it grows with the text, doubling,
+    /// up to `max_cap`, so that a short text allocates little.
     pub(super) cap: usize,
+    pub(super) max_cap: usize,
     pub(super) pos: TextPosition,
     /// The buffer moved: rotated keys must be recomputed in the next step.
     pub(super) rerotate: bool,
     pub(super) role: Role,
 }
+
+/// Window buffer slots to start with: a first prompt step (512 tokens by
+/// default) and its padding.
+const FIRST_CAP: usize = 640;
 
 impl InfllmAttention {
     /// An instance over the layers `places` describes (one per layer);
@@ -79,14 +88,15 @@ impl InfllmAttention {
         };
         // Window + one chunk + a partial block, plus a chunk of slack so the
         // buffer moves at most once per chunk, plus room to pad key ranges.
-        let cap = p.n_local + 2 * p.chunk + p.block_size + 2 * KEY_PAD;
+        let max_cap = p.n_local + 2 * p.chunk + p.block_size + 2 * KEY_PAD;
+        let cap = max_cap.min(FIRST_CAP);
         let ctx = Context::new(6 * h.n_layer, 0);
         let max_blocks = p.max_tokens.div_ceil(p.block_size);
         let stored_blocks = if p.topk > 0 { max_blocks } else { 0 };
         let mut layers = (0..h.n_layer)
             .map(|il| LayerStore::new(&ctx, il, &p, shape, cap, stored_blocks, places[il].standard_ops))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let per_layer: Vec<Vec<TensorId>> = layers.iter().map(LayerStore::window_tensors).collect();
+        let per_layer: Vec<Vec<TensorId>> = layers.iter().map(|l| l.window_tensors().to_vec()).collect();
         let bufts = places
             .iter()
             .map(LayerPlace::buffer_type)
@@ -100,8 +110,10 @@ impl InfllmAttention {
             shape,
             layers,
             buffers,
+            bufts,
             ctx,
             cap,
+            max_cap,
             pos: TextPosition::default(),
             rerotate: false,
             role,
@@ -171,7 +183,10 @@ impl InfllmAttention {
             });
         }
         // Steps use up to KEY_PAD slots past their last token (masked padding).
-        if n_past + n_tokens - buffer_start + KEY_PAD <= self.cap {
+        let slots = n_past + n_tokens - buffer_start + KEY_PAD;
+        self.reserve(slots.min(self.max_cap))
+            .map_err(|e| AttentionError::NoMemory(format!("{e:#}")))?;
+        if slots <= self.cap {
             return Ok(());
         }
         // Drop what precedes the remainder; move the rest to the front.
@@ -192,6 +207,33 @@ impl InfllmAttention {
         self.pos.buffer_start = remainder_start;
         self.rerotate = true;
         Ok(())
+    }
+
+    /// Grows the window buffers to `slots` slots at least (doubling, at
+    /// most to `max_cap`), keeping what they hold. The step graph kept for
+    /// reuse refers to the old tensors: `decode_shape` names the capacity.
+    pub(super) fn reserve(&mut self, slots: usize) -> anyhow::Result<()> {
+        if slots <= self.cap {
+            return Ok(());
+        }
+        anyhow::ensure!(slots <= self.max_cap, "{slots} slots: more than the window buffer's {}", self.max_cap);
+        let cap = slots.max(2 * self.cap).min(self.max_cap);
+        let n = self.pos.n_past - self.pos.buffer_start;
+        let held = read_ranges(self.window_ranges(n));
+        let ctx = Context::new(6 * self.layers.len(), 0);
+        let windows: Vec<[TensorId; 6]> = (0..self.layers.len())
+            .map(|il| window_tensors(&ctx, il, &self.p, self.shape, cap))
+            .collect();
+        let per_layer: Vec<Vec<TensorId>> = windows.iter().map(|w| w.to_vec()).collect();
+        let buffers = alloc_per_layer(&ctx, &per_layer, &self.bufts)?;
+        for (l, w) in self.layers.iter_mut().zip(windows) {
+            l.set_window(w);
+        }
+        // The old buffers go before the context that described their tensors.
+        self.buffers = buffers;
+        self.ctx = ctx;
+        self.cap = cap;
+        write_ranges(self.window_ranges(n), &held)
     }
 
     /// After a step: the chunk is in the window; tokens that left every
@@ -264,22 +306,21 @@ impl LayerStore {
         max_blocks: usize,
         standard_ops: bool,
     ) -> anyhow::Result<Self> {
-        let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
-        let (e, cap, n_init) = (shape.n_embd_kv() as i64, cap as i64, p.n_init.max(1) as i64);
+        let [k_raw, k_rot_t, v_t, score, init_k, init_v_t] = window_tensors(ctx, il, p, shape, cap);
         Ok(Self {
-            k_raw: t(GgmlType::F16, &[e, cap], "win_k_raw"),
-            k_rot_t: t(GgmlType::F16, &[cap, e], "win_k_rot_t"),
-            v_t: t(GgmlType::F16, &[cap, e], "win_v_t"),
-            score: t(GgmlType::F32, &[cap, shape.n_head as i64], "win_score"),
-            init_k: t(GgmlType::F32, &[e, n_init], "init_k"),
-            init_v_t: t(GgmlType::F32, &[n_init, e], "init_v_t"),
+            k_raw,
+            k_rot_t,
+            v_t,
+            score,
+            init_k,
+            init_v_t,
             blocks: BlockStore::new(shape, max_blocks)?,
             standard_ops,
         })
     }
 
-    fn window_tensors(&self) -> Vec<TensorId> {
-        vec![
+    fn window_tensors(&self) -> [TensorId; 6] {
+        [
             self.k_raw,
             self.k_rot_t,
             self.v_t,
@@ -288,6 +329,27 @@ impl LayerStore {
             self.init_v_t,
         ]
     }
+
+    fn set_window(&mut self, [k_raw, k_rot_t, v_t, score, init_k, init_v_t]: [TensorId; 6]) {
+        (self.k_raw, self.k_rot_t, self.v_t, self.score) = (k_raw, k_rot_t, v_t, score);
+        (self.init_k, self.init_v_t) = (init_k, init_v_t);
+    }
+}
+
+/// Layer `il`'s window buffer of `cap` slots and initial tokens, in `ctx`:
+/// un-rotated keys, rotated keys (transposed), values (transposed), scores,
+/// initial keys and values (transposed).
+fn window_tensors(ctx: &Context, il: usize, p: &InfllmParams, shape: BlockShape, cap: usize) -> [TensorId; 6] {
+    let t = |ty, ne: &[i64], name: &str| ctx.id(ctx.new_tensor(ty, ne).set_name(&format!("{name}_l{il}")));
+    let (e, cap, n_init) = (shape.n_embd_kv() as i64, cap as i64, p.n_init.max(1) as i64);
+    [
+        t(GgmlType::F16, &[e, cap], "win_k_raw"),
+        t(GgmlType::F16, &[cap, e], "win_k_rot_t"),
+        t(GgmlType::F16, &[cap, e], "win_v_t"),
+        t(GgmlType::F32, &[cap, shape.n_head as i64], "win_score"),
+        t(GgmlType::F32, &[e, n_init], "init_k"),
+        t(GgmlType::F32, &[n_init, e], "init_v_t"),
+    ]
 }
 
 /// Gives each layer on a device a block cache there: `budget` bytes per
