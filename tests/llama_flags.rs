@@ -34,9 +34,9 @@ fn unsupported(name: &str) -> String {
 
 #[test]
 fn the_trial_s_flags_parse_or_get_one_line() {
-    for name in ["-tb", "-np", "-sp", "-if", "-hf"] {
+    for name in ["-tb", "-np", "-if", "-hf"] {
         let args: &[&str] = match name {
-            "-sp" | "-if" => &[name],
+            "-if" => &[name],
             _ => &[name, "2"],
         };
         assert_eq!(parse(args).unwrap_err(), unsupported(name));
