@@ -153,9 +153,9 @@ impl Writer {
             return text.to_string();
         };
         let paint = |c: &'static str| if colors { c } else { "" };
-        let time = self.timestamp().map_or_else(String::new, |t| {
-            format!("{}{t}{} ", paint("\x1b[34m"), paint(RESET))
-        });
+        let time = self
+            .timestamp()
+            .map_or_else(String::new, |t| format!("{}{t}{} ", paint("\x1b[34m"), paint(RESET)));
         let letter = level.letter();
         let body = text.trim_end_matches('\n');
         let newlines = &text[body.len()..];

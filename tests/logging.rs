@@ -78,11 +78,17 @@ fn verbosity_filters_lines_by_level_and_log_disable_silences_stderr_only() {
     let (err, generated) = (text(&info.stderr), text(&info.stdout));
     assert!(err.contains(LOADED) && err.contains(WARNING), "{err}");
     assert!(err.contains("prompt eval time"), "{err}");
-    assert!(generated.starts_with("Hello") && generated.len() > "Hello".len(), "{generated:?}");
+    assert!(
+        generated.starts_with("Hello") && generated.len() > "Hello".len(),
+        "{generated:?}"
+    );
 
     let warnings = ok(&with(&["-lv", "2"]));
     let err = text(&warnings.stderr);
-    assert_eq!(err.trim_end(), WARNING.to_string() + " (its attention has its own kernels)");
+    assert_eq!(
+        err.trim_end(),
+        WARNING.to_string() + " (its attention has its own kernels)"
+    );
     let errors = ok(&with(&["--log-verbosity", "1"]));
     assert_eq!(text(&errors.stderr), "");
 
@@ -130,7 +136,15 @@ fn verbose_lets_ggml_s_own_lines_through() {
 #[test]
 fn verbose_prompt_lists_the_prompt_s_tokens_with_their_ids() {
     let prompt = "<|im_start|>user\nHi there, naïve café<|im_end|>\n";
-    let out = ok(&["-p", prompt, "--no-escape", "-n", "0", "--verbose-prompt", "--no-display-prompt"]);
+    let out = ok(&[
+        "-p",
+        prompt,
+        "--no-escape",
+        "-n",
+        "0",
+        "--verbose-prompt",
+        "--no-display-prompt",
+    ]);
     let err = text(&out.stderr);
     let model = common::smollm2();
     let ours = Tokenizer::from_gguf(&GgufFile::open(&model).unwrap()).unwrap();
@@ -140,7 +154,10 @@ fn verbose_prompt_lists_the_prompt_s_tokens_with_their_ids() {
     assert_eq!(ids, ours.encode(prompt, true, true));
     assert_eq!(ids.first(), Some(&1), "<|im_start|> read as the special token");
     // llama-completion's lines: `%6d -> '%s'`, the piece with special tokens.
-    let mut want = format!("infllm: prompt: '{prompt}'\ninfllm: number of tokens in prompt = {}\n", ids.len());
+    let mut want = format!(
+        "infllm: prompt: '{prompt}'\ninfllm: number of tokens in prompt = {}\n",
+        ids.len()
+    );
     for &id in &ids {
         want += &format!("{id:6} -> '{}'\n", text(&theirs.token_to_piece(id, true)));
     }
@@ -163,12 +180,24 @@ fn special_prints_special_tokens_as_llama_cpp_writes_them() {
     let hidden = ok(&forced);
     assert_eq!(text(&hidden.stdout), "\n");
     // The end of text (<|im_end|>) is printed too before generation stops.
-    let end = ok(&["-p", "Hello", "-n", "4", "--no-display-prompt", "-l", "2+100", "--special"]);
+    let end = ok(&[
+        "-p",
+        "Hello",
+        "-n",
+        "4",
+        "--no-display-prompt",
+        "-l",
+        "2+100",
+        "--special",
+    ]);
     assert_eq!(text(&end.stdout), format!("{im_end}\n"));
 }
 
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, String> {
-    let argv: Vec<OsString> = std::iter::once("infllm").chain(args.iter().copied()).map(OsString::from).collect();
+    let argv: Vec<OsString> = std::iter::once("infllm")
+        .chain(args.iter().copied())
+        .map(OsString::from)
+        .collect();
     let env = |var: &str| env.iter().find(|(k, _)| *k == var).map(|(_, v)| v.to_string());
     cli::parse(argv, &env).map_err(|e| match e {
         ParseError::Line(line) => line,
@@ -183,7 +212,12 @@ fn verbosity(args: &[&str], env: &[(&str, &str)]) -> u32 {
 #[test]
 fn log_flags_parse_as_llama_cpp_s_and_bad_values_get_one_line() {
     assert_eq!(verbosity(&[], &[]), 3);
-    for args in [&["-lv", "2"][..], &["--verbosity=2"], &["--log-verbosity", "2"], &["-v", "-lv", "2"]] {
+    for args in [
+        &["-lv", "2"][..],
+        &["--verbosity=2"],
+        &["--log-verbosity", "2"],
+        &["-v", "-lv", "2"],
+    ] {
         assert_eq!(verbosity(args, &[]), 2, "{args:?}");
     }
     for args in [&["-v"][..], &["--verbose"], &["--log-verbose"], &["-lv", "2", "-v"]] {
@@ -201,7 +235,15 @@ fn log_flags_parse_as_llama_cpp_s_and_bad_values_get_one_line() {
         .unwrap()
         .style;
     assert!(style.prefix && style.timestamps && !style.colors);
-    assert!(parse(&["--log-colors", "enabled"], &[]).unwrap().log.settings().unwrap().style.colors);
+    assert!(
+        parse(&["--log-colors", "enabled"], &[])
+            .unwrap()
+            .log
+            .settings()
+            .unwrap()
+            .style
+            .colors
+    );
     let g = parse(&["-sp", "--verbose-prompt"], &[]).unwrap().generate;
     assert!(g.tokens.special && g.tokens.verbose_prompt);
 
@@ -211,7 +253,10 @@ fn log_flags_parse_as_llama_cpp_s_and_bad_values_get_one_line() {
         (&["--log-colors", "maybe"], "invalid value 'maybe' for '--log-colors"),
     ] {
         let err = parse(args, &[]).unwrap_err();
-        assert!(err.starts_with("error: ") && err.contains(needle) && !err.contains('\n'), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle) && !err.contains('\n'),
+            "{args:?}: {err}"
+        );
     }
     let unwritable = run(&["-p", "x", "--log-file", "/nonexistent/dir/run.log"]);
     assert_one_line_error(&unwritable, "--log-file /nonexistent/dir/run.log: cannot write");

@@ -13,8 +13,14 @@ use crate::log::{Settings, Style, DEFAULT_VERBOSITY};
 pub struct LogArgs {
     /// Log every line: debug lines, and ggml's and llama.cpp's own (-lv
     /// infinity)
-    #[arg(short = 'v', long = "verbose", alias = "log-verbose", overrides_with = "verbosity",
-          global = true, help_heading = "Common")]
+    #[arg(
+        short = 'v',
+        long = "verbose",
+        alias = "log-verbose",
+        overrides_with = "verbosity",
+        global = true,
+        help_heading = "Common"
+    )]
     pub verbose: bool,
     /// Log lines up to this level, 0..=2147483647: 0 none (the generated
     /// text only), 1 errors, 2 warnings, 3 information [default], 4 trace
@@ -34,16 +40,36 @@ pub struct LogArgs {
     #[arg(long = "log-colors", value_name = "WHEN", value_parser = when, global = true, help_heading = "Common")]
     pub log_colors: Option<When>,
     /// Start each log line with its level: I, W, E or D
-    #[arg(long = "log-prefix", overrides_with = "no_log_prefix", global = true, help_heading = "Common")]
+    #[arg(
+        long = "log-prefix",
+        overrides_with = "no_log_prefix",
+        global = true,
+        help_heading = "Common"
+    )]
     pub log_prefix: bool,
     /// Log lines without the level [default]
-    #[arg(long = "no-log-prefix", overrides_with = "log_prefix", global = true, help_heading = "Common")]
+    #[arg(
+        long = "no-log-prefix",
+        overrides_with = "log_prefix",
+        global = true,
+        help_heading = "Common"
+    )]
     pub no_log_prefix: bool,
     /// Put the time since the start (minutes.seconds.ms.us) in the prefix
-    #[arg(long = "log-timestamps", overrides_with = "no_log_timestamps", global = true, help_heading = "Common")]
+    #[arg(
+        long = "log-timestamps",
+        overrides_with = "no_log_timestamps",
+        global = true,
+        help_heading = "Common"
+    )]
     pub log_timestamps: bool,
     /// No time in the prefix [default]
-    #[arg(long = "no-log-timestamps", overrides_with = "log_timestamps", global = true, help_heading = "Common")]
+    #[arg(
+        long = "no-log-timestamps",
+        overrides_with = "log_timestamps",
+        global = true,
+        help_heading = "Common"
+    )]
     pub no_log_timestamps: bool,
 }
 
