@@ -197,3 +197,44 @@ macro_rules! log_warn {
 macro_rules! log_info {
     ($($t:tt)*) => { $crate::log::line($crate::log::Level::Info, format_args!($($t)*)) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(style: Style) -> Writer {
+        Writer {
+            file: None,
+            style,
+            start: None,
+        }
+    }
+
+    #[test]
+    fn lines_are_written_as_llama_cpp_writes_them() {
+        let plain = writer(Style::default());
+        assert_eq!(plain.render(Some(Level::Warn), "w\n", true), "w\n");
+        let prefixed = Style {
+            prefix: true,
+            ..Style::default()
+        };
+        let w = writer(prefixed);
+        assert_eq!(w.render(Some(Level::Trace), "t\n", false), "I t\n");
+        assert_eq!(w.render(Some(Level::Error), "e\n\n", false), "E e\n\n");
+        // Continued text gets no prefix.
+        assert_eq!(w.render(None, "...", false), "...");
+        // Colours: the letter for information; the whole line, reset before
+        // the newline, otherwise.
+        assert_eq!(w.render(Some(Level::Info), "i\n", true), "\x1b[32mI \x1b[0mi\n");
+        assert_eq!(w.render(Some(Level::Warn), "w\n", true), "\x1b[35mW w\x1b[0m\n");
+        let timed = Writer {
+            start: Some(Instant::now() - std::time::Duration::from_micros(61_002_003)),
+            ..writer(Style {
+                timestamps: true,
+                ..prefixed
+            })
+        };
+        let line = timed.render(Some(Level::Debug), "d\n", false);
+        assert!(line.starts_with("1.01.002.") && line.ends_with(" D d\n"), "{line:?}");
+    }
+}
