@@ -22,7 +22,7 @@ pub struct LogArgs {
         help_heading = "Common"
     )]
     pub verbose: bool,
-    /// Log lines up to this level, 0..=2147483647: 0 none (the generated
+    /// Log lines up to this level (-lv), 0..=2147483647: 0 none (the generated
     /// text only), 1 errors, 2 warnings, 3 information [default], 4 trace
     /// (ggml's and llama.cpp's lines), 5 debug
     #[arg(long = "verbosity", alias = "log-verbosity", value_name = "N", overrides_with = "verbose",

@@ -10,7 +10,7 @@ use crate::tokenizer::Tokenizer;
 
 #[derive(Args, Debug, Clone)]
 pub struct TokenDisplayArgs {
-    /// Print special tokens (e.g. <|im_end|>) in the generated text
+    /// Print special tokens (e.g. <|im_end|>) in the generated text (-sp)
     #[arg(long = "special", help_heading = "Common")]
     pub special: bool,
     /// Log the prompt's tokens with their ids before generating
