@@ -8,6 +8,7 @@ pub mod compute;
 pub mod engine;
 pub mod ggml;
 pub mod gguf;
+pub mod log;
 pub mod model;
 pub mod placement;
 pub mod quote;

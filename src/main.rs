@@ -2,7 +2,17 @@ use infllm::cli::{self, signals, Cli, Command};
 
 fn main() {
     let cli = parse_args();
-    infllm::ggml::set_quiet_logs(std::env::var_os("INFLLM_GGML_LOG").is_none());
+    match cli.log.settings() {
+        Ok(settings) => infllm::log::configure(settings),
+        Err(e) => {
+            eprintln!("{}", cli::error_line(&e));
+            std::process::exit(1);
+        }
+    }
+    // INFLLM_GGML_LOG: ggml prints its own log, all of it.
+    if std::env::var_os("INFLLM_GGML_LOG").is_none() {
+        infllm::ggml::forward_logs();
+    }
     let result = match &cli.command {
         Some(Command::Tokenize(a)) => cli::tokenize::run(a),
         Some(Command::Passkey(a)) => cli::passkey::run(a),
@@ -20,7 +30,7 @@ fn main() {
             signals::exit(e.downcast_ref::<signals::Stopped>().map_or(130, |s| s.code));
         }
         Err(e) => {
-            eprintln!("{}", cli::error_line(&e));
+            infllm::log::failure(&cli::error_line(&e));
             signals::exit(1);
         }
     }

@@ -268,7 +268,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                             )
                         }
                         true => println!("{}", markdown_line(&row)),
-                        false => eprintln!("bench: {}", markdown_line(&row)),
+                        false => crate::log_info!("bench: {}", markdown_line(&row)),
                     }
                     rows.push(row);
                 }

@@ -180,16 +180,16 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    eprintln!("{info}");
-    eprintln!("infllm: {attn_info}");
-    eprintln!(
+    info.log();
+    crate::log_info!("infllm: {attn_info}");
+    crate::log_info!(
         "infllm: chat template {}, threads {}, seed {}",
         conv.template().name(),
         super::generate::threads_used(a.run.threads, params.n_threads),
         conv.sampler.params.seed
     );
     if let Some(path) = restored {
-        eprintln!(
+        crate::log_info!(
             "infllm: session {} restored: {} tokens, {} messages",
             path.display(),
             conv.engine.n_past(),
@@ -217,7 +217,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     }
     if let (true, Some(path)) = (keep, &c.session) {
         conv.save(path)?;
-        eprintln!("infllm: session saved to {}", path.display());
+        crate::log_info!("infllm: session saved to {}", path.display());
     }
     signals::set_unsaved(false);
     result?;

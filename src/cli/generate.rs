@@ -16,6 +16,7 @@ use super::progress::Progress;
 use super::prompt::{text_by, PromptSource, Rules};
 use super::prompt_cache::PromptCache;
 use super::sampling::SamplingArgs;
+use super::token_display::TokenDisplayArgs;
 use super::{limits, signals, RunArgs};
 use crate::chat::conversation::reverse_prompt_at_end;
 use crate::engine::Engine;
@@ -70,6 +71,8 @@ pub struct GenerateArgs {
     /// appears; repeat for several
     #[arg(short = 'r', long = "reverse-prompt", value_name = "PROMPT", help_heading = "Common")]
     pub reverse_prompt: Vec<String>,
+    #[command(flatten)]
+    pub tokens: TokenDisplayArgs,
 
     #[command(flatten)]
     pub sample: SamplingArgs,
@@ -161,14 +164,15 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if let Some(cache) = &cache {
         cache.check(&engine)?;
     }
-    eprintln!("{info}");
-    eprintln!("infllm: {attn_info}");
-    eprintln!(
+    info.log();
+    crate::log_info!("infllm: {attn_info}");
+    crate::log_info!(
         "infllm: n_ctx = {n_ctx}, n_ubatch = {}, threads = {}, prompt = {n_prompt} tokens, seed = {}",
         params.n_ubatch,
         threads_used(a.run.threads, params.n_threads),
         sampler.params.seed
     );
+    a.tokens.log_prompt(&prompt, engine.tokenizer())?;
 
     signals::install()?;
     let mut out = std::io::stdout().lock();
@@ -196,7 +200,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         }
         None => generate(
             (&mut engine, &mut sampler),
-            (logits, limit, &stops),
+            (logits, limit, &stops, a.tokens.special),
             &mut out,
             &mut n_eval,
         ),
@@ -204,7 +208,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     // A Ctrl-C still gets the timings of what ran, as in llama.cpp.
     if result.as_ref().err().is_none_or(|e| e.is::<signals::Stopped>()) {
         print_timings(n_read, prompt_time, n_eval, t1.elapsed());
-        eprintln!("infllm: {}", engine.memory_report());
+        crate::log_info!("infllm: {}", engine.memory_report());
     }
     result
 }
@@ -275,18 +279,18 @@ fn stop_if_interrupted(progress: &mut Progress) -> anyhow::Result<()> {
 
 /// Samples and prints up to `limit` tokens from `logits` on, stopping at
 /// end of text, a reverse prompt (`stops`), a full context or a Ctrl-C;
-/// `n_eval` counts the decode steps.
+/// `n_eval` counts the decode steps; `special` as in `write_text`.
 fn generate(
     (engine, sampler): (&mut Engine, &mut Sampler),
-    (logits, limit, stops): (Vec<f32>, usize, &[String]),
+    (logits, limit, stops, special): (Vec<f32>, usize, &[String], bool),
     out: &mut impl Write,
     n_eval: &mut usize,
 ) -> anyhow::Result<()> {
-    let (end, _) = write_text((engine, sampler), (logits, limit, stops), out, n_eval)?;
+    let (end, _) = write_text((engine, sampler), (logits, limit, stops, special), out, n_eval)?;
     writeln!(out)?;
     out.flush()?;
     match end {
-        End::ContextFull => eprintln!("infllm: context full ({} tokens): stopping", engine.n_ctx()),
+        End::ContextFull => crate::log_warn!("infllm: context full ({} tokens): stopping", engine.n_ctx()),
         End::Interrupted => return Err(signals::Stopped::now().into()),
         End::EndOfText | End::Limit | End::ReversePrompt => {}
     }
@@ -305,10 +309,11 @@ pub enum End {
 
 /// Samples and prints tokens from `logits` on until one of `End`'s
 /// reasons; returns it with the last token sampled (an end of text
-/// included), which is not evaluated yet.
+/// included), which is not evaluated yet. `special` (-sp): special tokens
+/// are printed, the end of text too (as llama.cpp).
 pub fn write_text(
     (engine, sampler): (&mut Engine, &mut Sampler),
-    (mut logits, limit, stops): (Vec<f32>, usize, &[String]),
+    (mut logits, limit, stops, special): (Vec<f32>, usize, &[String], bool),
     out: &mut impl Write,
     n_eval: &mut usize,
 ) -> anyhow::Result<(End, Option<Token>)> {
@@ -322,11 +327,14 @@ pub fn write_text(
     let end = loop {
         let t = sampler.sample(&logits);
         if engine.tokenizer().is_eog(t) {
+            if special {
+                write!(out, "{}", utf8.push(&engine.tokenizer().token_to_piece(t, true)))?;
+            }
             break (End::EndOfText, t);
         }
         sampler.accept(t);
         n_gen += 1;
-        let text = utf8.push(&engine.tokenizer().token_to_piece(t, false));
+        let text = utf8.push(&engine.tokenizer().token_to_piece(t, special));
         write!(out, "{text}")?;
         out.flush()?;
         shown.push_str(&text);
@@ -356,11 +364,11 @@ pub fn print_timings(n_prompt: usize, prompt: Duration, n_gen: usize, gen: Durat
         let ms = d.as_secs_f64() * 1e3;
         let per = if n > 0 { ms / n as f64 } else { 0.0 };
         let tps = if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-        eprintln!(
+        crate::log_info!(
             "infllm: {label} = {ms:10.2} ms / {n:5} {unit} ({per:8.2} ms per token, {tps:8.2} tokens per second)"
         );
     };
-    eprintln!();
+    crate::log_info!("");
     line("prompt eval time", n_prompt, "tokens", prompt);
     line("       eval time", n_gen, "runs  ", gen);
 }

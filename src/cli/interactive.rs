@@ -61,7 +61,7 @@ pub fn converse(
         let mut pending: Vec<Token> = Vec::new();
         let model_turn = !std::mem::take(&mut user_first);
         if let Some(l) = logits.take_if(|_| model_turn) {
-            let (end, last) = write_text((engine, sampler), (l, limit, &stops), out, n_eval)?;
+            let (end, last) = write_text((engine, sampler), (l, limit, &stops, a.tokens.special), out, n_eval)?;
             pending.extend(last);
             match end {
                 End::ContextFull => return context_full(engine, out),
@@ -90,7 +90,7 @@ pub fn converse(
         };
         let room = engine.n_ctx().saturating_sub(engine.n_past() + 1);
         if pending.len() + input.len() > room {
-            eprintln!(
+            crate::log_warn!(
                 "\ninfllm: the input does not fit: {} tokens, room for {room} (-c)",
                 input.len()
             );
@@ -121,7 +121,7 @@ fn input_tokens(engine: &Engine, affixes: &Affixes, line: &str) -> Vec<Token> {
 
 fn context_full(engine: &Engine, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out)?;
-    eprintln!("infllm: context full ({} tokens): stopping", engine.n_ctx());
+    crate::log_warn!("infllm: context full ({} tokens): stopping", engine.n_ctx());
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod interactive;
 pub mod limits;
 pub mod llama_flags;
 pub mod llama_text;
+pub mod logging;
 pub mod passkey;
 pub mod perplexity;
 pub mod plot;
@@ -20,6 +21,7 @@ pub mod rpc_server;
 pub mod rss;
 pub mod sampling;
 pub mod signals;
+pub mod token_display;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +50,8 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub generate: generate::GenerateArgs,
+    #[command(flatten)]
+    pub log: logging::LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -142,14 +146,14 @@ impl RunArgs {
         })
     }
 
-    /// Loads the model; returns it with a line describing it, printed by the
-    /// caller once the inputs are known to be valid (so that an error stays
-    /// the only line on stderr).
-    pub fn load(&self) -> anyhow::Result<(Model, String)> {
+    /// Loads the model; returns it with what to log about it, logged by
+    /// the caller once the inputs are known to be valid (so that an error
+    /// stays the only line on stderr).
+    pub fn load(&self) -> anyhow::Result<(Model, LoadReport)> {
         let path = self.model.path()?;
         let start = Instant::now();
         let offload = self.devices.offload()?;
-        let model = Model::load_on(&path, &offload, &mut |line| eprintln!("infllm: {line}"))?;
+        let model = Model::load_on(&path, &offload, &mut |line| crate::log_info!("infllm: {line}"))?;
         let hp = &model.hp;
         let info = format!(
             "infllm: loaded {} ({}, {} layers, {} heads / {} KV heads, head dim {}, vocab {}, trained ctx {}) in {:.0} ms",
@@ -175,7 +179,24 @@ impl RunArgs {
             on => format!("{info}\ninfllm: offloaded {on}"),
         };
         let notes = self.attn.notes(&model.hp, self.ctx_size);
-        Ok((model, info + &notes))
+        let warnings = notes.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+        Ok((model, LoadReport { info, warnings }))
+    }
+}
+
+/// What loading a model says: a description, and warnings on the flags
+/// that do not fit the model.
+pub struct LoadReport {
+    info: String,
+    warnings: Vec<String>,
+}
+
+impl LoadReport {
+    pub fn log(&self) {
+        crate::log_info!("{}", self.info);
+        for w in &self.warnings {
+            crate::log_warn!("{w}");
+        }
     }
 }
 
@@ -212,7 +233,9 @@ pub fn default_threads() -> usize {
 /// code 1; `--help` and `--version` come back as clap's "errors" to print.
 pub fn parse(args: Vec<std::ffi::OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Cli, ParseError> {
     use clap::{CommandFactory, FromArgMatches};
-    let cmd = Cli::command().args_override_self(true);
+    let mut cmd = Cli::command().args_override_self(true);
+    // Built first: a sub-command then knows the global flags (`-v`, `--log-*`).
+    cmd.build();
     let args = args::rewrite(args, &cmd, env).map_err(|e| ParseError::Line(format!("error: {e}")))?;
     let matches = cmd.try_get_matches_from(args).map_err(ParseError::from)?;
     Cli::from_arg_matches(&matches).map_err(ParseError::from)

@@ -133,7 +133,8 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     }
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
-    eprintln!("{info}\ninfllm: {attn_info}");
+    info.log();
+    crate::log_info!("infllm: {attn_info}");
     let runs = key_runs(a, &engine, n_junk, &positions)?;
 
     let mut out = std::io::stdout().lock();
@@ -174,9 +175,9 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     )?;
     if a.share_prefix {
         let all: usize = runs.iter().map(|r| r.tokens.len()).sum();
-        eprintln!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
+        crate::log_info!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
     }
-    eprintln!("infllm: {}", engine.memory_report());
+    crate::log_info!("infllm: {}", engine.memory_report());
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use super::attn::{describe, AttnArgs, AttnKind, AttnSettings};
 use super::devices::DeviceArgs;
 use super::limits::{self, count, count_or_minus_one};
-use super::{ModelArgs, RunArgs};
+use super::{LoadReport, ModelArgs, RunArgs};
 use crate::engine::Engine;
 use crate::model::Model;
 use crate::tokenizer::Token;
@@ -188,14 +188,14 @@ impl Nll {
 /// An engine for `run` over `model`; prints the attention line.
 fn engine_for(run: &RunArgs, model: Model) -> anyhow::Result<Engine> {
     let params = run.engine_params(&model.hp)?;
-    eprintln!("infllm: {}", describe(&params.attn, &model.hp));
+    crate::log_info!("infllm: {}", describe(&params.attn, &model.hp));
     Engine::new(model, params)
 }
 
 /// The model and the text's tokens as llama-perplexity reads them (BOS
 /// added as the model asks, special-token text kept as text); the model
 /// line is printed by the caller once the tokens are known to be enough.
-fn load_tokens(run: &RunArgs, text: &str) -> anyhow::Result<(Model, String, Vec<Token>)> {
+fn load_tokens(run: &RunArgs, text: &str) -> anyhow::Result<(Model, LoadReport, Vec<Token>)> {
     let (model, info) = run.load()?;
     let tokens = model.tokenizer.encode(text, true, false);
     Ok((model, info, tokens))
@@ -242,12 +242,12 @@ fn chunked(run: &RunArgs, text: &str, n_ctx: usize, max_chunks: Option<usize>) -
         2 * n_ctx,
         tokens.len()
     );
-    eprintln!("{info}");
+    info.log();
     let bos = model.tokenizer.bos().filter(|_| model.tokenizer.add_bos());
     let mut engine = engine_for(run, model)?;
     let n_chunk = max_chunks.map_or(tokens.len() / n_ctx, |n| n.min(tokens.len() / n_ctx));
     let first = n_ctx / 2;
-    eprintln!(
+    crate::log_info!(
         "perplexity: calculating perplexity over {n_chunk} chunks, n_ctx={n_ctx}, batch_size={}",
         run.batch_size.min(n_ctx)
     );
@@ -274,8 +274,8 @@ fn chunked(run: &RunArgs, text: &str, n_ctx: usize, max_chunks: Option<usize>) -
     writeln!(out, "\n")?;
     out.flush()?;
     match nll.error() {
-        Some(err) => eprintln!("Final estimate: PPL = {:.4} +/- {:.5}", nll.ppl(), err),
-        None => eprintln!("Unexpected negative standard deviation of log(prob)"),
+        Some(err) => crate::log_info!("Final estimate: PPL = {:.4} +/- {:.5}", nll.ppl(), err),
+        None => crate::log_error!("Unexpected negative standard deviation of log(prob)"),
     }
     Ok(())
 }
@@ -291,7 +291,7 @@ fn eta_line(secs_per_pass: f64, n_chunk: usize) {
         }
         false => String::new(),
     };
-    eprintln!(
+    crate::log_info!(
         "perplexity: {secs_per_pass:.2} seconds per pass - ETA {hours}{:.2} minutes",
         total as f64 / 60.0
     );

@@ -1,5 +1,6 @@
 //! Prefill progress on stderr: a bar with tokens/s when stderr is a
-//! terminal, plain periodic lines otherwise (logs, pipes, CI).
+//! terminal, plain periodic log lines otherwise (logs, pipes, CI); both
+//! are information, so neither shows under -lv 2 or --log-disable.
 
 use std::fmt::Write;
 use std::io::IsTerminal;
@@ -21,7 +22,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: usize) -> Self {
-        let bar = (total >= MIN_TOKENS && std::io::stderr().is_terminal()).then(|| {
+        let shown = crate::log::enabled(crate::log::Level::Info);
+        let bar = (shown && total >= MIN_TOKENS && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
             // Rate and ETA from the mean since the start: indicatif's own
             // estimates swing with every step (a first step read as millions/s).
@@ -59,7 +61,7 @@ impl Progress {
         } else if self.total >= MIN_TOKENS && done < self.total && self.last_line.elapsed() >= LINE_EVERY {
             self.last_line = Instant::now();
             let secs = self.start.elapsed().as_secs_f64();
-            eprintln!(
+            crate::log_info!(
                 "infllm: prefill {done}/{} tokens ({:.0}%), {:.1} tokens/s",
                 self.total,
                 100.0 * done as f64 / self.total as f64,

@@ -77,7 +77,7 @@ impl PromptCache {
             out.write_all(text.as_bytes())?;
             out.flush()?;
         }
-        eprintln!(
+        crate::log_info!(
             "infllm: {}: {held} of {} prompt tokens restored",
             self.name(),
             tokens.len()

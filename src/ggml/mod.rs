@@ -69,3 +69,35 @@ pub fn set_quiet_logs(quiet: bool) {
         }
     }
 }
+
+/// Sends ggml's and llama.cpp's log text to infllm's log (`crate::log`),
+/// where `-lv 4` shows it and `-v` its debug lines too.
+pub fn forward_logs() {
+    unsafe extern "C" fn to_log(
+        level: sys::ggml_log_level,
+        text: *const std::os::raw::c_char,
+        _user: *mut std::os::raw::c_void,
+    ) {
+        if text.is_null() {
+            return;
+        }
+        // SAFETY: ggml passes a NUL-terminated string that lives for the call.
+        let text = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+        use crate::log::Level;
+        let level = match level {
+            sys::GGML_LOG_LEVEL_DEBUG => Some(Level::Debug),
+            sys::GGML_LOG_LEVEL_INFO => Some(Level::Info),
+            sys::GGML_LOG_LEVEL_WARN => Some(Level::Warn),
+            sys::GGML_LOG_LEVEL_ERROR => Some(Level::Error),
+            // Continued text, or text with no level.
+            _ => None,
+        };
+        crate::log::library_text(level, &text);
+    }
+    // SAFETY: the callback reads only the string ggml hands it, and
+    // neither unwinds nor keeps the pointer.
+    unsafe {
+        sys::llama_log_set(Some(to_log), std::ptr::null_mut());
+        sys::ggml_log_set(Some(to_log), std::ptr::null_mut());
+    }
+}

@@ -124,7 +124,7 @@ async fn serve(a: ServeArgs, alias: String) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
-    eprintln!("infllm: listening on http://{}", listener.local_addr()?);
+    crate::log_info!("infllm: listening on http://{}", listener.local_addr()?);
     let metrics = Arc::new(Metrics::default());
     let (work, work_rx) = std::sync::mpsc::channel();
     let state = Arc::new(AppState {
@@ -154,7 +154,7 @@ async fn serve(a: ServeArgs, alias: String) -> anyhow::Result<()> {
         Ok(Ok(d)) => {
             let _ = state.defaults.set(d);
             metrics.ready.store(true, Relaxed);
-            eprintln!("infllm: ready");
+            crate::log_info!("infllm: ready");
         }
         Ok(Err(e)) => return Err(e),
         Err(_) => anyhow::bail!("the compute thread ended while loading"),
@@ -162,7 +162,7 @@ async fn serve(a: ServeArgs, alias: String) -> anyhow::Result<()> {
     server.await?.context("the HTTP server failed")?;
     drop(state);
     let _ = compute.join();
-    eprintln!("infllm: stopped");
+    crate::log_info!("infllm: stopped");
     Ok(())
 }
 
@@ -177,7 +177,7 @@ async fn stop_signal(work: std::sync::mpsc::Sender<Work>) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    eprintln!("infllm: stopping");
+    crate::log_info!("infllm: stopping");
     let _ = work.send(Work::Shutdown);
 }
 
@@ -203,7 +203,7 @@ fn build_worker(a: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<(Worker,
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
     let template = crate::cli::chat::template_for(&model, a.chat_template.as_deref(), a.chat_template_file.as_deref())?;
-    eprintln!("{info}");
+    info.log();
     let slots = Slots::new(Engine::new(model, params)?, a.parallel)?;
     let n_ctx = slots.engine().n_ctx();
     let defaults = Defaults {

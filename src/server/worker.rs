@@ -211,7 +211,7 @@ impl Worker {
         let resumed = found.and_then(|(id, resume, _)| match self.install(id, slot) {
             Ok(()) => Some((id, resume)),
             Err(e) => {
-                eprintln!("infllm: a held conversation is lost, its text is read again: {e:#}");
+                crate::log_warn!("infllm: a held conversation is lost, its text is read again: {e:#}");
                 None
             }
         });
@@ -378,7 +378,7 @@ impl Worker {
                 break;
             };
             if let Err(e) = self.spill(id) {
-                eprintln!("infllm: a conversation could not be saved and is forgotten: {e:#}");
+                crate::log_warn!("infllm: a conversation could not be saved and is forgotten: {e:#}");
                 self.pool.held.remove(&id);
             }
         }
@@ -455,7 +455,7 @@ impl Worker {
         }
         for slot in 0..self.slots.len() {
             if let Err(e) = self.vacate(slot, None) {
-                eprintln!("infllm: cannot set a conversation aside: {}", e.message);
+                crate::log_warn!("infllm: cannot set a conversation aside: {}", e.message);
             }
         }
         let parked: Vec<u64> = self.pool.held.keys().copied().collect();
@@ -463,7 +463,7 @@ impl Worker {
             let parked = matches!(self.pool.held[&id].place, Place::Ram(..));
             if parked && !self.pool.held[&id].text.is_empty() {
                 if let Err(e) = self.spill(id) {
-                    eprintln!("infllm: a conversation could not be saved: {e:#}");
+                    crate::log_warn!("infllm: a conversation could not be saved: {e:#}");
                 }
             }
         }
@@ -489,7 +489,7 @@ impl Worker {
                         used: 0,
                     });
                 }
-                Err(e) => eprintln!("infllm: skipping {}: {e:#}", path.display()),
+                Err(e) => crate::log_warn!("infllm: skipping {}: {e:#}", path.display()),
             }
         }
     }

@@ -41,8 +41,8 @@ pub fn run(
         "the text is too short: {} token(s), perplexity needs at least 2",
         tokens.len()
     );
-    eprintln!("{info}");
-    eprintln!(
+    info.log();
+    crate::log_info!(
         "perplexity: {} tokens read as one sequence, perplexity per {n} positions",
         tokens.len()
     );
@@ -69,7 +69,7 @@ pub fn run(
             marker: (n_ctx_train < tokens.len()).then_some((n_ctx_train as f64, marker.as_str())),
         };
         plot::write_svg(path, &chart, &series(n, tokens.len(), &scores))?;
-        eprintln!("perplexity: plot written to {}", path.display());
+        crate::log_info!("perplexity: plot written to {}", path.display());
     }
     Ok(())
 }
@@ -106,7 +106,7 @@ fn score_mode(
     )?;
     progress.finish();
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!(
+    crate::log_info!(
         "perplexity: {}: PPL = {:.4} +/- {} over {} tokens, {:.1} s ({:.1} tokens/s)",
         name(kind),
         s.total.ppl(),
