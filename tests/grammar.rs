@@ -90,7 +90,7 @@ fn same_tokens_as_llama_cpp_grammar_sampler() {
             };
             let mut ours = Sampler::new(
                 SamplingParams {
-                    grammar: Some(GrammarSpec::Gbnf(g.to_string())),
+                    grammar: Some(Box::new(GrammarSpec::Gbnf(g.to_string()))),
                     ..p.clone()
                 },
                 e.tokenizer(),

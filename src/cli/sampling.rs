@@ -209,7 +209,7 @@ impl SamplingArgs {
     }
 
     /// The constraint the flags give, its file read.
-    fn grammar(&self) -> anyhow::Result<Option<GrammarSpec>> {
+    fn grammar(&self) -> anyhow::Result<Option<Box<GrammarSpec>>> {
         let read = |flag: &str, path: &Path| {
             std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
         };
@@ -220,10 +220,10 @@ impl SamplingArgs {
                 &self.json_schema,
                 &self.json_schema_file,
             ) {
-                (Some(g), ..) => Some(GrammarSpec::Gbnf(g.clone())),
-                (_, Some(f), ..) => Some(GrammarSpec::Gbnf(read("--grammar-file", f)?)),
-                (_, _, Some(s), _) => Some(GrammarSpec::JsonSchema(s.clone())),
-                (.., Some(f)) => Some(GrammarSpec::JsonSchema(read("--json-schema-file", f)?)),
+                (Some(g), ..) => Some(Box::new(GrammarSpec::Gbnf(g.clone()))),
+                (_, Some(f), ..) => Some(Box::new(GrammarSpec::Gbnf(read("--grammar-file", f)?))),
+                (_, _, Some(s), _) => Some(Box::new(GrammarSpec::JsonSchema(s.clone()))),
+                (.., Some(f)) => Some(Box::new(GrammarSpec::JsonSchema(read("--json-schema-file", f)?))),
                 _ => None,
             },
         )

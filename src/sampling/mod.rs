@@ -96,7 +96,8 @@ pub struct Sampler {
     vocab: VocabFacts,
     candidates: Candidates,
     /// The constraint (`params.grammar` compiled for the vocabulary).
-    grammar: Option<Grammar>,
+    /// (Boxed: a sampler without one stays small.)
+    grammar: Option<Box<Grammar>>,
     /// The token `sample` gave last, until it is accepted.
     drawn: Option<Token>,
 }
@@ -107,7 +108,11 @@ impl Sampler {
     pub fn new(params: SamplingParams, tok: &Tokenizer) -> anyhow::Result<Self> {
         params.check_vocab(tok.n_vocab())?;
         let vocab = VocabFacts::new(&params, tok);
-        let grammar = params.grammar.as_ref().map(|g| Grammar::new(g, tok)).transpose()?;
+        let grammar = params
+            .grammar
+            .as_ref()
+            .map(|g| Grammar::new(g, tok).map(Box::new))
+            .transpose()?;
         Ok(Self {
             grammar,
             ..Self::with_vocab(params, vocab)
@@ -143,7 +148,7 @@ impl Sampler {
     /// (An answer drawn after this starts the grammar afresh.)
     pub fn set_history(&mut self, tokens: &[Token]) {
         self.history.reset_to(tokens);
-        self.grammar.iter_mut().for_each(Grammar::restart);
+        self.grammar.iter_mut().for_each(|g| g.restart());
     }
 
     /// Records a token that is now part of the text (prompt or generated).
@@ -174,7 +179,7 @@ impl Sampler {
             Err(e) => {
                 // A grammar that failed (past llguidance's limits) ends the answer.
                 eprintln!("infllm: grammar: {e}: stopping");
-                self.grammar.as_ref().map_or(t, Grammar::eog)
+                self.grammar.as_ref().map_or(t, |g| g.eog())
             }
         };
         self.drawn = Some(t);

@@ -144,7 +144,7 @@ pub struct SamplingParams {
     pub seed: u32,
     /// The output's grammar or JSON schema (absent in older session files).
     #[serde(default)]
-    pub grammar: Option<GrammarSpec>,
+    pub grammar: Option<Box<GrammarSpec>>,
 }
 
 impl Default for SamplingParams {
@@ -246,7 +246,7 @@ impl SamplingParams {
         if let Some((t, b)) = self.logit_bias.iter().find(|(t, b)| *t < 0 || b.is_nan()) {
             bail!("--logit-bias {t}: need a token >= 0 and a bias that is a number, got {b}");
         }
-        self.grammar.as_ref().map_or(Ok(()), GrammarSpec::check)
+        self.grammar.as_ref().map_or(Ok(()), |g| g.check())
     }
 
     /// `check`, and that the biased tokens are in a vocabulary of `n_vocab`.

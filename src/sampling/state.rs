@@ -57,7 +57,12 @@ impl Sampler {
     pub fn from_state(s: &SamplerState, tok: &Tokenizer) -> anyhow::Result<Self> {
         s.check(tok.n_vocab())?;
         let vocab = VocabFacts::new(&s.params, tok);
-        let grammar = s.params.grammar.as_ref().map(|g| Grammar::new(g, tok)).transpose()?;
+        let grammar = s
+            .params
+            .grammar
+            .as_ref()
+            .map(|g| Grammar::new(g, tok).map(Box::new))
+            .transpose()?;
         Ok(Self {
             grammar,
             ..Self::restored(s, vocab)
