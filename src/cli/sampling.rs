@@ -1,9 +1,12 @@
 //! The sampling flags, as llama.cpp spells them (generation, chat, serve).
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::Args;
 
 use super::limits;
-use crate::sampling::{parse_letters, parse_logit_bias, parse_stages, random_seed, SamplingParams, Stage};
+use crate::sampling::{parse_letters, parse_logit_bias, parse_stages, random_seed, GrammarSpec, SamplingParams, Stage};
 use crate::tokenizer::Token;
 
 #[derive(Args, Debug, Clone)]
@@ -172,6 +175,28 @@ pub struct SamplingArgs {
     #[arg(short = 's', long = "seed", default_value_t = -1, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-1..=u32::MAX as i64), help_heading = "Sampling")]
     pub seed: i64,
+    /// GBNF grammar the output follows (llama.cpp's syntax; llguidance's
+    /// Lark when it starts with %llguidance)
+    #[arg(long, value_name = "GRAMMAR", help_heading = "Constrained output",
+          conflicts_with_all = ["grammar_file", "json_schema", "json_schema_file"])]
+    pub grammar: Option<String>,
+    /// File to read the --grammar from
+    #[arg(long = "grammar-file", value_name = "FNAME", help_heading = "Constrained output",
+          conflicts_with_all = ["json_schema", "json_schema_file"])]
+    pub grammar_file: Option<PathBuf>,
+    /// JSON schema the output follows, e.g. '{"type": "object"}' for any
+    /// JSON object
+    #[arg(
+        short = 'j',
+        long = "json-schema",
+        value_name = "SCHEMA",
+        help_heading = "Constrained output",
+        conflicts_with = "json_schema_file"
+    )]
+    pub json_schema: Option<String>,
+    /// File to read the --json-schema from (llama.cpp: -jf)
+    #[arg(long = "json-schema-file", value_name = "FILE", help_heading = "Constrained output")]
+    pub json_schema_file: Option<PathBuf>,
 }
 
 /// llama.cpp's "random" seed (`LLAMA_DEFAULT_SEED`).
@@ -181,6 +206,27 @@ impl SamplingArgs {
     /// Whether `-s` asks for a new random seed.
     pub fn random_seed(&self) -> bool {
         self.seed < 0 || self.seed == RANDOM_SEED
+    }
+
+    /// The constraint the flags give, its file read.
+    fn grammar(&self) -> anyhow::Result<Option<Box<GrammarSpec>>> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        Ok(
+            match (
+                &self.grammar,
+                &self.grammar_file,
+                &self.json_schema,
+                &self.json_schema_file,
+            ) {
+                (Some(g), ..) => Some(Box::new(GrammarSpec::Gbnf(g.clone()))),
+                (_, Some(f), ..) => Some(Box::new(GrammarSpec::Gbnf(read("--grammar-file", f)?))),
+                (_, _, Some(s), _) => Some(Box::new(GrammarSpec::JsonSchema(s.clone()))),
+                (.., Some(f)) => Some(Box::new(GrammarSpec::JsonSchema(read("--json-schema-file", f)?))),
+                _ => None,
+            },
+        )
     }
 
     /// The sampler's parameters, checked (`SamplingParams::check`: the same
@@ -219,6 +265,7 @@ impl SamplingArgs {
                 true => random_seed() as u32,
                 false => self.seed as u32,
             },
+            grammar: self.grammar()?,
         };
         p.check()?;
         Ok(p)

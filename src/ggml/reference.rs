@@ -441,6 +441,78 @@ impl Drop for RefSampler {
     }
 }
 
+/// llama.cpp's GBNF grammar sampler (`llama_sampler_init_grammar`, start
+/// rule `root`) over `model`'s vocabulary.
+pub struct RefGrammar<'m> {
+    raw: NonNull<sys::llama_sampler>,
+    _model: std::marker::PhantomData<&'m RefModel>,
+}
+
+impl<'m> RefGrammar<'m> {
+    pub fn new(model: &'m RefModel, gbnf: &str) -> anyhow::Result<Self> {
+        let text = CString::new(gbnf)?;
+        // SAFETY: the vocabulary outlives the sampler (`'m`); both strings
+        // are NUL-terminated and copied during the call; null on a bad grammar.
+        let raw = unsafe { sys::llama_sampler_init_grammar(model.vocab(), text.as_ptr(), c"root".as_ptr()) };
+        Ok(Self {
+            raw: NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("llama.cpp refused the grammar"))?,
+            _model: std::marker::PhantomData,
+        })
+    }
+
+    /// Sets -inf on the logits of the tokens the grammar refuses now.
+    pub fn mask(&mut self, logits: &mut [f32]) {
+        let mut data: Vec<sys::llama_token_data> = (logits.iter().enumerate())
+            .map(|(i, &logit)| sys::llama_token_data {
+                id: i as i32,
+                logit,
+                p: 0.0,
+            })
+            .collect();
+        let mut arr = sys::llama_token_data_array {
+            data: data.as_mut_ptr(),
+            size: data.len(),
+            selected: -1,
+            sorted: false,
+        };
+        // SAFETY: `arr` points into `data`, alive across the call; the
+        // grammar sampler only changes logits in place.
+        unsafe { sys::llama_sampler_apply(self.raw.as_ptr(), &mut arr) };
+        data.iter().for_each(|d| logits[d.id as usize] = d.logit);
+    }
+
+    /// Whether the grammar takes `token` now (llama.cpp's one-token check).
+    pub fn allows(&mut self, token: i32) -> bool {
+        let mut one = sys::llama_token_data {
+            id: token,
+            logit: 1.0,
+            p: 0.0,
+        };
+        let mut arr = sys::llama_token_data_array {
+            data: &mut one,
+            size: 1,
+            selected: -1,
+            sorted: false,
+        };
+        // SAFETY: `arr` points at `one`, alive across the call.
+        unsafe { sys::llama_sampler_apply(self.raw.as_ptr(), &mut arr) };
+        one.logit != f32::NEG_INFINITY
+    }
+
+    /// Advances the grammar past `token`.
+    pub fn accept(&mut self, token: i32) {
+        // SAFETY: valid sampler.
+        unsafe { sys::llama_sampler_accept(self.raw.as_ptr(), token) }
+    }
+}
+
+impl Drop for RefGrammar<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we own the sampler.
+        unsafe { sys::llama_sampler_free(self.raw.as_ptr()) }
+    }
+}
+
 /// llama.cpp's rendering of `messages` (role, content) with its built-in
 /// chat template `name` (`llama_chat_apply_template`, no model needed).
 pub fn chat_apply_template(name: &str, messages: &[(&str, &str)], add_assistant: bool) -> anyhow::Result<String> {

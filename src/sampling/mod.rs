@@ -7,6 +7,8 @@
 mod candidates;
 mod cpp_sort;
 mod dry;
+mod gbnf;
+mod grammar;
 mod mirostat;
 mod params;
 mod penalties;
@@ -15,10 +17,12 @@ mod state;
 
 use candidates::Candidates;
 use dry::Breakers;
+use grammar::Grammar;
 use mirostat::Mirostat;
 use penalties::History;
 use rng::Mt19937;
 
+pub use grammar::GrammarSpec;
 pub use params::{
     parse_letters, parse_logit_bias, parse_stages, SamplingParams, Stage, DEFAULT_STAGES, MAX_LAST_N, MAX_TOP_K,
 };
@@ -91,6 +95,11 @@ pub struct Sampler {
     history: History,
     vocab: VocabFacts,
     candidates: Candidates,
+    /// The constraint (`params.grammar` compiled for the vocabulary).
+    /// (Boxed: a sampler without one stays small.)
+    grammar: Option<Box<Grammar>>,
+    /// The token `sample` gave last, until it is accepted.
+    drawn: Option<Token>,
 }
 
 impl Sampler {
@@ -99,7 +108,15 @@ impl Sampler {
     pub fn new(params: SamplingParams, tok: &Tokenizer) -> anyhow::Result<Self> {
         params.check_vocab(tok.n_vocab())?;
         let vocab = VocabFacts::new(&params, tok);
-        Ok(Self::with_vocab(params, vocab))
+        let grammar = params
+            .grammar
+            .as_ref()
+            .map(|g| Grammar::new(g, tok).map(Box::new))
+            .transpose()?;
+        Ok(Self {
+            grammar,
+            ..Self::with_vocab(params, vocab)
+        })
     }
 
     fn with_vocab(params: SamplingParams, vocab: VocabFacts) -> Self {
@@ -110,6 +127,8 @@ impl Sampler {
             params,
             vocab,
             candidates: Candidates::default(),
+            grammar: None,
+            drawn: None,
         }
     }
 
@@ -126,19 +145,68 @@ impl Sampler {
     }
 
     /// Forgets the recent tokens, then remembers the last of `tokens`.
+    /// (An answer drawn after this starts the grammar afresh.)
     pub fn set_history(&mut self, tokens: &[Token]) {
         self.history.reset_to(tokens);
+        self.grammar.iter_mut().for_each(|g| g.restart());
     }
 
     /// Records a token that is now part of the text (prompt or generated).
+    /// The token `sample` just gave advances the grammar; any other token
+    /// is prompt text, so the next answer starts the grammar afresh (as
+    /// llama.cpp resets its sampler for each answer).
     pub fn accept(&mut self, t: Token) {
         self.history.accept(t);
+        let Some(g) = &mut self.grammar else { return };
+        if self.drawn.take() != Some(t) {
+            g.restart();
+        } else if let Err(e) = g.commit(t) {
+            eprintln!("infllm: grammar: {e}");
+        }
     }
 
-    /// Picks the next token from `logits`.
+    /// Picks the next token from `logits`. With a grammar, as llama.cpp's
+    /// common sampler: a draw, then a check of the token, and when the
+    /// grammar refuses it, a second draw with the grammar's mask applied.
     pub fn sample(&mut self, logits: &[f32]) -> Token {
+        let t = self.draw(logits, None);
+        let allowed = match &mut self.grammar {
+            None => return t,
+            Some(g) => g.allows(t),
+        };
+        let t = match allowed.and_then(|ok| if ok { Ok(t) } else { self.draw_masked(logits) }) {
+            Ok(t) => t,
+            Err(e) => {
+                // A grammar that failed (past llguidance's limits) ends the answer.
+                eprintln!("infllm: grammar: {e}: stopping");
+                self.grammar.as_ref().map_or(t, |g| g.eog())
+            }
+        };
+        self.drawn = Some(t);
+        t
+    }
+
+    /// A draw among the tokens the grammar allows; its end-of-generation
+    /// token when none is left (a finished grammar under `--ignore-eos`).
+    fn draw_masked(&mut self, logits: &[f32]) -> anyhow::Result<Token> {
+        let g = self.grammar.as_mut().expect("a grammar");
+        let mask = g.mask()?;
+        let eog = g.eog();
+        let t = self.draw(logits, Some(&|t: Token| mask.is_allowed(t as u32)));
+        Ok(if mask.is_allowed(t as u32) { t } else { eog })
+    }
+
+    /// The chain's draw from `logits`, the tokens `allowed` refuses removed
+    /// first.
+    fn draw(&mut self, logits: &[f32], allowed: Option<&dyn Fn(Token) -> bool>) -> Token {
         let c = &mut self.candidates;
         c.fill(logits);
+        if let Some(allowed) = allowed {
+            c.data
+                .iter_mut()
+                .filter(|d| !allowed(d.id))
+                .for_each(|d| d.logit = f32::NEG_INFINITY);
+        }
         let p = &self.params;
         let eog = self.vocab.eog.iter().filter(|_| p.ignore_eos);
         c.bias(p.logit_bias.iter().copied().chain(eog.map(|&t| (t, f32::NEG_INFINITY))));

@@ -5,6 +5,7 @@
 use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
 
+use super::GrammarSpec;
 use crate::tokenizer::Token;
 
 /// Largest `--repeat-last-n`, `--dry-penalty-last-n`: llama.cpp reads them
@@ -141,6 +142,9 @@ pub struct SamplingParams {
     /// End-of-generation tokens get a -inf bias.
     pub ignore_eos: bool,
     pub seed: u32,
+    /// The output's grammar or JSON schema (absent in older session files).
+    #[serde(default)]
+    pub grammar: Option<Box<GrammarSpec>>,
 }
 
 impl Default for SamplingParams {
@@ -170,6 +174,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             ignore_eos: false,
             seed: 0,
+            grammar: None,
         }
     }
 }
@@ -241,7 +246,7 @@ impl SamplingParams {
         if let Some((t, b)) = self.logit_bias.iter().find(|(t, b)| *t < 0 || b.is_nan()) {
             bail!("--logit-bias {t}: need a token >= 0 and a bias that is a number, got {b}");
         }
-        Ok(())
+        self.grammar.as_ref().map_or(Ok(()), |g| g.check())
     }
 
     /// `check`, and that the biased tokens are in a vocabulary of `n_vocab`.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{History, Rngs, Sampler, SamplingParams, VocabFacts};
+use super::{Grammar, History, Rngs, Sampler, SamplingParams, VocabFacts};
 use crate::tokenizer::{Token, Tokenizer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +57,16 @@ impl Sampler {
     pub fn from_state(s: &SamplerState, tok: &Tokenizer) -> anyhow::Result<Self> {
         s.check(tok.n_vocab())?;
         let vocab = VocabFacts::new(&s.params, tok);
-        Ok(Self::restored(s, vocab))
+        let grammar = s
+            .params
+            .grammar
+            .as_ref()
+            .map(|g| Grammar::new(g, tok).map(Box::new))
+            .transpose()?;
+        Ok(Self {
+            grammar,
+            ..Self::restored(s, vocab)
+        })
     }
 
     pub(super) fn restored(s: &SamplerState, vocab: VocabFacts) -> Self {
@@ -70,6 +79,8 @@ impl Sampler {
             history,
             vocab,
             candidates: Default::default(),
+            grammar: None,
+            drawn: None,
         }
     }
 }
