@@ -172,6 +172,46 @@ fn trials_share_a_cell_in_the_json_table() {
     assert_eq!(cells[0]["passed"], passes, "{stdout}{stderr}");
 }
 
+/// `--junk` lengths: a column each (named by a prompt's tokens), whatever
+/// the depth; the key at filler 0 and at the end of the text.
+#[test]
+fn junk_lengths_make_one_column_each() {
+    let svg_path = temp("junk.svg");
+    let out = infllm(&[
+        "--junk",
+        "3,30",
+        "--pos",
+        "0.0,1.0",
+        "-o",
+        "csv",
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let rows: Vec<_> = stdout.lines().skip(1).map(row).collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert_eq!(
+        (rows[0].0, rows[2].0),
+        (rows[1].0, rows[3].0),
+        "one length per --junk: {stdout}"
+    );
+    assert!(rows[0].0 < rows[2].0, "{stdout}");
+    let svg = std::fs::read_to_string(&svg_path).expect("the svg is written");
+    std::fs::remove_file(&svg_path).unwrap();
+    assert_well_formed(&svg);
+    let found = cells(&svg);
+    let xs = distinct(found.iter().map(|c| c.0).collect());
+    let ys = distinct(found.iter().map(|c| c.1).collect());
+    assert_eq!((found.len(), xs.len(), ys.len()), (4, 2, 2), "{found:?}");
+    for label in ["0%", "100%"] {
+        assert!(
+            svg.contains(&format!("\n{label}\n")),
+            "{label} missing from the picture"
+        );
+    }
+}
+
 /// Bad lists, lengths, depths and plot paths: one line, exit 1, and no
 /// picture written.
 #[test]

@@ -325,16 +325,16 @@ fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout) -> anyhow::Result
 }
 
 /// The grid's cells, length by length, without answers yet. A cell's
-/// length is the `--tokens` asked, or with `--junk` its first prompt's.
+/// length is the `--tokens` asked, or with `--junk` the first prompt's of
+/// that length (one column: prompts differ by a token or two).
 fn empty_cells(a: &PasskeyArgs, layout: &Layout, runs: &[KeyRun]) -> Vec<grid::Cell> {
     let mut cells = Vec::new();
-    for (li, (_, ps)) in layout.iter().enumerate() {
+    for (li, (n_junk, ps)) in layout.iter().enumerate() {
+        let length = match a.junk.is_empty() {
+            true => a.tokens[li],
+            false => runs.iter().find(|r| r.n_junk == *n_junk).map_or(0, |r| r.tokens.len()),
+        };
         for (row, p) in ps.iter().enumerate() {
-            let index = cells.len();
-            let length = match a.junk.is_empty() {
-                true => a.tokens[li],
-                false => runs.iter().find(|r| r.cell == index).map_or(0, |r| r.tokens.len()),
-            };
             cells.push(grid::Cell {
                 length,
                 depth: p.depth,
