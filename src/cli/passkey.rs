@@ -1,8 +1,12 @@
 //! `infllm passkey`: llama.cpp's passkey test, extended. A five-digit key is
 //! hidden at chosen positions of a long filler text; the model must repeat
-//! it (greedy) when asked at the end.
+//! it (greedy) when asked at the end. Several lengths and positions make
+//! a grid (`-o csv|json`, `--plot`).
+
+mod grid;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -10,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::attn::describe;
 use super::limits::{self, count};
+use super::perplexity::TableFormat;
 use super::progress::Progress;
 use super::RunArgs;
 use crate::attention::Snapshot;
@@ -29,15 +34,28 @@ const MAX_JUNK: u64 = 1_000_000;
 pub struct PasskeyArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Target prompt length in tokens, 1..=16777216
-    #[arg(long, default_value_t = 16384, conflicts_with = "junk", value_parser = count(1, limits::MAX_TOKENS))]
-    pub tokens: usize,
-    /// Number of filler sentences instead of a token count, 0..=1000000
-    #[arg(long, value_parser = count(0, MAX_JUNK))]
-    pub junk: Option<usize>,
-    /// Where the key goes: a fraction of the text (0.5) or a filler index (120); repeat or comma-separate for several runs
+    /// Target prompt lengths in tokens, each 1..=16777216; a comma list
+    /// (4096,8192) runs every position at every length
+    #[arg(long, value_delimiter = ',', default_values_t = [16384usize], conflicts_with = "junk",
+          value_parser = count(1, limits::MAX_TOKENS))]
+    pub tokens: Vec<usize>,
+    /// Numbers of filler sentences instead of token counts, each 0..=1000000 (a comma list too)
+    #[arg(long, value_delimiter = ',', value_parser = count(0, MAX_JUNK))]
+    pub junk: Vec<usize>,
+    /// Where the key goes: a fraction of the text, 0..=1 (0.5), or a filler index (120); repeat or comma-separate for several runs
     #[arg(long, value_delimiter = ',', default_values = ["0.1", "0.5", "0.9"])]
     pub pos: Vec<String>,
+    /// Runs per length and position, each with its own key, 1..=1000
+    #[arg(long, default_value_t = 1, value_parser = count(1, 1000))]
+    pub trials: usize,
+    /// Table of the grid on stdout, a row per length and position: length,
+    /// depth, trials, passed, answer (csv, json; the runs' lines then go to
+    /// stderr). text: the runs' lines only
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t = TableFormat::Text)]
+    pub output: TableFormat,
+    /// Draw the grid (lengths x positions, green: found, red: missed) into this SVG file
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Seed of the pass key, 0..=18446744073709551615
     #[arg(short = 's', long, default_value_t = 1234)]
     pub seed: u64,
@@ -77,26 +95,86 @@ fn junk_for(tok: &Tokenizer, tokens: usize) -> usize {
     ((tokens.saturating_sub(fixed)) as f64 / per).round() as usize
 }
 
-/// A position argument as a filler index.
-fn position(arg: &str, n_junk: usize) -> anyhow::Result<usize> {
+/// Filler sentences of each length asked (`--junk`, or `--tokens`
+/// converted); distinct, since each is a column of the grid.
+fn junk_counts(a: &PasskeyArgs, tok: &Tokenizer) -> anyhow::Result<Vec<usize>> {
+    let (flag, asked) = match a.junk.is_empty() {
+        true => ("--tokens", &a.tokens),
+        false => ("--junk", &a.junk),
+    };
+    anyhow::ensure!(!asked.is_empty(), "{flag}: no length given");
+    let counts: Vec<usize> = match a.junk.is_empty() {
+        true => asked.iter().map(|&t| junk_for(tok, t)).collect(),
+        false => asked.clone(),
+    };
+    for (i, n) in counts.iter().enumerate() {
+        if let Some(j) = counts[..i].iter().position(|m| m == n) {
+            anyhow::bail!(
+                "{flag}: {} and {} give the same text ({n} filler sentences)",
+                asked[j],
+                asked[i]
+            );
+        }
+    }
+    Ok(counts)
+}
+
+/// A key position: its filler index and its depth (a fraction of the text).
+#[derive(Clone, Copy)]
+struct Position {
+    at: usize,
+    depth: f64,
+}
+
+/// A position argument in a text of `n_junk` filler sentences.
+fn position(arg: &str, n_junk: usize) -> anyhow::Result<Position> {
     if arg.contains('.') {
         let f: f64 = arg.parse().map_err(|_| anyhow::anyhow!("--pos {arg}: not a number"))?;
         anyhow::ensure!(
             (0.0..=1.0).contains(&f),
             "--pos {arg}: a fraction must be between 0 and 1"
         );
-        Ok(((f * n_junk as f64).round() as usize).min(n_junk))
+        let at = ((f * n_junk as f64).round() as usize).min(n_junk);
+        Ok(Position { at, depth: f })
     } else {
         let i: usize = arg
             .parse()
-            .map_err(|_| anyhow::anyhow!("--pos {arg}: not a fraction or an index"))?;
+            .map_err(|_| anyhow::anyhow!("--pos {arg:?}: not a fraction or an index"))?;
         anyhow::ensure!(i <= n_junk, "--pos {arg}: there are only {n_junk} filler sentences");
-        Ok(i)
+        Ok(Position {
+            at: i,
+            depth: i as f64 / n_junk.max(1) as f64,
+        })
     }
 }
 
-/// One run: the key's filler index, the key, the prompt's tokens.
+/// The positions of `--pos` in a text of `n_junk` filler sentences;
+/// distinct, since each is a row of the grid.
+fn positions(a: &PasskeyArgs, n_junk: usize) -> anyhow::Result<Vec<Position>> {
+    anyhow::ensure!(!a.pos.is_empty(), "--pos: no position given");
+    let found = a
+        .pos
+        .iter()
+        .map(|p| position(p, n_junk))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, p) in found.iter().enumerate() {
+        if let Some(j) = found[..i].iter().position(|q| q.at == p.at) {
+            anyhow::bail!(
+                "--pos {} and {}: the same filler index ({}) in {n_junk} sentences (--trials repeats a position)",
+                a.pos[j],
+                a.pos[i],
+                p.at
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// One run: its grid cell, the filler sentences and the key's index among
+/// them, the key, the prompt's tokens.
 struct KeyRun {
+    cell: usize,
+    n_junk: usize,
     at: usize,
     key: u32,
     tokens: Vec<Token>,
@@ -115,92 +193,159 @@ impl Rate {
 /// The snapshot after a prefix the runs share, and that prefix's tokens.
 type SharedPrefix<'t> = Option<(&'t [Token], Snapshot)>;
 
+/// Each length's filler sentences and key positions.
+type Layout = Vec<(usize, Vec<Position>)>;
+
 pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
+    if let Some(plot) = &a.plot {
+        super::plot::check_target(plot)?;
+    }
     let (model, info) = a.run.load()?;
-    let n_junk = match a.junk {
-        Some(n) => n,
-        None => junk_for(&model.tokenizer, a.tokens),
-    };
-    let positions = a
-        .pos
-        .iter()
-        .map(|p| position(p, n_junk))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let n_ctx_train = model.hp.n_ctx_train;
+    let layout: Layout = junk_counts(a, &model.tokenizer)?
+        .into_iter()
+        .map(|n| Ok((n, positions(a, n)?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut params = a.run.engine_params(&model.hp)?;
     if a.run.ctx_size.is_none() {
-        // Full attention: room for the prompt and the answer.
-        params.n_ctx = a.tokens.max(n_junk * 32) + a.n_predict + 256;
+        // Full attention: room for the longest prompt and the answer.
+        let tokens = a.tokens.iter().copied().max().unwrap_or(0);
+        let n_junk = layout.iter().map(|l| l.0).max().unwrap_or(0);
+        params.n_ctx = tokens.max(n_junk * 32) + a.n_predict + 256;
     }
     let attn_info = describe(&params.attn, &model.hp);
     let mut engine = Engine::new(model, params)?;
     info.log();
     crate::log_info!("infllm: {attn_info}");
-    let runs = key_runs(a, &engine, n_junk, &positions)?;
-
-    let mut out = std::io::stdout().lock();
-    let (mut passed, mut prefill, mut decode) = (0, Rate::default(), Rate::default());
-    let mut shared: SharedPrefix = None;
-    for (i, run) in runs.iter().enumerate() {
-        let next = runs.get(i + 1).filter(|_| a.share_prefix);
-        let t0 = Instant::now();
-        let (logits, n_read) = read_prompt(&mut engine, run, next, &mut shared)?;
-        prefill.0 += n_read;
-        prefill.1 += t0.elapsed();
-        let t1 = Instant::now();
-        let answer = greedy_answer(&mut engine, logits, a.n_predict)?;
-        decode.0 += answer.len().saturating_sub(1);
-        decode.1 += t1.elapsed();
-        let text = String::from_utf8_lossy(&engine.tokenizer().decode(&answer, false, false)).into_owned();
-        let ok = text.contains(&run.key.to_string());
-        passed += ok as usize;
-        writeln!(
-            out,
-            "passkey: length {} tokens, position {:.0}% (filler {}/{n_junk}), key {}, generated {text:?}: {}",
-            run.tokens.len(),
-            100.0 * run.at as f64 / n_junk.max(1) as f64,
-            run.at,
-            run.key,
-            if ok { "pass" } else { "FAIL" }
-        )?;
-        out.flush()?;
-    }
+    let runs = key_runs(a, &engine, &layout)?;
+    let mut cells = empty_cells(a, &layout, &runs);
+    // The runs' lines are the text output; beside a table they go to stderr.
+    let mut out: Box<dyn Write> = match a.output {
+        TableFormat::Text => Box::new(std::io::stdout().lock()),
+        _ => Box::new(std::io::stderr().lock()),
+    };
+    let (prefill, decode) = run_all(a, &mut engine, &runs, &mut cells, &mut out)?;
+    let passed: usize = cells.iter().map(|c| c.passed).sum();
     writeln!(
         out,
         "passkey: accuracy {passed}/{} ({:.0}%), prefill {:.1} tokens/s, decode {:.1} tokens/s, peak RSS {}",
-        positions.len(),
-        100.0 * passed as f64 / positions.len().max(1) as f64,
+        runs.len(),
+        100.0 * passed as f64 / runs.len().max(1) as f64,
         prefill.per_second(),
         decode.per_second(),
         super::rss::peak_rss_bytes().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
     )?;
+    out.flush()?;
+    drop(out);
     if a.share_prefix {
         let all: usize = runs.iter().map(|r| r.tokens.len()).sum();
         crate::log_info!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
     }
     crate::log_info!("infllm: {}", engine.memory_report());
+    grid::print_table(a.output, &cells)?;
+    if let Some(path) = &a.plot {
+        grid::write_plot(path, &cells, n_ctx_train)?;
+        crate::log_info!("passkey: plot written to {}", path.display());
+    }
     Ok(())
 }
 
-/// A run per key position, keys drawn from the seed in `--pos` order; in
-/// key order with `--share-prefix`, so that consecutive prompts share most.
-fn key_runs(a: &PasskeyArgs, engine: &Engine, n_junk: usize, positions: &[usize]) -> anyhow::Result<Vec<KeyRun>> {
+/// Runs every key, a line each on `out`, their answers into `cells`;
+/// returns the prefill and decode rates.
+fn run_all(
+    a: &PasskeyArgs,
+    engine: &mut Engine,
+    runs: &[KeyRun],
+    cells: &mut [grid::Cell],
+    out: &mut dyn Write,
+) -> anyhow::Result<(Rate, Rate)> {
+    let (mut prefill, mut decode) = (Rate::default(), Rate::default());
+    let mut shared: SharedPrefix = None;
+    for (i, run) in runs.iter().enumerate() {
+        let next = runs.get(i + 1).filter(|_| a.share_prefix);
+        let t0 = Instant::now();
+        let (logits, n_read) = read_prompt(engine, run, next, &mut shared)?;
+        prefill.0 += n_read;
+        prefill.1 += t0.elapsed();
+        let t1 = Instant::now();
+        let answer = greedy_answer(engine, logits, a.n_predict)?;
+        decode.0 += answer.len().saturating_sub(1);
+        decode.1 += t1.elapsed();
+        let text = String::from_utf8_lossy(&engine.tokenizer().decode(&answer, false, false)).into_owned();
+        let ok = text.contains(&run.key.to_string());
+        writeln!(
+            out,
+            "passkey: length {} tokens, position {:.0}% (filler {}/{}), key {}, generated {text:?}: {}",
+            run.tokens.len(),
+            100.0 * run.at as f64 / run.n_junk.max(1) as f64,
+            run.at,
+            run.n_junk,
+            run.key,
+            if ok { "pass" } else { "FAIL" }
+        )?;
+        out.flush()?;
+        let cell = &mut cells[run.cell];
+        cell.passed += ok as usize;
+        cell.answers.push(text);
+    }
+    Ok((prefill, decode))
+}
+
+/// `--trials` runs per length and position, keys drawn from the seed in
+/// that order (length, position, trial); with `--share-prefix` each
+/// length's runs in key order, so that consecutive prompts share most.
+fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout) -> anyhow::Result<Vec<KeyRun>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let mut runs = Vec::with_capacity(positions.len());
-    for &at in positions {
-        let key: u32 = rng.gen_range(10_000..100_000);
-        let tokens = engine.tokenizer().encode(&prompt(n_junk, at, key), true, true);
-        anyhow::ensure!(
-            tokens.len() < engine.n_ctx(),
-            "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
-            tokens.len(),
-            engine.n_ctx()
-        );
-        runs.push(KeyRun { at, key, tokens });
+    let mut runs = Vec::new();
+    let cells = layout
+        .iter()
+        .flat_map(|(n_junk, ps)| ps.iter().map(move |p| (*n_junk, p.at)));
+    for (cell, (n_junk, at)) in cells.enumerate() {
+        for _ in 0..a.trials {
+            let key: u32 = rng.gen_range(10_000..100_000);
+            let tokens = engine.tokenizer().encode(&prompt(n_junk, at, key), true, true);
+            anyhow::ensure!(
+                tokens.len() < engine.n_ctx(),
+                "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
+                tokens.len(),
+                engine.n_ctx()
+            );
+            runs.push(KeyRun {
+                cell,
+                n_junk,
+                at,
+                key,
+                tokens,
+            });
+        }
     }
     if a.share_prefix {
-        runs.sort_by_key(|r| r.at);
+        runs.sort_by_key(|r| (r.n_junk, r.at));
     }
     Ok(runs)
+}
+
+/// The grid's cells, length by length, without answers yet. A cell's
+/// length is the `--tokens` asked, or with `--junk` the first prompt's of
+/// that length (one column: prompts differ by a token or two).
+fn empty_cells(a: &PasskeyArgs, layout: &Layout, runs: &[KeyRun]) -> Vec<grid::Cell> {
+    let mut cells = Vec::new();
+    for (li, (n_junk, ps)) in layout.iter().enumerate() {
+        let length = match a.junk.is_empty() {
+            true => a.tokens[li],
+            false => runs.iter().find(|r| r.n_junk == *n_junk).map_or(0, |r| r.tokens.len()),
+        };
+        for (row, p) in ps.iter().enumerate() {
+            cells.push(grid::Cell {
+                length,
+                depth: p.depth,
+                row,
+                passed: 0,
+                answers: Vec::new(),
+            });
+        }
+    }
+    cells
 }
 
 /// Evaluates `run`'s prompt, from the shared snapshot where it starts with

@@ -1,10 +1,11 @@
-//! Line charts as SVG files: several named series of (x, y) points on one
-//! picture (perplexity or accuracy against position, one line per
-//! attention mode).
+//! Charts as SVG files: several named series of (x, y) points on one
+//! picture (perplexity against position, one line per attention mode), and
+//! a grid of pass/fail cells (passkey: length x depth).
 
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// One line of a chart.
 pub struct Series {
@@ -101,4 +102,196 @@ fn bounds(series: &[Series], marker: Option<f64>) -> (std::ops::Range<f64>, std:
     };
     let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.02).max(1e-3);
     (0.0..x_max * 1.02, (lo - pad).max(0.0)..hi + pad)
+}
+
+/// One cell of a grid chart: its column and row, and how many of its trials
+/// passed.
+pub struct GridCell {
+    pub col: usize,
+    pub row: usize,
+    pub passed: usize,
+    pub trials: usize,
+}
+
+/// A grid chart: named columns left to right, named rows top to bottom.
+pub struct Grid<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub columns: Vec<String>,
+    pub rows: Vec<String>,
+    pub cells: Vec<GridCell>,
+    /// A dashed vertical line before this column (e.g. the first length
+    /// past the training context; the title says what it means).
+    pub divider: Option<usize>,
+}
+
+pub const PASS_COLOR: RGBColor = RGBColor(46, 160, 67);
+pub const FAIL_COLOR: RGBColor = RGBColor(218, 54, 51);
+
+/// A cell's colour: green when every trial passed, red when none did, in
+/// between by the fraction passed.
+pub fn cell_color(passed: usize, trials: usize) -> RGBColor {
+    let f = passed as f64 / trials.max(1) as f64;
+    let mix = |fail: u8, pass: u8| (f64::from(fail) + f * (f64::from(pass) - f64::from(fail))).round() as u8;
+    RGBColor(
+        mix(FAIL_COLOR.0, PASS_COLOR.0),
+        mix(FAIL_COLOR.1, PASS_COLOR.1),
+        mix(FAIL_COLOR.2, PASS_COLOR.2),
+    )
+}
+
+/// Draws `grid` into an SVG file at `path`.
+pub fn write_grid_svg(path: &Path, grid: &Grid) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !grid.columns.is_empty() && !grid.rows.is_empty(),
+        "--plot {}: a grid needs a column and a row",
+        path.display()
+    );
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    draw_grid(&root, grid).map_err(|e| anyhow::anyhow!("--plot {}: {e}", path.display()))?;
+    root.present()
+        .map_err(|e| anyhow::anyhow!("--plot {}: {e}", path.display()))
+}
+
+fn draw_grid(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, grid: &Grid) -> DrawResult {
+    root.fill(&WHITE)?;
+    let (n_cols, n_rows) = (grid.columns.len(), grid.rows.len());
+    let mut ctx = ChartBuilder::on(root)
+        .caption(grid.title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(80)
+        // A discrete integer range holds its end: 0..n-1 makes n segments.
+        .build_cartesian_2d((0..n_cols - 1).into_segmented(), (0..n_rows - 1).into_segmented())?;
+    // Row 0 at the top: the y axis counts upwards.
+    let top_down = |r: usize| n_rows - 1 - r;
+    let name = |names: &[String], v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    ctx.configure_mesh()
+        .disable_mesh()
+        .x_labels(n_cols)
+        .y_labels(n_rows)
+        .x_label_formatter(&|v| name(&grid.columns, v))
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i < n_rows => grid.rows[top_down(*i)].clone(),
+            _ => String::new(),
+        })
+        .x_desc(grid.x_label)
+        .y_desc(grid.y_label)
+        .label_style(("sans-serif", 18))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()?;
+    ctx.draw_series(grid.cells.iter().map(|c| {
+        let (x, y) = (c.col, top_down(c.row));
+        let corners = [
+            (SegmentValue::Exact(x), SegmentValue::Exact(y + 1)),
+            (SegmentValue::Exact(x + 1), SegmentValue::Exact(y)),
+        ];
+        let mut cell = Rectangle::new(corners, cell_color(c.passed, c.trials).filled());
+        cell.set_margin(1, 1, 1, 1); // a white gap between cells
+        cell
+    }))?;
+    ctx.draw_series(grid.cells.iter().map(|c| {
+        let label = match (c.passed, c.trials) {
+            (p, 1) => if p == 1 { "pass" } else { "FAIL" }.to_string(),
+            (p, t) => format!("{p}/{t}"),
+        };
+        let at = (SegmentValue::CenterOf(c.col), SegmentValue::CenterOf(top_down(c.row)));
+        let style = ("sans-serif", 20)
+            .into_font()
+            .color(&WHITE)
+            .pos(Pos::new(HPos::Center, VPos::Center));
+        Text::new(label, at, style)
+    }))?;
+    if let Some(col) = grid.divider {
+        let x = SegmentValue::Exact(col);
+        let ends = [(x.clone(), SegmentValue::Exact(0)), (x, SegmentValue::Exact(n_rows))];
+        ctx.draw_series(DashedLineSeries::new(ends, 8, 5, BLACK.stroke_width(3)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The filled rectangles of an SVG file but the background: (x, y, fill).
+    fn rects(svg: &str) -> Vec<(i64, i64, String)> {
+        let attr = |tag: &str, name: &str| {
+            let from = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            tag[from..from + tag[from..].find('"').unwrap()].to_string()
+        };
+        svg.split("<rect ")
+            .skip(1)
+            .map(|t| format!(" {}", t.split("/>").next().unwrap()))
+            .map(|t| {
+                (
+                    attr(&t, "x").parse().unwrap(),
+                    attr(&t, "y").parse().unwrap(),
+                    attr(&t, "fill"),
+                )
+            })
+            .filter(|r| r.2 != "#FFFFFF")
+            .collect()
+    }
+
+    fn hex(c: RGBColor) -> String {
+        format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    #[test]
+    fn cell_colours_go_from_red_to_green_by_the_share_passed() {
+        assert_eq!(cell_color(0, 3), FAIL_COLOR);
+        assert_eq!(cell_color(3, 3), PASS_COLOR);
+        let half = cell_color(1, 2);
+        assert_eq!(half, RGBColor(132, 107, 59));
+    }
+
+    /// Three lengths by two depths: each cell lands in its column (left to
+    /// right) and row (top to bottom) with its colour.
+    #[test]
+    fn a_grid_has_one_cell_per_column_and_row_in_place() {
+        let path = std::env::temp_dir().join(format!("infllm-grid-{}.svg", std::process::id()));
+        let passed = [[2, 0], [1, 2], [0, 1]];
+        let cells = (0..3)
+            .flat_map(|col| (0..2).map(move |row| (col, row)))
+            .map(|(col, row)| GridCell {
+                col,
+                row,
+                passed: passed[col][row],
+                trials: 2,
+            })
+            .collect();
+        let grid = Grid {
+            title: "t",
+            x_label: "length",
+            y_label: "depth",
+            columns: vec!["a".into(), "b".into(), "c".into()],
+            rows: vec!["10%".into(), "90%".into()],
+            cells,
+            divider: Some(2),
+        };
+        write_grid_svg(&path, &grid).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let found = rects(&svg);
+        assert_eq!(found.len(), 6, "{svg}");
+        let mut xs: Vec<i64> = found.iter().map(|r| r.0).collect();
+        let mut ys: Vec<i64> = found.iter().map(|r| r.1).collect();
+        xs.sort_unstable();
+        xs.dedup();
+        ys.sort_unstable();
+        ys.dedup();
+        assert_eq!((xs.len(), ys.len()), (3, 2), "{found:?}");
+        for (x, y, fill) in &found {
+            let (col, row) = (xs.binary_search(x).unwrap(), ys.binary_search(y).unwrap());
+            assert_eq!(*fill, hex(cell_color(passed[col][row], 2)), "cell {col},{row}");
+        }
+        for label in ["a", "b", "c", "10%", "90%", "2/2", "0/2", "1/2", "stroke-width=\"3\""] {
+            assert!(svg.contains(label), "{label} missing: {svg}");
+        }
+    }
 }

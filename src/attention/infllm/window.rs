@@ -9,8 +9,8 @@ use super::blocks::{representative_key, BlockShape, BlockStore};
 use super::layout::KEY_PAD;
 use super::state::TextPosition;
 use super::{HeadShape, InfllmParams};
-use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
 use crate::attention::state::{read_ranges, write_ranges};
+use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
 use crate::ggml::{Buffer, BufferType, Context, GgmlType, Tensor, TensorId};
 
 /// One layer's storage. The window buffer holds, per slot (a token
@@ -216,7 +216,11 @@ impl InfllmAttention {
         if slots <= self.cap {
             return Ok(());
         }
-        anyhow::ensure!(slots <= self.max_cap, "{slots} slots: more than the window buffer's {}", self.max_cap);
+        anyhow::ensure!(
+            slots <= self.max_cap,
+            "{slots} slots: more than the window buffer's {}",
+            self.max_cap
+        );
         let cap = slots.max(2 * self.cap).min(self.max_cap);
         let n = self.pos.n_past - self.pos.buffer_start;
         let held = read_ranges(self.window_ranges(n));
