@@ -240,7 +240,7 @@ fn with_value(name: &str, value: &OsStr) -> OsString {
 }
 
 /// llama.cpp's spellings of a switch's value in the environment.
-fn switch_value(v: &str) -> Option<bool> {
+pub(super) fn switch_value(v: &str) -> Option<bool> {
     match v {
         "on" | "enabled" | "true" | "1" => Some(true),
         "off" | "disabled" | "false" | "0" => Some(false),

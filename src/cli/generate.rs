@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::attn::{describe, AttnKind};
 use super::chat::ChatArgs;
-use super::interactive::{self, Affixes};
+use super::interactive::{self, Turns};
 use super::progress::Progress;
 use super::prompt::{text_by, PromptSource, Rules};
 use super::prompt_cache::PromptCache;
@@ -119,7 +119,8 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     if a.run.devices.list_if_asked()? {
         return Ok(());
     }
-    if a.chat.wanted(a.prompt.is_some() || a.file.is_some()) {
+    let has_prompt = a.prompt.is_some() || a.file.is_some();
+    if a.chat.wanted(has_prompt) {
         return super::chat::run(a);
     }
     let c = &a.chat;
@@ -139,10 +140,9 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let cache = (a.prompt_cache.as_deref())
         .map(|p| PromptCache::open(p, a.prompt_cache_ro))
         .transpose()?;
-    let has_prompt = a.prompt.is_some() || a.file.is_some();
     // Interactive, stdin holds the user's inputs, not the prompt.
     let turns = (c.plain_interactive(has_prompt))
-        .then(|| Affixes::from_args(a))
+        .then(|| Turns::from_args(a))
         .transpose()?;
     let mut prompt = match turns {
         Some(_) => PromptSource::from_flags(&a.prompt, &a.file, Some(a.prompt_rules()))?
@@ -194,9 +194,10 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let limit = a.predict_limit().unwrap_or(usize::MAX);
     let mut n_eval = 0;
     let result = prefilled.and_then(|logits| match &turns {
-        Some(affixes) => {
+        Some(turns) => {
             let logits = (n_prompt > 0).then_some(logits);
-            interactive::converse((&mut engine, &mut sampler), logits, a, affixes, &mut out, &mut n_eval)
+            let how = (logits, limit, &stops[..], a.tokens.special);
+            interactive::converse((&mut engine, &mut sampler), how, turns, &mut out, &mut n_eval)
         }
         None => generate(
             (&mut engine, &mut sampler),

@@ -12,56 +12,58 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::generate::{write_text, End, GenerateArgs};
-use super::prompt::text_by;
+use super::prompt::{text_by, Rules};
 use super::signals::{self, Stopped};
 use crate::engine::Engine;
 use crate::sampling::Sampler;
 use crate::tokenizer::Token;
 
-/// What goes around each input, escapes processed as `-p`'s are.
-pub struct Affixes {
+/// How the turns go: what goes around each input (escapes processed as
+/// `-p`'s are) and who starts.
+pub struct Turns {
     prefix: String,
     suffix: String,
     bos: bool,
+    rules: Option<Rules>,
+    /// The user writes first: `-if`, a conversation flag, or no prompt.
+    user_first: bool,
 }
 
-impl Affixes {
+impl Turns {
     pub fn from_args(a: &GenerateArgs) -> anyhow::Result<Self> {
         let rules = Some(a.prompt_rules());
         let read = |s: &Option<String>, flag: &str| {
             text_by(s.as_deref().unwrap_or(""), rules).with_context(|| flag.to_string())
         };
+        let c = &a.chat;
         Ok(Self {
-            prefix: read(&a.chat.in_prefix, "--in-prefix")?,
-            suffix: read(&a.chat.in_suffix, "--in-suffix")?,
-            bos: a.chat.in_prefix_bos,
+            prefix: read(&c.in_prefix, "--in-prefix")?,
+            suffix: read(&c.in_suffix, "--in-suffix")?,
+            bos: c.in_prefix_bos,
+            rules,
+            user_first: c.interactive_first || !c.no_conversation || (a.prompt.is_none() && a.file.is_none()),
         })
     }
 }
 
-/// The turns after the prompt. `logits` are the prompt's (None: no prompt,
-/// the user starts); `n_eval` counts decode steps.
+/// The turns after the prompt, whose `logits` they start from (None: no
+/// prompt); `limit`, `stops` and `special` as `write_text` takes them,
+/// `n_eval` counts decode steps.
 pub fn converse(
     (engine, sampler): (&mut Engine, &mut Sampler),
-    logits: Option<Vec<f32>>,
-    a: &GenerateArgs,
-    affixes: &Affixes,
+    (mut logits, limit, stops, special): (Option<Vec<f32>>, usize, &[String], bool),
+    turns: &Turns,
     out: &mut impl Write,
     n_eval: &mut usize,
 ) -> anyhow::Result<()> {
-    let stops = a.reverse_prompts()?;
-    let limit = a.predict_limit().unwrap_or(usize::MAX);
-    let rules = Some(a.prompt_rules());
+    let mut user_first = turns.user_first;
     let lines = Lines::start();
-    let no_prompt = a.prompt.is_none() && a.file.is_none();
-    let mut user_first = a.chat.interactive_first || !a.chat.no_conversation || no_prompt;
-    let mut logits = logits;
     loop {
         // Sampled or injected, not evaluated yet.
         let mut pending: Vec<Token> = Vec::new();
         let model_turn = !std::mem::take(&mut user_first);
         if let Some(l) = logits.take_if(|_| model_turn) {
-            let (end, last) = write_text((engine, sampler), (l, limit, &stops, a.tokens.special), out, n_eval)?;
+            let (end, last) = write_text((engine, sampler), (l, limit, stops, special), out, n_eval)?;
             pending.extend(last);
             match end {
                 End::ContextFull => return context_full(engine, out),
@@ -74,7 +76,7 @@ pub fn converse(
                 _ => {}
             }
         }
-        write!(out, "{}", affixes.prefix)?;
+        write!(out, "{}", turns.prefix)?;
         out.flush()?;
         let Some(line) = lines.next()? else {
             writeln!(out)?;
@@ -83,9 +85,9 @@ pub fn converse(
         let input = match line.is_empty() {
             true => Vec::new(),
             false => {
-                write!(out, "{}", affixes.suffix)?;
+                write!(out, "{}", turns.suffix)?;
                 out.flush()?;
-                input_tokens(engine, affixes, &text_by(&line, rules)?)
+                input_tokens(engine, turns, &text_by(&line, turns.rules)?)
             }
         };
         let room = engine.n_ctx().saturating_sub(engine.n_past() + 1);
@@ -109,13 +111,13 @@ pub fn converse(
 
 /// `--in-prefix-bos`, `--in-prefix`, the line, `--in-suffix`: the affixes
 /// may name special tokens, the line may not (as in llama.cpp).
-fn input_tokens(engine: &Engine, affixes: &Affixes, line: &str) -> Vec<Token> {
+fn input_tokens(engine: &Engine, turns: &Turns, line: &str) -> Vec<Token> {
     let tok = engine.tokenizer();
-    let bos = tok.bos().filter(|_| affixes.bos);
+    let bos = tok.bos().filter(|_| turns.bos);
     (bos.into_iter())
-        .chain(tok.encode(&affixes.prefix, false, true))
+        .chain(tok.encode(&turns.prefix, false, true))
         .chain(tok.encode(line, false, false))
-        .chain(tok.encode(&affixes.suffix, false, true))
+        .chain(tok.encode(&turns.suffix, false, true))
         .collect()
 }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 
+use super::args::switch_value;
+use super::attn::Switch;
 use crate::log::{Settings, Style, DEFAULT_VERBOSITY};
 
 #[derive(Args, Debug, Clone, Default)]
@@ -38,7 +40,7 @@ pub struct LogArgs {
     /// Colours in the log (with --log-prefix): on, off or auto (when
     /// stderr is a terminal) [default: auto]
     #[arg(long = "log-colors", value_name = "WHEN", value_parser = when, global = true, help_heading = "Common")]
-    pub log_colors: Option<When>,
+    pub log_colors: Option<Switch>,
     /// Start each log line with its level: I, W, E or D
     #[arg(
         long = "log-prefix",
@@ -73,20 +75,12 @@ pub struct LogArgs {
     pub no_log_timestamps: bool,
 }
 
-/// `--log-colors`' value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
-    Auto,
-    On,
-    Off,
-}
-
 /// llama.cpp's spellings of on, off and auto.
-fn when(s: &str) -> Result<When, String> {
-    match s {
-        "on" | "enabled" | "true" | "1" => Ok(When::On),
-        "off" | "disabled" | "false" | "0" => Ok(When::Off),
-        "auto" | "-1" => Ok(When::Auto),
+fn when(s: &str) -> Result<Switch, String> {
+    match (s, switch_value(s)) {
+        (_, Some(true)) => Ok(Switch::On),
+        (_, Some(false)) => Ok(Switch::Off),
+        ("auto" | "-1", None) => Ok(Switch::Auto),
         _ => Err("not one of on, off, auto".into()),
     }
 }
@@ -105,10 +99,10 @@ impl LogArgs {
             ),
             _ => None,
         };
-        let colors = match self.log_colors.unwrap_or(When::Auto) {
-            When::On => true,
-            When::Off => false,
-            When::Auto => std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+        let colors = match self.log_colors.unwrap_or(Switch::Auto) {
+            Switch::On => true,
+            Switch::Off => false,
+            Switch::Auto => std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb"),
         };
         Ok(Settings {
             verbosity,

@@ -399,21 +399,8 @@ impl RefSampler {
     /// The chain's pick from `logits` (`llama_sampler_apply` on them in
     /// vocabulary order, then the selected candidate).
     pub fn sample(&mut self, logits: &[f32]) -> i32 {
-        let mut data: Vec<sys::llama_token_data> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &logit)| sys::llama_token_data {
-                id: i as i32,
-                logit,
-                p: 0.0,
-            })
-            .collect();
-        let mut arr = sys::llama_token_data_array {
-            data: data.as_mut_ptr(),
-            size: data.len(),
-            selected: -1,
-            sorted: false,
-        };
+        let mut data = token_data(logits);
+        let mut arr = token_array(&mut data);
         // SAFETY: `arr` points into `data`, alive across the call; stages
         // only shrink it or move its start forward within `data`, and the
         // chain's last stage selects an index within the result.
@@ -441,6 +428,26 @@ impl Drop for RefSampler {
     }
 }
 
+/// `logits` as llama.cpp's candidates, in vocabulary order.
+fn token_data(logits: &[f32]) -> Vec<sys::llama_token_data> {
+    let candidate = |(i, &logit): (usize, &f32)| sys::llama_token_data {
+        id: i as i32,
+        logit,
+        p: 0.0,
+    };
+    logits.iter().enumerate().map(candidate).collect()
+}
+
+/// The array a sampler works on, over `data` (which must outlive its use).
+fn token_array(data: &mut [sys::llama_token_data]) -> sys::llama_token_data_array {
+    sys::llama_token_data_array {
+        data: data.as_mut_ptr(),
+        size: data.len(),
+        selected: -1,
+        sorted: false,
+    }
+}
+
 /// llama.cpp's GBNF grammar sampler (`llama_sampler_init_grammar`, start
 /// rule `root`) over `model`'s vocabulary.
 pub struct RefGrammar<'m> {
@@ -462,19 +469,8 @@ impl<'m> RefGrammar<'m> {
 
     /// Sets -inf on the logits of the tokens the grammar refuses now.
     pub fn mask(&mut self, logits: &mut [f32]) {
-        let mut data: Vec<sys::llama_token_data> = (logits.iter().enumerate())
-            .map(|(i, &logit)| sys::llama_token_data {
-                id: i as i32,
-                logit,
-                p: 0.0,
-            })
-            .collect();
-        let mut arr = sys::llama_token_data_array {
-            data: data.as_mut_ptr(),
-            size: data.len(),
-            selected: -1,
-            sorted: false,
-        };
+        let mut data = token_data(logits);
+        let mut arr = token_array(&mut data);
         // SAFETY: `arr` points into `data`, alive across the call; the
         // grammar sampler only changes logits in place.
         unsafe { sys::llama_sampler_apply(self.raw.as_ptr(), &mut arr) };
@@ -483,20 +479,15 @@ impl<'m> RefGrammar<'m> {
 
     /// Whether the grammar takes `token` now (llama.cpp's one-token check).
     pub fn allows(&mut self, token: i32) -> bool {
-        let mut one = sys::llama_token_data {
+        let mut one = [sys::llama_token_data {
             id: token,
             logit: 1.0,
             p: 0.0,
-        };
-        let mut arr = sys::llama_token_data_array {
-            data: &mut one,
-            size: 1,
-            selected: -1,
-            sorted: false,
-        };
+        }];
+        let mut arr = token_array(&mut one);
         // SAFETY: `arr` points at `one`, alive across the call.
         unsafe { sys::llama_sampler_apply(self.raw.as_ptr(), &mut arr) };
-        one.logit != f32::NEG_INFINITY
+        one[0].logit != f32::NEG_INFINITY
     }
 
     /// Advances the grammar past `token`.

@@ -12,7 +12,7 @@ use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTr
 use llguidance::{Matcher, ParserFactory};
 use serde::{Deserialize, Serialize};
 
-use super::gbnf;
+use super::{gbnf, SamplingParams};
 use crate::tokenizer::{Token, Tokenizer};
 
 /// A constraint as the user gave it (kept as text: a session file saves it).
@@ -83,7 +83,14 @@ pub struct Grammar {
 }
 
 impl Grammar {
-    pub fn new(spec: &GrammarSpec, tok: &Tokenizer) -> Result<Self> {
+    /// The constraint `params` name, compiled for `tok`'s vocabulary.
+    pub fn for_params(params: &SamplingParams, tok: &Tokenizer) -> Result<Option<Box<Self>>> {
+        (params.grammar.as_ref())
+            .map(|g| Self::new(g, tok).map(Box::new))
+            .transpose()
+    }
+
+    fn new(spec: &GrammarSpec, tok: &Tokenizer) -> Result<Self> {
         let eog: Vec<Token> = (0..tok.n_vocab() as Token).filter(|&t| tok.is_eog(t)).collect();
         ensure!(
             !eog.is_empty(),

@@ -108,11 +108,7 @@ impl Sampler {
     pub fn new(params: SamplingParams, tok: &Tokenizer) -> anyhow::Result<Self> {
         params.check_vocab(tok.n_vocab())?;
         let vocab = VocabFacts::new(&params, tok);
-        let grammar = params
-            .grammar
-            .as_ref()
-            .map(|g| Grammar::new(g, tok).map(Box::new))
-            .transpose()?;
+        let grammar = Grammar::for_params(&params, tok)?;
         Ok(Self {
             grammar,
             ..Self::with_vocab(params, vocab)
@@ -161,7 +157,7 @@ impl Sampler {
         if self.drawn.take() != Some(t) {
             g.restart();
         } else if let Err(e) = g.commit(t) {
-            eprintln!("infllm: grammar: {e}");
+            crate::log_warn!("infllm: grammar: {e}");
         }
     }
 
@@ -178,7 +174,7 @@ impl Sampler {
             Ok(t) => t,
             Err(e) => {
                 // A grammar that failed (past llguidance's limits) ends the answer.
-                eprintln!("infllm: grammar: {e}: stopping");
+                crate::log_warn!("infllm: grammar: {e}: stopping");
                 self.grammar.as_ref().map_or(t, |g| g.eog())
             }
         };

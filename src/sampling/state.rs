@@ -57,12 +57,7 @@ impl Sampler {
     pub fn from_state(s: &SamplerState, tok: &Tokenizer) -> anyhow::Result<Self> {
         s.check(tok.n_vocab())?;
         let vocab = VocabFacts::new(&s.params, tok);
-        let grammar = s
-            .params
-            .grammar
-            .as_ref()
-            .map(|g| Grammar::new(g, tok).map(Box::new))
-            .transpose()?;
+        let grammar = Grammar::for_params(&s.params, tok)?;
         Ok(Self {
             grammar,
             ..Self::restored(s, vocab)
