@@ -45,7 +45,12 @@ impl GrammarSpec {
     /// Checks that the constraint compiles (against a byte-level
     /// vocabulary: no model needed, so a bad one stops a run before it loads).
     pub fn check(&self) -> Result<()> {
-        compile(self, &ApproximateTokEnv::single_byte_env()).map(drop)
+        self.check_as(self.flag())
+    }
+
+    /// `check`, its errors naming `what` (a server request's field).
+    pub fn check_as(&self, what: &str) -> Result<()> {
+        compile(self, &ApproximateTokEnv::single_byte_env(), what).map(drop)
     }
 
     fn flag(&self) -> &'static str {
@@ -54,13 +59,21 @@ impl GrammarSpec {
             GrammarSpec::JsonSchema(_) => "--json-schema",
         }
     }
+
+    /// The field of a server request that gives it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            GrammarSpec::Gbnf(_) => "grammar",
+            GrammarSpec::JsonSchema(_) => "json_schema",
+        }
+    }
 }
 
-/// The constraint compiled for `env`; errors on one line, naming the flag.
-fn compile(spec: &GrammarSpec, env: &TokEnv) -> Result<Matcher> {
+/// The constraint compiled for `env`; errors on one line, naming `what`.
+fn compile(spec: &GrammarSpec, env: &TokEnv, what: &str) -> Result<Matcher> {
     let one_line = |e: anyhow::Error| {
         let text = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
-        anyhow::anyhow!("{}: {text}", spec.flag())
+        anyhow::anyhow!("{what}: {text}")
     };
     let top = spec.top_level().map_err(one_line)?;
     let mut factory = ParserFactory::new_simple(env).map_err(one_line)?;
@@ -97,7 +110,7 @@ impl Grammar {
             "{}: the model has no end-of-generation token to end a constrained answer",
             spec.flag()
         );
-        let matcher = compile(spec, &token_env(tok, &eog))?;
+        let matcher = compile(spec, &token_env(tok, &eog), spec.flag())?;
         Ok(Self {
             matcher,
             eog,

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::chat::Message;
 use crate::quote::quoted;
-use crate::sampling::{random_seed, SamplingParams};
+use crate::sampling::{random_seed, GrammarSpec, SamplingParams};
 use crate::tokenizer::Token;
 
 /// An error as OpenAI's API returns it: `{"error": {code, message, type}}`.
@@ -109,6 +109,27 @@ struct Options {
     /// OpenAI's `{"TOKEN_ID": BIAS}` or llama-server's `[[TOKEN_ID, BIAS]]`.
     logit_bias: Option<serde_json::Value>,
     n: Option<i64>,
+    /// llama-server's constraints: GBNF text, a JSON schema, or OpenAI's
+    /// `response_format`.
+    grammar: Option<String>,
+    json_schema: Option<serde_json::Value>,
+    response_format: Option<ResponseFormat>,
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}`, `{"type": "json_object"}`
+/// (llama-server also reads a `schema` beside it) or `{"type":
+/// "json_schema", "json_schema": {"name": .., "schema": {..}}}`.
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type", default)]
+    kind: String,
+    schema: Option<serde_json::Value>,
+    json_schema: Option<NamedSchema>,
+}
+
+#[derive(Deserialize)]
+struct NamedSchema {
+    schema: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +285,11 @@ impl Options {
         if let Some(b) = &self.logit_bias {
             p.logit_bias = logit_bias(b)?;
         }
+        if let Some(g) = self.constraint()? {
+            g.check_as(g.field())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            p.grammar = Some(Box::new(g));
+        }
         if let Some(t) = self.temperature {
             p.temp = Some(t)
                 .filter(|t| t.is_finite())
@@ -300,6 +326,43 @@ impl Options {
         };
         p.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(p)
+    }
+
+    /// The request's grammar or schema, read as llama-server reads them
+    /// (`response_format` wins over `json_schema`; an empty schema is any
+    /// JSON object); None keeps the server's own.
+    fn constraint(&self) -> Result<Option<GrammarSpec>, ApiError> {
+        if self.json_schema.is_some() && self.grammar.is_some() {
+            return Err(ApiError::bad_request("json_schema and grammar cannot both be given"));
+        }
+        let mut schema = self.json_schema.clone();
+        if let Some(f) = &self.response_format {
+            schema = match f.kind.as_str() {
+                "" | "text" => schema,
+                "json_object" => Some(f.schema.clone().unwrap_or_default()),
+                "json_schema" => Some(
+                    f.json_schema
+                        .as_ref()
+                        .and_then(|s| s.schema.clone())
+                        .unwrap_or_default(),
+                ),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "response_format type must be text, json_object or json_schema, got {}",
+                        quoted(other)
+                    )))
+                }
+            };
+        }
+        Ok(match (schema, &self.grammar) {
+            (Some(s), _) => {
+                let any_object = s.is_null() || s.as_object().is_some_and(|o| o.is_empty());
+                let s = if any_object { json!({"type": "object"}) } else { s };
+                Some(GrammarSpec::JsonSchema(s.to_string()))
+            }
+            (None, Some(g)) => Some(GrammarSpec::Gbnf(g.clone())),
+            (None, None) => None,
+        })
     }
 }
 
