@@ -193,6 +193,36 @@ fn special_prints_special_tokens_as_llama_cpp_writes_them() {
     assert_eq!(text(&end.stdout), format!("{im_end}\n"));
 }
 
+#[test]
+fn conversation_mode_shows_special_tokens_and_each_turn_s_tokens() {
+    let chat = ["-cnv", "-p", "Hello"];
+    // -sp: forced <|im_start|> tokens, and the <|im_end|> that ends an answer.
+    let forced = ok(&[&chat[..], &["-n", "2", "-l", "1+100", "-sp"]].concat());
+    assert_eq!(text(&forced.stdout), "<|im_start|><|im_start|>\n");
+    let end = ok(&[&chat[..], &["-n", "4", "-l", "2+100", "-sp"]].concat());
+    assert_eq!(text(&end.stdout), "<|im_end|>\n");
+    let hidden = ok(&[&chat[..], &["-n", "4", "-l", "2+100"]].concat());
+    assert_eq!(text(&hidden.stdout), "\n");
+
+    // --verbose-prompt: the turn as the template renders it, then its
+    // tokens as llama.cpp reads that text.
+    let err = text(&ok(&[&chat[..], &["-n", "1", "--verbose-prompt"]].concat()).stderr);
+    let rest = err.split_once("infllm: prompt: '").expect("a prompt line").1;
+    let turn = rest.split_once("'\ninfllm: number of tokens").expect("a count line").0;
+    assert!(
+        turn.ends_with("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"),
+        "{turn:?}"
+    );
+    infllm::ggml::set_quiet_logs(true);
+    let theirs = RefModel::load(&common::smollm2()).unwrap();
+    let ids = theirs.tokenize(turn, true, true);
+    let mut want = format!("infllm: number of tokens in prompt = {}\n", ids.len());
+    for &id in &ids {
+        want += &format!("{id:6} -> '{}'\n", text(&theirs.token_to_piece(id, true)));
+    }
+    assert!(err.contains(&want), "{err}\nwants:\n{want}");
+}
+
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, String> {
     let argv: Vec<OsString> = std::iter::once("infllm")
         .chain(args.iter().copied())

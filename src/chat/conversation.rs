@@ -163,6 +163,12 @@ pub struct Conversation {
     pub regen: bool,
     /// Texts that end an answer where they appear (`-r`).
     pub reverse_prompts: Vec<String>,
+    /// Special tokens are shown in answers (`-sp`): their text, and the
+    /// end-of-turn token that ends one.
+    pub show_special: bool,
+    /// Called with each turn's text and tokens before they are read
+    /// (`--verbose-prompt`).
+    pub on_turn_tokens: Option<fn(&str, &[Token], &Tokenizer)>,
     /// The last turn's timings (none after `clear`).
     pub stats: TurnStats,
     /// Every turn's, since the start.
@@ -187,6 +193,8 @@ impl Conversation {
             stats: TurnStats::default(),
             totals: TurnStats::default(),
             reverse_prompts: Vec::new(),
+            show_special: false,
+            on_turn_tokens: None,
             session: None,
         };
         c.clear();
@@ -274,6 +282,9 @@ impl Conversation {
         );
         let start = Instant::now();
         let tok = self.engine.tokenizer();
+        if let Some(show) = self.on_turn_tokens {
+            show(&text, &tokens, tok);
+        }
         let bos_added = self.fed.is_empty()
             && tokens
                 .first()
@@ -351,6 +362,9 @@ impl Conversation {
             let t = self.sampler.sample(&self.logits);
             let tok = &self.engine.tokenizer();
             if tok.is_eog(t) {
+                if self.show_special {
+                    on_text(&utf8.push(&tok.token_to_piece(t, true)))?;
+                }
                 // Not evaluated now: the template's end of turn comes with the next turn.
                 break Stop::EndOfTurn;
             }
@@ -359,7 +373,7 @@ impl Conversation {
             }
             let piece = tok.token_to_piece(t, false);
             bytes.extend_from_slice(&piece);
-            let text = utf8.push(&piece);
+            let text = utf8.push(&tok.token_to_piece(t, self.show_special));
             on_text(&text)?;
             shown.push_str(&text);
             self.logits = self.engine.eval(&[t], false, &mut |_, _| {})?;

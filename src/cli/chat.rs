@@ -167,6 +167,8 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let sampler = Sampler::new(a.sampling(n_ctx)?, engine.tokenizer())?;
     let mut conv = Conversation::new(engine, sampler, template, system.clone());
     conv.reverse_prompts = a.reverse_prompts()?;
+    conv.show_special = a.tokens.special;
+    conv.on_turn_tokens = a.tokens.verbose_prompt.then_some(super::token_display::log_tokens as _);
     // A session that cannot be restored stops the run before any output.
     let restored = match session {
         Some(s) => {

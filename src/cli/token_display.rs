@@ -1,12 +1,13 @@
-//! How completion mode shows tokens, as llama-completion: `-sp` prints
+//! How tokens are shown, as llama-completion shows them: `-sp` prints
 //! special tokens in the generated text, `--verbose-prompt` logs the
-//! prompt's tokens with their ids before generating.
+//! prompt's tokens with their ids before they are read (in conversation
+//! mode, each turn's).
 
 use clap::Args;
 
 use super::prompt::PromptSource;
 use crate::log::{enabled, Level};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Token, Tokenizer};
 
 #[derive(Args, Debug, Clone)]
 pub struct TokenDisplayArgs {
@@ -31,13 +32,19 @@ impl TokenDisplayArgs {
             text += &piece;
             tokens.extend(ids);
         }
-        crate::log_info!("infllm: prompt: '{text}'");
-        crate::log_info!("infllm: number of tokens in prompt = {}", tokens.len());
-        for t in tokens {
-            let piece = String::from_utf8_lossy(&tok.token_to_piece(t, true)).into_owned();
-            crate::log_info!("{t:6} -> '{piece}'");
-        }
-        crate::log_info!("");
+        log_tokens(&text, &tokens, tok);
         Ok(())
     }
+}
+
+/// `--verbose-prompt`'s lines for a text about to be read: the text, its
+/// number of tokens and each token (`    id -> 'piece'`).
+pub fn log_tokens(text: &str, tokens: &[Token], tok: &Tokenizer) {
+    crate::log_info!("infllm: prompt: '{text}'");
+    crate::log_info!("infllm: number of tokens in prompt = {}", tokens.len());
+    for &t in tokens {
+        let piece = String::from_utf8_lossy(&tok.token_to_piece(t, true)).into_owned();
+        crate::log_info!("{t:6} -> '{piece}'");
+    }
+    crate::log_info!("");
 }
