@@ -157,6 +157,32 @@ fn a_long_file_read_into_the_chat_is_answered_from_its_start() {
 }
 
 #[test]
+fn a_prefill_s_bar_counts_from_its_start_and_typing_does_not_break_it() {
+    let _cpu = common::exclusive();
+    let path = tmp("bar.txt");
+    std::fs::write(&path, FILLER.repeat(150)).unwrap();
+    let mut chat = Repl::start(&[]);
+    let read = chat.say(&format!("/read {}", path.display()));
+    assert!(number_after(&read, " bytes, ") >= 2048, "{read}");
+    chat.0.send_line("Summarize it.").unwrap();
+    let (_, frame) = chat
+        .0
+        .exp_regex(r"512/\d+ tokens +[0-9.]+")
+        .expect("a frame after one step");
+    // A rate from the bar's start: the first step was read as 512,000/s.
+    let rate: f64 = frame.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rate < 10_000.0, "{frame}");
+    chat.0.send("typed ahead").unwrap();
+    chat.0.exp_string("1024/").expect("the next frame");
+    chat.0.send_control('c').unwrap();
+    let before = chat.0.exp_string("[interrupted: ").expect("the prefill stops");
+    // Not echoed: the text would push the bar onto a second line.
+    assert!(!before.contains("typed") && !before.contains("^C"), "{before:?}");
+    chat.0.exp_string("> ").expect("back at the prompt");
+    chat.quit();
+}
+
+#[test]
 fn a_saved_session_continues_like_an_unbroken_run() {
     let _cpu = common::exclusive();
     let second = "And what fruit is it?";

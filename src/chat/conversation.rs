@@ -292,6 +292,8 @@ impl Conversation {
         // Whole steps, then the rest with the logits: the steps of one `eval`.
         let step = self.engine.step_tokens();
         let mut done = 0;
+        // The start, so that a progress rate counts the first step's time.
+        progress(0, tokens.len());
         while tokens.len() - done > step && !interrupted() {
             self.engine.feed(&tokens[done..done + step], &mut |_, _| {})?;
             done += step;

@@ -11,7 +11,6 @@ use std::sync::mpsc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use nix::sys::termios::{self, SetArg, Termios};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::history::DefaultHistory;
@@ -410,7 +409,7 @@ impl Repl<'_> {
             let _ = rl.load_history(h);
         }
         eprintln!("infllm: chat: /help for commands, Ctrl-C interrupts an answer, Ctrl-D or /exit quits");
-        let terminal = Terminal::save();
+        let terminal = super::terminal::Saved::now();
         let reader = LineReader::start(rl);
         let mut ctrl_c = false;
         loop {
@@ -629,28 +628,6 @@ impl LineReader {
         }
         drop(self.ask);
         self.thread.join().ok()
-    }
-}
-
-/// The terminal's settings before the REPL, given back when a signal ends
-/// it while rustyline holds the terminal in raw mode.
-struct Terminal(Option<Termios>);
-
-impl Terminal {
-    fn save() -> Self {
-        let saved = termios::tcgetattr(std::io::stdin()).ok();
-        if let Some(t) = saved.clone() {
-            signals::at_exit(Some(Box::new(move || {
-                let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t);
-            })));
-        }
-        Self(saved)
-    }
-
-    fn restore(&self) {
-        if let Some(t) = &self.0 {
-            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, t);
-        }
     }
 }
 

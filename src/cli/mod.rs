@@ -21,6 +21,7 @@ pub mod rpc_server;
 pub mod rss;
 pub mod sampling;
 pub mod signals;
+pub mod terminal;
 pub mod token_display;
 pub mod tokenize;
 

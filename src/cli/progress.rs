@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
+use super::terminal::EchoOff;
+
 /// Prompts shorter than this get no progress report.
 const MIN_TOKENS: usize = 2048;
 /// Interval between plain lines.
@@ -15,6 +17,8 @@ const LINE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Typing is not echoed while the bar is shown.
+    _echo_off: Option<EchoOff>,
     start: Instant,
     last_line: Instant,
     total: usize,
@@ -48,6 +52,7 @@ impl Progress {
         });
         let now = Instant::now();
         Self {
+            _echo_off: bar.as_ref().and_then(|_| EchoOff::new()),
             bar,
             start: now,
             last_line: now,
@@ -75,6 +80,7 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        self._echo_off = None;
     }
 
     pub fn finish(self) {
