@@ -1,6 +1,7 @@
 //! The command line read as llama.cpp reads it: every name of every flag
-//! llama-completion takes (common/arg.cpp) either reaches an infllm flag or
-//! gets the one-line "not supported" error, as the README's table says;
+//! llama-completion, llama-server and llama-perplexity take (common/arg.cpp)
+//! either reaches an infllm flag or gets the one-line "not supported" error
+//! (for llama-completion, as the README's table says);
 //! llama.cpp's spellings, repeated flags, negative values and `LLAMA_ARG_*`
 //! variables behave as in llama.cpp.
 
@@ -8,7 +9,7 @@ use std::ffi::OsString;
 use std::process::Command;
 
 use clap::CommandFactory;
-use infllm::cli::llama_flags::{LlamaFlag, C, LLAMA_FLAGS};
+use infllm::cli::llama_flags::{LlamaFlag, Tools, C, LLAMA_FLAGS, P, S};
 use infllm::cli::{self, args::reaches, Cli, ParseError};
 
 fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, String> {
@@ -164,16 +165,23 @@ fn table(cmd: &clap::Command) -> String {
     t
 }
 
-#[test]
-fn every_llama_completion_flag_works_or_is_refused_in_one_line() {
-    let cmd = Cli::command();
+/// Walks every name of every flag of llama.cpp's `tool`, read by the infllm
+/// command that stands for it (`before`: its name and required flags): each
+/// either parses with a value it takes, or gets the one-line error.
+/// Returns how many names work.
+fn walk(tool: Tools, before: &[&str]) -> usize {
+    // Built as `cli::parse` builds it: a sub-command then has the global flags.
+    let mut root = Cli::command();
+    root.build();
+    let cmd = before.first().and_then(|s| root.find_subcommand(s)).unwrap_or(&root);
+    let parse = |args: &[&str]| parse(&[before, args].concat());
     let mut supported = 0;
-    for flag in LLAMA_FLAGS.iter().filter(|f| f.tools & C != 0) {
+    for flag in LLAMA_FLAGS.iter().filter(|f| f.tools & tool != 0) {
         for &name in flag.names.iter().chain(flag.negations) {
-            let Some(target) = reaches(&cmd, name).unwrap_or_else(|e| {
+            let Some(target) = reaches(cmd, name).unwrap_or_else(|e| {
                 assert_eq!(e, format!("invalid argument: {name} (not supported by infllm)"));
                 let args: &[&str] = if flag.takes_value { &[name, "1"] } else { &[name] };
-                assert_eq!(parse(args).unwrap_err(), unsupported(name));
+                assert_eq!(parse(args).unwrap_err(), unsupported(name), "{before:?}");
                 None
             }) else {
                 continue;
@@ -190,17 +198,32 @@ fn every_llama_completion_flag_works_or_is_refused_in_one_line() {
                 "-h" | "--help" | "--usage" | "--version" => assert!(parses(None).unwrap_err().starts_with("(help")),
                 _ if values.is_empty() => assert!(
                     parses(None).is_ok(),
-                    "{name} (reaches {target}): {:?}",
+                    "{before:?} {name} (reaches {target}): {:?}",
                     parses(None).err()
                 ),
                 _ => assert!(
                     values.iter().any(|v| parses(Some(v)).is_ok()),
-                    "{name} (reaches {target}) takes none of {values:?}: {:?}",
+                    "{before:?} {name} (reaches {target}) takes none of {values:?}: {:?}",
                     parses(Some(values[0])).err()
                 ),
             }
         }
     }
+    supported
+}
+
+#[test]
+fn every_llama_server_and_perplexity_flag_works_or_is_refused_in_one_line() {
+    let served = walk(S, &["serve"]);
+    assert!(served > 40, "only {served} llama-server names work");
+    let perplexity = walk(P, &["perplexity", "-f", "README.md"]);
+    assert!(perplexity > 30, "only {perplexity} llama-perplexity names work");
+}
+
+#[test]
+fn every_llama_completion_flag_works_or_is_refused_in_one_line() {
+    let cmd = Cli::command();
+    let supported = walk(C, &[]);
     assert!(supported > 40, "only {supported} names work");
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let want = table(&cmd);

@@ -80,7 +80,7 @@ pub const LLAMA_FLAGS: &[LlamaFlag] = &[
     flag(&["--swa-full"], &[], SWITCH, Some("LLAMA_ARG_SWA_FULL"), C | S | P),
     flag( &["-ctxcp", "--ctx-checkpoints", "--swa-checkpoints"], &[], SWITCH, Some("LLAMA_ARG_CTX_CHECKPOINTS"), S, ),
     flag( &["-cms", "--checkpoint-min-step"], &[], VALUE, Some("LLAMA_ARG_CHECKPOINT_MIN_SPACING_NT"), S, ),
-    flag(&["-cram", "--cache-ram"], &[], SWITCH, Some("LLAMA_ARG_CACHE_RAM"), S),
+    flag(&["-cram", "--cache-ram"], &[], VALUE, Some("LLAMA_ARG_CACHE_RAM"), S),
     flag( &["-kvu", "--kv-unified"], &["-no-kvu", "--no-kv-unified"], SWITCH, Some("LLAMA_ARG_KV_UNIFIED"), S | P, ),
     flag( &["--cache-idle-slots"], &["--no-cache-idle-slots"], SWITCH, Some("LLAMA_ARG_CACHE_IDLE_SLOTS"), S, ),
     flag( &["--context-shift"], &["--no-context-shift"], SWITCH, Some("LLAMA_ARG_CONTEXT_SHIFT"), C | S | P, ),
