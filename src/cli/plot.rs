@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -51,22 +53,71 @@ pub fn write_svg(path: &Path, chart: &Chart, series: &[Series]) -> anyhow::Resul
 }
 
 type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
-fn draw(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, chart: &Chart, series: &[Series]) -> DrawResult {
+/// Lines on a linear y axis, or a logarithmic one when the values span
+/// more than a factor of 10 (perplexity past the training context can grow
+/// a hundredfold, and would flatten the other lines).
+fn draw(root: &Area, chart: &Chart, series: &[Series]) -> DrawResult {
     root.fill(&WHITE)?;
     let (x_range, y_range) = bounds(series, chart.marker.map(|m| m.0));
-    let mut ctx = ChartBuilder::on(root)
+    let mut builder = ChartBuilder::on(root);
+    builder
         .caption(chart.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(x_range, y_range.clone())?;
+        .y_label_area_size(64);
+    match y_range.start > 0.0 && y_range.end > 10.0 * y_range.start {
+        true => {
+            let y = (y_range.start / 1.2)..(y_range.end * 1.2);
+            let ctx = builder.build_cartesian_2d(x_range, y.clone().log_scale())?;
+            draw_lines(ctx, chart, series, y)
+        }
+        false => {
+            let ctx = builder.build_cartesian_2d(x_range, y_range.clone())?;
+            draw_lines(ctx, chart, series, y_range)
+        }
+    }
+}
+
+/// Line colours that stand out on white (then plotters' palette).
+const LINE_COLORS: [RGBColor; 5] = [
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+];
+
+fn line_color(i: usize) -> RGBAColor {
+    LINE_COLORS.get(i).map_or(Palette99::pick(i).to_rgba(), |c| c.to_rgba())
+}
+
+/// A number as an axis shows it: no decimals from 100 on.
+fn label(v: &f64) -> String {
+    match v.abs() >= 100.0 || v.fract() == 0.0 {
+        true => format!("{v:.0}"),
+        false => format!("{v:.1}"),
+    }
+}
+
+fn draw_lines<'a, Y>(
+    mut ctx: ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    chart: &Chart,
+    series: &[Series],
+    y_range: std::ops::Range<f64>,
+) -> DrawResult
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
     ctx.configure_mesh()
         .x_desc(chart.x_label)
         .y_desc(chart.y_label)
+        .x_label_formatter(&label)
+        .y_label_formatter(&label)
         .draw()?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = line_color(i);
         ctx.draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)).point_size(3))?
             .label(s.name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -100,6 +151,10 @@ fn bounds(series: &[Series], marker: Option<f64>) -> (std::ops::Range<f64>, std:
         true => (y_min, y_max),
         false => (0.0, 1.0),
     };
+    // A logarithmic axis (see `draw`) pads by factors instead.
+    if lo > 0.0 && hi > 10.0 * lo {
+        return (0.0..x_max * 1.02, lo..hi);
+    }
     let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.02).max(1e-3);
     (0.0..x_max * 1.02, (lo - pad).max(0.0)..hi + pad)
 }
@@ -240,6 +295,53 @@ mod tests {
 
     fn hex(c: RGBColor) -> String {
         format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+    }
+
+    /// The texts of an SVG file's `<text>` elements.
+    fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text ")
+            .skip(1)
+            .map(|t| {
+                t.split_once('>')
+                    .unwrap()
+                    .1
+                    .split("</text>")
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn line_chart_labels(ys: [f64; 3]) -> Vec<String> {
+        let path = std::env::temp_dir().join(format!("infllm-lines-{}-{}.svg", std::process::id(), ys[2]));
+        let series = [Series {
+            name: "s".into(),
+            points: ys.iter().enumerate().map(|(i, &y)| (i as f64 * 1000.0, y)).collect(),
+        }];
+        let chart = Chart {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            marker: None,
+        };
+        write_svg(&path, &chart, &series).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        texts(&svg)
+    }
+
+    /// Values over more than a factor of 10 get a logarithmic y axis (labels
+    /// at powers of 10); closer ones a linear one. Whole numbers show no
+    /// decimals.
+    #[test]
+    fn a_wide_range_of_values_gets_a_logarithmic_axis() {
+        // Title, axis names, then the y labels, then the x labels (from 0).
+        let y_labels = |t: Vec<String>| t[3..t.iter().position(|l| l == "0").unwrap()].to_vec();
+        assert_eq!(y_labels(line_chart_labels([8.0, 12.0, 3000.0])), ["10", "100", "1000"]);
+        let close = y_labels(line_chart_labels([8.0, 12.0, 30.0]));
+        assert!(close.len() > 3 && close.contains(&"15".to_string()), "{close:?}");
     }
 
     #[test]
