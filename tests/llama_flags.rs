@@ -89,6 +89,23 @@ fn last_flag_wins_and_values_may_start_with_a_dash() {
     assert!(g.chat.conversation && !g.chat.no_conversation);
     assert!(g.prompt_rules().escape && !g.no_display_prompt);
     assert!(!parse(&["-e", "--no-escape"]).unwrap().generate.prompt_rules().escape);
+    // -p and -f set one prompt, -sys and -sysf one system prompt: the last counts.
+    let g = parse(&["-p", "a", "-f", "x.txt", "-sysf", "s.txt", "-sys", "b"])
+        .unwrap()
+        .generate;
+    assert_eq!((g.prompt, g.file), (None, Some("x.txt".into())));
+    assert_eq!(
+        (g.chat.system_prompt, g.chat.system_prompt_file),
+        (Some("b".into()), None)
+    );
+    let g = parse(&["-f", "x.txt", "-p", "a", "-sys", "b", "-sysf", "s.txt"])
+        .unwrap()
+        .generate;
+    assert_eq!((g.prompt, g.file), (Some("a".into()), None));
+    assert_eq!(
+        (g.chat.system_prompt, g.chat.system_prompt_file),
+        (None, Some("s.txt".into()))
+    );
 }
 
 #[test]

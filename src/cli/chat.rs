@@ -79,11 +79,21 @@ pub struct ChatArgs {
     /// File holding a Jinja chat template
     #[arg(long = "chat-template-file", value_name = "FNAME", help_heading = "Conversation")]
     pub chat_template_file: Option<PathBuf>,
-    /// System prompt (-sys)
-    #[arg(long = "system-prompt", value_name = "PROMPT", help_heading = "Conversation")]
+    /// System prompt (-sys; the last of -sys and -sysf counts)
+    #[arg(
+        long = "system-prompt",
+        value_name = "PROMPT",
+        overrides_with = "system_prompt_file",
+        help_heading = "Conversation"
+    )]
     pub system_prompt: Option<String>,
     /// File holding the system prompt (-sysf)
-    #[arg(long = "system-prompt-file", value_name = "FNAME", help_heading = "Conversation")]
+    #[arg(
+        long = "system-prompt-file",
+        value_name = "FNAME",
+        overrides_with = "system_prompt",
+        help_heading = "Conversation"
+    )]
     pub system_prompt_file: Option<PathBuf>,
     /// Session file: loaded at start if it exists, saved at exit
     #[arg(long = "session", value_name = "FNAME", help_heading = "Conversation")]

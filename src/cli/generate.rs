@@ -28,11 +28,12 @@ use crate::tokenizer::{Token, Utf8Stream};
 pub struct GenerateArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Prompt to start generation with
-    #[arg(short = 'p', long = "prompt", help_heading = "Common")]
+    /// Prompt to start generation with (as in llama.cpp, the last of -p and
+    /// -f counts)
+    #[arg(short = 'p', long = "prompt", overrides_with = "file", help_heading = "Common")]
     pub prompt: Option<String>,
     /// File containing the prompt
-    #[arg(short = 'f', long = "file", help_heading = "Common")]
+    #[arg(short = 'f', long = "file", overrides_with = "prompt", help_heading = "Common")]
     pub file: Option<PathBuf>,
     /// Number of tokens to predict, -2..=16777216 (-1, -2 = until end of text
     /// or full context; InfLLM / stream without -c: at most 4096)

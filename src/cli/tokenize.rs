@@ -16,10 +16,10 @@ pub struct TokenizeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Text to tokenize
-    #[arg(short = 'p', long = "prompt")]
+    #[arg(short = 'p', long = "prompt", overrides_with = "file")]
     pub prompt: Option<String>,
     /// File whose text to tokenize
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", overrides_with = "prompt")]
     pub file: Option<PathBuf>,
     /// Print only the ids, as a list: [1, 2, 3]
     #[arg(long)]
