@@ -666,6 +666,10 @@ fn response_format_and_grammars_constrain_answers_as_the_cli_does() {
             "both",
             json!({"prompt": "x", "grammar": "root ::= \"a\"", "json_schema": {}}),
         ),
+        (
+            "both through response_format",
+            json!({"prompt": "x", "grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+        ),
         ("bad type", json!({"prompt": "x", "response_format": {"type": "xml"}})),
         ("bad grammar", json!({"prompt": "x", "grammar": "root ::= ("})),
         ("bad schema", json!({"prompt": "x", "json_schema": [1]})),

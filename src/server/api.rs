@@ -332,9 +332,6 @@ impl Options {
     /// (`response_format` wins over `json_schema`; an empty schema is any
     /// JSON object); None keeps the server's own.
     fn constraint(&self) -> Result<Option<GrammarSpec>, ApiError> {
-        if self.json_schema.is_some() && self.grammar.is_some() {
-            return Err(ApiError::bad_request("json_schema and grammar cannot both be given"));
-        }
         let mut schema = self.json_schema.clone();
         if let Some(f) = &self.response_format {
             schema = match f.kind.as_str() {
@@ -355,7 +352,12 @@ impl Options {
             };
         }
         Ok(match (schema, &self.grammar) {
-            (Some(s), _) => {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "a JSON schema (json_schema or response_format) and a grammar cannot both be given",
+                ))
+            }
+            (Some(s), None) => {
                 let any_object = s.is_null() || s.as_object().is_some_and(|o| o.is_empty());
                 let s = if any_object { json!({"type": "object"}) } else { s };
                 Some(GrammarSpec::JsonSchema(s.to_string()))
