@@ -1,9 +1,12 @@
-//! `infllm passkey`: llama.cpp's passkey test, extended. A five-digit key is
-//! hidden at chosen positions of a long filler text; the model must repeat
-//! it (greedy) when asked at the end. Several lengths and positions make
-//! a grid (`-o csv|json`, `--plot`).
+//! `infllm passkey`: llama.cpp's passkey test, extended. A key (five
+//! digits, `--key-digits`) is hidden at chosen positions of a long filler
+//! text (llama.cpp's repeated passage, or `--filler varied`); the model
+//! must repeat it (greedy) when asked at the end: the first number it
+//! writes must be the whole key. Several lengths and positions make a grid
+//! (`-o csv|json`, `--plot`).
 
 mod grid;
+mod haystack;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,10 +24,10 @@ use crate::attention::Snapshot;
 use crate::engine::Engine;
 use crate::sampling::argmax;
 use crate::tokenizer::{Token, Tokenizer};
+use haystack::{Filler, Haystack};
 
 const INTRO: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. \
                      I will quiz you about the important information there.";
-const FILLER: &str = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 const QUESTION: &str = " What is the pass key? The pass key is";
 
 /// `--junk` at most: some 20 million tokens of filler.
@@ -56,9 +59,16 @@ pub struct PasskeyArgs {
     /// Draw the grid (lengths x positions, green: found, red: missed) into this SVG file
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    /// Seed of the pass key, 0..=18446744073709551615
+    /// Seed of the pass keys (and of a varied filler), 0..=18446744073709551615
     #[arg(short = 's', long, default_value_t = 1234)]
     pub seed: u64,
+    /// The text around the key: llama.cpp's filler passage repeated, or
+    /// sentences that never repeat
+    #[arg(long, value_enum, default_value_t = Filler::Repeat)]
+    pub filler: Filler,
+    /// Digits of a key, 1..=9
+    #[arg(long = "key-digits", default_value_t = 5, value_parser = count(1, 9))]
+    pub key_digits: usize,
     /// Tokens generated after the question, 1..=1024
     #[arg(short = 'n', long = "n-predict", default_value_t = 12, value_parser = count(1, 1024))]
     pub n_predict: usize,
@@ -69,42 +79,51 @@ pub struct PasskeyArgs {
     pub share_prefix: bool,
 }
 
-/// The prompt with the key line inserted before filler sentence `at`.
-pub fn prompt(n_junk: usize, at: usize, key: u32) -> String {
-    let key_line = format!(" The pass key is {key}. Remember it. {key} is the pass key.");
-    let mut p = String::with_capacity(INTRO.len() + (n_junk + 1) * FILLER.len() + QUESTION.len());
-    p.push_str(INTRO);
+fn key_line(key: u32) -> String {
+    format!(" The pass key is {key}. Remember it. {key} is the pass key.")
+}
+
+/// The prompt with the key line inserted before filler piece `at` of the
+/// haystack's first `n_junk` (grown that far).
+fn prompt(hay: &Haystack, n_junk: usize, at: usize, key: u32) -> String {
+    let mut p = String::from(INTRO);
     for i in 0..n_junk {
         if i == at {
-            p.push_str(&key_line);
+            p.push_str(&key_line(key));
         }
-        p.push_str(FILLER);
+        p.push_str(hay.piece(i));
     }
     if at >= n_junk {
-        p.push_str(&key_line);
+        p.push_str(&key_line(key));
     }
     p.push_str(QUESTION);
     p
 }
 
-/// Filler sentences that make a prompt of about `tokens` tokens.
-fn junk_for(tok: &Tokenizer, tokens: usize) -> usize {
-    let cost = |s: &str| tok.encode(s, false, false).len();
-    let fixed = cost(INTRO) + cost(QUESTION) + cost(" The pass key is 12345. Remember it. 12345 is the pass key.");
-    let per = cost(&FILLER.repeat(10)) as f64 / 10.0;
-    ((tokens.saturating_sub(fixed)) as f64 / per).round() as usize
+/// Whether `answer` gives the whole key: its first number is the key
+/// (" 9035" for 90357 fails, as does " 190357").
+fn finds_key(answer: &str, key: u32) -> bool {
+    let digits = answer.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end] == key.to_string()
 }
 
-/// Filler sentences of each length asked (`--junk`, or `--tokens`
+/// Filler pieces of each length asked (`--junk`, or `--tokens`
 /// converted); distinct, since each is a column of the grid.
-fn junk_counts(a: &PasskeyArgs, tok: &Tokenizer) -> anyhow::Result<Vec<usize>> {
+fn junk_counts(a: &PasskeyArgs, tok: &Tokenizer, hay: &mut Haystack) -> anyhow::Result<Vec<usize>> {
     let (flag, asked) = match a.junk.is_empty() {
         true => ("--tokens", &a.tokens),
         false => ("--junk", &a.junk),
     };
     anyhow::ensure!(!asked.is_empty(), "{flag}: no length given");
     let counts: Vec<usize> = match a.junk.is_empty() {
-        true => asked.iter().map(|&t| junk_for(tok, t)).collect(),
+        true => {
+            let cost = |s: &str| tok.encode(s, false, false).len();
+            // A key of the length asked (12345 by default, as before).
+            let key: u32 = "123456789"[..a.key_digits].parse().expect("1 to 9 digits");
+            let fixed = cost(INTRO) + cost(QUESTION) + cost(&key_line(key));
+            asked.iter().map(|&t| hay.pieces_for(tok, t, fixed)).collect()
+        }
         false => asked.clone(),
     };
     for (i, n) in counts.iter().enumerate() {
@@ -202,7 +221,8 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     }
     let (model, info) = a.run.load()?;
     let n_ctx_train = model.hp.n_ctx_train;
-    let layout: Layout = junk_counts(a, &model.tokenizer)?
+    let mut hay = Haystack::new(a.filler, a.seed);
+    let layout: Layout = junk_counts(a, &model.tokenizer, &mut hay)?
         .into_iter()
         .map(|n| Ok((n, positions(a, n)?)))
         .collect::<anyhow::Result<_>>()?;
@@ -217,7 +237,8 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(model, params)?;
     info.log();
     crate::log_info!("infllm: {attn_info}");
-    let runs = key_runs(a, &engine, &layout)?;
+    hay.grow(layout.iter().map(|l| l.0).max().unwrap_or(0));
+    let runs = key_runs(a, &engine, &layout, &hay)?;
     let mut cells = empty_cells(a, &layout, &runs);
     // The runs' lines are the text output; beside a table they go to stderr.
     let mut out: Box<dyn Write> = match a.output {
@@ -272,7 +293,7 @@ fn run_all(
         decode.0 += answer.len().saturating_sub(1);
         decode.1 += t1.elapsed();
         let text = String::from_utf8_lossy(&engine.tokenizer().decode(&answer, false, false)).into_owned();
-        let ok = text.contains(&run.key.to_string());
+        let ok = finds_key(&text, run.key);
         writeln!(
             out,
             "passkey: length {} tokens, position {:.0}% (filler {}/{}), key {}, generated {text:?}: {}",
@@ -294,7 +315,7 @@ fn run_all(
 /// `--trials` runs per length and position, keys drawn from the seed in
 /// that order (length, position, trial); with `--share-prefix` each
 /// length's runs in key order, so that consecutive prompts share most.
-fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout) -> anyhow::Result<Vec<KeyRun>> {
+fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout, hay: &Haystack) -> anyhow::Result<Vec<KeyRun>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::new();
     let cells = layout
@@ -302,8 +323,9 @@ fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout) -> anyhow::Result
         .flat_map(|(n_junk, ps)| ps.iter().map(move |p| (*n_junk, p.at)));
     for (cell, (n_junk, at)) in cells.enumerate() {
         for _ in 0..a.trials {
-            let key: u32 = rng.gen_range(10_000..100_000);
-            let tokens = engine.tokenizer().encode(&prompt(n_junk, at, key), true, true);
+            let digits = a.key_digits as u32;
+            let key: u32 = rng.gen_range(10u32.pow(digits - 1)..10u32.pow(digits));
+            let tokens = engine.tokenizer().encode(&prompt(hay, n_junk, at, key), true, true);
             anyhow::ensure!(
                 tokens.len() < engine.n_ctx(),
                 "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
@@ -401,4 +423,41 @@ fn greedy_answer(engine: &mut Engine, mut logits: Vec<f32>, n_predict: usize) ->
         }
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_whole_key_first_counts() {
+        assert!(finds_key(" 90357. Remember it. 9", 90357));
+        assert!(finds_key("90357", 90357));
+        for wrong in [
+            " 9035. Remember",
+            " 190357.",
+            " 903570",
+            " The pass key is",
+            " 12 then 90357",
+        ] {
+            assert!(!finds_key(wrong, 90357), "{wrong:?}");
+        }
+    }
+
+    /// The key line goes right before the piece asked, once, in both kinds
+    /// of haystack; the pieces around it are the haystack's, in order.
+    #[test]
+    fn the_key_lies_where_it_is_asked() {
+        for kind in [Filler::Repeat, Filler::Varied] {
+            let mut hay = Haystack::new(kind, 5);
+            hay.grow(40);
+            for at in [0, 17, 40] {
+                let p = prompt(&hay, 40, at, 4242);
+                let body = p.strip_prefix(INTRO).and_then(|b| b.strip_suffix(QUESTION)).unwrap();
+                let before: String = (0..at).map(|i| hay.piece(i)).collect();
+                let after: String = (at..40).map(|i| hay.piece(i)).collect();
+                assert_eq!(body, format!("{before}{}{after}", key_line(4242)), "{kind:?} at {at}");
+            }
+        }
+    }
 }
