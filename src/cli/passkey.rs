@@ -1,19 +1,21 @@
 //! `infllm passkey`: llama.cpp's passkey test, extended. A key (five
 //! digits, `--key-digits`) is hidden at chosen positions of a long filler
-//! text (llama.cpp's repeated passage, or `--filler varied`); the model
-//! must repeat it (greedy) when asked at the end: the first number it
-//! writes must be the whole key. Several lengths and positions make a grid
-//! (`-o csv|json`, `--plot`).
+//! text (llama.cpp's repeated passage, or `--filler varied`), with other
+//! keys as distractors when `--needles` asks; the model must repeat it
+//! (greedy) when asked at the end: the first number it writes must be the
+//! whole key. Several lengths and positions make a grid (`-o csv|json`,
+//! `--plot`).
 
 mod grid;
 mod haystack;
+mod needles;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use super::attn::describe;
 use super::limits::{self, count};
@@ -25,10 +27,7 @@ use crate::engine::Engine;
 use crate::sampling::argmax;
 use crate::tokenizer::{Token, Tokenizer};
 use haystack::{Filler, Haystack};
-
-const INTRO: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. \
-                     I will quiz you about the important information there.";
-const QUESTION: &str = " What is the pass key? The pass key is";
+use needles::{finds_key, fixed_tokens, Planted};
 
 /// `--junk` at most: some 20 million tokens of filler.
 const MAX_JUNK: u64 = 1_000_000;
@@ -69,6 +68,11 @@ pub struct PasskeyArgs {
     /// Digits of a key, 1..=9
     #[arg(long = "key-digits", default_value_t = 5, value_parser = count(1, 9))]
     pub key_digits: usize,
+    /// Keys in each text, 1..=16: more than one are the keys of doors of
+    /// different colours, the others spread over the text, and the question
+    /// asks for the one at --pos
+    #[arg(long, default_value_t = 1, value_parser = count(1, needles::DOORS.len() as u64))]
+    pub needles: usize,
     /// Tokens generated after the question, 1..=1024
     #[arg(short = 'n', long = "n-predict", default_value_t = 12, value_parser = count(1, 1024))]
     pub n_predict: usize,
@@ -77,35 +81,6 @@ pub struct PasskeyArgs {
     /// one more copy of the window state in memory
     #[arg(long)]
     pub share_prefix: bool,
-}
-
-fn key_line(key: u32) -> String {
-    format!(" The pass key is {key}. Remember it. {key} is the pass key.")
-}
-
-/// The prompt with the key line inserted before filler piece `at` of the
-/// haystack's first `n_junk` (grown that far).
-fn prompt(hay: &Haystack, n_junk: usize, at: usize, key: u32) -> String {
-    let mut p = String::from(INTRO);
-    for i in 0..n_junk {
-        if i == at {
-            p.push_str(&key_line(key));
-        }
-        p.push_str(hay.piece(i));
-    }
-    if at >= n_junk {
-        p.push_str(&key_line(key));
-    }
-    p.push_str(QUESTION);
-    p
-}
-
-/// Whether `answer` gives the whole key: its first number is the key
-/// (" 9035" for 90357 fails, as does " 190357").
-fn finds_key(answer: &str, key: u32) -> bool {
-    let digits = answer.trim_start_matches(|c: char| !c.is_ascii_digit());
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
-    digits[..end] == key.to_string()
 }
 
 /// Filler pieces of each length asked (`--junk`, or `--tokens`
@@ -118,10 +93,7 @@ fn junk_counts(a: &PasskeyArgs, tok: &Tokenizer, hay: &mut Haystack) -> anyhow::
     anyhow::ensure!(!asked.is_empty(), "{flag}: no length given");
     let counts: Vec<usize> = match a.junk.is_empty() {
         true => {
-            let cost = |s: &str| tok.encode(s, false, false).len();
-            // A key of the length asked (12345 by default, as before).
-            let key: u32 = "123456789"[..a.key_digits].parse().expect("1 to 9 digits");
-            let fixed = cost(INTRO) + cost(QUESTION) + cost(&key_line(key));
+            let fixed = fixed_tokens(tok, a.needles, a.key_digits);
             asked.iter().map(|&t| hay.pieces_for(tok, t, fixed)).collect()
         }
         false => asked.clone(),
@@ -323,9 +295,9 @@ fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout, hay: &Haystack) -
         .flat_map(|(n_junk, ps)| ps.iter().map(move |p| (*n_junk, p.at)));
     for (cell, (n_junk, at)) in cells.enumerate() {
         for _ in 0..a.trials {
-            let digits = a.key_digits as u32;
-            let key: u32 = rng.gen_range(10u32.pow(digits - 1)..10u32.pow(digits));
-            let tokens = engine.tokenizer().encode(&prompt(hay, n_junk, at, key), true, true);
+            let planted = Planted::draw(&mut rng, a.needles, a.key_digits as u32, n_junk, at)?;
+            let key = planted.target().key;
+            let tokens = engine.tokenizer().encode(&planted.prompt(hay, n_junk), true, true);
             anyhow::ensure!(
                 tokens.len() < engine.n_ctx(),
                 "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
@@ -423,41 +395,4 @@ fn greedy_answer(engine: &mut Engine, mut logits: Vec<f32>, n_predict: usize) ->
         }
     }
     Ok(answer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_whole_key_first_counts() {
-        assert!(finds_key(" 90357. Remember it. 9", 90357));
-        assert!(finds_key("90357", 90357));
-        for wrong in [
-            " 9035. Remember",
-            " 190357.",
-            " 903570",
-            " The pass key is",
-            " 12 then 90357",
-        ] {
-            assert!(!finds_key(wrong, 90357), "{wrong:?}");
-        }
-    }
-
-    /// The key line goes right before the piece asked, once, in both kinds
-    /// of haystack; the pieces around it are the haystack's, in order.
-    #[test]
-    fn the_key_lies_where_it_is_asked() {
-        for kind in [Filler::Repeat, Filler::Varied] {
-            let mut hay = Haystack::new(kind, 5);
-            hay.grow(40);
-            for at in [0, 17, 40] {
-                let p = prompt(&hay, 40, at, 4242);
-                let body = p.strip_prefix(INTRO).and_then(|b| b.strip_suffix(QUESTION)).unwrap();
-                let before: String = (0..at).map(|i| hay.piece(i)).collect();
-                let after: String = (at..40).map(|i| hay.piece(i)).collect();
-                assert_eq!(body, format!("{before}{}{after}", key_line(4242)), "{kind:?} at {at}");
-            }
-        }
-    }
 }
