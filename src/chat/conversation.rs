@@ -375,7 +375,10 @@ impl Conversation {
             }
             let piece = tok.token_to_piece(t, false);
             bytes.extend_from_slice(&piece);
-            let text = utf8.push(&tok.token_to_piece(t, self.show_special));
+            let text = match self.show_special {
+                true => utf8.push(&tok.token_to_piece(t, true)),
+                false => utf8.push(&piece),
+            };
             on_text(&text)?;
             shown.push_str(&text);
             self.logits = self.engine.eval(&[t], false, &mut |_, _| {})?;

@@ -60,18 +60,17 @@ type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 /// a hundredfold, and would flatten the other lines).
 fn draw(root: &Area, chart: &Chart, series: &[Series]) -> DrawResult {
     root.fill(&WHITE)?;
-    let (x_range, y_range) = bounds(series, chart.marker.map(|m| m.0));
+    let (x_range, y_range, log) = bounds(series, chart.marker.map(|m| m.0));
     let mut builder = ChartBuilder::on(root);
     builder
         .caption(chart.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64);
-    match y_range.start > 0.0 && y_range.end > 10.0 * y_range.start {
+    match log {
         true => {
-            let y = (y_range.start / 1.2)..(y_range.end * 1.2);
-            let ctx = builder.build_cartesian_2d(x_range, y.clone().log_scale())?;
-            draw_lines(ctx, chart, series, y)
+            let ctx = builder.build_cartesian_2d(x_range, y_range.clone().log_scale())?;
+            draw_lines(ctx, chart, series, y_range)
         }
         false => {
             let ctx = builder.build_cartesian_2d(x_range, y_range.clone())?;
@@ -140,8 +139,9 @@ where
         .draw()
 }
 
-/// Axis ranges that hold every point (and the marker), with some room above.
-fn bounds(series: &[Series], marker: Option<f64>) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+/// Axis ranges that hold every point (and the marker), with some room
+/// around, and whether the y axis is logarithmic (values over 10x apart).
+fn bounds(series: &[Series], marker: Option<f64>) -> (std::ops::Range<f64>, std::ops::Range<f64>, bool) {
     let points = || series.iter().flat_map(|s| s.points.iter());
     let x_max = points().map(|p| p.0).chain(marker).fold(1.0f64, f64::max);
     let finite_y = || points().map(|p| p.1).filter(|y| y.is_finite());
@@ -151,12 +151,12 @@ fn bounds(series: &[Series], marker: Option<f64>) -> (std::ops::Range<f64>, std:
         true => (y_min, y_max),
         false => (0.0, 1.0),
     };
-    // A logarithmic axis (see `draw`) pads by factors instead.
+    let x = 0.0..x_max * 1.02;
     if lo > 0.0 && hi > 10.0 * lo {
-        return (0.0..x_max * 1.02, lo..hi);
+        return (x, lo / 1.2..hi * 1.2, true);
     }
     let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.02).max(1e-3);
-    (0.0..x_max * 1.02, (lo - pad).max(0.0)..hi + pad)
+    (x, (lo - pad).max(0.0)..hi + pad, false)
 }
 
 /// One cell of a grid chart: its column and row, and how many of its trials

@@ -59,14 +59,6 @@ impl GrammarSpec {
             GrammarSpec::JsonSchema(_) => "--json-schema",
         }
     }
-
-    /// The field of a server request that gives it.
-    pub fn field(&self) -> &'static str {
-        match self {
-            GrammarSpec::Gbnf(_) => "grammar",
-            GrammarSpec::JsonSchema(_) => "json_schema",
-        }
-    }
 }
 
 /// The constraint compiled for `env`; errors on one line, naming `what`.

@@ -285,11 +285,6 @@ impl Options {
         if let Some(b) = &self.logit_bias {
             p.logit_bias = logit_bias(b)?;
         }
-        if let Some(g) = self.constraint()? {
-            g.check_as(g.field())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            p.grammar = Some(Box::new(g));
-        }
         if let Some(t) = self.temperature {
             p.temp = Some(t)
                 .filter(|t| t.is_finite())
@@ -325,6 +320,15 @@ impl Options {
             None => d.sampling.seed,
         };
         p.check().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // After `check`, which would compile it again under a flag's name.
+        if let Some(g) = self.constraint()? {
+            let field = match g {
+                GrammarSpec::Gbnf(_) => "grammar",
+                GrammarSpec::JsonSchema(_) => "json_schema",
+            };
+            g.check_as(field).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            p.grammar = Some(Box::new(g));
+        }
         Ok(p)
     }
 
