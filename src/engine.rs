@@ -3,7 +3,7 @@
 //! between calls.
 
 use crate::attention::full::{CacheParams, FullAttention};
-use crate::attention::infllm::{HeadShape, Infllm, InfllmParams};
+use crate::attention::infllm::{HeadShape, Infllm, InfllmParams, RetrievalRecord};
 use crate::attention::{Attention, LayerPlace, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
 use crate::ggml::{Backend, GgmlType, Scheduler, MAX_GRAPH_NODES};
@@ -155,6 +155,16 @@ impl Engine {
         self.attention.clear();
     }
 
+    /// Records retrieval for texts up to `max_tokens` (InfLLM only), or stops (None).
+    pub fn trace_retrieval(&mut self, max_tokens: Option<usize>) -> anyhow::Result<()> {
+        self.attention.trace_retrieval(max_tokens)
+    }
+
+    /// The retrieval recorded since the last call.
+    pub fn take_trace(&mut self) -> Vec<RetrievalRecord> {
+        self.attention.take_trace()
+    }
+
     /// The state after the tokens so far, to `rollback` to in this run.
     pub fn snapshot(&self) -> Snapshot {
         self.attention.snapshot()
@@ -186,9 +196,9 @@ impl Engine {
         progress: &mut dyn FnMut(usize, usize),
     ) -> anyhow::Result<Vec<f32>> {
         anyhow::ensure!(!tokens.is_empty(), "nothing to evaluate");
-        let alone = !all_logits && tokens.len() > 1 && self.attention.last_token_alone();
-        let (body, last) = tokens.split_at(tokens.len() - usize::from(alone));
-        let steps = body.chunks(self.n_ubatch).chain((!last.is_empty()).then_some(last));
+        let tail = if all_logits { 0 } else { self.attention.prompt_tail() };
+        let (body, tail) = tokens.split_at(tokens.len() - tail.min(tokens.len()));
+        let steps = body.chunks(self.n_ubatch).chain(tail.chunks(1));
         let mut out = Vec::new();
         let mut done = 0;
         for chunk in steps {

@@ -8,7 +8,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use infllm::attention::infllm::{
-    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, Role,
+    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, RetrievalRecord,
+    Role,
 };
 use infllm::attention::{LayerAttn, LayerPlace, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
@@ -49,6 +50,8 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         type_k: f32_id,
         type_v: f32_id,
         max_tokens: 1 << 16,
+        tail_steps: 1,
+        mem_distance: None,
     }
 }
 
@@ -92,6 +95,18 @@ fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
 /// `standard`: through standard ggml ops (a device's path) instead of
 /// infllm's kernels.
 fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> (Vec<Vec<f32>>, usize) {
+    let run = run_engine_traced(p, role, chunks, standard, false);
+    (run.0, run.1)
+}
+
+/// `run_engine`, also recording retrieval when `trace` is set.
+fn run_engine_traced(
+    p: InfllmParams,
+    role: Role,
+    chunks: &[Chunk],
+    standard: bool,
+    trace: bool,
+) -> (Vec<Vec<f32>>, usize, Vec<RetrievalRecord>) {
     ggml::set_quiet_logs(true);
     let heads = HeadShape {
         n_layer: 1,
@@ -104,6 +119,7 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> 
         standard_ops: standard,
     };
     let mut attn = InfllmAttention::new(p, heads, role, &[place], None).unwrap();
+    attn.trace(trace.then_some(p.max_tokens)).unwrap();
     let mut sched = Scheduler::cpu(2).unwrap();
     let la = LayerAttn {
         rope: rope_params(),
@@ -152,7 +168,7 @@ fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> 
         outputs.extend(data.chunks(N_HEAD * HEAD_DIM).map(|x| x.to_vec()));
         attn.commit(t).unwrap();
     }
-    (outputs, reused)
+    (outputs, reused, attn.take_trace())
 }
 
 /// ggml's NORMAL rotary embedding: adjacent pairs rotated by pos * base^(-2i/d).
@@ -186,8 +202,16 @@ fn chunk_inputs<'a>(step: &mut Step<'a>, c: &Chunk) -> (Tensor<'a>, Tensor<'a>, 
     (q, k, v)
 }
 
-/// The semantics of infllm.md, written out plainly over the whole history.
-fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
+/// A retrieval of the reference: tokens before the step, and each head's
+/// score of each block, head-major [N_HEAD][n_blocks].
+struct Retrieval {
+    n_past: usize,
+    head_scores: Vec<f64>,
+}
+
+/// The semantics of infllm.md, written out plainly over the whole history:
+/// each token's output, and every retrieval.
+fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retrieval>) {
     let group = N_HEAD / N_HEAD_KV;
     let e = N_HEAD_KV * HEAD_DIM;
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
@@ -199,6 +223,7 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
     let mut rem_start = 0usize;
     let mut blocks: Vec<(usize, Vec<f64>)> = Vec::new(); // (first position, representative key)
     let mut outputs = Vec::new();
+    let mut retrievals = Vec::new();
     let kh = |k: &Vec<f64>, h: usize| k[(h / group) * HEAD_DIM..(h / group + 1) * HEAD_DIM].to_vec();
 
     for c in chunks {
@@ -231,6 +256,17 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
             // The engine stores representative keys in f16 and its matmul
             // rounds the query to f16 as well.
             let mean: Vec<f64> = mean.into_iter().map(round_f16).collect();
+            let head = |b: usize, h: usize| {
+                let r = HEAD_DIM * h..HEAD_DIM * (h + 1);
+                dot(&blocks[b].1[r.clone()], &mean[r])
+            };
+            retrievals.push(Retrieval {
+                n_past: start,
+                head_scores: (0..N_HEAD)
+                    .flat_map(|h| (0..blocks.len()).map(move |b| (b, h)))
+                    .map(|(b, h)| head(b, h))
+                    .collect(),
+            });
             let mut order: Vec<usize> = (0..blocks.len()).collect();
             order.sort_by(|&a, &b| dot(&blocks[b].1, &mean).total_cmp(&dot(&blocks[a].1, &mean)));
             order.truncate(p.topk);
@@ -302,14 +338,14 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> Vec<Vec<f32>> {
             rem_start += p.block_size;
         }
     }
-    outputs
+    (outputs, retrievals)
 }
 
 /// Compares both paths (infllm's kernels, standard ggml ops) with the
 /// reference; returns how many decode steps reused a graph.
 fn compare(p: InfllmParams, sizes: &[usize], seed: u64) -> usize {
     let data = chunks(sizes, seed);
-    let want = run_reference(p, &data);
+    let (want, _) = run_reference(p, &data);
     let mut reused = Vec::new();
     for standard in [false, true] {
         let (ours, n) = run_engine(p, Role::Memory, &data, standard);
@@ -380,6 +416,44 @@ fn decode_steps_match_brute_force() {
     sizes.extend([1; 500]);
     let reused = compare(params(16, 2), &sizes, 5);
     assert!(reused > 400, "only {reused} of 500 decode steps reused a graph");
+}
+
+/// `--trace-retrieval` records, at every step that retrieves (prompt
+/// chunks and decode steps), each head's score of each block as the brute
+/// force computes it, so the top-k of its ranking are the blocks the
+/// brute force's query retrieves; and tracing leaves the outputs as they were.
+#[test]
+fn the_trace_names_the_blocks_each_query_retrieves() {
+    let p = params(16, 2);
+    let mut sizes = vec![64; 12];
+    sizes.extend([1; 30]);
+    let data = chunks(&sizes, 7);
+    let (_, want) = run_reference(p, &data);
+    let (plain, ..) = run_engine_traced(p, Role::Memory, &data, false, false);
+    let (outputs, _, trace) = run_engine_traced(p, Role::Memory, &data, false, true);
+    assert!(plain == outputs, "tracing changed the outputs");
+    assert_eq!(trace.len(), want.len());
+    assert!(want.len() > 30, "{} retrievals", want.len());
+    for (got, w) in trace.iter().zip(&want) {
+        assert_eq!((got.n_past, got.layer, got.n_head), (w.n_past, 0, N_HEAD));
+        assert_eq!(got.head_scores.len(), w.head_scores.len());
+        for (a, b) in got.head_scores.iter().zip(&w.head_scores) {
+            assert!((*a as f64 - b).abs() < 1e-2, "at {}: {a} vs {b}", w.n_past);
+        }
+        let n = got.n_blocks;
+        let summed: Vec<f32> = (0..n)
+            .map(|b| (0..N_HEAD).map(|h| w.head_scores[h * n + b]).sum::<f64>() as f32)
+            .collect();
+        let order = RetrievalRecord::ranking(&summed);
+        // Unless the brute force's k-th and next blocks nearly tie.
+        if summed[order[p.topk - 1]] - summed[order[p.topk]] > 1e-2 {
+            let mut top = RetrievalRecord::ranking(&got.summed())[..p.topk].to_vec();
+            let mut want_top = order[..p.topk].to_vec();
+            top.sort_unstable();
+            want_top.sort_unstable();
+            assert_eq!(top, want_top, "at {}", w.n_past);
+        }
+    }
 }
 
 #[test]
@@ -544,6 +618,8 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         type_k: f16,
         type_v: f16,
         max_tokens: 1 << 16,
+        tail_steps: 1,
+        mem_distance: None,
     };
     let data = chunks(&[64, 64, 64, 64, 1, 1, 1, 64, 37, 1, 1, 64, 64, 5, 64], 3);
     let want = sliding_window_reference(256, &data);

@@ -257,6 +257,41 @@ fn reused_decode_graphs_match_built_ones() {
 }
 
 #[test]
+fn tail_steps_evaluate_a_prompt_s_last_tokens_one_per_step() {
+    // `--tail-steps 40`: one eval takes the steps of feeding the prompt's
+    // body and then its last 40 tokens one by one (logits bit for bit),
+    // and they are not the reference's steps (a chunk, then the last token).
+    let _one_at_a_time = common::exclusive();
+    infllm::ggml::set_quiet_logs(true);
+    let p = InfllmParams {
+        n_init: 16,
+        n_local: 256,
+        block_size: 32,
+        topk: 2,
+        chunk: 64,
+        ..InfllmParams::defaults_for(8192)
+    };
+    let tail = InfllmParams { tail_steps: 40, ..p };
+    let tokens = engine(0).tokenizer().encode(&STORY.repeat(16), true, true);
+    let prompt = &tokens[..400];
+    let mut e = engine_with(AttnMode::Infllm(tail), 0);
+    let at_once = e.eval(prompt, false, &mut |_, _| {}).unwrap();
+    let mut e = engine_with(AttnMode::Infllm(p), 0);
+    e.feed(&prompt[..360], &mut |_, _| {}).unwrap();
+    let mut by_hand = Vec::new();
+    for &t in &prompt[360..] {
+        by_hand = e.eval(&[t], false, &mut |_, _| {}).unwrap();
+    }
+    assert!(e.block_bytes().is_some_and(|b| b > 0), "no blocks formed");
+    let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&at_once), bits(&by_hand));
+    let reference = engine_with(AttnMode::Infllm(p), 0)
+        .eval(prompt, false, &mut |_, _| {})
+        .unwrap();
+    assert_ne!(bits(&at_once), bits(&reference));
+}
+
+#[test]
 fn quantized_kv_cache_matches_llama_cpp() {
     // -ctk / -ctv with full attention: llama.cpp with the same cache types
     // gives the same logits, and the same greedy continuation. llama.cpp

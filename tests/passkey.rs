@@ -107,3 +107,58 @@ fn shared_prefix_runs_answer_as_fresh_runs() {
     assert_eq!(fresh.len(), 4);
     assert_eq!(lines(true), fresh);
 }
+
+/// `--grid` runs its five depths; `--trace-retrieval` writes a JSON line
+/// per retrieval and a header per run, and the block it names as the key's
+/// is the one holding the key's tokens, ranked as the line's picks say.
+/// Small settings (a 256-token window, blocks of 32, 2 picked) so that keys
+/// at 10% to 50% of 1,500 tokens lie in blocks.
+#[test]
+fn the_grid_runs_its_depths_and_the_trace_names_the_key_s_block() {
+    let trace = std::env::temp_dir().join(format!("infllm-trace-{}.jsonl", std::process::id()));
+    let settings = "--tokens 1500 --n-local 256 --chunk 128 --block-size 32 --topk 2 --n-init 16";
+    let mut args: Vec<&str> = settings.split(' ').collect();
+    args.extend(["--grid", "--filler", "varied", "-o", "csv", "--trace-retrieval"]);
+    args.push(trace.to_str().unwrap());
+    let csv = run(&args);
+    let depths: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert_eq!(depths, ["0.1", "0.3", "0.5", "0.7", "0.9"], "{csv}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    std::fs::remove_file(&trace).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let headers: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("prompt_len").is_some()).collect();
+    assert_eq!(headers.len(), 5);
+    let mut checked = 0;
+    for h in headers {
+        let run = &h["run"];
+        let span = h["key_tokens"].as_array().unwrap();
+        let (start, end) = (span[0].as_u64().unwrap(), span[1].as_u64().unwrap());
+        assert!(end > start + 10 && end < h["prompt_len"].as_u64().unwrap(), "{h}");
+        let want: Vec<u64> = ((start - 16) / 32..=(end - 1 - 16) / 32).collect();
+        let n_past = h["prompt_len"].as_u64().unwrap() - 1;
+        for l in lines.iter().filter(|l| &l["run"] == run && l["n_past"] == n_past) {
+            let blocks: Vec<u64> = l["key_blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap())
+                .collect();
+            assert_eq!(blocks, want, "{l}");
+            let n_blocks = l["n_blocks"].as_u64().unwrap();
+            assert_eq!(l["head_scores"].as_array().unwrap().len() as u64, 9 * n_blocks);
+            let selected = l["selected"].as_array().unwrap();
+            for (b, rank) in blocks.iter().zip(l["key_ranks"].as_array().unwrap()) {
+                match rank.as_u64() {
+                    Some(r) => {
+                        assert!(*b < n_blocks);
+                        assert_eq!(selected.iter().any(|s| s == b), r < 2, "{l}");
+                        checked += 1;
+                    }
+                    None => assert!(*b >= n_blocks, "{l}"),
+                }
+            }
+        }
+    }
+    // Keys at 10%, 30% and 50% are in blocks: 30 layers each, at least.
+    assert!(checked >= 90, "{checked} key ranks checked");
+}

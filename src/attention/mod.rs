@@ -93,9 +93,9 @@ pub trait Attention: Send {
     fn n_ctx(&self) -> usize;
     /// Tokens per step of prompt processing, given `-ub`.
     fn step_tokens(&self, n_ubatch: usize) -> usize;
-    /// Whether the last token of a prompt is evaluated as a step of its own.
-    fn last_token_alone(&self) -> bool {
-        false
+    /// How many of a prompt's last tokens are evaluated a token per step.
+    fn prompt_tail(&self) -> usize {
+        0
     }
     /// Forgets the text.
     fn clear(&mut self);
@@ -114,6 +114,15 @@ pub trait Attention: Send {
     /// a kept graph may run it (None: the step builds its own).
     fn reuse_key(&self, _n_tokens: usize) -> Option<ReuseKey> {
         None
+    }
+
+    /// Starts recording each retrieval, for texts up to `max_tokens`, or
+    /// stops (None); `take_trace` hands over what was recorded.
+    fn trace_retrieval(&mut self, _max_tokens: Option<usize>) -> anyhow::Result<()> {
+        anyhow::bail!("only InfLLM retrieves blocks (--attn infllm)")
+    }
+    fn take_trace(&mut self) -> Vec<infllm::RetrievalRecord> {
+        Vec::new()
     }
 
     /// The state after the tokens so far, to `rollback` to in this run.

@@ -38,6 +38,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("topk", "--topk"),
     ("repr_topk", "--repr-topk"),
     ("chunk", "--chunk"),
+    ("mem_distance", "--mem-distance"),
     ("type_k", "-ctk"),
     ("type_v", "-ctv"),
 ];

@@ -109,6 +109,15 @@ pub struct AttnSettings {
     /// most --n-local [default: 512]
     #[arg(long, value_parser = count(1, MAX_CHUNK), help_heading = "Attention / InfLLM")]
     pub chunk: Option<usize>,
+    /// InfLLM: the prompt's last N tokens evaluated one per step, each
+    /// retrieving blocks for its own query, 1..=8192 [default: 1, as the
+    /// reference: the last token]
+    #[arg(long = "tail-steps", value_name = "N", value_parser = count(1, MAX_CHUNK), help_heading = "Attention / InfLLM")]
+    pub tail_steps: Option<usize>,
+    /// InfLLM: the distance at which queries see the initial tokens and
+    /// memory blocks, 0..=1048576 [default: --n-local - 1, as the reference]
+    #[arg(long = "mem-distance", value_name = "N", value_parser = count(0, MAX_N_LOCAL), help_heading = "Attention / InfLLM")]
+    pub mem_distance: Option<usize>,
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
     pub flash_attn: Switch,
@@ -149,6 +158,8 @@ impl AttnSettings {
         p.block_size = self.block_size.unwrap_or(p.block_size);
         p.topk = self.topk.unwrap_or(p.topk);
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
+        p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
+        p.mem_distance = self.mem_distance.or(p.mem_distance);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);
         p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local).min(window));

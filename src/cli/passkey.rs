@@ -9,6 +9,7 @@
 mod grid;
 mod haystack;
 mod needles;
+mod trace;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,12 +23,13 @@ use super::limits::{self, count};
 use super::perplexity::TableFormat;
 use super::progress::Progress;
 use super::RunArgs;
-use crate::attention::Snapshot;
+use crate::attention::{Settings, Snapshot};
 use crate::engine::Engine;
 use crate::sampling::argmax;
 use crate::tokenizer::{Token, Tokenizer};
 use haystack::{Filler, Haystack};
 use needles::{finds_key, fixed_tokens, Planted};
+use trace::{TraceFile, TracedRun};
 
 /// `--junk` at most: some 20 million tokens of filler.
 const MAX_JUNK: u64 = 1_000_000;
@@ -37,19 +39,26 @@ pub struct PasskeyArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Target prompt lengths in tokens, each 1..=16777216; a comma list
-    /// (4096,8192) runs every position at every length
-    #[arg(long, value_delimiter = ',', default_values_t = [16384usize], conflicts_with = "junk",
-          value_parser = count(1, limits::MAX_TOKENS))]
+    /// (4096,8192) runs every position at every length [default: 16384;
+    /// with --grid 8192,16384,32768,65536,131072]
+    #[arg(long, value_delimiter = ',', conflicts_with = "junk", value_parser = count(1, limits::MAX_TOKENS))]
     pub tokens: Vec<usize>,
     /// Numbers of filler sentences instead of token counts, each 0..=1000000 (a comma list too)
     #[arg(long, value_delimiter = ',', value_parser = count(0, MAX_JUNK))]
     pub junk: Vec<usize>,
-    /// Where the key goes: a fraction of the text, 0..=1 (0.5), or a filler index (120); repeat or comma-separate for several runs
-    #[arg(long, value_delimiter = ',', default_values = ["0.1", "0.5", "0.9"])]
+    /// Where the key goes: a fraction of the text, 0..=1 (0.5), or a filler
+    /// index (120); repeat or comma-separate for several runs [default:
+    /// 0.1,0.5,0.9; with --grid 0.1,0.3,0.5,0.7,0.9]
+    #[arg(long, value_delimiter = ',')]
     pub pos: Vec<String>,
-    /// Runs per length and position, each with its own key, 1..=1000
+    /// Runs per length and position, each with its own key and (with
+    /// --filler varied) its own text, from seeds --seed, --seed + 1, ...; 1..=1000
     #[arg(long, default_value_t = 1, value_parser = count(1, 1000))]
     pub trials: usize,
+    /// The needle-in-a-haystack grid: lengths 8K to 128K by doubling,
+    /// depths 10% to 90%, --share-prefix on (--tokens and --pos still choose)
+    #[arg(long)]
+    pub grid: bool,
     /// Table of the grid on stdout, a row per length and position: length,
     /// depth, trials, passed, answer (csv, json; the runs' lines then go to
     /// stderr). text: the runs' lines only
@@ -81,13 +90,51 @@ pub struct PasskeyArgs {
     /// one more copy of the window state in memory
     #[arg(long)]
     pub share_prefix: bool,
+    /// Write every retrieval (step, layer, blocks picked, the key's rank)
+    /// into this file as JSON lines, and say per run whether the key's
+    /// blocks were picked when the answer was written (InfLLM only)
+    #[arg(long, value_name = "FILE")]
+    pub trace_retrieval: Option<PathBuf>,
+}
+
+/// `--grid`'s lengths and depths.
+const GRID_TOKENS: [usize; 5] = [8192, 16384, 32768, 65536, 131072];
+const GRID_DEPTHS: [&str; 5] = ["0.1", "0.3", "0.5", "0.7", "0.9"];
+
+impl PasskeyArgs {
+    /// The prompt lengths asked (`--tokens`, or the defaults).
+    fn lengths(&self) -> Vec<usize> {
+        match (self.tokens.is_empty(), self.grid) {
+            (false, _) => self.tokens.clone(),
+            (true, true) => GRID_TOKENS.to_vec(),
+            (true, false) => vec![16384],
+        }
+    }
+
+    /// The key positions asked (`--pos`, or the defaults).
+    fn depths(&self) -> Vec<String> {
+        let defaults: &[&str] = if self.grid {
+            &GRID_DEPTHS
+        } else {
+            &["0.1", "0.5", "0.9"]
+        };
+        match self.pos.is_empty() {
+            true => defaults.iter().map(|d| d.to_string()).collect(),
+            false => self.pos.clone(),
+        }
+    }
+
+    fn shares_prefix(&self) -> bool {
+        self.share_prefix || self.grid
+    }
 }
 
 /// Filler pieces of each length asked (`--junk`, or `--tokens`
 /// converted); distinct, since each is a column of the grid.
 fn junk_counts(a: &PasskeyArgs, tok: &Tokenizer, hay: &mut Haystack) -> anyhow::Result<Vec<usize>> {
+    let lengths = a.lengths();
     let (flag, asked) = match a.junk.is_empty() {
-        true => ("--tokens", &a.tokens),
+        true => ("--tokens", &lengths),
         false => ("--junk", &a.junk),
     };
     anyhow::ensure!(!asked.is_empty(), "{flag}: no length given");
@@ -142,9 +189,8 @@ fn position(arg: &str, n_junk: usize) -> anyhow::Result<Position> {
 /// The positions of `--pos` in a text of `n_junk` filler sentences;
 /// distinct, since each is a row of the grid.
 fn positions(a: &PasskeyArgs, n_junk: usize) -> anyhow::Result<Vec<Position>> {
-    anyhow::ensure!(!a.pos.is_empty(), "--pos: no position given");
-    let found = a
-        .pos
+    let asked = a.depths();
+    let found = asked
         .iter()
         .map(|p| position(p, n_junk))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -152,8 +198,8 @@ fn positions(a: &PasskeyArgs, n_junk: usize) -> anyhow::Result<Vec<Position>> {
         if let Some(j) = found[..i].iter().position(|q| q.at == p.at) {
             anyhow::bail!(
                 "--pos {} and {}: the same filler index ({}) in {n_junk} sentences (--trials repeats a position)",
-                a.pos[j],
-                a.pos[i],
+                asked[j],
+                asked[i],
                 p.at
             );
         }
@@ -161,14 +207,17 @@ fn positions(a: &PasskeyArgs, n_junk: usize) -> anyhow::Result<Vec<Position>> {
     Ok(found)
 }
 
-/// One run: its grid cell, the filler sentences and the key's index among
-/// them, the key, the prompt's tokens.
+/// One run: its grid cell and text (`hays` index), the filler sentences
+/// and the key's index among them, the key, the prompt's tokens.
 struct KeyRun {
     cell: usize,
+    hay: usize,
     n_junk: usize,
     at: usize,
     key: u32,
     tokens: Vec<Token>,
+    /// The key line's tokens (with --trace-retrieval).
+    key_tokens: std::ops::Range<usize>,
 }
 
 /// Tokens and time, summed over the runs.
@@ -193,15 +242,19 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     }
     let (model, info) = a.run.load()?;
     let n_ctx_train = model.hp.n_ctx_train;
-    let mut hay = Haystack::new(a.filler, a.seed);
-    let layout: Layout = junk_counts(a, &model.tokenizer, &mut hay)?
+    // A text per trial (one when the filler repeats).
+    let n_hays = if a.filler == Filler::Varied { a.trials } else { 1 };
+    let mut hays: Vec<Haystack> = (0..n_hays as u64)
+        .map(|t| Haystack::new(a.filler, a.seed.wrapping_add(t)))
+        .collect();
+    let layout: Layout = junk_counts(a, &model.tokenizer, &mut hays[0])?
         .into_iter()
         .map(|n| Ok((n, positions(a, n)?)))
         .collect::<anyhow::Result<_>>()?;
     let mut params = a.run.engine_params(&model.hp)?;
     if a.run.ctx_size.is_none() {
         // Full attention: room for the longest prompt and the answer.
-        let tokens = a.tokens.iter().copied().max().unwrap_or(0);
+        let tokens = a.lengths().into_iter().max().unwrap_or(0);
         let n_junk = layout.iter().map(|l| l.0).max().unwrap_or(0);
         params.n_ctx = tokens.max(n_junk * 32) + a.n_predict + 256;
     }
@@ -209,15 +262,17 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(model, params)?;
     info.log();
     crate::log_info!("infllm: {attn_info}");
-    hay.grow(layout.iter().map(|l| l.0).max().unwrap_or(0));
-    let runs = key_runs(a, &engine, &layout, &hay)?;
+    let longest = layout.iter().map(|l| l.0).max().unwrap_or(0);
+    hays.iter_mut().for_each(|h| h.grow(longest));
+    let runs = key_runs(a, &engine, &layout, &hays)?;
     let mut cells = empty_cells(a, &layout, &runs);
     // The runs' lines are the text output; beside a table they go to stderr.
     let mut out: Box<dyn Write> = match a.output {
         TableFormat::Text => Box::new(std::io::stdout().lock()),
         _ => Box::new(std::io::stderr().lock()),
     };
-    let (prefill, decode) = run_all(a, &mut engine, &runs, &mut cells, &mut out)?;
+    let mut trace = start_trace(a, &mut engine, &runs)?;
+    let (prefill, decode) = run_all(a, &mut engine, &runs, &mut cells, &mut out, trace.as_mut())?;
     let passed: usize = cells.iter().map(|c| c.passed).sum();
     writeln!(
         out,
@@ -230,7 +285,7 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
     )?;
     out.flush()?;
     drop(out);
-    if a.share_prefix {
+    if a.shares_prefix() {
         let all: usize = runs.iter().map(|r| r.tokens.len()).sum();
         crate::log_info!("infllm: --share-prefix: {} of {all} prompt tokens evaluated", prefill.0);
     }
@@ -251,11 +306,12 @@ fn run_all(
     runs: &[KeyRun],
     cells: &mut [grid::Cell],
     out: &mut dyn Write,
+    mut trace: Option<&mut TraceFile>,
 ) -> anyhow::Result<(Rate, Rate)> {
     let (mut prefill, mut decode) = (Rate::default(), Rate::default());
     let mut shared: SharedPrefix = None;
     for (i, run) in runs.iter().enumerate() {
-        let next = runs.get(i + 1).filter(|_| a.share_prefix);
+        let next = runs.get(i + 1).filter(|_| a.shares_prefix());
         let t0 = Instant::now();
         let (logits, n_read) = read_prompt(engine, run, next, &mut shared)?;
         prefill.0 += n_read;
@@ -277,6 +333,17 @@ fn run_all(
             if ok { "pass" } else { "FAIL" }
         )?;
         out.flush()?;
+        if let Some(trace) = trace.as_deref_mut() {
+            let traced = TracedRun {
+                index: i,
+                prompt_len: run.tokens.len(),
+                key: run.key,
+                key_tokens: run.key_tokens.clone(),
+                passed: ok,
+            };
+            let line = trace.write_run(&traced, &engine.take_trace())?;
+            crate::log_info!("trace: {line}");
+        }
         let cell = &mut cells[run.cell];
         cell.passed += ok as usize;
         cell.answers.push(text);
@@ -284,20 +351,44 @@ fn run_all(
     Ok((prefill, decode))
 }
 
+/// With `--trace-retrieval`: the file, and the engine recording retrieval.
+fn start_trace(a: &PasskeyArgs, engine: &mut Engine, runs: &[KeyRun]) -> anyhow::Result<Option<TraceFile>> {
+    let Some(path) = &a.trace_retrieval else {
+        return Ok(None);
+    };
+    let Settings::Infllm(p) = engine.settings() else {
+        anyhow::bail!("--trace-retrieval: only InfLLM retrieves blocks (--attn infllm)")
+    };
+    let longest = runs.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+    engine.trace_retrieval(Some(longest + a.n_predict))?;
+    TraceFile::create(path, p).map(Some)
+}
+
 /// `--trials` runs per length and position, keys drawn from the seed in
-/// that order (length, position, trial); with `--share-prefix` each
-/// length's runs in key order, so that consecutive prompts share most.
-fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout, hay: &Haystack) -> anyhow::Result<Vec<KeyRun>> {
+/// that order (length, position, trial), trial t's text from `hays[t]`
+/// (or the one text); with `--share-prefix` each length's and text's runs
+/// in key order, so that consecutive prompts share most.
+fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout, hays: &[Haystack]) -> anyhow::Result<Vec<KeyRun>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut runs = Vec::new();
     let cells = layout
         .iter()
         .flat_map(|(n_junk, ps)| ps.iter().map(move |p| (*n_junk, p.at)));
     for (cell, (n_junk, at)) in cells.enumerate() {
-        for _ in 0..a.trials {
+        for trial in 0..a.trials {
+            let hay_index = trial.min(hays.len() - 1);
+            let hay = &hays[hay_index];
             let planted = Planted::draw(&mut rng, a.needles, a.key_digits as u32, n_junk, at)?;
             let key = planted.target().key;
-            let tokens = engine.tokenizer().encode(&planted.prompt(hay, n_junk), true, true);
+            let prompt = planted.prompt(hay, n_junk);
+            let tokens = engine.tokenizer().encode(&prompt, true, true);
+            let key_tokens = match (&a.trace_retrieval, planted.target_span(&prompt)) {
+                (Some(_), Some(span)) => {
+                    let count = |s: &str| engine.tokenizer().encode(s, true, true).len();
+                    count(&prompt[..span.start])..count(&prompt[..span.end])
+                }
+                _ => 0..0,
+            };
             anyhow::ensure!(
                 tokens.len() < engine.n_ctx(),
                 "the prompt is too long: {} tokens, but the context holds {} (-c): raise -c",
@@ -306,15 +397,17 @@ fn key_runs(a: &PasskeyArgs, engine: &Engine, layout: &Layout, hay: &Haystack) -
             );
             runs.push(KeyRun {
                 cell,
+                hay: hay_index,
                 n_junk,
                 at,
                 key,
                 tokens,
+                key_tokens,
             });
         }
     }
-    if a.share_prefix {
-        runs.sort_by_key(|r| (r.n_junk, r.at));
+    if a.shares_prefix() {
+        runs.sort_by_key(|r| (r.n_junk, r.hay, r.at));
     }
     Ok(runs)
 }
@@ -326,7 +419,7 @@ fn empty_cells(a: &PasskeyArgs, layout: &Layout, runs: &[KeyRun]) -> Vec<grid::C
     let mut cells = Vec::new();
     for (li, (n_junk, ps)) in layout.iter().enumerate() {
         let length = match a.junk.is_empty() {
-            true => a.tokens[li],
+            true => a.lengths()[li],
             false => runs.iter().find(|r| r.n_junk == *n_junk).map_or(0, |r| r.tokens.len()),
         };
         for (row, p) in ps.iter().enumerate() {

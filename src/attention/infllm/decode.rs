@@ -38,7 +38,7 @@ impl InfllmAttention {
         let q_local = g.reshape(lt.rotated_q(inp.pos_local), &[hd, nh / nkv, nkv]);
         let q_global = g.reshape(lt.rotated_q(inp.pos_global), &[hd, nh / nkv, nkv]);
         let ranges = inp.ranges.expect("decode steps have key ranges");
-        let blocks = self.select_blocks(lt, inp, || g.reshape(q_global, &[hd * nh, 1]));
+        let blocks = self.select_blocks(step, lt, inp, || g.reshape(q_global, &[hd * nh, 1]));
         let parts = Parts {
             n_local: inp.tiles[0].n_keys,
             blocks,

@@ -126,7 +126,7 @@ impl InfllmAttention {
         let cells = cells("cells", &slots);
         InfllmInputs {
             pos_local: step.input_i32(&name("pos_local"), &[t], slots),
-            pos_global: step.input_i32(&name("pos_global"), &[t], vec![p.n_local as i32 - 1; n_tokens]),
+            pos_global: step.input_i32(&name("pos_global"), &[t], vec![p.global_position() as i32; n_tokens]),
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),

@@ -45,6 +45,8 @@ pub struct DecodeShape {
     pub n_init: usize,
     /// The window buffer's capacity: a grown buffer has new tensors.
     pub cap: usize,
+    /// Whether the step copies out its retrieval scores (`trace`).
+    pub traced: bool,
 }
 
 impl Layout {
@@ -129,6 +131,7 @@ impl InfllmAttention {
             n_blocks: self.n_blocks(),
             n_init: self.pos.n_init,
             cap: self.cap,
+            traced: self.tracing(self.n_blocks()),
         })
     }
 }

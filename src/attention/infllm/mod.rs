@@ -28,6 +28,7 @@ mod params;
 mod prefill;
 mod standard;
 mod state;
+mod trace;
 mod views;
 mod window;
 
@@ -35,6 +36,7 @@ pub use blocks::{representative_key, BlockShape, BlockStore};
 pub use layout::DecodeShape;
 pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use state::{TextPosition, WindowState};
+pub use trace::RetrievalRecord;
 pub use window::{InfllmAttention, Role};
 
 use anyhow::Context as _;
@@ -185,6 +187,7 @@ fn window_params(p: InfllmParams, w: usize) -> InfllmParams {
         repr_topk: 1,
         type_k: GgmlType::F16,
         type_v: GgmlType::F16,
+        mem_distance: None,
         ..p
     }
 }
@@ -223,9 +226,10 @@ impl Attention for Infllm {
 
     /// As in the reference: the logits the answer starts from come from a
     /// retrieval for the last token's query, not for the mean query of a
-    /// chunk (mostly the text before the question).
-    fn last_token_alone(&self) -> bool {
-        true
+    /// chunk (mostly the text before the question); `--tail-steps` extends
+    /// that to the prompt's last tokens.
+    fn prompt_tail(&self) -> usize {
+        self.memory.params().tail_steps
     }
 
     fn clear(&mut self) {
@@ -264,6 +268,14 @@ impl Attention for Infllm {
     }
 
     /// The window buffers' copy (blocks are only appended: their count).
+    fn trace_retrieval(&mut self, max_tokens: Option<usize>) -> anyhow::Result<()> {
+        self.memory.trace(max_tokens)
+    }
+
+    fn take_trace(&mut self) -> Vec<RetrievalRecord> {
+        self.memory.take_trace()
+    }
+
     fn snapshot(&self) -> Snapshot {
         let states: Vec<WindowState> = self.all().map(|a| a.window_state()).collect();
         let bytes = states.iter().map(|s| s.bytes.len()).sum();

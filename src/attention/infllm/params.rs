@@ -31,6 +31,19 @@ pub struct InfllmParams {
     pub type_v: GgmlType,
     /// Most tokens of text (the `-c` cap; `NO_CAP_TOKENS` when 0 is given).
     pub max_tokens: usize,
+    /// A prompt's last tokens evaluated one per step, each retrieving for
+    /// its own query (1: the last one, as the reference does). How a
+    /// prompt is stepped, not a shape of the state: not saved in sessions.
+    #[serde(skip, default = "one")]
+    pub tail_steps: usize,
+    /// The distance at which a query sees the keys outside its window
+    /// (None: `n_local - 1`, the reference's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_distance: Option<usize>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl InfllmParams {
@@ -49,6 +62,8 @@ impl InfllmParams {
             type_k: q8_0,
             type_v: q8_0,
             max_tokens: NO_CAP_TOKENS,
+            tail_steps: 1,
+            mem_distance: None,
         };
         while p.span() >= n_ctx_train && p.n_local > 256 {
             p.n_local /= 2;
@@ -59,6 +74,11 @@ impl InfllmParams {
         p
     }
 
+    /// Where global queries rotate: the distance of the keys outside the window.
+    pub fn global_position(&self) -> usize {
+        self.mem_distance.unwrap_or(self.n_local - 1)
+    }
+
     /// Tokens a query can attend: initial + local + retrieved.
     pub fn span(&self) -> usize {
         self.n_init + self.n_local + self.topk * self.block_size
@@ -66,6 +86,7 @@ impl InfllmParams {
 
     pub fn validate(&self, head_dim: usize) -> anyhow::Result<()> {
         ensure!(self.n_local > 0, "--n-local must be positive");
+        ensure!(self.tail_steps > 0, "--tail-steps must be positive");
         ensure!(self.block_size > 0, "--block-size must be positive");
         ensure!(
             self.chunk > 0 && self.chunk <= self.n_local,

@@ -32,7 +32,7 @@ impl InfllmAttention {
         let (hd, nh, t) = (lt.hd, lt.n_head, inp.n_tokens as i64);
         let q_local = g.permute(lt.rotated_q(inp.pos_local), [0, 2, 1, 3]); // [hd, T, n_head]
         let q_global = lt.rotated_q(inp.pos_global); // [hd, n_head, T]
-        let blocks = self.select_blocks(lt, inp, || {
+        let blocks = self.select_blocks(step, lt, inp, || {
             // The chunk's mean global query.
             let q_flat = g.reshape(q_global, &[hd * nh, t]);
             match inp.ones {
@@ -58,7 +58,8 @@ impl InfllmAttention {
     /// at most top-k, else the top-k by their representative keys' dot
     /// product with `query()` [hd * n_head, 1]. None without blocks.
     pub(super) fn select_blocks<'a>(
-        &self,
+        &'a self,
+        step: &mut Step<'a>,
         lt: &LayerTensors<'a>,
         inp: &InfllmInputs<'a>,
         query: impl FnOnce() -> Tensor<'a>,
@@ -66,7 +67,11 @@ impl InfllmAttention {
         let g = lt.g;
         (inp.n_selected > 0).then(|| {
             inp.all_blocks.unwrap_or_else(|| {
-                let scores = g.mul_mat(lt.blocks.repr_tensor(g), query());
+                let query = query();
+                if self.tracing(inp.n_blocks) {
+                    self.record_scores(step, lt, query);
+                }
+                let scores = g.mul_mat(lt.blocks.repr_tensor(g), query);
                 g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
             })
         })

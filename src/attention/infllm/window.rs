@@ -8,6 +8,7 @@ use half::f16;
 use super::blocks::{representative_key, BlockShape, BlockStore};
 use super::layout::KEY_PAD;
 use super::state::TextPosition;
+use super::trace::Tracer;
 use super::{HeadShape, InfllmParams};
 use crate::attention::state::{read_ranges, write_ranges};
 use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
@@ -59,6 +60,8 @@ pub struct InfllmAttention {
     /// The buffer moved: rotated keys must be recomputed in the next step.
     pub(super) rerotate: bool,
     pub(super) role: Role,
+    /// Recording retrieval (`trace`).
+    pub(super) tracer: Option<Tracer>,
 }
 
 /// Window buffer slots to start with: a first prompt step (512 tokens by
@@ -117,6 +120,7 @@ impl InfllmAttention {
             pos: TextPosition::default(),
             rerotate: false,
             role,
+            tracer: None,
         })
     }
 
@@ -243,6 +247,9 @@ impl InfllmAttention {
     /// After a step: the chunk is in the window; tokens that left every
     /// future query's window become initial tokens or memory blocks.
     pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
+        if self.retrieves() && self.tracing(self.n_blocks()) {
+            self.read_trace(n_tokens);
+        }
         self.pos.n_past += n_tokens;
         self.rerotate = false;
         let evict_end = self.pos.n_past.saturating_sub(self.p.n_local);
@@ -263,6 +270,11 @@ impl InfllmAttention {
             self.pos.remainder_start += self.p.block_size;
         }
         Ok(())
+    }
+
+    /// Whether a step now picks blocks (more are stored than it attends).
+    pub(super) fn retrieves(&self) -> bool {
+        self.p.topk > 0 && self.n_blocks() > self.p.topk
     }
 
     /// Window buffer slot of the remainder's first token.

@@ -104,6 +104,12 @@ impl Planted {
         &self.needles[self.target]
     }
 
+    /// Where the target's line lies in `prompt` (bytes; it is there once).
+    pub fn target_span(&self, prompt: &str) -> Option<std::ops::Range<usize>> {
+        let line = self.target().line();
+        prompt.find(&line).map(|at| at..at + line.len())
+    }
+
     /// The prompt: intro, the first `n_junk` pieces of `hay` (grown that
     /// far) with each key line before its piece, the question.
     pub fn prompt(&self, hay: &Haystack, n_junk: usize) -> String {
