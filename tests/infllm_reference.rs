@@ -8,8 +8,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use infllm::attention::infllm::{
-    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, RetrievalRecord,
-    Role,
+    representative_key, BlockShape, BlockStore, DecodeShape, HeadShape, InfllmAttention, InfllmParams, Retrieval,
+    RetrievalRecord, Role,
 };
 use infllm::attention::{LayerAttn, LayerPlace, LayerQkv, StepAttention};
 use infllm::compute::{BuiltStep, Step};
@@ -52,6 +52,7 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         max_tokens: 1 << 16,
         tail_steps: 1,
         mem_distance: None,
+        retrieval: Retrieval::Paper,
     }
 }
 
@@ -204,14 +205,14 @@ fn chunk_inputs<'a>(step: &mut Step<'a>, c: &Chunk) -> (Tensor<'a>, Tensor<'a>, 
 
 /// A retrieval of the reference: tokens before the step, and each head's
 /// score of each block, head-major [N_HEAD][n_blocks].
-struct Retrieval {
+struct RefRetrieval {
     n_past: usize,
     head_scores: Vec<f64>,
 }
 
 /// The semantics of infllm.md, written out plainly over the whole history:
 /// each token's output, and every retrieval.
-fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retrieval>) {
+fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<RefRetrieval>) {
     let group = N_HEAD / N_HEAD_KV;
     let e = N_HEAD_KV * HEAD_DIM;
     let scale = 1.0 / (HEAD_DIM as f64).sqrt();
@@ -260,7 +261,7 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retri
                 let r = HEAD_DIM * h..HEAD_DIM * (h + 1);
                 dot(&blocks[b].1[r.clone()], &mean[r])
             };
-            retrievals.push(Retrieval {
+            retrievals.push(RefRetrieval {
                 n_past: start,
                 head_scores: (0..N_HEAD)
                     .flat_map(|h| (0..blocks.len()).map(move |b| (b, h)))
@@ -277,6 +278,9 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retri
             .flat_map(|&b| blocks[b].0..blocks[b].0 + p.block_size)
             .collect();
         global.extend(0..n_init);
+        // Where the global query and each global key rotate.
+        let rem_end = end.saturating_sub(p.n_local).max(rem_start);
+        let (q_global_at, key_at) = memory_positions(&p, n_init, &selected, &blocks, rem_start, rem_end);
 
         for i in 0..t {
             let pos = start + i;
@@ -284,18 +288,22 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retri
             for h in 0..N_HEAD {
                 let q = q_of(i, h);
                 let ql = rope(&q, pos as f64);
-                let qg = rope(&q, (p.n_local - 1) as f64);
+                let qg = rope(&q, q_global_at);
+                let kg = |j: usize| match &key_at {
+                    Some(at) => rope(&kh(&keys[j], h), at[&j]),
+                    None => kh(&keys[j], h),
+                };
                 // (position, logit, is_local)
                 let mut entries: Vec<(usize, f64, bool)> = Vec::new();
                 for j in (pos + 1).saturating_sub(p.n_local)..=pos {
                     entries.push((j, dot(&ql, &rope(&kh(&keys[j], h), j as f64)) * scale, true));
                 }
                 for &j in &global {
-                    entries.push((j, dot(&qg, &kh(&keys[j], h)) * scale, false));
+                    entries.push((j, dot(&qg, &kg(j)) * scale, false));
                 }
-                for j in rem_start..end.saturating_sub(p.n_local).max(rem_start) {
+                for j in rem_start..rem_end {
                     if pos - j >= p.n_local {
-                        entries.push((j, dot(&qg, &kh(&keys[j], h)) * scale, false));
+                        entries.push((j, dot(&qg, &kg(j)) * scale, false));
                     }
                 }
                 let max = entries.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
@@ -339,6 +347,31 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<Retri
         }
     }
     (outputs, retrievals)
+}
+
+/// Where the global query rotates, and (`Retrieval::Ordered`) each global
+/// key by its text position: initial tokens first, then the selected blocks
+/// in text order, then the remainder [rem_start, rem_end), the last of them
+/// at distance `n_local - 1` from the query.
+fn memory_positions(
+    p: &InfllmParams,
+    n_init: usize,
+    selected: &[usize],
+    blocks: &[(usize, Vec<f64>)],
+    rem_start: usize,
+    rem_end: usize,
+) -> (f64, Option<std::collections::HashMap<usize, f64>>) {
+    let d = (p.n_local - 1) as f64;
+    if p.retrieval != Retrieval::Ordered {
+        return (d, None);
+    }
+    let mut firsts: Vec<usize> = selected.iter().map(|&b| blocks[b].0).collect();
+    firsts.sort_unstable();
+    let mut order: Vec<usize> = (0..n_init).collect();
+    order.extend(firsts.iter().flat_map(|&f| f..f + p.block_size));
+    order.extend(rem_start..rem_end);
+    let at = order.iter().enumerate().map(|(m, &j)| (j, m as f64)).collect();
+    ((order.len().max(1) - 1) as f64 + d, Some(at))
 }
 
 /// Compares both paths (infllm's kernels, standard ggml ops) with the
@@ -454,6 +487,19 @@ fn the_trace_names_the_blocks_each_query_retrieves() {
             assert_eq!(top, want_top, "at {}", w.n_past);
         }
     }
+}
+
+/// `--retrieval ordered`: memory tokens at their places in the sequence
+/// [initial | blocks in text order | remainder], prompt and decode steps.
+#[test]
+fn ordered_memory_matches_brute_force() {
+    let p = InfllmParams {
+        retrieval: Retrieval::Ordered,
+        ..params(16, 2)
+    };
+    let mut sizes = SIZES.to_vec();
+    sizes.extend([1; 40]);
+    compare(p, &sizes, 19);
 }
 
 #[test]
@@ -620,6 +666,7 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         max_tokens: 1 << 16,
         tail_steps: 1,
         mem_distance: None,
+        retrieval: Retrieval::Paper,
     };
     let data = chunks(&[64, 64, 64, 64, 1, 1, 1, 64, 37, 1, 1, 64, 64, 5, 64], 3);
     let want = sliding_window_reference(256, &data);

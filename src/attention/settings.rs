@@ -39,6 +39,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("repr_topk", "--repr-topk"),
     ("chunk", "--chunk"),
     ("mem_distance", "--mem-distance"),
+    ("retrieval", "--retrieval"),
     ("type_k", "-ctk"),
     ("type_v", "-ctv"),
 ];

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use super::limits::count;
 
 use crate::attention::full::cache_type;
-use crate::attention::infllm::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
+use crate::attention::infllm::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
 use crate::ggml::{type_by_name, GgmlType};
 use crate::model::Hparams;
@@ -118,6 +118,10 @@ pub struct AttnSettings {
     /// memory blocks, 0..=1048576 [default: --n-local - 1, as the reference]
     #[arg(long = "mem-distance", value_name = "N", value_parser = count(0, MAX_N_LOCAL), help_heading = "Attention / InfLLM")]
     pub mem_distance: Option<usize>,
+    /// InfLLM: where memory tokens sit for a query: the paper's one
+    /// distance, or in text order (the order inside a block stays visible)
+    #[arg(long, value_enum, help_heading = "Attention / InfLLM")]
+    pub retrieval: Option<Retrieval>,
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
     pub flash_attn: Switch,
@@ -160,6 +164,7 @@ impl AttnSettings {
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
         p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
         p.mem_distance = self.mem_distance.or(p.mem_distance);
+        p.retrieval = self.retrieval.unwrap_or(p.retrieval);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);
         p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local).min(window));
@@ -180,6 +185,21 @@ impl AttnSettings {
         p.validate(hp.head_dim)?;
         Ok(AttnMode::Infllm(p))
     }
+}
+
+/// The options that depart from the paper's semantics, as ", a, b".
+fn departures(p: &InfllmParams) -> String {
+    let mut out = String::new();
+    if p.retrieval == Retrieval::Ordered {
+        out += ", memory in text order";
+    }
+    if let Some(d) = p.mem_distance {
+        out += &format!(", memory at distance {d}");
+    }
+    if p.tail_steps > 1 {
+        out += &format!(", the prompt's last {} tokens a step each", p.tail_steps);
+    }
+    out
 }
 
 fn block_type(flag: &str, name: &str) -> anyhow::Result<crate::ggml::GgmlType> {
@@ -207,7 +227,7 @@ pub fn describe(mode: &AttnMode, hp: &Hparams) -> String {
         AttnMode::Infllm(p) => {
             let name = |t| crate::ggml::type_info(t).map_or("?", |i| i.name);
             format!(
-                "attention: {} n_init = {}, n_local = {}, block_size = {}, topk = {}, repr_topk = {}, chunk = {}, blocks {}/{}, span {} (trained {})",
+                "attention: {} n_init = {}, n_local = {}, block_size = {}, topk = {}, repr_topk = {}, chunk = {}, blocks {}/{}, span {} (trained {}){}",
                 if p.topk == 0 { "stream" } else { "infllm" },
                 p.n_init,
                 p.n_local,
@@ -218,7 +238,8 @@ pub fn describe(mode: &AttnMode, hp: &Hparams) -> String {
                 name(p.type_k),
                 name(p.type_v),
                 p.span(),
-                hp.n_ctx_train
+                hp.n_ctx_train,
+                departures(p)
             )
         }
     }

@@ -356,8 +356,9 @@ fn start_trace(a: &PasskeyArgs, engine: &mut Engine, runs: &[KeyRun]) -> anyhow:
     let Some(path) = &a.trace_retrieval else {
         return Ok(None);
     };
-    let Settings::Infllm(p) = engine.settings() else {
-        anyhow::bail!("--trace-retrieval: only InfLLM retrieves blocks (--attn infllm)")
+    let p = match engine.settings() {
+        Settings::Infllm(p) if p.topk > 0 => p,
+        _ => anyhow::bail!("--trace-retrieval: only InfLLM retrieves blocks (--attn infllm, --topk above 0)"),
     };
     let longest = runs.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
     engine.trace_retrieval(Some(longest + a.n_predict))?;

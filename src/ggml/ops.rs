@@ -225,6 +225,12 @@ impl Context {
         self.wrap(unsafe { sys::ggml_repeat_4d(self.raw(), a.raw(), ne[0], ne[1], ne[2], ne[3]) })
     }
 
+    /// Indices (I32) that sort each row ascending.
+    pub fn argsort_ascending<'a>(&'a self, a: Tensor<'a>) -> Tensor<'a> {
+        // SAFETY: valid context and tensor.
+        self.wrap(unsafe { sys::ggml_argsort(self.raw(), a.raw(), sys::GGML_SORT_ORDER_ASC) })
+    }
+
     /// Indices of the `k` largest values of each row (I32), in no particular order.
     pub fn top_k<'a>(&'a self, a: Tensor<'a>, k: i32) -> Tensor<'a> {
         // SAFETY: valid context and tensor.

@@ -11,7 +11,7 @@ use super::views::LayerTensors;
 use super::InfllmAttention;
 use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
 use crate::compute::Step;
-use crate::ggml::Tensor;
+use crate::ggml::{GgmlType, Tensor};
 
 /// Which keys a decode step's logits row holds, in order.
 struct Parts<'a> {
@@ -38,7 +38,10 @@ impl InfllmAttention {
         let q_local = g.reshape(lt.rotated_q(inp.pos_local), &[hd, nh / nkv, nkv]);
         let q_global = g.reshape(lt.rotated_q(inp.pos_global), &[hd, nh / nkv, nkv]);
         let ranges = inp.ranges.expect("decode steps have key ranges");
-        let blocks = self.select_blocks(step, lt, inp, || g.reshape(q_global, &[hd * nh, 1]));
+        let blocks = self.select_blocks(step, lt, inp, || {
+            let q = inp.pos_retrieve.map_or(q_global, |at| lt.rotated_q(at));
+            g.reshape(q, &[hd * nh, 1])
+        });
         let parts = Parts {
             n_local: inp.tiles[0].n_keys,
             blocks,
@@ -77,14 +80,25 @@ impl InfllmAttention {
         let local_keys = lt.transposed(lt.k_rot_t, parts.n_local, inp.tiles[0].lo);
         let local = lt.key_logits(local_keys, q_local, Some(ranges.local));
         let mut logits = vec![soft_cap(g, local, la)];
+        let pos = inp.memory_pos;
         if let Some(ids) = parts.blocks {
-            logits.push(soft_cap(g, lt.block_logits(ids, q_global), la));
+            let block = match pos.and_then(|p| p.blocks) {
+                // In text order: the keys dequantized and rotated at their positions.
+                Some(at) => mul_mat_capped(g, lt.rotated_keys(lt.block_keys(ids), Some(at)), q_global, la),
+                None => soft_cap(g, lt.block_logits(ids, q_global), la),
+            };
+            logits.push(block);
         }
         if parts.n_init > 0 {
-            logits.push(mul_mat_capped(g, lt.initial_keys(parts.n_init), q_global, la));
+            let init = lt.rotated_keys(lt.initial_keys(parts.n_init), pos.and_then(|p| p.init));
+            logits.push(mul_mat_capped(g, init, q_global, la));
         }
         if parts.n_rem > 0 {
-            let rem_keys = g.permute(lt.raw_keys(parts.n_rem, inp.rem_lo), [0, 2, 1, 3]);
+            let raw = lt.raw_keys(parts.n_rem, inp.rem_lo);
+            let rem_keys = match pos.and_then(|p| p.rem) {
+                Some(at) => lt.rotated_keys(g.permute(g.cast(raw, GgmlType::F32), [0, 2, 1, 3]), Some(at)),
+                None => g.permute(raw, [0, 2, 1, 3]),
+            };
             let rem = mul_mat_capped(g, rem_keys, q_global, la);
             logits.push(lt.mask_outside(rem, ranges.remainder));
         }

@@ -4,7 +4,7 @@
 //! here, as data, so that one graph serves many steps.
 
 use super::layout::{Layout, QUERY_TILE};
-use super::InfllmAttention;
+use super::{InfllmAttention, Retrieval};
 use crate::compute::Step;
 use crate::ggml::Tensor;
 
@@ -13,8 +13,12 @@ pub(super) struct InfllmInputs<'a> {
     /// Window buffer slots of the step's tokens (where they are appended,
     /// and the positions their local queries rotate at).
     pub pos_local: Tensor<'a>,
-    /// `n_local - 1` for every token: where global queries rotate.
+    /// Where global queries rotate (`--mem-distance`, by default
+    /// `n_local - 1`; further with `--retrieval ordered`), for every token.
     pub pos_global: Tensor<'a>,
+    /// With `--retrieval ordered`: where the query that picks blocks
+    /// rotates (as `pos_global` would without it, so the pick is the same).
+    pub pos_retrieve: Option<Tensor<'a>>,
     /// The chunk's query tiles (one in decode).
     pub tiles: Vec<Tile<'a>>,
     /// Block indices when every block is attended (no retrieval needed).
@@ -40,6 +44,18 @@ pub(super) struct InfllmInputs<'a> {
     /// Remainder keys: buffer slots [rem_lo, rem_lo + n_rem).
     pub rem_lo: usize,
     pub n_rem: usize,
+    /// `--retrieval ordered`: where each global key rotates.
+    pub memory_pos: Option<MemoryPositions<'a>>,
+}
+
+/// The positions of the global keys in text order (`Retrieval::Ordered`):
+/// I32 [n_init], [n_selected * block_size], [n_rem], each present when
+/// its part is.
+#[derive(Clone, Copy)]
+pub(super) struct MemoryPositions<'a> {
+    pub init: Option<Tensor<'a>>,
+    pub blocks: Option<Tensor<'a>>,
+    pub rem: Option<Tensor<'a>>,
 }
 
 /// A decode step's valid key ranges, relative to its span's start.
@@ -124,9 +140,14 @@ impl InfllmAttention {
         let rerotate_slots = (self.rerotate && n_valid > 0).then(|| (0..n_valid as i32).collect::<Vec<_>>());
         let rerotate_cells = rerotate_slots.as_deref().and_then(|r| cells("rerotate_cells", r));
         let cells = cells("cells", &slots);
+        let (global_pos, memory_pos) = self.memory_positions(step, &lay, n_selected);
         InfllmInputs {
             pos_local: step.input_i32(&name("pos_local"), &[t], slots),
-            pos_global: step.input_i32(&name("pos_global"), &[t], vec![p.global_position() as i32; n_tokens]),
+            pos_global: step.input_i32(&name("pos_global"), &[t], vec![global_pos; n_tokens]),
+            pos_retrieve: memory_pos.map(|_| {
+                let d = p.global_position() as i32;
+                step.input_i32(&name("pos_retrieve"), &[t], vec![d; n_tokens])
+            }),
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),
@@ -144,7 +165,41 @@ impl InfllmAttention {
             n_init: pos.n_init,
             rem_lo: lay.rem_lo() - pos.buffer_start,
             n_rem: lay.n_rem(),
+            memory_pos,
         }
+    }
+
+    /// Where global queries rotate, and with `--retrieval ordered` where
+    /// each global key does: initial tokens at 0.., the selected blocks
+    /// (sorted by their place in the text) after them, then the remainder;
+    /// the query so that the last memory token the step's last query sees
+    /// lies at `global_position()`.
+    fn memory_positions<'a>(
+        &self,
+        step: &mut Step<'a>,
+        lay: &Layout,
+        n_selected: usize,
+    ) -> (i32, Option<MemoryPositions<'a>>) {
+        let d = self.p.global_position() as i32;
+        if self.p.retrieval != Retrieval::Ordered {
+            return (d, None);
+        }
+        let n_init = self.pos.n_init as i32;
+        let n_block_keys = (n_selected * self.p.block_size) as i32;
+        let rem_first = n_init + n_block_keys + lay.rem_lo() as i32 - lay.remainder_start as i32;
+        let n_memory = n_init + n_block_keys + (lay.rem_end() - lay.remainder_start) as i32;
+        let mut input = |what: &str, from: i32, n: usize| {
+            (n > 0).then(|| {
+                let name = format!("{}.{what}", self.name());
+                step.input_i32(&name, &[n as i64], (from..from + n as i32).collect())
+            })
+        };
+        let positions = MemoryPositions {
+            init: input("pos_init", 0, self.pos.n_init),
+            blocks: input("pos_blocks", n_init, n_block_keys as usize),
+            rem: input("pos_rem", rem_first, lay.n_rem()),
+        };
+        ((n_memory - 1).max(0) + d, Some(positions))
     }
 
     /// The tile of queries from `q0`: its local key range and, for a prompt

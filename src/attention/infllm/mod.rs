@@ -34,7 +34,7 @@ mod window;
 
 pub use blocks::{representative_key, BlockShape, BlockStore};
 pub use layout::DecodeShape;
-pub use params::{InfllmParams, BLOCK_TYPES, NO_CAP_TOKENS};
+pub use params::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use state::{TextPosition, WindowState};
 pub use trace::RetrievalRecord;
 pub use window::{InfllmAttention, Role};
@@ -188,6 +188,7 @@ fn window_params(p: InfllmParams, w: usize) -> InfllmParams {
         type_k: GgmlType::F16,
         type_v: GgmlType::F16,
         mem_distance: None,
+        retrieval: Retrieval::Paper,
         ..p
     }
 }

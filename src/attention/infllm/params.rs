@@ -12,6 +12,27 @@ pub const BLOCK_TYPES: &[&str] = &["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0",
 /// reserved for it, memory is used only as the text grows).
 pub const NO_CAP_TOKENS: usize = 1 << 24;
 
+/// Where memory tokens sit for the queries that attend them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Retrieval {
+    /// The paper's: every initial, retrieved and remainder token at one
+    /// distance (`mem_distance`, by default `n_local - 1`).
+    #[default]
+    Paper,
+    /// In text order: initial tokens, the retrieved blocks sorted by their
+    /// place in the text, the remainder, each token at its own position in
+    /// that sequence, the last one at `mem_distance`: the order of the
+    /// tokens inside a block (a key's digits) stays visible.
+    Ordered,
+}
+
+impl Retrieval {
+    fn is_paper(&self) -> bool {
+        *self == Retrieval::Paper
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InfllmParams {
     /// First tokens kept forever (attention sinks).
@@ -40,6 +61,9 @@ pub struct InfllmParams {
     /// (None: `n_local - 1`, the reference's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_distance: Option<usize>,
+    /// Positions of memory tokens (sessions saved before it: the paper's).
+    #[serde(default, skip_serializing_if = "Retrieval::is_paper")]
+    pub retrieval: Retrieval,
 }
 
 fn one() -> usize {
@@ -64,6 +88,7 @@ impl InfllmParams {
             max_tokens: NO_CAP_TOKENS,
             tail_steps: 1,
             mem_distance: None,
+            retrieval: Retrieval::Paper,
         };
         while p.span() >= n_ctx_train && p.n_local > 256 {
             p.n_local /= 2;

@@ -9,7 +9,7 @@ use super::views::LayerTensors;
 use super::InfllmAttention;
 use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
 use crate::compute::Step;
-use crate::ggml::{GgmlType, Tensor};
+use crate::ggml::{Context, GgmlType, Tensor};
 
 /// The global keys and values of a step, shared by its tiles.
 struct Global<'a> {
@@ -34,7 +34,8 @@ impl InfllmAttention {
         let q_global = lt.rotated_q(inp.pos_global); // [hd, n_head, T]
         let blocks = self.select_blocks(step, lt, inp, || {
             // The chunk's mean global query.
-            let q_flat = g.reshape(q_global, &[hd * nh, t]);
+            let q = inp.pos_retrieve.map_or(q_global, |at| lt.rotated_q(at));
+            let q_flat = g.reshape(q, &[hd * nh, t]);
             match inp.ones {
                 Some(ones) => g.scale(g.out_prod(q_flat, ones), 1.0 / t as f32),
                 None => q_flat,
@@ -72,7 +73,11 @@ impl InfllmAttention {
                     self.record_scores(step, lt, query);
                 }
                 let scores = g.mul_mat(lt.blocks.repr_tensor(g), query);
-                g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32)
+                let ids = g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32);
+                match inp.memory_pos {
+                    Some(_) => in_text_order(g, ids),
+                    None => ids,
+                }
             })
         })
     }
@@ -93,17 +98,18 @@ impl InfllmAttention {
         let n_block_keys = bs * n_sel;
         let mut keys = Vec::new();
         let mut values = Vec::new();
+        let pos = inp.memory_pos;
         if let Some(idx) = blocks {
-            keys.push(lt.block_keys(idx));
+            keys.push(lt.rotated_keys(lt.block_keys(idx), pos.and_then(|p| p.blocks)));
             values.push(lt.block_values_t(idx));
         }
         if inp.n_init > 0 {
-            keys.push(lt.initial_keys(inp.n_init));
+            keys.push(lt.rotated_keys(lt.initial_keys(inp.n_init), pos.and_then(|p| p.init)));
             values.push(g.view(lt.init_v_t, &[inp.n_init as i64, e], &[lt.init_v_t.nb()[1]], 0));
         }
         if inp.n_rem > 0 {
             let rem = g.cast(lt.raw_keys(inp.n_rem, inp.rem_lo), GgmlType::F32);
-            keys.push(g.permute(rem, [0, 2, 1, 3]));
+            keys.push(lt.rotated_keys(g.permute(rem, [0, 2, 1, 3]), pos.and_then(|p| p.rem)));
             let vr = g.view(lt.v_t, &[inp.n_rem as i64, e], &[lt.v_t.nb()[1]], inp.rem_lo * 2);
             values.push(g.cast(vr, GgmlType::F32));
         }
@@ -166,4 +172,12 @@ impl InfllmAttention {
         }
         g.permute(out, [0, 2, 1, 3]) // [hd, n_head, n_q]
     }
+}
+
+/// Block indices `ids` (I32 [k]) sorted ascending: the blocks in text order.
+fn in_text_order<'a>(g: &'a Context, ids: Tensor<'a>) -> Tensor<'a> {
+    let k = ids.ne()[0];
+    let f = g.cast(ids, GgmlType::F32);
+    let sorted = g.get_rows(g.reshape(f, &[1, k]), g.argsort_ascending(f));
+    g.reshape(g.cast(sorted, GgmlType::I32), &[k])
 }

@@ -62,6 +62,16 @@ impl<'a> LayerTensors<'a> {
             .view(src, &[n as i64, hd, nkv], &[nb1, nb1 * hd as usize], lo * src.nb()[0])
     }
 
+    /// Keys [hd, n, n_head_kv] (f32) rotated at `pos` (I32 [n]), the same
+    /// shape, or as they are without positions.
+    pub fn rotated_keys(&self, keys: Tensor<'a>, pos: Option<Tensor<'a>>) -> Tensor<'a> {
+        let Some(pos) = pos else { return keys };
+        let g = self.g;
+        let k = g.cont(g.permute(keys, [0, 2, 1, 3])); // [hd, n_head_kv, n]
+        let k = g.rope(k, pos, self.x.freq_factors, &self.la.rope);
+        g.cont(g.permute(k, [0, 2, 1, 3]))
+    }
+
     /// The first `n` initial tokens' keys: [hd, n, n_head_kv], f32.
     pub fn initial_keys(&self, n: usize) -> Tensor<'a> {
         let kb1 = self.init_k.nb()[1];

@@ -97,6 +97,9 @@ fn summary(run: &TracedRun, key_blocks: &[usize], steps: &[(usize, Vec<Option<us
     let verdict = if run.passed { "pass" } else { "FAIL" };
     let blocks: Vec<String> = key_blocks.iter().map(usize::to_string).collect();
     let head = format!("run {} ({verdict}): key in block {}", run.index, blocks.join("+"));
+    if steps.is_empty() {
+        return format!("{head}, no retrieval at the answer's steps (at most --topk blocks: all attended)");
+    }
     if steps.iter().all(|s| s.1.iter().all(Option::is_none)) {
         return format!("{head}, in the local window at the answer's steps");
     }
