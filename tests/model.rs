@@ -219,6 +219,19 @@ fn the_window_buffer_grows_with_the_text() {
     assert_eq!(first_diff, None, "logits of kept and built graphs differ");
 }
 
+/// InfLLM settings small enough that a few hundred tokens form blocks,
+/// retrieve among them and move the window buffer.
+fn small_infllm() -> InfllmParams {
+    InfllmParams {
+        n_init: 16,
+        n_local: 256,
+        block_size: 32,
+        topk: 2,
+        chunk: 64,
+        ..InfllmParams::defaults_for(8192)
+    }
+}
+
 #[test]
 fn reused_decode_graphs_match_built_ones() {
     // Decode steps that run the last step's graph again with new inputs
@@ -227,14 +240,7 @@ fn reused_decode_graphs_match_built_ones() {
     // settings, so that 600 tokens do all of it).
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
-    let p = InfllmParams {
-        n_init: 16,
-        n_local: 256,
-        block_size: 32,
-        topk: 2,
-        chunk: 64,
-        ..InfllmParams::defaults_for(8192)
-    };
+    let p = small_infllm();
     let run = |reuse: bool| {
         let mut e = engine_with(AttnMode::Infllm(p), 0);
         e.set_graph_reuse(reuse);
@@ -263,18 +269,11 @@ fn tail_steps_evaluate_a_prompt_s_last_tokens_one_per_step() {
     // and they are not the reference's steps (a chunk, then the last token).
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
-    let p = InfllmParams {
-        n_init: 16,
-        n_local: 256,
-        block_size: 32,
-        topk: 2,
-        chunk: 64,
-        ..InfllmParams::defaults_for(8192)
-    };
+    let p = small_infllm();
     let tail = InfllmParams { tail_steps: 40, ..p };
-    let tokens = engine(0).tokenizer().encode(&STORY.repeat(16), true, true);
-    let prompt = &tokens[..400];
     let mut e = engine_with(AttnMode::Infllm(tail), 0);
+    let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
+    let prompt = &tokens[..400];
     let at_once = e.eval(prompt, false, &mut |_, _| {}).unwrap();
     let mut e = engine_with(AttnMode::Infllm(p), 0);
     e.feed(&prompt[..360], &mut |_, _| {}).unwrap();

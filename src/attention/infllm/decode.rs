@@ -95,10 +95,11 @@ impl InfllmAttention {
         }
         if parts.n_rem > 0 {
             let raw = lt.raw_keys(parts.n_rem, inp.rem_lo);
-            let rem_keys = match pos.and_then(|p| p.rem) {
-                Some(at) => lt.rotated_keys(g.permute(g.cast(raw, GgmlType::F32), [0, 2, 1, 3]), Some(at)),
-                None => g.permute(raw, [0, 2, 1, 3]),
+            let raw = match pos.and_then(|p| p.rem) {
+                Some(at) => lt.rope(g.cast(raw, GgmlType::F32), at),
+                None => raw,
             };
+            let rem_keys = g.permute(raw, [0, 2, 1, 3]);
             let rem = mul_mat_capped(g, rem_keys, q_global, la);
             logits.push(lt.mask_outside(rem, ranges.remainder));
         }

@@ -109,7 +109,8 @@ impl InfllmAttention {
         }
         if inp.n_rem > 0 {
             let rem = g.cast(lt.raw_keys(inp.n_rem, inp.rem_lo), GgmlType::F32);
-            keys.push(lt.rotated_keys(g.permute(rem, [0, 2, 1, 3]), pos.and_then(|p| p.rem)));
+            let rem = pos.and_then(|p| p.rem).map_or(rem, |at| lt.rope(rem, at));
+            keys.push(g.permute(rem, [0, 2, 1, 3]));
             let vr = g.view(lt.v_t, &[inp.n_rem as i64, e], &[lt.v_t.nb()[1]], inp.rem_lo * 2);
             values.push(g.cast(vr, GgmlType::F32));
         }

@@ -5,6 +5,7 @@
 //! a host tensor per layer; `commit` reads them out after the step ran.
 
 use super::views::LayerTensors;
+use super::window::decode;
 use super::InfllmAttention;
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
@@ -122,10 +123,7 @@ impl InfllmAttention {
         for (layer, &id) in tracer.tensors.iter().enumerate() {
             let mut bytes = vec![0u8; n_blocks * n_head * 4];
             tracer.ctx.tensor(id).read_bytes(0, &mut bytes);
-            let head_scores = bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let head_scores = decode(GgmlType::F32, &bytes);
             tracer.records.push(RetrievalRecord {
                 n_past,
                 n_tokens,

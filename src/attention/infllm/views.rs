@@ -37,7 +37,12 @@ pub(super) struct LayerTensors<'a> {
 impl<'a> LayerTensors<'a> {
     /// The step's queries rotated at `pos`: [hd, n_head, T].
     pub fn rotated_q(&self, pos: Tensor<'a>) -> Tensor<'a> {
-        self.g.rope(self.x.q, pos, self.x.freq_factors, &self.la.rope)
+        self.rope(self.x.q, pos)
+    }
+
+    /// `x` [hd, heads, n] rotated at `pos` (I32 [n]) with the layer's settings.
+    pub fn rope(&self, x: Tensor<'a>, pos: Tensor<'a>) -> Tensor<'a> {
+        self.g.rope(x, pos, self.x.freq_factors, &self.la.rope)
     }
 
     /// Bytes of one token's keys in `k_raw` and of one head's.
@@ -68,8 +73,7 @@ impl<'a> LayerTensors<'a> {
         let Some(pos) = pos else { return keys };
         let g = self.g;
         let k = g.cont(g.permute(keys, [0, 2, 1, 3])); // [hd, n_head_kv, n]
-        let k = g.rope(k, pos, self.x.freq_factors, &self.la.rope);
-        g.cont(g.permute(k, [0, 2, 1, 3]))
+        g.cont(g.permute(self.rope(k, pos), [0, 2, 1, 3]))
     }
 
     /// The first `n` initial tokens' keys: [hd, n, n_head_kv], f32.
@@ -117,17 +121,16 @@ impl<'a> LayerTensors<'a> {
         let g = self.g;
         let e = self.hd * self.n_head_kv;
         let t = inp.n_tokens as i64;
-        let (x, la) = (&self.x, &self.la);
-        let rope = |v, pos| g.rope(v, pos, x.freq_factors, &la.rope);
+        let x = &self.x;
         if let Some(slots) = inp.rerotate {
             let n = slots.ne()[0] as usize;
-            let rotated = g.reshape(rope(self.raw_keys(n, 0), slots), &[e, n as i64]);
+            let rotated = g.reshape(self.rope(self.raw_keys(n, 0), slots), &[e, n as i64]);
             self.put_columns(step, self.k_rot_t, rotated, slots, inp.rerotate_cells);
         }
         let slots = inp.pos_local;
         step.graph
             .expand(g.set_rows(self.k_raw, g.reshape(x.k, &[e, t]), slots));
-        let rotated = g.reshape(rope(x.k, slots), &[e, t]);
+        let rotated = g.reshape(self.rope(x.k, slots), &[e, t]);
         self.put_columns(step, self.k_rot_t, rotated, slots, inp.cells);
         self.put_columns(step, self.v_t, g.reshape(x.v, &[e, t]), slots, inp.cells);
     }

@@ -396,7 +396,7 @@ fn read_f16(t: Tensor<'_>, offset: usize, n: usize) -> Vec<f32> {
 }
 
 /// f16 or f32 bytes as f32 values.
-fn decode(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
+pub(super) fn decode(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     match ty {
         GgmlType::F16 => bytes
             .chunks_exact(2)
