@@ -26,6 +26,24 @@ pub enum GrammarSpec {
     JsonSchema(String),
 }
 
+/// Whitespace between JSON tokens as llama.cpp's schema grammars allow it
+/// (a space, or one or two newlines and up to 20 spaces or tabs), not
+/// llguidance's default of any amount: at a temperature a model can
+/// otherwise write newlines until `-n` runs out, mid-object.
+const JSON_WHITESPACE: &str = r"[ ]|\n{1,2}[ \t]{0,20}";
+
+/// `schema` with `JSON_WHITESPACE`, unless it sets llguidance's options
+/// itself (`x-guidance`).
+fn bounded_whitespace(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = schema.as_object_mut().filter(|o| !o.contains_key("x-guidance")) {
+        o.insert(
+            "x-guidance".into(),
+            serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }),
+        );
+    }
+    schema
+}
+
 impl GrammarSpec {
     fn top_level(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
@@ -37,7 +55,7 @@ impl GrammarSpec {
                     v.is_object() || v.is_boolean(),
                     "JSON schema: must be an object or a boolean"
                 );
-                TopLevelGrammar::from_json_schema(v)
+                TopLevelGrammar::from_json_schema(bounded_whitespace(v))
             }
         })
     }
