@@ -15,6 +15,13 @@ use serde_json::Value;
 /// order) round differently.
 const TOLERANCE: f64 = 0.01;
 
+/// The same for the memory modes, whose attention kernels are infllm's own:
+/// on the 100-token ranges below they differ from llama.cpp's by up to
+/// 0.5% with weights in the file's layout, 1.8% with weights repacked for
+/// AMX (llama.cpp's own two kernels: 0.04-0.5%). A broken memory mode is
+/// tens of percent off.
+const MEMORY_TOLERANCE: f64 = 0.03;
+
 fn infllm(args: &[&str]) -> Output {
     let model = common::smollm2();
     Command::new(env!("CARGO_BIN_EXE_infllm"))
@@ -152,9 +159,21 @@ fn llama_cpp_ranges(text: &str, n: usize) -> (Vec<f64>, f64) {
 }
 
 fn assert_close(ours: f64, theirs: f64, what: &str) {
+    assert_within(TOLERANCE, ours, theirs, what);
+}
+
+fn tolerance_of(mode: &str) -> f64 {
+    if mode == "full" {
+        TOLERANCE
+    } else {
+        MEMORY_TOLERANCE
+    }
+}
+
+fn assert_within(tolerance: f64, ours: f64, theirs: f64, what: &str) {
     let rel = (ours - theirs).abs() / theirs;
     assert!(
-        rel < TOLERANCE,
+        rel < tolerance,
         "{what}: infllm {ours} vs llama.cpp {theirs} ({:.3}% apart)",
         rel * 100.0
     );
@@ -298,10 +317,13 @@ fn ranges_in_csv_and_json_match_one_full_attention_sequence() {
             }
         );
         for col in [3, 5] {
-            assert_close(row[col].parse().unwrap(), *w, &format!("csv range {r} {}", header[col]));
+            let tolerance = tolerance_of(&header[col]);
+            let what = format!("csv range {r} {}", header[col]);
+            assert_within(tolerance, row[col].parse().unwrap(), *w, &what);
         }
         for mode in ["full", "stream", "infllm"] {
-            assert_close(
+            assert_within(
+                tolerance_of(mode),
                 ranges[r]["ppl"][mode].as_f64().unwrap(),
                 *w,
                 &format!("json range {r} {mode}"),
@@ -310,7 +332,8 @@ fn ranges_in_csv_and_json_match_one_full_attention_sequence() {
     }
     // Shorter than the local window, the memory modes are full attention.
     for mode in ["full", "stream", "infllm"] {
-        assert_close(
+        assert_within(
+            tolerance_of(mode),
             json["total"]["ppl"][mode].as_f64().unwrap(),
             want_total,
             &format!("total {mode}"),

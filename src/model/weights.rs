@@ -50,21 +50,51 @@ impl Role {
 pub struct TensorTable {
     ctx: Context,
     by_name: HashMap<String, TensorId>,
+    /// With no `output.weight` in the file, the head tied to the embeddings
+    /// is a second tensor over their bytes (llama.cpp's duplicated output):
+    /// placed as the output layer, so it can live on the output's device or
+    /// in a repacked layout while the embeddings are looked up in the file.
+    tied_output: Option<TensorId>,
 }
 
 impl TensorTable {
     /// One metadata-only tensor per table entry (the reader checked their
     /// types, dimensions and names against ggml's limits).
     pub fn new(file: &GgufFile) -> Self {
-        let ctx = Context::new(file.tensors.len() + 1, 0);
+        let ctx = Context::new(file.tensors.len() + 2, 0);
         let mut by_name = HashMap::with_capacity(file.tensors.len());
         for info in &file.tensors {
             let t = ctx.new_tensor(info.ggml_type, &ggml_ne(info)).set_name(&info.name);
             by_name.insert(info.name.clone(), ctx.id(t));
         }
-        Self { ctx, by_name }
+        let tied_output = match (file.tensor(TIED_FROM), file.tensor(OUTPUT)) {
+            (Some(embd), None) => Some(ctx.id(ctx.new_tensor(embd.ggml_type, &ggml_ne(embd)).set_name(OUTPUT))),
+            _ => None,
+        };
+        Self {
+            ctx,
+            by_name,
+            tied_output,
+        }
+    }
+
+    /// Each tensor to place: its name, table entry and the file's entry for
+    /// its bytes.
+    fn entries<'f>(&self, file: &'f GgufFile) -> Vec<(&'f str, TensorId, &'f TensorInfo)> {
+        let mut out: Vec<_> = file
+            .tensors
+            .iter()
+            .map(|i| (i.name.as_str(), self.by_name[&i.name], i))
+            .collect();
+        if let (Some(id), Some(embd)) = (self.tied_output, file.tensor(TIED_FROM)) {
+            out.push((OUTPUT, id, embd));
+        }
+        out
     }
 }
+
+const OUTPUT: &str = "output.weight";
+const TIED_FROM: &str = "token_embd.weight";
 
 /// ggml's dimensions of a table entry: a scalar has one.
 fn ggml_ne(info: &TensorInfo) -> Vec<i64> {
@@ -118,6 +148,12 @@ impl<'w> Tensors<'w> {
             Some(_) => self.require(name, role, dims).map(Some),
         }
     }
+
+    /// The output head tied to `token_embd.weight` (checked with it), when
+    /// the file has no `output.weight`.
+    pub fn tied_output(&self) -> Option<TensorId> {
+        self.table.tied_output
+    }
 }
 
 pub struct Weights {
@@ -148,14 +184,14 @@ impl Weights {
     ) -> anyhow::Result<Self> {
         let cpu = Device::cpu()?;
         let repacked = if repack { cpu.extra_buffer_types() } else { Vec::new() };
-        let mut mapped = Vec::with_capacity(file.tensors.len());
+        let mut mapped = Vec::with_capacity(file.tensors.len() + 1);
         let mut uploads: Vec<Upload<'_>> = Vec::new();
-        for info in &file.tensors {
-            let t = table.ctx.tensor(table.by_name[&info.name]);
+        for (name, id, info) in table.entries(&file) {
+            let t = table.ctx.tensor(id);
             let at = (t, (file.data_offset + info.offset) as usize);
-            let dest = match placement.tensor(&info.name) {
+            let dest = match placement.tensor(name) {
                 Some(d) => Some((d.buffer_type()?, Some(d.name()))),
-                None if is_matmul_weight(&info.name, &ggml_ne(info)) => repacked
+                None if is_matmul_weight(name, &ggml_ne(info)) => repacked
                     .iter()
                     .find(|&&b| cpu.runs_matmul_with(b, t))
                     .map(|&b| (b, None)),
@@ -238,5 +274,5 @@ impl Upload<'_> {
 /// by row, nor norms and biases).
 fn is_matmul_weight(name: &str, ne: &[i64]) -> bool {
     let projection = name.starts_with("blk.") && name.ends_with(".weight") && !name.contains("norm");
-    (projection || name == "output.weight") && ne.len() >= 2 && ne[1] > 1
+    (projection || name == OUTPUT) && ne.len() >= 2 && ne[1] > 1
 }

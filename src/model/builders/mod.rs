@@ -148,6 +148,7 @@ impl Ends {
             output_norm: w.require("output_norm.weight", Role::F32, &[d.embd])?,
             output: w
                 .optional("output.weight", Role::Matrix, &[d.embd, d.vocab])?
+                .or(w.tied_output())
                 .unwrap_or(tok_embd),
             output_bias: w.optional("output.bias", Role::F32, &[d.vocab])?,
         })
