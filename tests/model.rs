@@ -151,11 +151,9 @@ fn infllm_equals_full_attention_inside_the_window() {
     );
     // Top-1 may differ only at near ties: where llama.cpp's logits of the
     // two tokens are closer than its own two kernels' largest difference.
-    let row = |x: &[f32], pos: usize| x[pos * n_vocab..][..n_vocab].to_vec();
-    let flips: Vec<(usize, f32)> = (0..want.len() / n_vocab)
-        .filter_map(|pos| {
-            let (w, x) = (row(&want, pos), row(&b, pos));
-            let (tw, tx) = (argmax_of(&w), argmax_of(&x));
+    let flips: Vec<(usize, f32)> = (want.chunks(n_vocab).zip(b.chunks(n_vocab)).enumerate())
+        .filter_map(|(pos, (w, x))| {
+            let (tw, tx) = (argmax_of(w), argmax_of(x));
             (tw != tx).then(|| (pos, w[tw as usize] - w[tx as usize]))
         })
         .collect();
