@@ -3,7 +3,7 @@
 //! between calls.
 
 use crate::attention::full::{CacheParams, FullAttention};
-use crate::attention::infllm::{HeadShape, Infllm, InfllmParams, RetrievalRecord};
+use crate::attention::infllm::{BlockSpill, HeadShape, Infllm, InfllmParams, RetrievalRecord};
 use crate::attention::{Attention, LayerPlace, MemoryReport, ReuseKey, Settings, Snapshot, StateReader, StateWriter};
 use crate::compute::{BuiltStep, Step};
 use crate::ggml::{Backend, GgmlType, Scheduler, MAX_GRAPH_NODES};
@@ -127,6 +127,11 @@ impl Engine {
     /// Memory held for the past.
     pub fn memory(&self) -> MemoryReport {
         self.attention.memory()
+    }
+
+    /// Keeps InfLLM's memory blocks in a file once they pass a budget.
+    pub fn spill_blocks(&mut self, spill: BlockSpill) -> anyhow::Result<()> {
+        self.attention.spill_blocks(spill)
     }
 
     /// Memory held for the past, in words: blocks, bytes, bytes per token.

@@ -2,6 +2,10 @@ use infllm::cli::{self, signals, Cli, Command};
 
 fn main() {
     let cli = parse_args();
+    if let Err(e) = signals::catch_file_size_limit() {
+        eprintln!("{}", cli::error_line(&e));
+        std::process::exit(1);
+    }
     match cli.log.settings() {
         Ok(settings) => infllm::log::configure(settings),
         Err(e) => {

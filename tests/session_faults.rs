@@ -1,7 +1,8 @@
 //! Session files under fire: crafted records, a file truncated under a
 //! running chat, killed saves' leftovers, two processes on one session,
-//! FIFOs and symbolic links as session paths. Each ends in one line of
-//! error and exit 1, or in a conversation that goes on and saves.
+//! FIFOs and symbolic links as session paths, a full disk under the
+//! memory blocks. Each ends in one line of error and exit 1, or in a
+//! conversation that goes on and saves.
 
 mod common;
 
@@ -433,5 +434,50 @@ fn fifos_are_refused_and_links_written_through() {
         .filter(|n| n.to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_full_disk_under_the_memory_blocks_ends_the_run_and_keeps_the_session() {
+    // Blocks go to --mem-file from the first one; the file may not grow
+    // past 2 MB (`prlimit --fsize`: writes past it fail with EFBIG, as on a
+    // full disk, once SIGXFSZ no longer ends the process), less than the
+    // regions of 30 layers' keys and values. A long turn forms blocks, and
+    // writing them fails: the run ends with one line naming the cause,
+    // exit 1, and the session holds the last turn that completed.
+    let _cpu = common::exclusive();
+    let d = dir("full-disk");
+    let session = d.join("s.session");
+    hi_session(&session);
+    let before = std::fs::read(&session).unwrap();
+    let cmd = command(&session);
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg("--fsize=2000000")
+        .arg("--")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .arg("--mem-file")
+        .arg(d.join("blocks"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = limited.spawn().expect("prlimit (util-linux)");
+    let turn = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let _ = child.stdin.take().unwrap().write_all(turn.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("memory blocks") && last.contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&session).unwrap(), before, "the session changed");
+    assert!(!d.join("blocks").exists(), "the block file outlived the run");
+    // Without the limit, the same turn goes on from the same session.
+    let again = chat(&session, &turn);
+    assert_ok(&again);
+    assert_eq!(saved_messages(&session), 4);
     let _ = std::fs::remove_dir_all(&d);
 }

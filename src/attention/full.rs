@@ -337,6 +337,7 @@ impl Attention for FullAttention {
             n_past: self.n_past,
             buffer_bytes: self.buffers.iter().map(Buffer::size).sum(),
             blocks: None,
+            blocks_on_disk: None,
         }
     }
 

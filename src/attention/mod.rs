@@ -73,6 +73,8 @@ pub struct MemoryReport {
     pub buffer_bytes: usize,
     /// InfLLM's memory blocks (per layer) and their bytes (all layers).
     pub blocks: Option<(usize, usize)>,
+    /// Bytes the blocks' file takes on disk (None: blocks in memory).
+    pub blocks_on_disk: Option<u64>,
 }
 
 /// One step's attention, declared by `Attention::begin`: what every layer's
@@ -125,6 +127,12 @@ pub trait Attention: Send {
         Vec::new()
     }
 
+    /// Moves memory blocks to a file past a budget (InfLLM only; the
+    /// others keep no blocks).
+    fn spill_blocks(&mut self, _spill: infllm::BlockSpill) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// The state after the tokens so far, to `rollback` to in this run.
     fn snapshot(&self) -> Snapshot;
     fn rollback(&mut self, s: &Snapshot) -> anyhow::Result<()>;
@@ -144,7 +152,7 @@ impl std::fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         match self.blocks {
-            None => write!(f, "memory: KV cache {:.1} MiB", mib(self.buffer_bytes)),
+            None => write!(f, "memory: KV cache {:.1} MiB", mib(self.buffer_bytes))?,
             Some((n_blocks, bytes)) => write!(
                 f,
                 "memory: {} tokens, {} blocks, block memory {:.1} MiB ({:.0} bytes/token), window and initial tokens {:.1} MiB",
@@ -153,7 +161,11 @@ impl std::fmt::Display for MemoryReport {
                 mib(bytes),
                 bytes as f64 / self.n_past.max(1) as f64,
                 mib(self.buffer_bytes)
-            ),
+            )?,
+        }
+        match self.blocks_on_disk {
+            Some(bytes) => write!(f, ", blocks on disk {:.1} MiB", bytes as f64 / (1 << 20) as f64),
+            None => Ok(()),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Attention flags: `--attn infllm|full|stream` and InfLLM's settings.
 
+use std::path::PathBuf;
+
 use clap::{Args, ValueEnum};
 
 use super::limits::count;
 
 use crate::attention::full::cache_type;
-use crate::attention::infllm::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
+use crate::attention::infllm::{BlockSpill, InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
 use crate::ggml::{type_by_name, GgmlType};
 use crate::model::Hparams;
@@ -17,6 +19,10 @@ const MAX_N_LOCAL: u64 = 1 << 20;
 const MAX_BLOCK_SIZE: u64 = 4096;
 const MAX_TOPK: u64 = 1024;
 const MAX_CHUNK: u64 = 8192;
+/// `--mem-budget` at most (16 TiB): its bytes must fit a `usize`.
+const MAX_MEM_BUDGET_MIB: u64 = 1 << 24;
+/// `--mem-budget` without `--mem-file`.
+const DEFAULT_MEM_BUDGET_MIB: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttnKind {
@@ -63,7 +69,17 @@ impl AttnArgs {
                 (self.settings.n_init).unwrap_or(InfllmParams::defaults_for(hp.n_ctx_train).n_init)
             ),
         };
-        keep + &self.attention_notes(hp, n_ctx)
+        keep + &self.attention_notes(hp, n_ctx) + self.spill_note()
+    }
+
+    fn spill_note(&self) -> &'static str {
+        let asked = self.settings.mem_file.is_some() || self.settings.mem_budget.is_some();
+        match (asked, self.attn) {
+            (true, AttnKind::Full | AttnKind::Stream) => {
+                "\ninfllm: --mem-file and --mem-budget have no effect: this attention keeps no memory blocks"
+            }
+            _ => "",
+        }
     }
 
     fn attention_notes(&self, hp: &Hparams, n_ctx: Option<usize>) -> String {
@@ -133,6 +149,17 @@ pub struct AttnSettings {
     /// Type of the cached values (-ctv), as -ctk
     #[arg(long = "cache-type-v", help_heading = "Attention / InfLLM")]
     pub cache_type_v: Option<String>,
+    /// InfLLM: keep the memory blocks' keys and values in this file (created,
+    /// and unlinked at once: it ends with the run) once they pass
+    /// --mem-budget, read from a mapping: memory holds the blocks retrieval reads
+    #[arg(long = "mem-file", value_name = "PATH", help_heading = "Attention / InfLLM")]
+    pub mem_file: Option<PathBuf>,
+    /// InfLLM: MiB of memory blocks kept in memory; past it they move to
+    /// --mem-file, or to a file in the temporary directory, 0..=16777216
+    /// [default: 4096, 0 with --mem-file]
+    #[arg(long = "mem-budget", value_name = "MiB", value_parser = count(0, MAX_MEM_BUDGET_MIB),
+          help_heading = "Attention / InfLLM")]
+    pub mem_budget: Option<usize>,
     /// llama.cpp's tokens kept at a context shift, -1..: no effect, there is
     /// no context shift here (InfLLM and stream keep their --n-init tokens)
     #[arg(long = "keep", value_name = "N", allow_negative_numbers = true,
@@ -145,6 +172,18 @@ pub struct AttnSettings {
 }
 
 impl AttnSettings {
+    /// Where memory blocks go past their budget (`--mem-file`, `--mem-budget`).
+    pub fn block_spill(&self) -> BlockSpill {
+        let default = match self.mem_file {
+            Some(_) => 0,
+            None => DEFAULT_MEM_BUDGET_MIB,
+        };
+        BlockSpill {
+            file: self.mem_file.clone(),
+            budget: self.mem_budget.unwrap_or(default) << 20,
+        }
+    }
+
     /// The attention of kind `kind` for a model; `n_ctx` is `-c` (None: not given).
     pub fn mode(&self, kind: AttnKind, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         if kind == AttnKind::Full {

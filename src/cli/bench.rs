@@ -394,6 +394,7 @@ fn bench_ours(
     };
     reset_peak_rss();
     let mut engine = Engine::new(model, params)?;
+    engine.spill_blocks(a.settings.block_spill())?;
     let timings = plan.session(&mut engine, depth, n_vocab)?;
     let meta = RowMeta {
         model: file_name(path),

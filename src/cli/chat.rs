@@ -23,7 +23,6 @@ use super::progress::Progress;
 use super::prompt::{PromptSource, Rules};
 use super::signals::{self, Stopped};
 use crate::chat::{ChatTemplate, Conversation, Stop};
-use crate::engine::Engine;
 use crate::sampling::Sampler;
 use crate::session::SessionFile;
 
@@ -166,7 +165,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let template = chat_template(&model, c)?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
-    let engine = Engine::new(model, params)?;
+    let engine = a.run.engine(model, params)?;
     // Texts are read once the context says how long they may be, and
     // before any output: an error is then the only line.
     let (tok, n_ctx) = (engine.tokenizer(), engine.n_ctx());

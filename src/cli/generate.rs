@@ -153,7 +153,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
-    let mut engine = Engine::new(model, params)?;
+    let mut engine = a.run.engine(model, params)?;
     let n_ctx = engine.n_ctx();
     let n_prompt = prompt.count_tokens(engine.tokenizer(), n_ctx)?;
     anyhow::ensure!(

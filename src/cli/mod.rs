@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::EngineParams;
+use crate::engine::{Engine, EngineParams};
 use crate::model::{Hparams, Model};
 use attn::AttnArgs;
 
@@ -145,6 +145,14 @@ impl RunArgs {
             block_cache: self.devices.block_cache.map(|mib| mib << 20),
             standard_ops: false,
         })
+    }
+
+    /// The engine of `params` for `model`, its memory blocks on disk past
+    /// `--mem-budget`.
+    pub fn engine(&self, model: Model, params: EngineParams) -> anyhow::Result<Engine> {
+        let mut engine = Engine::new(model, params)?;
+        engine.spill_blocks(self.attn.settings.block_spill())?;
+        Ok(engine)
     }
 
     /// Loads the model; returns it with what to log about it, logged by

@@ -259,7 +259,7 @@ pub fn run(a: &PasskeyArgs) -> anyhow::Result<()> {
         params.n_ctx = tokens.max(n_junk * 32) + a.n_predict + 256;
     }
     let attn_info = describe(&params.attn, &model.hp);
-    let mut engine = Engine::new(model, params)?;
+    let mut engine = a.run.engine(model, params)?;
     info.log();
     crate::log_info!("infllm: {attn_info}");
     let longest = layout.iter().map(|l| l.0).max().unwrap_or(0);

@@ -189,7 +189,7 @@ impl Nll {
 fn engine_for(run: &RunArgs, model: Model) -> anyhow::Result<Engine> {
     let params = run.engine_params(&model.hp)?;
     crate::log_info!("infllm: {}", describe(&params.attn, &model.hp));
-    Engine::new(model, params)
+    run.engine(model, params)
 }
 
 /// The model and the text's tokens as llama-perplexity reads them (BOS

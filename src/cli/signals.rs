@@ -53,6 +53,16 @@ fn signal_name(code: i32) -> &'static str {
     }
 }
 
+/// Handles SIGXFSZ, so that a write past the file size limit (`ulimit -f`)
+/// fails with EFBIG, an error the caller reports, instead of the signal
+/// ending the process without a word.
+pub fn catch_file_size_limit() -> anyhow::Result<()> {
+    let seen = std::sync::Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, seen)
+        .map(drop)
+        .context("cannot handle SIGXFSZ")
+}
+
 /// Starts handling the signals (once per process).
 pub fn install() -> anyhow::Result<()> {
     static ONCE: Once = Once::new();

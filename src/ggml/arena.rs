@@ -3,8 +3,18 @@
 //! become resident only as blocks are written. One contiguous range lets a
 //! single ggml tensor address every block of a layer (for `get_rows`) while
 //! the memory used still follows the text, block by block.
+//!
+//! An arena can move to a file (`spill`): the same addresses then map the
+//! file, so tensors placed in it stay valid, and the OS keeps in memory only
+//! the pages that are read. It is then written with `pwrite` (a write
+//! through the mapping past the file's end would raise SIGBUS) and read
+//! through the mapping.
 
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use super::sys;
 use super::tensor::Tensor;
@@ -13,6 +23,8 @@ pub struct HostArena {
     ptr: NonNull<u8>,
     len: usize,
     buffer: NonNull<sys::ggml_backend_buffer>,
+    /// The file the range maps, and where in it (None: anonymous memory).
+    file: Option<(Arc<File>, u64)>,
 }
 
 // SAFETY: the arena owns its mapping; mutable access goes through &mut self.
@@ -50,7 +62,123 @@ impl HostArena {
             unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
             anyhow::bail!("cannot wrap the block memory in a ggml buffer");
         };
-        Ok(Self { ptr, len, buffer })
+        Ok(Self {
+            ptr,
+            len,
+            buffer,
+            file: None,
+        })
+    }
+
+    /// Moves the arena to `file` at `offset` (a multiple of the page size):
+    /// its first `used` bytes are written there, then the file is mapped
+    /// over the arena's addresses.
+    pub fn spill(&mut self, file: Arc<File>, offset: u64, used: usize) -> std::io::Result<()> {
+        assert!(self.file.is_none(), "arena already in a file");
+        file.write_all_at(self.slice(0, used), offset)?;
+        let off = libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("block file offset too large"))?;
+        self.map_file(&file, off)?;
+        self.file = Some((file, offset));
+        Ok(())
+    }
+
+    /// Maps `file` from `off` over the arena's range, in one step: a new
+    /// mapping elsewhere, then moved onto the range, which it replaces
+    /// atomically (the anonymous pages are released); on failure the arena
+    /// is untouched.
+    #[cfg(target_os = "linux")]
+    fn map_file(&mut self, file: &File, off: libc::off_t) -> std::io::Result<()> {
+        // SAFETY: a new shared read-only mapping of the file, at an address
+        // of the kernel's choice; checked against MAP_FAILED.
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: moves the mapping made above onto the arena's range (owned
+        // by the arena, its tensors only read during graph compute, which
+        // never overlaps a call with &mut self).
+        let moved = unsafe {
+            libc::mremap(
+                mapped,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.ptr.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: unmapping the mapping made above, which nothing uses.
+            unsafe { libc::munmap(mapped, self.len) };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Maps `file` from `off` over the arena's range (MAP_FIXED replaces the
+    /// anonymous pages; systems without `mremap`).
+    #[cfg(not(target_os = "linux"))]
+    fn map_file(&mut self, file: &File, off: libc::off_t) -> std::io::Result<()> {
+        // SAFETY: the range is the arena's own mapping, replaced in place;
+        // the result is checked.
+        let mapped = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        match mapped == self.ptr.as_ptr().cast() {
+            true => Ok(()),
+            false => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Whether the arena maps a file.
+    pub fn in_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Writes `bytes` at `offset`: into memory, or into the file.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+        match &self.file {
+            Some((file, base)) => {
+                assert!(
+                    offset.checked_add(bytes.len()).is_some_and(|e| e <= self.len),
+                    "arena write out of range"
+                );
+                file.write_all_at(bytes, base + offset as u64)
+            }
+            None => {
+                self.slice_mut(offset, bytes.len()).copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Lets the OS take back the pages of the first `used` bytes that reads
+    /// brought in (a file's arena only: its data stays in the file).
+    pub fn release(&self, used: usize) {
+        if self.file.is_none() || used == 0 {
+            return;
+        }
+        let used = used.min(self.len);
+        // SAFETY: the range lies within the arena's file mapping; dropping
+        // the pages of a shared file mapping loses nothing (later reads
+        // fetch them again from the page cache or the file).
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), used, libc::MADV_DONTNEED) };
     }
 
     pub fn len(&self) -> usize {
@@ -61,8 +189,10 @@ impl HostArena {
         self.len == 0
     }
 
-    /// Bytes `[offset, offset + len)` for writing.
+    /// Bytes `[offset, offset + len)` for writing, in memory (a file's
+    /// arena is read-only: see `write`).
     pub fn slice_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(self.file.is_none(), "an arena in a file is written with `write`");
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.len),
             "arena write out of range"

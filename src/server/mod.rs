@@ -28,7 +28,6 @@ use tokio::sync::oneshot;
 use crate::cli::attn::AttnKind;
 use crate::cli::sampling::SamplingArgs;
 use crate::cli::{limits, RunArgs};
-use crate::engine::Engine;
 use api::Defaults;
 use memory::{Pool, SpillDir};
 use metrics::Metrics;
@@ -204,7 +203,7 @@ fn build_worker(a: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<(Worker,
     let params = a.run.engine_params(&model.hp)?;
     let template = crate::cli::chat::template_for(&model, a.chat_template.as_deref(), a.chat_template_file.as_deref())?;
     info.log();
-    let slots = Slots::new(Engine::new(model, params)?, a.parallel)?;
+    let slots = Slots::new(a.run.engine(model, params)?, a.parallel)?;
     let n_ctx = slots.engine().n_ctx();
     let defaults = Defaults {
         sampling: a.sample.params(n_ctx)?,

@@ -2,9 +2,13 @@
 //! host memory, and one representative key per block for retrieval. A
 //! layer on a device also keeps a copy of the first blocks there (its
 //! block cache), so that retrieval and attention read device memory.
+//! Keys and values can move to a file (`spill_to`, see `spill`); the
+//! representative keys, read whole at every step, stay in memory.
 
 use anyhow::Context as _;
 use half::f16;
+
+use super::spill::BlockFile;
 
 use crate::attention::state::{Section, StateReader};
 use crate::ggml::{dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId};
@@ -224,11 +228,39 @@ impl BlockStore {
             .context("the saved blocks exceed the memory reserved for them")?;
         let arenas = [&mut self.k, &mut self.v, &mut self.repr];
         for ((arena, len), part) in arenas.into_iter().zip(lens).zip(parts) {
-            sections.read_into(part, 0, arena.slice_mut(0, len))?;
+            if !arena.in_file() {
+                sections.read_into(part, 0, arena.slice_mut(0, len))?;
+                continue;
+            }
+            let mut buf = Vec::new();
+            for at in (0..len).step_by(READ_STEP) {
+                buf.resize(READ_STEP.min(len - at), 0);
+                sections.read_into(part, at, &mut buf)?;
+                arena.write(at, &buf).map_err(write_error)?;
+            }
         }
         self.len = n;
         self.upload(0, n);
         Ok(())
+    }
+
+    /// Moves the keys and values (not yet moved) to regions of `file`.
+    pub fn spill_to(&mut self, file: &mut BlockFile) -> anyhow::Result<()> {
+        let used = [self.len * self.shape.k_bytes(), self.len * self.shape.v_bytes()];
+        for (arena, used) in [&mut self.k, &mut self.v].into_iter().zip(used) {
+            if !arena.in_file() {
+                let offset = file.region(arena.len());
+                arena.spill(file.handle(), offset, used).map_err(write_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the OS take back the pages of keys and values that steps read
+    /// from the file (they stay in the file).
+    pub fn release(&self) {
+        self.k.release(self.len * self.shape.k_bytes());
+        self.v.release(self.len * self.shape.v_bytes());
     }
 
     /// Appends a block. `k` is token-major (block_size rows of n_embd_kv),
@@ -248,19 +280,14 @@ impl BlockStore {
             (i + 1) * s.k_bytes() <= self.k.len(),
             "the text is longer than the block memory reserved for it (raise -c)"
         );
-        quantize(s.type_k, &k_t, bs, self.k.slice_mut(i * s.k_bytes(), s.k_bytes()));
-        quantize(
-            s.type_v,
-            v_t,
-            s.block_size,
-            self.v.slice_mut(i * s.v_bytes(), s.v_bytes()),
-        );
-        let r = self
-            .repr
-            .slice_mut(i * s.repr_len() * REPR_BYTES, s.repr_len() * REPR_BYTES);
-        for (dst, &x) in r.chunks_exact_mut(REPR_BYTES).zip(repr) {
-            dst.copy_from_slice(&f16::from_f32(x).to_le_bytes());
-        }
+        let mut k_q = vec![0u8; s.k_bytes()];
+        quantize(s.type_k, &k_t, bs, &mut k_q);
+        let mut v_q = vec![0u8; s.v_bytes()];
+        quantize(s.type_v, v_t, bs, &mut v_q);
+        let r: Vec<u8> = repr.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+        self.k.write(i * s.k_bytes(), &k_q).map_err(write_error)?;
+        self.v.write(i * s.v_bytes(), &v_q).map_err(write_error)?;
+        self.repr.write(i * r.len(), &r).map_err(write_error)?;
         self.len += 1;
         self.upload(i, i + 1);
         Ok(())
@@ -300,6 +327,13 @@ impl BlockStore {
     pub fn bytes(&self) -> usize {
         self.len * self.shape.bytes_per_block()
     }
+}
+
+/// Bytes read from a session per write into a block file.
+const READ_STEP: usize = 4 << 20;
+
+fn write_error(e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot write the memory blocks to their file: {e}")
 }
 
 /// A block's representative key: for each query head `h`, the mean of the

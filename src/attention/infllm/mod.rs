@@ -14,6 +14,7 @@
 //! - `standard`: each custom op, or its counterpart in standard ggml ops
 //!   (layers on a device).
 //! - `state`: snapshots and saved sessions.
+//! - `spill`: blocks on disk past a memory budget.
 //!
 //! Retrieval runs inside the step graph (`mul_mat` against the
 //! representative keys, then `top_k`), so a chunk is one graph over all
@@ -26,6 +27,7 @@ mod inputs;
 mod layout;
 mod params;
 mod prefill;
+mod spill;
 mod standard;
 mod state;
 mod trace;
@@ -35,6 +37,7 @@ mod window;
 pub use blocks::{representative_key, BlockShape, BlockStore};
 pub use layout::DecodeShape;
 pub use params::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
+pub use spill::BlockSpill;
 pub use state::{TextPosition, WindowState};
 pub use trace::RetrievalRecord;
 pub use window::{InfllmAttention, Role};
@@ -296,7 +299,13 @@ impl Attention for Infllm {
             n_past: self.n_past(),
             buffer_bytes: self.all().map(|a| a.window_bytes()).sum(),
             blocks: Some((self.memory.n_blocks(), self.memory.block_bytes())),
+            blocks_on_disk: self.memory.blocks_on_disk(),
         }
+    }
+
+    /// The memory instance's blocks (window layers keep none).
+    fn spill_blocks(&mut self, spill: BlockSpill) -> anyhow::Result<()> {
+        self.memory.spill_blocks(spill)
     }
 
     fn settings(&self) -> Settings {

@@ -7,10 +7,13 @@
 use anyhow::{ensure, Context as _};
 use serde::{Deserialize, Serialize};
 
+use super::blocks::BlockShape;
 use super::layout::KEY_PAD;
+use super::window::LayerStore;
 use super::InfllmAttention;
 use crate::attention::state::{read_ranges, read_ranges_from, write_ranges, Ranges, Section};
 use crate::attention::{StateReader, StateWriter};
+use crate::ggml::Context;
 
 /// Where an instance stands in the text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +119,8 @@ impl InfllmAttention {
             for part in l.blocks.parts() {
                 out.section(part)?;
             }
+            // Blocks read from a file for the save leave memory again.
+            l.blocks.release();
         }
         Ok(SavedPosition {
             pos: s.pos,
@@ -164,6 +169,7 @@ impl InfllmAttention {
 
     /// Reads a state `check_saved` passed, in place of this one's.
     pub fn load_saved(&mut self, c: CheckedState, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
+        self.fit_budget(c.n_blocks)?;
         for (l, parts) in self.layers.iter_mut().zip(c.blocks) {
             l.blocks.read_from(sections, c.n_blocks, parts)?;
         }
@@ -183,20 +189,28 @@ impl InfllmAttention {
     /// their keys, values and scores (those past them are zero: written
     /// by `zero_scores` before these), the initial tokens.
     pub(super) fn window_ranges(&self, n: usize) -> Ranges<'_> {
-        let e = self.shape.n_embd_kv();
-        let mut out = Vec::new();
-        for l in &self.layers {
-            let t = |id| self.ctx.tensor(id);
-            out.push((t(l.k_raw), 0, n * e * 2));
-            for id in [l.k_rot_t, l.v_t] {
-                out.extend((0..e).map(|c| (t(id), c * self.cap * 2, n * 2)));
-            }
-            let heads = 0..self.shape.n_head;
-            out.extend(heads.map(|h| (t(l.score), h * self.cap * 4, n * 4)));
-            for id in [l.init_k, l.init_v_t] {
-                out.push((t(id), 0, t(id).nbytes()));
-            }
-        }
-        out
+        let layer = |l| layer_ranges(&self.ctx, self.cap, self.shape, l, n);
+        self.layers.iter().flat_map(layer).collect()
     }
+}
+
+/// `window_ranges` of layer `l`, its window buffer of `cap` slots in `ctx`.
+pub(super) fn layer_ranges<'c>(
+    ctx: &'c Context,
+    cap: usize,
+    shape: BlockShape,
+    l: &LayerStore,
+    n: usize,
+) -> Ranges<'c> {
+    let e = shape.n_embd_kv();
+    let t = |id| ctx.tensor(id);
+    let mut out = vec![(t(l.k_raw), 0, n * e * 2)];
+    for id in [l.k_rot_t, l.v_t] {
+        out.extend((0..e).map(|c| (t(id), c * cap * 2, n * 2)));
+    }
+    out.extend((0..shape.n_head).map(|h| (t(l.score), h * cap * 4, n * 4)));
+    for id in [l.init_k, l.init_v_t] {
+        out.push((t(id), 0, t(id).nbytes()));
+    }
+    out
 }

@@ -7,7 +7,8 @@ use half::f16;
 
 use super::blocks::{representative_key, BlockShape, BlockStore};
 use super::layout::KEY_PAD;
-use super::state::TextPosition;
+use super::spill::Spill;
+use super::state::{layer_ranges, TextPosition};
 use super::trace::Tracer;
 use super::{HeadShape, InfllmParams};
 use crate::attention::state::{read_ranges, write_ranges};
@@ -62,6 +63,8 @@ pub struct InfllmAttention {
     pub(super) role: Role,
     /// Recording retrieval (`trace`).
     pub(super) tracer: Option<Tracer>,
+    /// Blocks on disk (`spill`; None: always in memory).
+    pub(super) spill: Option<Spill>,
 }
 
 /// Window buffer slots to start with: a first prompt step (512 tokens by
@@ -121,6 +124,7 @@ impl InfllmAttention {
             rerotate: false,
             role,
             tracer: None,
+            spill: None,
         })
     }
 
@@ -213,9 +217,12 @@ impl InfllmAttention {
         Ok(())
     }
 
-    /// Grows the window buffers to `slots` slots at least (doubling, at
-    /// most to `max_cap`), keeping what they hold. The step graph kept for
-    /// reuse refers to the old tensors: `decode_shape` names the capacity.
+    /// Grows the window buffers to `slots` slots at least (doubling, or
+    /// straight to `max_cap` once a doubling passes half of it: the last
+    /// growth copies the most), keeping what they hold, a layer at a time
+    /// (the old and new buffers coexist: no third copy of the whole). The
+    /// step graph kept for reuse refers to the old tensors: `decode_shape`
+    /// names the capacity.
     pub(super) fn reserve(&mut self, slots: usize) -> anyhow::Result<()> {
         if slots <= self.cap {
             return Ok(());
@@ -225,9 +232,13 @@ impl InfllmAttention {
             "{slots} slots: more than the window buffer's {}",
             self.max_cap
         );
-        let cap = slots.max(2 * self.cap).min(self.max_cap);
+        let doubled = slots.max(2 * self.cap);
+        let cap = if 2 * doubled > self.max_cap {
+            self.max_cap
+        } else {
+            doubled
+        };
         let n = self.pos.n_past - self.pos.buffer_start;
-        let held = read_ranges(self.window_ranges(n));
         let ctx = Context::new(6 * self.layers.len(), 0);
         let windows: Vec<[TensorId; 6]> = (0..self.layers.len())
             .map(|il| window_tensors(&ctx, il, &self.p, self.shape, cap))
@@ -235,21 +246,36 @@ impl InfllmAttention {
         let per_layer: Vec<Vec<TensorId>> = windows.iter().map(|w| w.to_vec()).collect();
         let buffers = alloc_per_layer(&ctx, &per_layer, &self.bufts)?;
         for (l, w) in self.layers.iter_mut().zip(windows) {
+            let held = read_ranges(layer_ranges(&self.ctx, self.cap, self.shape, l, n));
             l.set_window(w);
+            write_ranges(layer_ranges(&ctx, cap, self.shape, l, n), &held)?;
         }
         // The old buffers go before the context that described their tensors.
         self.buffers = buffers;
         self.ctx = ctx;
         self.cap = cap;
-        write_ranges(self.window_ranges(n), &held)
+        Ok(())
     }
 
     /// After a step: the chunk is in the window; tokens that left every
-    /// future query's window become initial tokens or memory blocks.
+    /// future query's window become initial tokens or memory blocks. If a
+    /// block cannot be stored (its file is full), the step is undone.
     pub fn commit(&mut self, n_tokens: usize) -> anyhow::Result<()> {
         if self.retrieves() && self.tracing(self.n_blocks()) {
             self.read_trace(n_tokens);
         }
+        let (pos, rerotate, n_blocks) = (self.pos, self.rerotate, self.n_blocks());
+        let result = self.evict(n_tokens).and_then(|()| self.fit_budget(self.n_blocks()));
+        if result.is_err() {
+            (self.pos, self.rerotate) = (pos, rerotate);
+            self.layers.iter_mut().for_each(|l| l.blocks.truncate(n_blocks));
+        }
+        self.note_step_reads();
+        result
+    }
+
+    /// Moves the text position past the step's tokens and evicts.
+    fn evict(&mut self, n_tokens: usize) -> anyhow::Result<()> {
         self.pos.n_past += n_tokens;
         self.rerotate = false;
         let evict_end = self.pos.n_past.saturating_sub(self.p.n_local);
