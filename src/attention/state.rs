@@ -143,6 +143,25 @@ impl<'f> StateReader<'f> {
         result.context("it changed while it was read")
     }
 
+    /// Reads `len` bytes of section `s` from `at` on, in pieces of at most
+    /// `READ_STEP` bytes (the memory a large state takes on its way in),
+    /// handing each to `put` with its offset from `at`.
+    pub fn read_in_steps(
+        &mut self,
+        s: Section,
+        at: usize,
+        len: usize,
+        mut put: impl FnMut(usize, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        for done in (0..len).step_by(READ_STEP) {
+            buf.resize(READ_STEP.min(len - done), 0);
+            self.read_into(s, at + done, &mut buf)?;
+            put(done, &buf)?;
+        }
+        Ok(())
+    }
+
     /// Whether a read failed (the file changed since it was checked).
     pub fn read_failed(&self) -> bool {
         self.read_failed
@@ -177,8 +196,7 @@ pub(crate) fn write_ranges(ranges: Ranges<'_>, bytes: &[u8]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Bytes read from a file per step into `ranges` (bounds the memory a large
-/// KV cache takes on its way in).
+/// Bytes read from a file per step (`StateReader::read_in_steps`).
 const READ_STEP: usize = 4 << 20;
 
 /// Reads section `s` into `ranges`, one after the other: the inverse of
@@ -188,14 +206,12 @@ pub(crate) fn read_ranges_from(ranges: Ranges<'_>, sections: &mut StateReader<'_
         ranges.iter().map(|r| r.2).sum::<usize>() == s.len,
         "saved attention state of the wrong size"
     );
-    let mut buf = Vec::new();
     let mut at = 0;
     for (t, offset, len) in ranges {
-        for done in (0..len).step_by(READ_STEP) {
-            buf.resize(READ_STEP.min(len - done), 0);
-            sections.read_into(s, at + done, &mut buf)?;
-            t.write_bytes(offset + done, &buf);
-        }
+        sections.read_in_steps(s, at, len, |done, bytes| {
+            t.write_bytes(offset + done, bytes);
+            Ok(())
+        })?;
         at += len;
     }
     Ok(())

@@ -232,12 +232,7 @@ impl BlockStore {
                 sections.read_into(part, 0, arena.slice_mut(0, len))?;
                 continue;
             }
-            let mut buf = Vec::new();
-            for at in (0..len).step_by(READ_STEP) {
-                buf.resize(READ_STEP.min(len - at), 0);
-                sections.read_into(part, at, &mut buf)?;
-                arena.write(at, &buf).map_err(write_error)?;
-            }
+            sections.read_in_steps(part, 0, len, |at, bytes| arena.write(at, bytes).map_err(write_error))?;
         }
         self.len = n;
         self.upload(0, n);
@@ -328,9 +323,6 @@ impl BlockStore {
         self.len * self.shape.bytes_per_block()
     }
 }
-
-/// Bytes read from a session per write into a block file.
-const READ_STEP: usize = 4 << 20;
 
 fn write_error(e: std::io::Error) -> anyhow::Error {
     anyhow::anyhow!("cannot write the memory blocks to their file: {e}")
