@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
             let repr: Vec<f32> = (0..shape.repr_len())
                 .map(|i| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5)
                 .collect();
-            s.push(&vals, &vals, &repr)?;
+            s.push(&vals, &vals, &repr, None)?;
         }
         stores.push(s);
     }

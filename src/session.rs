@@ -3,7 +3,8 @@
 //! restart.
 //!
 //! Layout: `MAGIC` and the format version; the sections (window buffers,
-//! KV cache, blocks); the index (JSON: model identity, attention settings,
+//! KV cache, blocks; or, for blocks in a kept block file, their checksums,
+//! the index naming the file: see attention/infllm/spill.rs); the index (JSON: model identity, attention settings,
 //! token count, counters, section table, caller's record); the index
 //! length, an xxh3-64 checksum of everything before it, `END`.
 //!
@@ -37,7 +38,9 @@ use crate::quote::quoted;
 
 const MAGIC: &[u8; 8] = b"INFLLMSS";
 const END: &[u8; 8] = b"INFLLMSE";
-const VERSION: u32 = 8;
+const VERSION: u32 = 9;
+/// Version 8 is version 9 without kept block files: read as well.
+const OLDEST_READ: u32 = 8;
 const HEADER_LEN: usize = 16;
 /// Index length, checksum, END.
 const TRAILER_LEN: usize = 24;
@@ -92,6 +95,15 @@ impl SessionFile {
 
     pub fn exists(&self) -> bool {
         std::fs::symlink_metadata(&self.target).is_ok_and(|m| m.is_file())
+    }
+
+    /// Where the memory blocks of an engine saving here go once they pass
+    /// the memory budget (`NAME.blocks` beside the file; a kept block file,
+    /// which the session then names instead of copying the blocks).
+    pub fn blocks_path(&self) -> PathBuf {
+        let mut name = self.target.clone().into_os_string();
+        name.push(".blocks");
+        name.into()
     }
 
     /// Whether `path` names this session's file.
@@ -365,8 +377,8 @@ fn read_index(file: &File, engine: &Engine) -> anyhow::Result<(Index, u64)> {
     ensure!(header.starts_with(MAGIC), not_session());
     let version = u32::from_le_bytes(header[8..12].try_into()?);
     ensure!(
-        version == VERSION,
-        "format version {version}, this build reads version {VERSION}"
+        (OLDEST_READ..=VERSION).contains(&version),
+        "format version {version}, this build reads versions {OLDEST_READ} to {VERSION}"
     );
     let trailer = read_at(file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
     ensure!(trailer.ends_with(END), "truncated or corrupt (no end marker)");

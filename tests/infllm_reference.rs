@@ -569,8 +569,8 @@ fn quantized_block_store_round_trip() {
         let n = shape.block_values();
         let mut store = BlockStore::new(shape, 4).unwrap();
         let (k, v) = (rng.vec(n), rng.vec(n));
-        store.push(&k, &v, &vec![0.0; shape.repr_len()]).unwrap();
-        store.push(&v, &k, &vec![0.0; shape.repr_len()]).unwrap();
+        store.push(&k, &v, &vec![0.0; shape.repr_len()], None).unwrap();
+        store.push(&v, &k, &vec![0.0; shape.repr_len()], None).unwrap();
         let (k1, v1) = store.read(1);
         for (got, want) in [(k1, &v), (v1, &k)] {
             let err = got

@@ -439,7 +439,8 @@ fn fifos_are_refused_and_links_written_through() {
 
 #[test]
 fn a_full_disk_under_the_memory_blocks_ends_the_run_and_keeps_the_session() {
-    // Blocks go to --mem-file from the first one; the file may not grow
+    // Blocks go to --mem-file (kept for the session) from the first one;
+    // the file may not grow
     // past 2 MB (`prlimit --fsize`: writes past it fail with EFBIG, as on a
     // full disk, once SIGXFSZ no longer ends the process), less than the
     // regions of 30 layers' keys and values. A long turn forms blocks, and
@@ -474,10 +475,47 @@ fn a_full_disk_under_the_memory_blocks_ends_the_run_and_keeps_the_session() {
         "{err}"
     );
     assert_eq!(std::fs::read(&session).unwrap(), before, "the session changed");
-    assert!(!d.join("blocks").exists(), "the block file outlived the run");
     // Without the limit, the same turn goes on from the same session.
     let again = chat(&session, &turn);
     assert_ok(&again);
     assert_eq!(saved_messages(&session), 4);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_session_names_its_kept_block_file_and_a_changed_block_is_refused() {
+    // With --mem-budget 0 the blocks go to `s.session.blocks` from the
+    // first one, and the session names that file and each block's checksum
+    // instead of holding the blocks.
+    let _cpu = common::exclusive();
+    let d = dir("kept-blocks");
+    let session = d.join("s.session");
+    let blocks = d.join("s.session.blocks");
+    let run = |turn: &str| {
+        let mut child = command(&session).args(["--mem-budget", "0"]).spawn().unwrap();
+        let _ = child.stdin.take().unwrap().write_all(turn.as_bytes());
+        child.wait_with_output().unwrap()
+    };
+    assert_ok(&run(&"The quick brown fox jumps over the lazy dog. ".repeat(40)));
+    let index = split_session(&std::fs::read(&session).unwrap()).1;
+    let named = index["state"][0]["file"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(named.ends_with("s.session.blocks"), "{index}");
+    assert!(blocks.is_file());
+    // The next run restores it and goes on.
+    let out = run("And then?");
+    assert_ok(&out);
+    assert_eq!(restored_messages(&stderr(&out)), 2);
+    assert_eq!(saved_messages(&session), 4);
+    // A changed block (the first layer's keys start at 64 KiB): refused in
+    // one line, the session left as it was.
+    let before = std::fs::read(&session).unwrap();
+    let mut bytes = std::fs::read(&blocks).unwrap();
+    bytes[(1 << 16) + 10] ^= 1;
+    std::fs::write(&blocks, &bytes).unwrap();
+    assert_refused(&run("Again?"), "is corrupt (block 0 differs", "a changed block");
+    assert_eq!(std::fs::read(&session).unwrap(), before, "the session changed");
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -143,6 +143,13 @@ impl<'f> StateReader<'f> {
         result.context("it changed while it was read")
     }
 
+    /// The whole of section `s`.
+    pub fn read_section(&mut self, s: Section) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; s.len];
+        self.read_into(s, 0, &mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Reads `len` bytes of section `s` from `at` on, in pieces of at most
     /// `READ_STEP` bytes (the memory a large state takes on its way in),
     /// handing each to `put` with its offset from `at`.

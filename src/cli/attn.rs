@@ -181,6 +181,7 @@ impl AttnSettings {
         BlockSpill {
             file: self.mem_file.clone(),
             budget: self.mem_budget.unwrap_or(default) << 20,
+            keep: false,
         }
     }
 

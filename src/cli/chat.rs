@@ -165,7 +165,7 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let template = chat_template(&model, c)?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
-    let engine = a.run.engine(model, params)?;
+    let engine = a.run.engine_saving_to(model, params, session.as_ref())?;
     // Texts are read once the context says how long they may be, and
     // before any output: an error is then the only line.
     let (tok, n_ctx) = (engine.tokenizer(), engine.n_ctx());
@@ -226,8 +226,14 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
         super::generate::print_timings(t.prompt_tokens, t.prompt_time, t.gen_tokens, t.gen_time);
     }
     if let (true, Some(path)) = (keep, &c.session) {
+        let start = std::time::Instant::now();
         conv.save(path)?;
-        crate::log_info!("infllm: session saved to {}", path.display());
+        let mib = std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
+        crate::log_info!(
+            "infllm: session saved to {} ({mib:.1} MiB in {:.2} s)",
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     signals::set_unsaved(false);
     result?;

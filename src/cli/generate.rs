@@ -153,7 +153,8 @@ pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
     let (model, info) = a.run.load()?;
     let params = a.run.engine_params(&model.hp)?;
     let attn_info = describe(&params.attn, &model.hp);
-    let mut engine = a.run.engine(model, params)?;
+    let saving = cache.as_ref().and_then(PromptCache::saves_to);
+    let mut engine = a.run.engine_saving_to(model, params, saving)?;
     let n_ctx = engine.n_ctx();
     let n_prompt = prompt.count_tokens(engine.tokenizer(), n_ctx)?;
     anyhow::ensure!(

@@ -33,6 +33,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Engine, EngineParams};
 use crate::model::{Hparams, Model};
+use crate::session::SessionFile;
 use attn::AttnArgs;
 
 /// The model used when `-m` is not given, as placed by `models/fetch`.
@@ -150,8 +151,25 @@ impl RunArgs {
     /// The engine of `params` for `model`, its memory blocks on disk past
     /// `--mem-budget`.
     pub fn engine(&self, model: Model, params: EngineParams) -> anyhow::Result<Engine> {
+        self.engine_saving_to(model, params, None)
+    }
+
+    /// `engine`, saving sessions to `session`: its blocks, once on disk,
+    /// go to a kept file that the session names (`--mem-file`, or the
+    /// session's `blocks_path`).
+    pub fn engine_saving_to(
+        &self,
+        model: Model,
+        params: EngineParams,
+        session: Option<&SessionFile>,
+    ) -> anyhow::Result<Engine> {
         let mut engine = Engine::new(model, params)?;
-        engine.spill_blocks(self.attn.settings.block_spill())?;
+        let mut spill = self.attn.settings.block_spill();
+        if let Some(s) = session {
+            spill.file.get_or_insert_with(|| s.blocks_path());
+            spill.keep = true;
+        }
+        engine.spill_blocks(spill)?;
         Ok(engine)
     }
 

@@ -36,6 +36,11 @@ impl PromptCache {
         Ok(Self { file, read_only })
     }
 
+    /// The session file the run saves to (None: read-only).
+    pub fn saves_to(&self) -> Option<&SessionFile> {
+        (!self.read_only).then_some(&self.file)
+    }
+
     /// Checks that a saved cache is one `engine` can load (its model and
     /// settings), before anything is printed.
     pub fn check(&self, engine: &Engine) -> anyhow::Result<()> {

@@ -7,11 +7,14 @@
 
 use anyhow::Context as _;
 use half::f16;
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::spill::BlockFile;
 
 use crate::attention::state::{Section, StateReader};
-use crate::ggml::{dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId};
+use crate::ggml::{
+    dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId, PIECE_ALIGN,
+};
 
 /// Bytes of one representative key value (f16: retrieval reads every
 /// block's key per step, so this halves the per-token cost that grows with
@@ -68,6 +71,9 @@ pub struct BlockStore {
     v: HostArena,
     repr: HostArena,
     len: usize,
+    /// Each block's K and V checksums (xxh3-64): a session that names a
+    /// kept block file lists them, and loading checks the file against them.
+    sums: Vec<[u64; 2]>,
     /// The device's copy of the first blocks (None on the CPU).
     cache: Option<DeviceBlocks>,
 }
@@ -92,6 +98,7 @@ impl BlockStore {
             repr: HostArena::reserve(shape.repr_len() * REPR_BYTES * max_blocks)?,
             shape,
             len: 0,
+            sums: Vec::new(),
             cache: None,
         })
     }
@@ -184,13 +191,14 @@ impl BlockStore {
     }
 
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.truncate(0);
     }
 
     /// Forgets the blocks from `n` on (blocks are only ever appended, so a
     /// snapshot of the rest of the state goes back with this).
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
+        self.sums.truncate(self.len);
     }
 
     /// The stored bytes: keys, values, representative keys.
@@ -214,6 +222,15 @@ impl BlockStore {
         }
     }
 
+    /// Checksums of block `i`'s K and V as stored.
+    fn block_sums(&self, i: usize) -> [u64; 2] {
+        let s = self.shape;
+        [
+            xxh3_64(self.k.slice(i * s.k_bytes(), s.k_bytes())),
+            xxh3_64(self.v.slice(i * s.v_bytes(), s.v_bytes())),
+        ]
+    }
+
     /// Bytes of one block in each part.
     fn block_part_bytes(&self) -> [usize; 3] {
         let s = self.shape;
@@ -222,18 +239,29 @@ impl BlockStore {
 
     /// Reads `n` blocks saved by `parts` from `sections` (each checked to
     /// be `part_lens(n)` long), in place of the blocks held.
-    pub fn read_from(&mut self, sections: &mut StateReader<'_>, n: usize, parts: [Section; 3]) -> anyhow::Result<()> {
+    pub fn read_from(
+        &mut self,
+        sections: &mut StateReader<'_>,
+        n: usize,
+        parts: [Section; 3],
+        mut file: Option<&mut BlockFile>,
+    ) -> anyhow::Result<()> {
         let lens = self
             .part_lens(n)
             .context("the saved blocks exceed the memory reserved for them")?;
+        self.truncate(0);
         let arenas = [&mut self.k, &mut self.v, &mut self.repr];
         for ((arena, len), part) in arenas.into_iter().zip(lens).zip(parts) {
             if !arena.in_file() {
                 sections.read_into(part, 0, arena.slice_mut(0, len))?;
                 continue;
             }
-            sections.read_in_steps(part, 0, len, |at, bytes| arena.write(at, bytes).map_err(write_error))?;
+            let f = &mut file;
+            sections.read_in_steps(part, 0, len, |at, bytes| {
+                write_to(arena, at, bytes, f.as_deref_mut()).map_err(write_error)
+            })?;
         }
+        self.sums = (0..n).map(|i| self.block_sums(i)).collect();
         self.len = n;
         self.upload(0, n);
         Ok(())
@@ -242,13 +270,103 @@ impl BlockStore {
     /// Moves the keys and values (not yet moved) to regions of `file`.
     pub fn spill_to(&mut self, file: &mut BlockFile) -> anyhow::Result<()> {
         let used = [self.len * self.shape.k_bytes(), self.len * self.shape.v_bytes()];
+        let keep = file.id().is_some();
         for (arena, used) in [&mut self.k, &mut self.v].into_iter().zip(used) {
             if !arena.in_file() {
-                let offset = file.region(arena.len());
-                arena.spill(file.handle(), offset, used).map_err(write_error)?;
+                let handle = file.handle();
+                arena
+                    .spill(handle, used, keep, &mut |len| file.region(len))
+                    .map_err(write_error)?;
             }
         }
         Ok(())
+    }
+
+    /// Where the keys and values lie in their file (see `HostArena::pieces`).
+    pub fn pieces(&self) -> [Vec<(usize, u64)>; 2] {
+        [self.k.pieces().to_vec(), self.v.pieces().to_vec()]
+    }
+
+    /// The blocks' checksums, K then V per block, little-endian.
+    pub fn sums_bytes(&self) -> Vec<u8> {
+        self.sums.iter().flatten().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Checks `n` blocks in `file` at `pieces` (K, V) against their
+    /// checksums `sums` (as `sums_bytes` wrote them), reading each block.
+    pub fn check_file(
+        &self,
+        file: &BlockFile,
+        pieces: &[Vec<(usize, u64)>; 2],
+        sums: &[u8],
+        n: usize,
+    ) -> anyhow::Result<Vec<[u64; 2]>> {
+        let sizes = self.block_part_bytes();
+        let lens = self.part_lens(n).context("more blocks than memory for them")?;
+        let arena_lens = [self.k.len(), self.v.len()];
+        for i in 0..2 {
+            check_pieces(&pieces[i], arena_lens[i])?;
+            let end = file_end(&pieces[i], lens[i]);
+            anyhow::ensure!(
+                file.len()? >= end,
+                "block file {} is truncated ({} bytes, the session needs {end})",
+                file.path().display(),
+                file.len()?
+            );
+        }
+        let sums: Vec<[u64; 2]> = sums
+            .chunks_exact(16)
+            .map(|c| [0, 8].map(|at| u64::from_le_bytes(c[at..at + 8].try_into().expect("8 bytes"))))
+            .collect();
+        let mut buf = Vec::new();
+        for (b, want) in sums.iter().enumerate() {
+            for i in 0..2 {
+                buf.resize(sizes[i], 0);
+                file.read_pieces(&pieces[i], b * sizes[i], &mut buf)
+                    .with_context(|| format!("cannot read block file {}", file.path().display()))?;
+                anyhow::ensure!(
+                    xxh3_64(&buf) == want[i],
+                    "block file {} is corrupt (block {b} differs from the session's checksum)",
+                    file.path().display()
+                );
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Takes `n` blocks that `check_file` passed from `file` at `pieces`,
+    /// in place of the blocks held, with their representative keys read
+    /// from `repr` (checked to be `part_lens(n)[2]` long). On failure the
+    /// store is empty.
+    pub fn adopt(
+        &mut self,
+        file: &BlockFile,
+        pieces: &[Vec<(usize, u64)>; 2],
+        sums: Vec<[u64; 2]>,
+        sections: &mut StateReader<'_>,
+        repr: Section,
+    ) -> anyhow::Result<()> {
+        self.truncate(0);
+        let n = sums.len();
+        let len = self.part_lens(n).context("more blocks than memory for them")?[2];
+        sections.read_into(repr, 0, self.repr.slice_mut(0, len))?;
+        for (arena, p) in [&mut self.k, &mut self.v].into_iter().zip(pieces) {
+            arena
+                .adopt(file.handle(), p)
+                .with_context(|| format!("cannot map block file {}", file.path().display()))?;
+        }
+        self.sums = sums;
+        self.len = n;
+        self.upload(0, n);
+        Ok(())
+    }
+
+    /// Drops every block and leaves the file: keys and values in memory
+    /// again (after a failed `adopt`).
+    pub fn to_memory(&mut self) {
+        self.truncate(0);
+        self.k.to_memory();
+        self.v.to_memory();
     }
 
     /// Lets the OS take back the pages of keys and values that steps read
@@ -263,7 +381,13 @@ impl BlockStore {
     /// channel-major too (a row of block_size per channel, so quantization
     /// groups run along tokens): decode scores them a tile of tokens at a
     /// time, with no horizontal sum per key (`kernels::column_dots`).
-    pub fn push(&mut self, k: &[f32], v_t: &[f32], repr: &[f32]) -> anyhow::Result<()> {
+    pub fn push(
+        &mut self,
+        k: &[f32],
+        v_t: &[f32],
+        repr: &[f32],
+        mut file: Option<&mut BlockFile>,
+    ) -> anyhow::Result<()> {
         let s = self.shape;
         assert_eq!(k.len(), s.block_values());
         let (bs, e) = (s.block_size, s.n_embd_kv());
@@ -280,9 +404,11 @@ impl BlockStore {
         let mut v_q = vec![0u8; s.v_bytes()];
         quantize(s.type_v, v_t, bs, &mut v_q);
         let r: Vec<u8> = repr.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
-        self.k.write(i * s.k_bytes(), &k_q).map_err(write_error)?;
-        self.v.write(i * s.v_bytes(), &v_q).map_err(write_error)?;
-        self.repr.write(i * r.len(), &r).map_err(write_error)?;
+        self.sums.truncate(i);
+        write_to(&mut self.k, i * s.k_bytes(), &k_q, file.as_deref_mut()).map_err(write_error)?;
+        write_to(&mut self.v, i * s.v_bytes(), &v_q, file).map_err(write_error)?;
+        write_to(&mut self.repr, i * r.len(), &r, None).map_err(write_error)?;
+        self.sums.push([xxh3_64(&k_q), xxh3_64(&v_q)]);
         self.len += 1;
         self.upload(i, i + 1);
         Ok(())
@@ -322,6 +448,41 @@ impl BlockStore {
     pub fn bytes(&self) -> usize {
         self.len * self.shape.bytes_per_block()
     }
+}
+
+/// Where the first `used` bytes of an arena mapping `pieces` end in the file.
+fn file_end(pieces: &[(usize, u64)], used: usize) -> u64 {
+    let ends = pieces.iter().skip(1).map(|p| p.0).chain([usize::MAX]);
+    let spans = pieces.iter().zip(ends).filter(|(p, _)| p.0 < used);
+    spans
+        .map(|(&(at, off), end)| off + (end.min(used) - at) as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Refuses pieces (read from a session) that an arena of `len` bytes
+/// cannot map: they must start at 0, ascend, and lie on `PIECE_ALIGN`
+/// boundaries inside the arena and past the file's header.
+fn check_pieces(pieces: &[(usize, u64)], len: usize) -> anyhow::Result<()> {
+    let aligned =
+        |p: &(usize, u64)| p.0.is_multiple_of(PIECE_ALIGN) && p.1.is_multiple_of(PIECE_ALIGN as u64) && p.1 > 0;
+    anyhow::ensure!(
+        pieces.first().is_some_and(|p| p.0 == 0)
+            && pieces.windows(2).all(|w| w[0].0 < w[1].0)
+            && pieces
+                .iter()
+                .all(|p| aligned(p) && p.0 < len && p.1.checked_add(len as u64).is_some()),
+        "inconsistent attention state (where the blocks lie in their file)"
+    );
+    Ok(())
+}
+
+/// Writes to `arena`, which takes new space in `file` as it needs.
+fn write_to(arena: &mut HostArena, at: usize, bytes: &[u8], mut file: Option<&mut BlockFile>) -> std::io::Result<()> {
+    arena.write(at, bytes, &mut |len| match file.as_deref_mut() {
+        Some(f) => f.region(len),
+        None => Err(std::io::Error::other("the memory blocks have no file")),
+    })
 }
 
 fn write_error(e: std::io::Error) -> anyhow::Error {

@@ -5,18 +5,23 @@
 //! when asked (`release`, every `RELEASE_EVERY` bytes of reads). The
 //! representative keys stay in memory: every step reads all of them.
 //!
-//! The file is scratch, unlinked as soon as it is created: it never
-//! outlives the process, and no other program can truncate it under the
-//! mapping. Sessions still carry their blocks.
+//! The file is scratch by default, unlinked as soon as it is created: it
+//! never outlives the process, and no other program can truncate it under
+//! the mapping; sessions then carry their blocks. A kept file (`keep`: a
+//! chat's `--session`) stays, and sessions saved from it name it and list
+//! each block's checksum instead of copying the blocks: it is append-only
+//! (see `HostArena::write`), starts with a header naming it (`MAGIC`, an
+//! identity), and is locked while a process holds it.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::window::InfllmAttention;
+use crate::ggml::PIECE_ALIGN;
 
 /// Where blocks go, and when.
 #[derive(Debug, Clone, Default)]
@@ -25,22 +30,32 @@ pub struct BlockSpill {
     pub file: Option<PathBuf>,
     /// Bytes of block keys and values kept in memory before they move.
     pub budget: usize,
+    /// The file outlives the run, for sessions to name (`file` is then its
+    /// path, opened or created when the blocks pass the budget).
+    pub keep: bool,
 }
 
 /// Bytes read through the file's mappings after which the OS gets the
 /// pages back: the resident share of the blocks stays below this.
 const RELEASE_EVERY: usize = 128 << 20;
 
-/// Regions start at multiples of this (a page size on every system we run).
-const REGION_ALIGN: u64 = 1 << 16;
+/// Regions start at multiples of this (pieces of arenas map them).
+const REGION_ALIGN: u64 = PIECE_ALIGN as u64;
 
-/// An open, unlinked block file and the regions given out in it (one per
-/// arena, each as long as the arena's reserved range: the file is sparse).
+/// A kept file's first bytes: magic, format version, identity.
+const MAGIC: &[u8; 8] = b"INFLLMBF";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 32;
+
+/// An open block file and the regions given out in it (one per piece of
+/// an arena: see `HostArena::write`).
 pub struct BlockFile {
     file: Arc<File>,
     next: u64,
     /// Where it was created (for messages).
     shown: PathBuf,
+    /// A kept file's identity (None: scratch, unlinked).
+    id: Option<u128>,
 }
 
 impl BlockFile {
@@ -59,14 +74,91 @@ impl BlockFile {
             file: Arc::new(file),
             next: 0,
             shown,
+            id: None,
         })
     }
 
-    /// The offset of a new region of `len` bytes.
-    pub fn region(&mut self, len: usize) -> u64 {
+    /// Opens the kept file at `path` (absolute), or creates it (`create`)
+    /// with a new identity, and locks it; new regions go past its end.
+    pub fn keep(path: &Path, create: bool) -> anyhow::Result<Self> {
+        let open = || -> anyhow::Result<Self> {
+            anyhow::ensure!(path.to_str().is_some(), "the path is not UTF-8");
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            anyhow::ensure!(file.metadata()?.is_file(), "not a regular file");
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => anyhow::bail!("in use by another infllm process"),
+                Err(TryLockError::Error(e)) => return Err(e).context("cannot lock it"),
+            }
+            let id = read_or_write_header(&file, create)?;
+            let next = file.metadata()?.len().next_multiple_of(REGION_ALIGN);
+            Ok(Self {
+                file: Arc::new(file),
+                next,
+                shown: path.into(),
+                id: Some(id),
+            })
+        };
+        open().with_context(|| format!("block file {}", path.display()))
+    }
+
+    /// The offset of a new region of `len` bytes. A kept file grows to
+    /// cover it (sparse), so that a later process appends past it.
+    pub fn region(&mut self, len: usize) -> std::io::Result<u64> {
         let at = self.next;
-        self.next = (at + len as u64).next_multiple_of(REGION_ALIGN);
-        at
+        let next = (at + len as u64).next_multiple_of(REGION_ALIGN);
+        if self.id.is_some() {
+            self.file.set_len(next)?;
+        }
+        self.next = next;
+        Ok(at)
+    }
+
+    /// A kept file's identity (None: scratch).
+    pub fn id(&self) -> Option<u128> {
+        self.id
+    }
+
+    /// Where it is (a kept file: the absolute path sessions name).
+    pub fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Bytes `[at, at + buf.len())` of the file.
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, at)
+    }
+
+    /// Bytes `[at, at + buf.len())` of an arena that maps `pieces` of
+    /// this file (see `HostArena::pieces`).
+    pub fn read_pieces(&self, pieces: &[(usize, u64)], at: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = at + done;
+            let i = pieces.partition_point(|p| p.0 <= pos) - 1;
+            let end = pieces.get(i + 1).map_or(usize::MAX, |p| p.0);
+            let n = (end - pos).min(buf.len() - done);
+            self.read_at(&mut buf[done..done + n], pieces[i].1 + (pos - pieces[i].0) as u64)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Waits until what was written is on the disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     pub fn handle(&self) -> Arc<File> {
@@ -78,6 +170,30 @@ impl BlockFile {
         use std::os::unix::fs::MetadataExt as _;
         self.file.metadata().map_or(0, |m| m.blocks() * 512)
     }
+}
+
+/// A kept file's identity: read from its header, or (an empty file) a new
+/// one written there.
+fn read_or_write_header(file: &File, create: bool) -> anyhow::Result<u128> {
+    if create && file.metadata()?.len() == 0 {
+        let id: u128 = rand::random();
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[16..].copy_from_slice(&id.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        file.set_len(REGION_ALIGN)?;
+        return Ok(id);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    let read = file.read_exact_at(&mut header, 0);
+    anyhow::ensure!(read.is_ok() && header.starts_with(MAGIC), "not an infllm block file");
+    let version = u32::from_le_bytes(header[8..12].try_into()?);
+    anyhow::ensure!(
+        version == VERSION,
+        "format version {version}, this build reads version {VERSION}"
+    );
+    Ok(u128::from_le_bytes(header[16..].try_into()?))
 }
 
 fn create_new(path: &Path) -> std::io::Result<File> {
@@ -105,13 +221,41 @@ fn temp_file() -> anyhow::Result<(File, PathBuf)> {
 /// An instance's blocks-on-disk state.
 pub(super) struct Spill {
     budget: usize,
-    /// The file: created at once for `--mem-file` (a bad path fails before
-    /// any work), else when the blocks pass the budget.
-    file: Option<BlockFile>,
+    /// The file: created at once for a scratch `--mem-file` (a bad path
+    /// fails before any work), else when the blocks pass the budget.
+    pub(super) file: Option<BlockFile>,
+    /// A kept file's path (opened when the blocks pass the budget).
+    keep: Option<PathBuf>,
     /// Whether the blocks are in the file.
-    moved: bool,
+    pub(super) moved: bool,
     /// Bytes steps may have read through the file since the last release.
     read: usize,
+}
+
+impl Spill {
+    /// Blocks in `file` from the start: a saved session's kept file.
+    pub(super) fn adopted(file: BlockFile) -> Self {
+        Self {
+            budget: 0,
+            keep: Some(file.path().into()),
+            file: Some(file),
+            moved: true,
+            read: 0,
+        }
+    }
+
+    /// Takes `file`, a saved session's kept file, for the blocks (which the
+    /// caller maps from it) and those to come.
+    pub(super) fn adopt(&mut self, file: BlockFile) {
+        self.keep = Some(file.path().into());
+        self.file = Some(file);
+        self.moved = true;
+    }
+
+    /// The kept file the blocks are in, if they are in one.
+    pub(super) fn kept_file(&self) -> Option<&BlockFile> {
+        self.file.as_ref().filter(|f| self.moved && f.id().is_some())
+    }
 }
 
 impl InfllmAttention {
@@ -121,13 +265,22 @@ impl InfllmAttention {
         if self.p.topk == 0 {
             return Ok(());
         }
-        let file = match &config.file {
-            Some(path) => Some(BlockFile::create(Some(path))?),
-            None => None,
+        let keep = match (&config.file, config.keep) {
+            (Some(path), true) => Some(std::path::absolute(path).context("--mem-file")?),
+            (None, true) => anyhow::bail!("a kept block file needs a path"),
+            (_, false) => None,
+        };
+        // A kept file already there is checked (and locked) now: a file of
+        // another kind fails before any work, not when the blocks move.
+        let file = match (&config.file, &keep) {
+            (Some(path), None) => Some(BlockFile::create(Some(path))?),
+            (_, Some(path)) if path.exists() => Some(BlockFile::keep(path, true)?),
+            _ => None,
         };
         self.spill = Some(Spill {
             budget: config.budget,
             file,
+            keep,
             moved: false,
             read: 0,
         });
@@ -142,18 +295,25 @@ impl InfllmAttention {
         if spill.moved || in_memory <= spill.budget {
             return Ok(());
         }
-        let file = match &mut spill.file {
-            Some(f) => f,
-            None => spill.file.insert(BlockFile::create(None)?),
+        let file = match (&mut spill.file, &spill.keep) {
+            (Some(f), _) => f,
+            (None, Some(path)) => spill.file.insert(BlockFile::keep(path, true)?),
+            (None, None) => spill.file.insert(BlockFile::create(None)?),
         };
         for l in &mut self.layers {
             l.blocks.spill_to(file)?;
         }
         spill.moved = true;
+        let place = match file.id() {
+            Some(_) => format!("{} (kept for sessions)", file.path().display()),
+            None => {
+                let dir = file.path().parent().unwrap_or(Path::new("/"));
+                format!("a file in {} (unlinked)", dir.display())
+            }
+        };
         crate::log_info!(
-            "infllm: memory blocks past {} MiB: moved to a file in {} (unlinked)",
-            spill.budget >> 20,
-            file.shown.parent().unwrap_or(Path::new("/")).display()
+            "infllm: memory blocks past {} MiB: moved to {place}",
+            spill.budget >> 20
         );
         Ok(())
     }

@@ -7,8 +7,11 @@
 use anyhow::{ensure, Context as _};
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use super::blocks::BlockShape;
 use super::layout::KEY_PAD;
+use super::spill::{BlockFile, Spill};
 use super::window::LayerStore;
 use super::InfllmAttention;
 use crate::attention::state::{read_ranges, read_ranges_from, write_ranges, Ranges, Section};
@@ -44,6 +47,20 @@ pub struct WindowState {
 pub struct SavedPosition {
     pub pos: TextPosition,
     pub n_blocks: usize,
+    /// The kept block file holding the blocks' keys and values (None: the
+    /// session's sections hold them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<SavedFile>,
+}
+
+/// A kept block file as a session names it.
+#[derive(Serialize, Deserialize)]
+pub struct SavedFile {
+    path: String,
+    /// Its identity (hex), from its header.
+    id: String,
+    /// Each layer's K and V pieces: (arena offset, file offset).
+    pieces: Vec<[Vec<(usize, u64)>; 2]>,
 }
 
 /// A saved instance's state that passed `check_saved`: what to read, where.
@@ -51,8 +68,21 @@ pub struct CheckedState {
     pos: TextPosition,
     n_blocks: usize,
     window: Section,
-    /// Each layer's keys, values and representative keys.
-    blocks: Vec<[Section; 3]>,
+    blocks: CheckedBlocks,
+}
+
+/// Where a checked state's blocks are.
+enum CheckedBlocks {
+    /// In sections: each layer's keys, values and representative keys.
+    Inline(Vec<[Section; 3]>),
+    /// In a kept block file (None: the one this instance holds), checked
+    /// against the sums; each layer's representative keys in a section.
+    File {
+        file: Option<BlockFile>,
+        pieces: Vec<[Vec<(usize, u64)>; 2]>,
+        sums: Vec<Vec<[u64; 2]>>,
+        repr: Vec<Section>,
+    },
 }
 
 impl InfllmAttention {
@@ -111,20 +141,38 @@ impl InfllmAttention {
         }
     }
 
-    /// Writes the window state, then each layer's blocks.
+    /// Writes the window state, then each layer's blocks: their keys and
+    /// values, or, with the blocks in a kept file, their checksums (the
+    /// file synced first); then their representative keys.
     pub fn state_write(&self, out: &mut dyn StateWriter) -> anyhow::Result<SavedPosition> {
         let s = self.window_state();
         out.section(&s.bytes)?;
+        let kept = self.spill.as_ref().and_then(|s| s.kept_file());
+        if let Some(f) = kept {
+            f.sync()
+                .with_context(|| format!("cannot write block file {}", f.path().display()))?;
+        }
         for l in &self.layers {
-            for part in l.blocks.parts() {
-                out.section(part)?;
+            let [k, v, repr] = l.blocks.parts();
+            match kept {
+                Some(_) => out.section(&l.blocks.sums_bytes())?,
+                None => {
+                    out.section(k)?;
+                    out.section(v)?;
+                }
             }
+            out.section(repr)?;
             // Blocks read from a file for the save leave memory again.
             l.blocks.release();
         }
         Ok(SavedPosition {
             pos: s.pos,
             n_blocks: s.n_blocks,
+            file: kept.map(|f| SavedFile {
+                path: f.path().to_str().expect("checked UTF-8").into(),
+                id: format!("{:032x}", f.id().expect("kept")),
+                pieces: self.layers.iter().map(|l| l.blocks.pieces()).collect(),
+            }),
         })
     }
 
@@ -147,18 +195,10 @@ impl InfllmAttention {
         );
         let window_len = self.window_ranges(c.n_past - c.buffer_start).iter().map(|r| r.2).sum();
         let window = sections.next(window_len)?;
-        let blocks = self
-            .layers
-            .iter()
-            .map(|l| {
-                let lens = l
-                    .blocks
-                    .part_lens(saved.n_blocks)
-                    .context("more blocks than memory for them")?;
-                let [k, v, repr] = lens.map(|len| sections.next(len));
-                Ok([k?, v?, repr?])
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let blocks = match &saved.file {
+            None => CheckedBlocks::Inline(self.check_inline(saved.n_blocks, sections)?),
+            Some(f) => self.check_file(f, saved.n_blocks, sections)?,
+        };
         Ok(CheckedState {
             pos: c,
             n_blocks: saved.n_blocks,
@@ -167,11 +207,85 @@ impl InfllmAttention {
         })
     }
 
-    /// Reads a state `check_saved` passed, in place of this one's.
+    /// Each layer's sections of `n` blocks saved in the session.
+    fn check_inline(&self, n: usize, sections: &mut StateReader<'_>) -> anyhow::Result<Vec<[Section; 3]>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let lens = l.blocks.part_lens(n).context("more blocks than memory for them")?;
+                let [k, v, repr] = lens.map(|len| sections.next(len));
+                Ok([k?, v?, repr?])
+            })
+            .collect()
+    }
+
+    /// Opens the kept block file `saved` names (or takes this instance's,
+    /// the same file) and checks `n` blocks of each layer in it against
+    /// the session's checksums.
+    fn check_file(&self, saved: &SavedFile, n: usize, sections: &mut StateReader<'_>) -> anyhow::Result<CheckedBlocks> {
+        let id = u128::from_str_radix(&saved.id, 16).ok();
+        ensure!(
+            id.is_some() && saved.pieces.len() == self.layers.len(),
+            "inconsistent attention state (its block file)"
+        );
+        let held = self
+            .spill
+            .as_ref()
+            .and_then(|s| s.file.as_ref())
+            .filter(|f| f.id() == id);
+        let opened = match held {
+            Some(_) => None,
+            None => Some(BlockFile::keep(Path::new(&saved.path), false)?),
+        };
+        let file = held.or(opened.as_ref()).expect("one of them");
+        ensure!(
+            file.id() == id,
+            "block file {} is not the one the session was saved with",
+            file.path().display()
+        );
+        let mut sums = Vec::new();
+        let mut repr = Vec::new();
+        for (l, pieces) in self.layers.iter().zip(&saved.pieces) {
+            let lens = l.blocks.part_lens(n).context("more blocks than memory for them")?;
+            let sum_section = sections.next(n * 16)?;
+            let sum_bytes = sections.read_section(sum_section)?;
+            sums.push(l.blocks.check_file(file, pieces, &sum_bytes, n)?);
+            repr.push(sections.next(lens[2])?);
+        }
+        Ok(CheckedBlocks::File {
+            file: opened,
+            pieces: saved.pieces.clone(),
+            sums,
+            repr,
+        })
+    }
+
+    /// Reads a state `check_saved` passed, in place of this one's. A
+    /// failure while blocks are taken from a file leaves nothing held.
     pub fn load_saved(&mut self, c: CheckedState, sections: &mut StateReader<'_>) -> anyhow::Result<()> {
-        self.fit_budget(c.n_blocks)?;
-        for (l, parts) in self.layers.iter_mut().zip(c.blocks) {
-            l.blocks.read_from(sections, c.n_blocks, parts)?;
+        match c.blocks {
+            CheckedBlocks::Inline(parts) => {
+                self.fit_budget(c.n_blocks)?;
+                let mut file = self.spill.as_mut().and_then(|s| s.file.as_mut());
+                for (l, parts) in self.layers.iter_mut().zip(parts) {
+                    l.blocks.read_from(sections, c.n_blocks, parts, file.as_deref_mut())?;
+                }
+            }
+            CheckedBlocks::File {
+                file,
+                pieces,
+                sums,
+                repr,
+            } => {
+                if let Err(e) = self.adopt_file(file, &pieces, sums, repr, sections) {
+                    // Layers may map either file: all leave them.
+                    self.clear();
+                    self.layers.iter_mut().for_each(|l| l.blocks.to_memory());
+                    let spill = self.spill.as_mut().expect("set by adopt_file");
+                    (spill.file, spill.moved) = (None, false);
+                    return Err(e);
+                }
+            }
         }
         self.reserve(c.pos.n_past - c.pos.buffer_start + KEY_PAD)?;
         self.zero_scores();
@@ -182,6 +296,31 @@ impl InfllmAttention {
         )?;
         self.pos = c.pos;
         self.rerotate = false;
+        Ok(())
+    }
+
+    /// Maps every layer's blocks from a kept file (`file`; None: the one
+    /// held), which then holds the blocks to come.
+    fn adopt_file(
+        &mut self,
+        file: Option<BlockFile>,
+        pieces: &[[Vec<(usize, u64)>; 2]],
+        sums: Vec<Vec<[u64; 2]>>,
+        repr: Vec<Section>,
+        sections: &mut StateReader<'_>,
+    ) -> anyhow::Result<()> {
+        if let Some(file) = file {
+            match &mut self.spill {
+                Some(s) => s.adopt(file),
+                None => self.spill = Some(Spill::adopted(file)),
+            }
+        }
+        let spill = self.spill.as_mut().expect("set above or held");
+        spill.moved = true;
+        let file = spill.file.as_ref().expect("a file");
+        for (((l, p), s), r) in self.layers.iter_mut().zip(pieces).zip(sums).zip(repr) {
+            l.blocks.adopt(file, p, s, sections, r)?;
+        }
         Ok(())
     }
 

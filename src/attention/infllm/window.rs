@@ -333,7 +333,8 @@ impl InfllmAttention {
         let v_t = read_columns(self.ctx.tensor(l.v_t), slot, bs);
         let scores = read_columns(self.ctx.tensor(l.score), slot, bs);
         let repr = representative_key(&s, self.p.repr_topk, &k, &scores);
-        self.layers[il].blocks.push(&k, &v_t, &repr)
+        let file = self.spill.as_mut().and_then(|s| s.file.as_mut().filter(|_| s.moved));
+        self.layers[il].blocks.push(&k, &v_t, &repr, file)
     }
 }
 
