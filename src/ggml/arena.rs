@@ -381,7 +381,6 @@ fn map_over(file: &File, start: *mut u8, len: usize, off: libc::off_t) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt as _;
 
     /// Record `i` of `RECORD` bytes in one of two versions.
     const RECORD: usize = 40_000;
