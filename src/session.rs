@@ -4,9 +4,10 @@
 //!
 //! Layout: `MAGIC` and the format version; the sections (window buffers,
 //! KV cache, blocks; or, for blocks in a kept block file, their checksums,
-//! the index naming the file: see attention/infllm/spill.rs); the index (JSON: model identity, attention settings,
-//! token count, counters, section table, caller's record); the index
-//! length, an xxh3-64 checksum of everything before it, `END`.
+//! the index naming the file: see attention/infllm/spill.rs); the index
+//! (JSON: model identity, attention settings, token count, counters,
+//! section table, caller's record); the index length, an xxh3-64 checksum
+//! of everything before it, `END`.
 //!
 //! A session is used through a `SessionFile`: the path with its symbolic
 //! links followed, refused unless it is a regular file (or absent), and
