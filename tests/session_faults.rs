@@ -53,7 +53,12 @@ fn command(session: &Path) -> Command {
 
 /// One turn piped through a chat on `session`.
 fn chat(session: &Path, turn: &str) -> Output {
-    let mut child = command(session).spawn().unwrap();
+    chat_with(session, &[], turn)
+}
+
+/// `chat` with more flags.
+fn chat_with(session: &Path, flags: &[&str], turn: &str) -> Output {
+    let mut child = command(session).args(flags).spawn().unwrap();
     // A refused run may be gone before it reads its turn.
     let _ = child.stdin.take().unwrap().write_all(turn.as_bytes());
     child.wait_with_output().unwrap()
@@ -491,11 +496,7 @@ fn a_session_names_its_kept_block_file_and_a_changed_block_is_refused() {
     let d = dir("kept-blocks");
     let session = d.join("s.session");
     let blocks = d.join("s.session.blocks");
-    let run = |turn: &str| {
-        let mut child = command(&session).args(["--mem-budget", "0"]).spawn().unwrap();
-        let _ = child.stdin.take().unwrap().write_all(turn.as_bytes());
-        child.wait_with_output().unwrap()
-    };
+    let run = |turn: &str| chat_with(&session, &["--mem-budget", "0"], turn);
     assert_ok(&run(&"The quick brown fox jumps over the lazy dog. ".repeat(40)));
     let index = split_session(&std::fs::read(&session).unwrap()).1;
     let named = index["state"][0]["file"]["path"]

@@ -149,9 +149,10 @@ pub struct AttnSettings {
     /// Type of the cached values (-ctv), as -ctk
     #[arg(long = "cache-type-v", help_heading = "Attention / InfLLM")]
     pub cache_type_v: Option<String>,
-    /// InfLLM: keep the memory blocks' keys and values in this file (created,
-    /// and unlinked at once: it ends with the run) once they pass
-    /// --mem-budget, read from a mapping: memory holds the blocks retrieval reads
+    /// InfLLM: keep the memory blocks' keys and values in this file once
+    /// they pass --mem-budget, read from a mapping: memory holds the blocks
+    /// retrieval reads. Unlinked at once, except with --session /
+    /// --prompt-cache, which keep it and name it instead of copying blocks
     #[arg(long = "mem-file", value_name = "PATH", help_heading = "Attention / InfLLM")]
     pub mem_file: Option<PathBuf>,
     /// InfLLM: MiB of memory blocks kept in memory; past it they move to

@@ -216,17 +216,8 @@ impl HostArena {
         }
         let f = self.file.as_mut().expect("in a file");
         f.fresh = f.fresh.map(|fresh| fresh.max(end));
-        let mut done = 0;
-        while done < bytes.len() {
-            let pos = offset + done;
-            let i = f.pieces.partition_point(|p| p.0 <= pos) - 1;
-            let piece_end = f.pieces.get(i + 1).map_or(self.len, |p| p.0);
-            let n = (piece_end - pos).min(bytes.len() - done);
-            let at = f.pieces[i].1 + (pos - f.pieces[i].0) as u64;
-            f.file.write_all_at(&bytes[done..done + n], at)?;
-            done += n;
-        }
-        Ok(())
+        piece_spans(&f.pieces, offset, bytes.len())
+            .try_for_each(|(done, at, n)| f.file.write_all_at(&bytes[done..done + n], at))
     }
 
     /// Moves the arena's tail from `at` to `len` bytes of the file at
@@ -312,6 +303,25 @@ impl Drop for HostArena {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// Arena bytes `[at, at + len)` of an arena mapping `pieces` of a file,
+/// as spans that each lie in one piece: (offset from `at`, file offset,
+/// length).
+pub fn piece_spans(pieces: &[(usize, u64)], at: usize, len: usize) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        let pos = at + done;
+        if done == len {
+            return None;
+        }
+        let i = pieces.partition_point(|p| p.0 <= pos) - 1;
+        let end = pieces.get(i + 1).map_or(usize::MAX, |p| p.0);
+        let n = (end - pos).min(len - done);
+        let span = (done, pieces[i].1 + (pos - pieces[i].0) as u64, n);
+        done += n;
+        Some(span)
+    })
 }
 
 /// Maps `len` bytes of `file` from `off` over `[start, start + len)`, a

@@ -28,7 +28,7 @@ pub mod reference;
 mod tensor;
 mod types;
 
-pub use arena::{HostArena, PIECE_ALIGN};
+pub use arena::{piece_spans, HostArena, PIECE_ALIGN};
 pub use backend::{Backend, Buffer, Scheduler, MAX_GRAPH_NODES};
 pub use device::{add_rpc_server, exit_on_ggml_abort, serve_rpc, BufferType, Device};
 /// Values the block kernels read at a time: block rows (head dim, block

@@ -307,11 +307,11 @@ impl BlockStore {
         for i in 0..2 {
             check_pieces(&pieces[i], arena_lens[i])?;
             let end = file_end(&pieces[i], lens[i]);
+            let file_len = file.len()?;
             anyhow::ensure!(
-                file.len()? >= end,
-                "block file {} is truncated ({} bytes, the session needs {end})",
-                file.path().display(),
-                file.len()?
+                file_len >= end,
+                "block file {} is truncated ({file_len} bytes, the session needs {end})",
+                file.path().display()
             );
         }
         let sums: Vec<[u64; 2]> = sums
@@ -404,7 +404,6 @@ impl BlockStore {
         let mut v_q = vec![0u8; s.v_bytes()];
         quantize(s.type_v, v_t, bs, &mut v_q);
         let r: Vec<u8> = repr.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
-        self.sums.truncate(i);
         write_to(&mut self.k, i * s.k_bytes(), &k_q, file.as_deref_mut()).map_err(write_error)?;
         write_to(&mut self.v, i * s.v_bytes(), &v_q, file).map_err(write_error)?;
         write_to(&mut self.repr, i * r.len(), &r, None).map_err(write_error)?;

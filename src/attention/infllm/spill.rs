@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::window::InfllmAttention;
-use crate::ggml::PIECE_ALIGN;
+use crate::ggml::{piece_spans, PIECE_ALIGN};
 
 /// Where blocks go, and when.
 #[derive(Debug, Clone, Default)]
@@ -132,23 +132,17 @@ impl BlockFile {
     }
 
     /// Bytes `[at, at + buf.len())` of the file.
-    pub fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
         self.file.read_exact_at(buf, at)
     }
 
     /// Bytes `[at, at + buf.len())` of an arena that maps `pieces` of
     /// this file (see `HostArena::pieces`).
     pub fn read_pieces(&self, pieces: &[(usize, u64)], at: usize, buf: &mut [u8]) -> std::io::Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let pos = at + done;
-            let i = pieces.partition_point(|p| p.0 <= pos) - 1;
-            let end = pieces.get(i + 1).map_or(usize::MAX, |p| p.0);
-            let n = (end - pos).min(buf.len() - done);
-            self.read_at(&mut buf[done..done + n], pieces[i].1 + (pos - pieces[i].0) as u64)?;
-            done += n;
-        }
-        Ok(())
+        let spans = piece_spans(pieces, at, buf.len());
+        spans
+            .into_iter()
+            .try_for_each(|(done, off, n)| self.read_at(&mut buf[done..done + n], off))
     }
 
     /// The file's length in bytes.
