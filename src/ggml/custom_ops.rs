@@ -8,7 +8,9 @@ use std::ffi::c_int;
 
 use super::tensor::{Context, Tensor};
 use super::{kernels, sys, GgmlType};
-use callbacks::{block_scores_op, block_values_op, key_scores_op, mask_outside_op, put_columns_op, value_sums_op};
+use callbacks::{
+    block_scores_op, block_values_op, key_scores_op, mask_outside_op, put_columns_op, softmax_spans_op, value_sums_op,
+};
 
 /// The signature of ggml's custom-op callbacks.
 type CustomOp = unsafe extern "C" fn(*mut sys::ggml_tensor, c_int, c_int, *mut std::ffi::c_void);
@@ -52,7 +54,7 @@ impl Context {
     }
 
     /// Logits of queries against keys stored transposed: `keys_t` [n, dim,
-    /// n_kv] f16 (a row per channel; rows and heads may be strided), `q`
+    /// n_kv] f16 or f32 (a row per channel; rows and heads may be strided), `q`
     /// [dim, n_q, n_head] f32 contiguous, query head h reading KV head
     /// h / (n_head / n_kv) as `mul_mat` broadcasts. Result [n, n_q, n_head]
     /// f32, rows written at their strides (so `join_rows` can place it). Our
@@ -62,9 +64,14 @@ impl Context {
     pub fn key_scores<'a>(&'a self, keys_t: Tensor<'a>, q: Tensor<'a>, valid: Option<Tensor<'a>>) -> Tensor<'a> {
         let [n, dim, n_kv, _] = keys_t.ne();
         let [q_dim, n_q, n_head, _] = q.ne();
+        let key_size = match keys_t.ty() {
+            GgmlType::F16 => 2,
+            GgmlType::F32 => 4,
+            ty => panic!("key_scores: f16 or f32 keys, not {ty:?}"),
+        };
         assert!(
-            keys_t.ty() == GgmlType::F16 && keys_t.nb()[0] == 2 && q.ty() == GgmlType::F32,
-            "key_scores: f16 keys with unit stride, f32 queries"
+            keys_t.nb()[0] == key_size && keys_t.nb()[1].is_multiple_of(key_size) && q.ty() == GgmlType::F32,
+            "key_scores: keys with unit stride, f32 queries"
         );
         assert!(
             q_dim == dim && n_head % n_kv == 0 && q.ne()[3] == 1 && q.is_contiguous(),
@@ -110,6 +117,41 @@ impl Context {
         // SAFETY: the sources were checked above and in `with_range`; the
         // threads share the rows.
         unsafe { self.custom_f32([n, n1, n2, n3], &mut args, mask_outside_op) }
+    }
+
+    /// Softmax in place of every row of `x` [n, n_q, n_head] f32 (unit
+    /// element stride), scaled by `scale` (> 0), over the row's two visible
+    /// spans: `spans` (I32 [4, n_q], contiguous) holds `[a0, a1, b0, b1]`
+    /// for query row i, entries [a0, a1) and [b0, b1) (in order, clamped to
+    /// the row); every other entry becomes 0. `soft_max_ext` with the
+    /// additive mask of those spans, for a prompt tile's joined logits,
+    /// without reading the mask (`kernels::softmax_spans`).
+    pub fn softmax_spans<'a>(&'a self, x: Tensor<'a>, spans: Tensor<'a>, scale: f32) -> Tensor<'a> {
+        assert!(
+            x.ty() == GgmlType::F32 && x.nb()[0] == 4,
+            "softmax_spans: f32 rows with unit stride"
+        );
+        assert!(
+            spans.ty() == GgmlType::I32 && spans.is_contiguous() && spans.ne() == [4, x.ne()[1], 1, 1],
+            "softmax_spans: four I32 bounds per query row"
+        );
+        assert!(scale > 0.0 && scale.is_finite(), "softmax_spans: a positive scale");
+        let mut args = [spans.raw()];
+        // SAFETY: valid context and tensors (checked above to be what the op
+        // reads and writes); ggml copies the source pointer into the node, a
+        // view of `x`. The scale travels as the bits of the userdata pointer
+        // (the callback reads no memory through it).
+        self.wrap(unsafe {
+            sys::ggml_custom_inplace(
+                self.raw(),
+                x.raw(),
+                args.as_mut_ptr(),
+                1,
+                Some(softmax_spans_op),
+                -1, // every thread takes a share of the rows
+                scale.to_bits() as usize as *mut std::ffi::c_void,
+            )
+        })
     }
 
     /// Logits of query heads against the keys of chosen memory blocks, read

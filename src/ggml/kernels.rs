@@ -1,7 +1,11 @@
 //! Kernels of our own, run as ggml custom ops (`Context::key_scores`,
-//! `value_sums`, `block_scores`, `block_values`).
+//! `value_sums`, `block_scores`, `block_values`, `softmax_spans`).
 //! Safe code on slices (but a prefetch hint); the op trampolines in `graph`
 //! hand them the data.
+
+mod softmax;
+
+pub use softmax::softmax_spans;
 
 /// Keys per tile: one vector register of f32 lanes on AVX-512, two on AVX2.
 pub const LANES: usize = 16;
@@ -47,13 +51,33 @@ fn fma(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// A tile of f16 bits in f32 (a plain loop: `array::map` does not always
+/// A stored key value: f16 bits (the window's keys) or f32 (a prompt
+/// step's global keys, dequantized from the block store).
+pub trait KeyValue: Copy {
+    fn value(self) -> f32;
+}
+
+impl KeyValue for u16 {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        f16_bits_to_f32(self)
+    }
+}
+
+impl KeyValue for f32 {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self
+    }
+}
+
+/// A tile of keys in f32 (a plain loop: `array::map` does not always
 /// inline, and then does not vectorize).
 #[inline(always)]
-fn to_f32(src: &[u16]) -> [f32; LANES] {
+fn to_f32<T: KeyValue>(src: &[T]) -> [f32; LANES] {
     let mut out = [0f32; LANES];
     for (o, &h) in out.iter_mut().zip(&src[..LANES]) {
-        *o = f16_bits_to_f32(h);
+        *o = h.value();
     }
     out
 }
@@ -63,28 +87,33 @@ fn to_f32(src: &[u16]) -> [f32; LANES] {
 /// `0..out[j].len()`. The transposed layout lets each channel's step be a
 /// vector FMA over 16 keys, instead of a 64-term dot product ending in a
 /// horizontal sum per key and query (what a matmul over key rows does).
-pub fn key_scores(keys: &[u16], row: usize, q: &[f32], dim: usize, out: &mut [&mut [f32]]) {
+pub fn key_scores<T: KeyValue>(keys: &[T], row: usize, q: &[f32], dim: usize, out: &mut [&mut [f32]]) {
     let n = out.first().map_or(0, |o| o.len());
     let full = n - n % LANES;
     match out.len() {
         // Decode (a KV head's query group): convert and multiply in registers.
-        1 => fused_scores::<1>(keys, row, q, dim, out, full),
-        2 => fused_scores::<2>(keys, row, q, dim, out, full),
-        3 => fused_scores::<3>(keys, row, q, dim, out, full),
-        4 => fused_scores::<4>(keys, row, q, dim, out, full),
+        1 => fused_scores::<T, 1>(keys, row, q, dim, out, full),
+        2 => fused_scores::<T, 2>(keys, row, q, dim, out, full),
+        3 => fused_scores::<T, 3>(keys, row, q, dim, out, full),
+        4 => fused_scores::<T, 4>(keys, row, q, dim, out, full),
         _ => tiled_scores(keys, row, q, dim, out, full),
     }
     for i in full..n {
         for (j, o) in out.iter_mut().enumerate() {
-            o[i] = (0..dim)
-                .map(|c| f16_bits_to_f32(keys[c * row + i]) * q[j * dim + c])
-                .sum();
+            o[i] = (0..dim).map(|c| keys[c * row + i].value() * q[j * dim + c]).sum();
         }
     }
 }
 
 /// `key_scores` of whole tiles for `G` queries, each key converted once.
-fn fused_scores<const G: usize>(keys: &[u16], row: usize, q: &[f32], dim: usize, out: &mut [&mut [f32]], full: usize) {
+fn fused_scores<T: KeyValue, const G: usize>(
+    keys: &[T],
+    row: usize,
+    q: &[f32],
+    dim: usize,
+    out: &mut [&mut [f32]],
+    full: usize,
+) {
     for i in (0..full).step_by(LANES) {
         let mut acc = [[0f32; LANES]; G];
         for c in 0..dim {
@@ -107,7 +136,7 @@ fn fused_scores<const G: usize>(keys: &[u16], row: usize, q: &[f32], dim: usize,
 
 /// `key_scores` of whole tiles for many queries (a prompt's): each tile
 /// converted once into f32, then read by the queries four at a time.
-fn tiled_scores(keys: &[u16], row: usize, q: &[f32], dim: usize, out: &mut [&mut [f32]], full: usize) {
+fn tiled_scores<T: KeyValue>(keys: &[T], row: usize, q: &[f32], dim: usize, out: &mut [&mut [f32]], full: usize) {
     // One tile of keys in f32, converted once for all queries.
     let mut tile = vec![[0f32; LANES]; dim];
     for i in (0..full).step_by(LANES) {
@@ -726,18 +755,23 @@ mod tests {
 
     #[test]
     fn key_scores_match_plain_dot_products() {
-        let (dim, n, row) = (64, 37, 40);
+        let (dim, row) = (64, 40);
         let keys = f16_values(dim * row);
+        key_scores_case(&keys, row, dim);
+        let keys: Vec<f32> = keys.iter().map(|&k| half::f16::from_bits(k).to_f32() * 1.001).collect();
+        key_scores_case(&keys, row, dim);
+    }
+
+    fn key_scores_case<T: KeyValue>(keys: &[T], row: usize, dim: usize) {
+        let n = 37;
         for r in 1..=7 {
             let q: Vec<f32> = (0..r * dim).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
             let mut out = vec![vec![0f32; n]; r];
             let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
-            key_scores(&keys, row, &q, dim, &mut views);
+            key_scores(keys, row, &q, dim, &mut views);
             for (j, o) in out.iter().enumerate() {
                 for (i, &got) in o.iter().enumerate() {
-                    let want: f32 = (0..dim)
-                        .map(|c| half::f16::from_bits(keys[c * row + i]).to_f32() * q[j * dim + c])
-                        .sum();
+                    let want: f32 = (0..dim).map(|c| keys[c * row + i].value() * q[j * dim + c]).sum();
                     assert!((got - want).abs() < 1e-4, "query {j} key {i}: {got} vs {want}");
                 }
             }

@@ -80,9 +80,20 @@ pub(super) struct Tile<'a> {
     pub n_q: usize,
     pub lo: usize,
     pub n_keys: usize,
-    /// [n_keys + global keys, n_q]; none for a single query (decode),
-    /// whose key ranges come as data instead.
+    /// [n_keys + global keys, n_q] for the standard ops; none for a single
+    /// query (decode), whose key ranges come as data instead.
     pub mask: Option<Tensor<'a>>,
+    /// I32 [4, n_q], each query's visible spans, for our softmax; none for
+    /// a single query.
+    pub spans: Option<Tensor<'a>>,
+}
+
+/// Which inputs a step declares: for our kernels (`custom`), for the
+/// standard ops (`standard`), or both when its layers differ.
+#[derive(Clone, Copy)]
+struct Paths {
+    custom: bool,
+    standard: bool,
 }
 
 impl InfllmAttention {
@@ -95,13 +106,15 @@ impl InfllmAttention {
         let n_blocks = self.n_blocks();
         let n_selected = n_blocks.min(p.topk);
         let name = |what: &str| format!("{}.{what}", self.name());
+        // Which paths this step's layers take: our kernels, standard ops.
+        let standard = self.layers.iter().any(|l| l.standard_ops);
+        let custom = self.layers.iter().any(|l| !l.standard_ops);
         let tiles = (0..n_tokens)
             .step_by(QUERY_TILE)
-            .map(|q0| self.tile(step, &lay, q0))
+            .map(|q0| self.tile(step, &lay, q0, Paths { custom, standard }))
             .collect();
         // Decode: within the keys from `lo_pos` on, the local ones are those
         // from the window's start; the remainder's, those that left it.
-        let standard = self.layers.iter().any(|l| l.standard_ops);
         let ranges = (n_tokens == 1).then(|| {
             let lo = lay.lo_pos(0);
             let mut range = |what: &str, r: [usize; 2], span: usize| {
@@ -203,33 +216,30 @@ impl InfllmAttention {
     }
 
     /// The tile of queries from `q0`: its local key range and, for a prompt
-    /// step, one mask over [local | blocks | initial | remainder] keys.
-    fn tile<'a>(&self, step: &mut Step<'a>, lay: &Layout, q0: usize) -> Tile<'a> {
+    /// step, which of [local | blocks | initial | remainder] keys each query
+    /// sees: as spans for our softmax, as an additive mask for the standard
+    /// ops, each where `paths` asks, both from `visible_spans`.
+    fn tile<'a>(&self, step: &mut Step<'a>, lay: &Layout, q0: usize, paths: Paths) -> Tile<'a> {
         let n_q = QUERY_TILE.min(lay.n_tokens - q0);
         let lo_pos = lay.lo_pos(q0);
         let n_keys = lay.n_keys(q0);
-        let (n_fixed, n_rem) = (lay.n_fixed, lay.n_rem());
-        let n_local = self.p.n_local;
-        let mask = (lay.n_tokens > 1).then(|| {
-            let width = n_keys + n_fixed + n_rem;
+        let width = n_keys + lay.n_fixed + lay.n_rem();
+        let prompt = lay.n_tokens > 1;
+        let spans: Vec<[usize; 4]> = (0..n_q)
+            .map(|i| self.visible_spans(lay, lo_pos, n_keys, q0 + i))
+            .collect();
+        let name = |what: &str| format!("{}.{what}{q0}", self.name());
+        let mask = (prompt && paths.standard).then(|| {
             let mut mask = vec![f32::NEG_INFINITY; width * n_q];
-            for (i, row) in mask.chunks_mut(width).enumerate() {
-                let q = lay.start + q0 + i;
-                for (j, m) in row[..n_keys].iter_mut().enumerate() {
-                    let d = q as isize - (lo_pos + j) as isize;
-                    if (0..n_local as isize).contains(&d) {
-                        *m = 0.0;
-                    }
-                }
-                row[n_keys..n_keys + n_fixed].fill(0.0);
-                for (j, m) in row[width - n_rem..].iter_mut().enumerate() {
-                    if q >= lay.remainder_start + j + n_local {
-                        *m = 0.0;
-                    }
-                }
+            for (row, s) in mask.chunks_mut(width).zip(&spans) {
+                row[s[0]..s[1]].fill(0.0);
+                row[s[2]..s[3]].fill(0.0);
             }
-            let name = format!("{}.mask{q0}", self.name());
-            step.input_f32(&name, &[width as i64, n_q as i64], mask)
+            step.input_f32(&name("mask"), &[width as i64, n_q as i64], mask)
+        });
+        let spans = (prompt && paths.custom).then(|| {
+            let bounds = spans.iter().flatten().map(|&b| b as i32).collect();
+            step.input_i32(&name("spans"), &[4, n_q as i64], bounds)
         });
         Tile {
             q0,
@@ -237,6 +247,20 @@ impl InfllmAttention {
             lo: lo_pos - lay.buffer_start,
             n_keys,
             mask,
+            spans,
         }
+    }
+
+    /// The keys query `i` of the step sees, as spans [a0, a1) of the local
+    /// keys (those within `n_local` positions back, itself included) and
+    /// [b0, b1) of the global ones (every block and initial token, and the
+    /// remainder's tokens that left its window).
+    fn visible_spans(&self, lay: &Layout, lo_pos: usize, n_keys: usize, i: usize) -> [usize; 4] {
+        let q = lay.start + i;
+        let n_local = self.p.n_local;
+        let a1 = (q + 1).saturating_sub(lo_pos).min(n_keys);
+        let a0 = (q + 1).saturating_sub(lo_pos + n_local).min(a1);
+        let seen_rem = (q + 1).saturating_sub(lay.remainder_start + n_local).min(lay.n_rem());
+        [a0, a1, n_keys, n_keys + lay.n_fixed + seen_rem]
     }
 }

@@ -7,13 +7,13 @@
 use super::inputs::{InfllmInputs, Tile};
 use super::views::LayerTensors;
 use super::InfllmAttention;
-use crate::attention::full::{mul_mat_capped, soft_cap, softmax_scale};
+use crate::attention::full::{soft_cap, softmax_scale};
 use crate::compute::Step;
 use crate::ggml::{Context, GgmlType, Tensor};
 
 /// The global keys and values of a step, shared by its tiles.
 struct Global<'a> {
-    /// [hd, n, n_head_kv], f32.
+    /// [hd, n, n_head_kv] f32, as `LayerTensors::global_keys` lays them out.
     keys: Option<Tensor<'a>>,
     /// Transposed [n, hd, n_head_kv], f16.
     values: Option<Tensor<'a>>,
@@ -121,7 +121,10 @@ impl InfllmAttention {
             .reduce(|a, b| g.concat(a, b, 0))
             .map(|all| lt.transposed(g.cast(all, GgmlType::F16), n, 0));
         Global {
-            keys: keys.into_iter().reduce(|a, b| g.concat(a, b, 1)),
+            keys: keys
+                .into_iter()
+                .reduce(|a, b| g.concat(a, b, 1))
+                .map(|k| lt.global_keys(k)),
             values,
             n,
         }
@@ -151,9 +154,9 @@ impl InfllmAttention {
         let local = lt.key_logits(local_keys, g.cont(rows(q_local)), None);
         let mut logits = vec![soft_cap(g, local, la)];
         if let Some(k) = global.keys {
-            logits.push(mul_mat_capped(g, k, g.cont(rows(q_global)), la));
+            logits.push(soft_cap(g, lt.global_logits(k, g.cont(rows(q_global))), la));
         }
-        let probs = g.soft_max_ext(lt.join_rows(&logits), tile.mask, softmax_scale(la));
+        let probs = lt.tile_softmax(lt.join_rows(&logits), tile, softmax_scale(la));
 
         // Outputs: probabilities times values, local then global.
         let pnb = probs.nb();

@@ -9,7 +9,7 @@
 //! columns are written into transposed buffers one element per row with
 //! `set_rows`.
 
-use super::inputs::KeyRange;
+use super::inputs::{KeyRange, Tile};
 use super::views::LayerTensors;
 use crate::compute::Step;
 use crate::ggml::Tensor;
@@ -63,6 +63,38 @@ impl<'a> LayerTensors<'a> {
             return g.value_sums(vals_t, p, valid.map(|v| v.range));
         }
         g.mul_mat(vals_t, g.cont(p))
+    }
+
+    /// A prompt step's global keys [hd, n, n_kv] f32, laid out for
+    /// `global_logits`: transposed for our kernel (once per step; its
+    /// tiles share them), as they are for `mul_mat`.
+    pub fn global_keys(&self, keys: Tensor<'a>) -> Tensor<'a> {
+        match self.standard {
+            false => self.g.cont(self.g.permute(keys, [1, 0, 2, 3])),
+            true => keys,
+        }
+    }
+
+    /// Logits [n, n_q, n_head] of queries `q` [hd, n_q, n_head] against
+    /// keys from `global_keys`. ggml's f32 matmul of these shapes (64-term
+    /// dot products) took most of a long prefill's attention (docs/perf.md).
+    pub fn global_logits(&self, keys: Tensor<'a>, q: Tensor<'a>) -> Tensor<'a> {
+        match self.standard {
+            false => self.g.key_scores(keys, q, None),
+            true => self.g.mul_mat_f32(keys, q),
+        }
+    }
+
+    /// A prompt tile's probabilities: the softmax of its joined logits
+    /// `x` [n, n_q, n_head] scaled by `scale`, over the keys each query
+    /// sees (the tile's spans, or its mask on the standard path).
+    pub fn tile_softmax(&self, x: Tensor<'a>, tile: &Tile<'a>, scale: f32) -> Tensor<'a> {
+        match self.standard {
+            false => self
+                .g
+                .softmax_spans(x, tile.spans.expect("prompt tiles declare spans"), scale),
+            true => self.g.soft_max_ext(x, tile.mask, scale),
+        }
     }
 
     /// `x` [n, ...] with the entries outside `valid` set to -inf.

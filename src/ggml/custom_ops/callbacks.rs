@@ -201,19 +201,32 @@ pub(super) unsafe extern "C" fn value_sums_op(dst: *mut sys::ggml_tensor, ith: c
 /// of the keys (whole 16-key tiles).
 pub(super) unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
     // SAFETY: ggml calls this only for nodes built by `Context::key_scores`,
-    // whose sources were checked there (f16 keys with unit element stride,
-    // contiguous f32 queries, matching shapes) and which are allocated when
-    // the graph runs. Each slice below stays inside its tensor: keys span
-    // channels 0..dim of the thread's key range for one KV head, queries one
-    // head's rows, outputs one row's key range. Threads write disjoint key
-    // ranges of `dst` (the first also the keys outside the valid range,
-    // which no thread's range holds); nothing writes the sources.
+    // whose keys are f16 or f32 (checked there).
     unsafe {
-        let dst = &*dst;
+        match (*(*dst).src[0]).type_ == GgmlType::F32.sys() {
+            true => key_scores_of::<f32>(&*dst, ith as usize, nth as usize),
+            false => key_scores_of::<u16>(&*dst, ith as usize, nth as usize),
+        }
+    }
+}
+
+/// `key_scores_op` for keys stored as `T` (f16 bits or f32).
+///
+/// # Safety
+/// `dst` must be a node built by `Context::key_scores` whose keys are `T`.
+unsafe fn key_scores_of<T: kernels::KeyValue>(dst: &sys::ggml_tensor, ith: usize, nth: usize) {
+    // SAFETY: the sources were checked by `Context::key_scores` (keys of `T`
+    // with unit element stride, contiguous f32 queries, matching shapes)
+    // and are allocated when the graph runs. Each slice below stays inside
+    // its tensor: keys span channels 0..dim of the thread's key range for
+    // one KV head, queries one head's rows, outputs one row's key range.
+    // Threads write disjoint key ranges of `dst` (the first also the keys
+    // outside the valid range, which no thread's range holds); nothing
+    // writes the sources.
+    unsafe {
         let (k, q) = (&*dst.src[0], &*dst.src[1]);
         let (dim, n_kv) = (k.ne[1] as usize, k.ne[2] as usize);
         let (n_q, n_head) = (q.ne[1] as usize, q.ne[2] as usize);
-        let (ith, nth) = (ith as usize, nth as usize);
         // Keys outside the range score -inf: the first thread writes those.
         let (from, to) = range_of(dst, 2, k.ne[0] as usize);
         if ith == 0 {
@@ -226,10 +239,11 @@ pub(super) unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c
         if lo == hi {
             return;
         }
-        let row = k.nb[1] / 2;
+        let size = std::mem::size_of::<T>();
+        let row = k.nb[1] / size;
         for h in 0..n_head {
             let kv = h / (n_head / n_kv);
-            let keys = (k.data as *const u8).add(kv * k.nb[2] + lo * 2) as *const u16;
+            let keys = (k.data as *const u8).add(kv * k.nb[2] + lo * size) as *const T;
             let keys = std::slice::from_raw_parts(keys, (dim - 1) * row + (hi - lo));
             let qs = std::slice::from_raw_parts((q.data as *const u8).add(h * q.nb[2]) as *const f32, n_q * dim);
             let mut out: Vec<&mut [f32]> = (0..n_q)
@@ -278,6 +292,44 @@ pub(super) unsafe extern "C" fn put_columns_op(dst: *mut sys::ggml_tensor, ith: 
             }
         }
     }
+}
+
+/// The `softmax_spans` op: each of ggml's `nth` threads takes every nth
+/// row; `scale` is the f32 whose bits the userdata pointer holds.
+pub(super) unsafe extern "C" fn softmax_spans_op(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    scale: *mut c_void,
+) {
+    let scale = f32::from_bits(scale as usize as u32);
+    // SAFETY: ggml calls this only for nodes built by
+    // `Context::softmax_spans`: `dst` is an in-place view of the f32 logits
+    // (unit element stride), source 1 the contiguous I32 [4, ne1] spans;
+    // both are allocated when the graph runs. Bounds are clamped to the row
+    // before use; each slice below is one row. Threads write disjoint rows.
+    unsafe {
+        let dst = &*dst;
+        let spans = std::slice::from_raw_parts((*dst.src[1]).data as *const i32, 4 * dst.ne[1] as usize);
+        let n = dst.ne[0] as usize;
+        let (n1, n2) = (dst.ne[1] as usize, dst.ne[2] as usize);
+        let rows = n1 * n2 * dst.ne[3] as usize;
+        for r in (ith as usize..rows).step_by(nth as usize) {
+            let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
+            let at = (dst.data as *mut u8).add(i1 * dst.nb[1] + i2 * dst.nb[2] + i3 * dst.nb[3]);
+            let row = std::slice::from_raw_parts_mut(at as *mut f32, n);
+            kernels::softmax_spans(row, clamped_spans(&spans[4 * i1..4 * i1 + 4], n), scale);
+        }
+    }
+}
+
+/// Bounds [a0, a1, b0, b1] as two ordered, disjoint ranges inside 0..n.
+fn clamped_spans(b: &[i32], n: usize) -> [std::ops::Range<usize>; 2] {
+    let at = |i: usize, lo: usize| (b[i].max(0) as usize).clamp(lo, n);
+    let a0 = at(0, 0);
+    let a1 = at(1, a0);
+    let b0 = at(2, a1);
+    [a0..a1, b0..at(3, b0)]
 }
 
 /// Sets the entries of every row (dim 0) of the f32 tensor `t` outside
