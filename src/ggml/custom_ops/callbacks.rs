@@ -312,12 +312,9 @@ pub(super) unsafe extern "C" fn softmax_spans_op(
         let dst = &*dst;
         let spans = std::slice::from_raw_parts((*dst.src[1]).data as *const i32, 4 * dst.ne[1] as usize);
         let n = dst.ne[0] as usize;
-        let (n1, n2) = (dst.ne[1] as usize, dst.ne[2] as usize);
-        let rows = n1 * n2 * dst.ne[3] as usize;
-        for r in (ith as usize..rows).step_by(nth as usize) {
-            let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
-            let at = (dst.data as *mut u8).add(i1 * dst.nb[1] + i2 * dst.nb[2] + i3 * dst.nb[3]);
-            let row = std::slice::from_raw_parts_mut(at as *mut f32, n);
+        for r in (ith as usize..n_rows(dst)).step_by(nth as usize) {
+            let i1 = r % dst.ne[1] as usize;
+            let row = std::slice::from_raw_parts_mut((dst.data as *mut u8).add(row_offset(dst, r)) as *mut f32, n);
             kernels::softmax_spans(row, clamped_spans(&spans[4 * i1..4 * i1 + 4], n), scale);
         }
     }
@@ -356,6 +353,18 @@ unsafe fn fill_outside(t: &sys::ggml_tensor, from: usize, to: usize, value: f32)
     }
 }
 
+/// Rows (dim 0 vectors) of `t`.
+fn n_rows(t: &sys::ggml_tensor) -> usize {
+    (t.ne[1] * t.ne[2] * t.ne[3]) as usize
+}
+
+/// Byte offset of row `r` of `t`, rows counted dim 1 fastest (strides
+/// honoured, so views work).
+fn row_offset(t: &sys::ggml_tensor, r: usize) -> usize {
+    let (n1, n2) = (t.ne[1] as usize, t.ne[2] as usize);
+    r % n1 * t.nb[1] + r / n1 % n2 * t.nb[2] + r / (n1 * n2) * t.nb[3]
+}
+
 /// The `mask_outside` op: each of ggml's `nth` threads takes every nth row.
 pub(super) unsafe extern "C" fn mask_outside_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
     // SAFETY: ggml calls this only for nodes built by `Context::mask_outside`:
@@ -367,11 +376,8 @@ pub(super) unsafe extern "C" fn mask_outside_op(dst: *mut sys::ggml_tensor, ith:
         let x = &*dst.src[0];
         let n = dst.ne[0] as usize;
         let (from, to) = range_of(dst, 1, n);
-        let (n1, n2) = (dst.ne[1] as usize, dst.ne[2] as usize);
-        let rows = n1 * n2 * dst.ne[3] as usize;
-        for r in (ith as usize..rows).step_by(nth as usize) {
-            let (i1, i2, i3) = (r % n1, r / n1 % n2, r / (n1 * n2));
-            let at = |t: &sys::ggml_tensor| (t.data as *mut u8).add(i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3]);
+        for r in (ith as usize..n_rows(dst)).step_by(nth as usize) {
+            let at = |t: &sys::ggml_tensor| (t.data as *mut u8).add(row_offset(t, r));
             let src = std::slice::from_raw_parts(at(x) as *const f32, n);
             let out = std::slice::from_raw_parts_mut(at(dst) as *mut f32, n);
             out.fill(f32::NEG_INFINITY);
