@@ -186,6 +186,11 @@ impl<'c> Tensor<'c> {
         unsafe { sys::ggml_nbytes(self.raw()) }
     }
 
+    /// Byte offset of a view into the tensor it views (0 for a tensor of its own).
+    pub fn view_offset(self) -> usize {
+        self.get().view_offs
+    }
+
     pub fn is_contiguous(self) -> bool {
         // SAFETY: pure query on a valid tensor.
         unsafe { sys::ggml_is_contiguous(self.raw()) }

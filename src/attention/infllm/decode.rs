@@ -100,7 +100,7 @@ impl InfllmAttention {
                 None => raw,
             };
             let rem_keys = g.permute(raw, [0, 2, 1, 3]);
-            let rem = mul_mat_capped(g, rem_keys, q_global, la);
+            let rem = mul_mat_capped(g, lt.operand(rem_keys), q_global, la);
             logits.push(lt.mask_outside(rem, ranges.remainder));
         }
         lt.join_rows(&logits)
@@ -136,7 +136,7 @@ impl InfllmAttention {
         }
         if parts.n_init > 0 {
             let init_values = lt.transposed(lt.init_v_t, parts.n_init, 0);
-            out = g.add(out, g.mul_mat(init_values, part(parts.n_init, off)));
+            out = g.add(out, g.mul_mat(init_values, lt.operand(part(parts.n_init, off))));
             off += parts.n_init;
         }
         if parts.n_rem > 0 {

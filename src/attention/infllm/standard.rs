@@ -62,7 +62,22 @@ impl<'a> LayerTensors<'a> {
         if !self.standard {
             return g.value_sums(vals_t, p, valid.map(|v| v.range));
         }
-        g.mul_mat(vals_t, g.cont(p))
+        g.mul_mat(self.operand(vals_t), g.cont(p))
+    }
+
+    /// `t` as a matmul operand on a device: copied when it is a view that
+    /// starts off the alignment a device may ask of a buffer binding.
+    /// Vulkan requires offsets of storage bindings to be multiples of
+    /// `minStorageBufferOffsetAlignment` (at most 256 by the spec), and
+    /// ggml-vulkan's matmul binds its operands where they start; Mesa
+    /// 22.3's lavapipe corrupted the heap when they did not
+    /// (docs/devices.md). The CPU path reads views in place.
+    pub fn operand(&self, t: Tensor<'a>) -> Tensor<'a> {
+        const DEVICE_BINDING_ALIGN: usize = 256;
+        match self.standard && !t.view_offset().is_multiple_of(DEVICE_BINDING_ALIGN) {
+            true => self.g.cont(t),
+            false => t,
+        }
     }
 
     /// A prompt step's global keys [hd, n, n_kv] f32, laid out for
