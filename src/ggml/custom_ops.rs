@@ -9,7 +9,8 @@ use std::ffi::c_int;
 use super::tensor::{Context, Tensor};
 use super::{kernels, sys, GgmlType};
 use callbacks::{
-    block_scores_op, block_values_op, key_scores_op, mask_outside_op, put_columns_op, softmax_spans_op, value_sums_op,
+    block_scores_op, block_values_op, key_scores_op, mask_outside_op, put_columns_op, softmax_spans_op, tile_values_op,
+    value_sums_op,
 };
 
 /// The signature of ggml's custom-op callbacks.
@@ -102,6 +103,28 @@ impl Context {
         // SAFETY: the sources were checked above and in `with_range`; the
         // threads share the (KV head, channel) pairs.
         unsafe { self.custom_f32([hd, group, n_kv, 1], &mut args, value_sums_op) }
+    }
+
+    /// Probabilities times values for a prompt tile: `vals_t` [n, hd, n_kv]
+    /// f16 (a row per channel; rows and heads may be strided), `p` [n, n_q,
+    /// n_head] f32 (unit element stride), query head h reading KV head
+    /// h / (n_head / n_kv). Result [hd, n_q, n_head] f32: `mul_mat(vals_t,
+    /// p)`, probabilities rounded to f16 as ggml's does
+    /// (`kernels::tile_values`).
+    pub fn tile_values<'a>(&'a self, vals_t: Tensor<'a>, p: Tensor<'a>) -> Tensor<'a> {
+        let [n, hd, n_kv, one] = vals_t.ne();
+        let [pn, n_q, n_head, p_one] = p.ne();
+        assert!(
+            vals_t.ty() == GgmlType::F16 && vals_t.nb()[0] == 2 && p.ty() == GgmlType::F32 && p.nb()[0] == 4,
+            "tile_values: f16 values and f32 probabilities with unit stride"
+        );
+        assert!(
+            pn == n && n_head % n_kv == 0 && one == 1 && p_one == 1,
+            "tile_values: shapes"
+        );
+        // SAFETY: the sources were checked above; the threads share each KV
+        // head's probability rows.
+        unsafe { self.custom_f32([hd, n_q, n_head, 1], &mut [vals_t.raw(), p.raw()], tile_values_op) }
     }
 
     /// `x` [n, ...] f32 (unit element stride) with every row's entries

@@ -1,11 +1,14 @@
 //! Kernels of our own, run as ggml custom ops (`Context::key_scores`,
-//! `value_sums`, `block_scores`, `block_values`, `softmax_spans`).
+//! `value_sums`, `tile_values`, `block_scores`, `block_values`,
+//! `softmax_spans`).
 //! Safe code on slices (but a prefetch hint); the op trampolines in `graph`
 //! hand them the data.
 
 mod softmax;
+mod tile_values;
 
 pub use softmax::softmax_spans;
+pub use tile_values::tile_values;
 
 /// Keys per tile: one vector register of f32 lanes on AVX-512, two on AVX2.
 pub const LANES: usize = 16;

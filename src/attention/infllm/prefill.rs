@@ -162,9 +162,9 @@ impl InfllmAttention {
         let pnb = probs.nb();
         let part = |n: usize, off: usize| g.view(probs, &[n as i64, tile.n_q as i64, nh], &[pnb[1], pnb[2]], off * 4);
         let p_local = part(tile.n_keys, 0);
-        let mut out = g.mul_mat(lt.operand(lt.transposed(lt.v_t, tile.n_keys, tile.lo)), p_local);
+        let mut out = lt.tile_value_sums(lt.transposed(lt.v_t, tile.n_keys, tile.lo), p_local);
         if let Some(v) = global.values {
-            out = g.add(out, g.mul_mat(v, lt.operand(part(global.n, tile.n_keys))));
+            out = g.add(out, lt.tile_value_sums(v, part(global.n, tile.n_keys)));
         }
         // Tiles overlap: graph order sums their masses.
         if self.p.topk > 0 {

@@ -65,6 +65,15 @@ impl<'a> LayerTensors<'a> {
         g.mul_mat(self.operand(vals_t), g.cont(p))
     }
 
+    /// A prompt tile's probabilities `p` [n, n_q, n_head] times the
+    /// transposed values `vals_t` [n, hd, n_kv] f16: [hd, n_q, n_head].
+    pub fn tile_value_sums(&self, vals_t: Tensor<'a>, p: Tensor<'a>) -> Tensor<'a> {
+        match self.standard {
+            false => self.g.tile_values(vals_t, p),
+            true => self.g.mul_mat(self.operand(vals_t), self.operand(p)),
+        }
+    }
+
     /// `t` as a matmul operand on a device: copied when it is a view that
     /// starts off the alignment a device may ask of a buffer binding.
     /// Vulkan requires offsets of storage bindings to be multiples of

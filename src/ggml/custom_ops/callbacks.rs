@@ -197,6 +197,43 @@ pub(super) unsafe extern "C" fn value_sums_op(dst: *mut sys::ggml_tensor, ith: c
     }
 }
 
+/// The `tile_values` op: each of ggml's `nth` threads takes its share of
+/// every KV head's probability rows (query heads by queries).
+pub(super) unsafe extern "C" fn tile_values_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
+    // SAFETY: ggml calls this only for nodes built by `Context::tile_values`,
+    // whose sources were checked there (f16 values [n, hd, n_kv] and f32
+    // probabilities [n, n_q, n_head], unit element strides) and which are
+    // allocated when the graph runs. Each slice below stays inside its
+    // tensor: values span one KV head's hd rows of n keys, probabilities one
+    // row of n, outputs one row of hd. Threads write disjoint rows of `dst`;
+    // nothing writes the sources.
+    unsafe {
+        let dst = &*dst;
+        let (v, p) = (&*dst.src[0], &*dst.src[1]);
+        let (n, hd, n_kv) = (v.ne[0] as usize, v.ne[1] as usize, v.ne[2] as usize);
+        let (n_q, n_head) = (p.ne[1] as usize, p.ne[2] as usize);
+        let rows = n_q * n_head / n_kv;
+        let (from, to) = (
+            rows * ith as usize / nth as usize,
+            rows * (ith as usize + 1) / nth as usize,
+        );
+        let row = v.nb[1] / 2;
+        for kv in 0..n_kv {
+            let vals = (v.data as *const u8).add(kv * v.nb[2]);
+            let vals = std::slice::from_raw_parts(vals as *const u16, (hd - 1) * row + n);
+            // Row r of this KV head: query head kv * group + r / n_q, query r % n_q.
+            let at = |t: &sys::ggml_tensor, r: usize| (kv * rows + r) / n_q * t.nb[2] + r % n_q * t.nb[1];
+            let probs: Vec<&[f32]> = (from..to)
+                .map(|r| std::slice::from_raw_parts((p.data as *const u8).add(at(p, r)) as *const f32, n))
+                .collect();
+            let mut out: Vec<&mut [f32]> = (from..to)
+                .map(|r| std::slice::from_raw_parts_mut((dst.data as *mut u8).add(at(dst, r)) as *mut f32, hd))
+                .collect();
+            kernels::tile_values(vals, row, &probs, &mut out);
+        }
+    }
+}
+
 /// The `key_scores` op, run by each of ggml's `nth` threads on its share
 /// of the keys (whole 16-key tiles).
 pub(super) unsafe extern "C" fn key_scores_op(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, _: *mut c_void) {
