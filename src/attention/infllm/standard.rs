@@ -78,9 +78,9 @@ impl<'a> LayerTensors<'a> {
     /// starts off the alignment a device may ask of a buffer binding.
     /// Vulkan requires offsets of storage bindings to be multiples of
     /// `minStorageBufferOffsetAlignment` (at most 256 by the spec), and
-    /// ggml-vulkan's matmul binds its operands where they start; Mesa
-    /// 22.3's lavapipe corrupted the heap when they did not
-    /// (docs/devices.md). The CPU path reads views in place.
+    /// ggml-vulkan's matmul binds its operands where they start (Khronos'
+    /// validation layer reported it, docs/devices.md). The CPU path reads
+    /// views in place.
     pub fn operand(&self, t: Tensor<'a>) -> Tensor<'a> {
         const DEVICE_BINDING_ALIGN: usize = 256;
         match self.standard && !t.view_offset().is_multiple_of(DEVICE_BINDING_ALIGN) {
