@@ -118,8 +118,9 @@ impl Context {
             vals_t.ty() == GgmlType::F16 && vals_t.nb()[0] == 2 && p.ty() == GgmlType::F32 && p.nb()[0] == 4,
             "tile_values: f16 values and f32 probabilities with unit stride"
         );
+        // The callback reads channel rows as u16 slices `nb[1] / 2` apart.
         assert!(
-            pn == n && n_head % n_kv == 0 && one == 1 && p_one == 1,
+            hd > 0 && vals_t.nb()[1].is_multiple_of(2) && pn == n && n_head % n_kv == 0 && one == 1 && p_one == 1,
             "tile_values: shapes"
         );
         // SAFETY: the sources were checked above; the threads share each KV
