@@ -112,9 +112,16 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Greedy decoding over the two servers against the CPU; returns the
-/// memory blocks formed (per layer).
-fn compare(attn: AttnMode, prompt_tokens: usize, n_decode: usize, block_cache: Option<usize>) -> usize {
+/// Greedy decoding over the two servers against the CPU, whose decode
+/// graph comes in `splits` parts; returns the memory blocks formed (per
+/// layer) and those copied into the device caches on demand.
+fn compare(
+    attn: AttnMode,
+    prompt_tokens: usize,
+    n_decode: usize,
+    block_cache: Option<usize>,
+    splits: usize,
+) -> (usize, usize) {
     let _one_at_a_time = common::exclusive();
     ggml::set_quiet_logs(true);
     let (_servers, devices) = two_servers();
@@ -128,10 +135,7 @@ fn compare(attn: AttnMode, prompt_tokens: usize, n_decode: usize, block_cache: O
     let tokens = remote.tokenizer().encode(&text, true, true);
     let prompt = &tokens[..prompt_tokens];
     let theirs = greedy_logits(&mut remote, prompt, n_decode);
-    // Embeddings on the CPU, then each server's layers, the last one's with
-    // the tied output head: attention runs where its layer is.
-    let splits = remote.graph_splits();
-    assert_eq!(splits, 3, "the decode graph's parts");
+    assert_eq!(remote.graph_splits(), splits, "the decode graph's parts");
     // The same ops on the CPU give the same logits; infllm's own kernels
     // (the CPU's InfLLM path) the same greedy tokens.
     // The servers keep weights in the file's layout, so the CPU does too
@@ -148,12 +152,15 @@ fn compare(attn: AttnMode, prompt_tokens: usize, n_decode: usize, block_cache: O
     eprintln!("{splits} splits, largest logit difference {diff}");
     assert_eq!(diff, 0.0, "logits differ from the same ops on the CPU");
     // (The engine goes before the servers: it frees its buffers there.)
-    remote.memory().blocks.map_or(0, |(n, _)| n)
+    let memory = remote.memory();
+    (memory.blocks.map_or(0, |(n, _)| n), memory.block_loads)
 }
 
 #[test]
 fn full_attention_split_over_two_servers_equals_the_cpu() {
-    compare(AttnMode::full(true), 100, 24, None);
+    // Embeddings on the CPU, then each server's layers, the last one's with
+    // the tied output head: attention runs where its layer is.
+    compare(AttnMode::full(true), 100, 24, None, 3);
 }
 
 /// Small InfLLM settings: blocks form and retrieval runs within 400 tokens.
@@ -171,18 +178,52 @@ fn small_infllm() -> InfllmParams {
 #[test]
 fn infllm_split_over_two_servers_equals_the_cpu() {
     let p = small_infllm();
-    let n_blocks = compare(AttnMode::Infllm(p), 300, 60, None);
+    let (n_blocks, loads) = compare(AttnMode::Infllm(p), 300, 60, None, 3);
     assert!(n_blocks > p.topk, "no retrieval: {n_blocks} blocks");
+    assert_eq!(loads, 0, "every block was in the cache");
 }
 
 #[test]
 fn infllm_past_the_device_block_cache_equals_the_cpu() {
     // Room for 3 blocks per layer on each server (SmolLM2, q8_0 blocks of
-    // 32 tokens: 14,208 bytes per layer, 15 layers per server); 6 form:
-    // once past the cache, blocks are read from host memory.
+    // 32 tokens: 14,208 bytes per layer, 15 layers per server); 6 form.
+    // Once past the cache, each layer scores its blocks on the CPU, which
+    // copies the picked blocks that are missing into the cache: two more
+    // parts per layer.
     let p = small_infllm();
-    let n_blocks = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208));
+    let n_layer = 30;
+    let (n_blocks, loads) = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208), 3 + 2 * n_layer);
     assert!(n_blocks > 3, "only {n_blocks} blocks: the cache was never exceeded");
+    assert!(loads > 0, "no block was copied into a cache");
+    eprintln!("{loads} blocks copied in on demand over {n_layer} layers");
+}
+
+#[test]
+fn a_rollback_past_the_device_block_cache_puts_each_block_back_in_its_slot() {
+    // As above: 3 blocks per layer fit. Back to 1 block after 6 formed and
+    // were copied around: the same continuation gives the same logits.
+    let _one_at_a_time = common::exclusive();
+    ggml::set_quiet_logs(true);
+    let (_servers, devices) = two_servers();
+    let mut e = engine(
+        AttnMode::Infllm(small_infllm()),
+        &split_over(&devices),
+        false,
+        Some(3 * 15 * 14_208),
+    );
+    let tokens = e.tokenizer().encode(&STORY.repeat(64), true, true);
+    e.eval(&tokens[..180], false, &mut |_, _| {}).unwrap();
+    let before = e.snapshot();
+    let blocks = |e: &Engine| e.memory().blocks.map_or(0, |(n, _)| n);
+    assert_eq!(blocks(&e), 1);
+    let first = greedy_logits(&mut e, &tokens[180..300], 40);
+    assert!(
+        blocks(&e) > 3 && e.memory().block_loads > 0,
+        "the cache was never outgrown"
+    );
+    e.rollback(&before).unwrap();
+    let again = greedy_logits(&mut e, &tokens[180..300], 40);
+    assert_eq!(max_diff(&first, &again), 0.0, "logits differ after the rollback");
 }
 
 #[test]

@@ -338,6 +338,7 @@ impl Attention for FullAttention {
             buffer_bytes: self.buffers.iter().map(Buffer::size).sum(),
             blocks: None,
             blocks_on_disk: None,
+            block_loads: 0,
         }
     }
 

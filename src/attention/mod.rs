@@ -75,6 +75,8 @@ pub struct MemoryReport {
     pub blocks: Option<(usize, usize)>,
     /// Bytes the blocks' file takes on disk (None: blocks in memory).
     pub blocks_on_disk: Option<u64>,
+    /// Blocks copied into device block caches on demand, all layers.
+    pub block_loads: usize,
 }
 
 /// One step's attention, declared by `Attention::begin`: what every layer's
@@ -163,9 +165,12 @@ impl std::fmt::Display for MemoryReport {
                 mib(self.buffer_bytes)
             )?,
         }
-        match self.blocks_on_disk {
-            Some(bytes) => write!(f, ", blocks on disk {:.1} MiB", bytes as f64 / (1 << 20) as f64),
-            None => Ok(()),
+        if let Some(bytes) = self.blocks_on_disk {
+            write!(f, ", blocks on disk {:.1} MiB", mib(bytes as usize))?;
+        }
+        match self.block_loads {
+            0 => Ok(()),
+            n => write!(f, ", {n} blocks copied into device caches on demand"),
         }
     }
 }

@@ -103,6 +103,14 @@ impl HostArena {
         })
     }
 
+    /// Makes ggml's scheduler run the ops that read this memory on the CPU,
+    /// as it does for weights in host memory, instead of copying all of it
+    /// to the device of the op's neighbours at every step.
+    pub fn keep_readers_on_cpu(&self) {
+        // SAFETY: a buffer this arena owns; its usage only steers scheduling.
+        unsafe { sys::ggml_backend_buffer_set_usage(self.buffer.as_ptr(), sys::GGML_BACKEND_BUFFER_USAGE_WEIGHTS) }
+    }
+
     /// Moves the arena to `file`, at space `alloc` gives: its first
     /// `used` bytes are written there, then the file is mapped over the
     /// arena's addresses. `keep`: the arena is append-only there.

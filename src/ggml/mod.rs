@@ -10,6 +10,8 @@
 //! - `backend`: backends, buffers, and the scheduler that runs a graph
 //!   over them.
 //! - `arena`: growable host memory for InfLLM's block store.
+//! - `row_cache`: device copies of host rows filled on demand (InfLLM's
+//!   block cache past its size), least recently used out.
 //! - `quant`: row quantization with ggml's kernels.
 //! - `kernels`: kernels of our own, run as custom ops (safe code).
 //! - `reference`: llama.cpp's own `llama_*` API, used only by tests and the
@@ -25,6 +27,7 @@ mod kernels;
 mod ops;
 mod quant;
 pub mod reference;
+mod row_cache;
 mod tensor;
 mod types;
 
@@ -36,6 +39,7 @@ pub use device::{add_rpc_server, exit_on_ggml_abort, serve_rpc, BufferType, Devi
 pub use kernels::LANES as ROW_TILE;
 pub use ops::{RopeParams, ROPE_NEOX, ROPE_NORMAL};
 pub use quant::{dequantize, quantize};
+pub use row_cache::RowCache;
 pub use tensor::{Context, Graph, GraphId, Tensor, TensorId};
 pub use types::{type_by_name, type_info, GgmlType, TypeInfo, UnknownType};
 

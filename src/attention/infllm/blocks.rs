@@ -1,7 +1,9 @@
 //! The memory of one layer: evicted blocks with their K and V quantized in
 //! host memory, and one representative key per block for retrieval. A
-//! layer on a device also keeps a copy of the first blocks there (its
-//! block cache), so that retrieval and attention read device memory.
+//! layer on a device also keeps copies of blocks there (its block cache):
+//! the first ones while they fit, so that retrieval and attention read
+//! device memory; past its size, the blocks retrieval picks, least
+//! recently used out (`RowCache`), while retrieval scores on the CPU.
 //! Keys and values can move to a file (`spill_to`, see `spill`); the
 //! representative keys, read whole at every step, stay in memory.
 
@@ -13,7 +15,7 @@ use super::spill::BlockFile;
 
 use crate::attention::state::{Section, StateReader};
 use crate::ggml::{
-    dequantize, quantize, type_info, Buffer, Context, Device, GgmlType, HostArena, Tensor, TensorId, PIECE_ALIGN,
+    dequantize, quantize, type_info, Context, Device, GgmlType, HostArena, RowCache, Tensor, PIECE_ALIGN,
 };
 
 /// Bytes of one representative key value (f16: retrieval reads every
@@ -74,18 +76,9 @@ pub struct BlockStore {
     /// Each block's K and V checksums (xxh3-64): a session that names a
     /// kept block file lists them, and loading checks the file against them.
     sums: Vec<[u64; 2]>,
-    /// The device's copy of the first blocks (None on the CPU).
-    cache: Option<DeviceBlocks>,
-}
-
-/// Blocks [0, cap) of a store in device memory, in the store's layouts.
-struct DeviceBlocks {
-    // Field order: the buffers hold the context's tensors.
-    _buffers: Vec<Buffer>,
-    ctx: Context,
-    /// K, V, representative keys: [row bytes' values, cap] each.
-    parts: [TensorId; 3],
-    cap: usize,
+    /// The device's copies of blocks, in the store's layouts: K, V and
+    /// representative keys (None on the CPU).
+    cache: Option<RowCache>,
 }
 
 impl BlockStore {
@@ -103,10 +96,10 @@ impl BlockStore {
         })
     }
 
-    /// Keeps a copy of the first blocks in `device`'s memory, at most
-    /// `cap` of them (fewer where the device takes no tensor that large):
-    /// steps read blocks from there while the text fits.
-    pub fn cache_on(&mut self, device: Device, cap: usize) -> anyhow::Result<()> {
+    /// Keeps copies of blocks in `device`'s memory, at most `cap` of them
+    /// (fewer where the device takes no tensor that large; none if fewer
+    /// than `min`, the blocks one step reads).
+    pub fn cache_on(&mut self, device: Device, cap: usize, min: usize) -> anyhow::Result<()> {
         let buft = device.buffer_type()?;
         let fits = |cap| {
             let ctx = Context::new(3, 0);
@@ -119,22 +112,15 @@ impl BlockStore {
         while cap > 0 && !fits(cap) {
             cap /= 2;
         }
-        if cap == 0 {
+        if cap == 0 || cap < min {
             return Ok(());
         }
         let ctx = Context::new(3, 0);
-        let tensors = self.cache_tensors(&ctx, cap);
-        let buffers = tensors
-            .iter()
-            .map(|&t| Buffer::alloc_tensors(buft, &[t]))
-            .collect::<anyhow::Result<_>>()?;
-        let parts = tensors.map(|t| ctx.id(t));
-        self.cache = Some(DeviceBlocks {
-            _buffers: buffers,
-            ctx,
-            parts,
-            cap,
-        });
+        let parts = self.cache_tensors(&ctx, cap).map(|t| ctx.id(t)).to_vec();
+        self.cache = Some(RowCache::new(buft, ctx, parts)?);
+        // Scoring past the cache reads every representative key: on the
+        // CPU, where they are, rather than copied over at every step.
+        self.repr.keep_readers_on_cpu();
         self.upload(0, self.len);
         Ok(())
     }
@@ -148,34 +134,67 @@ impl BlockStore {
         [0, 1, 2].map(|i| ctx.new_tensor(types[i], &[rows[i], cap as i64]))
     }
 
-    /// Copies blocks [from, to) into the device cache, as far as it reaches.
+    /// Copies blocks [from, to) into the cache slots of the same numbers,
+    /// as far as the cache reaches.
     fn upload(&self, from: usize, to: usize) {
         let Some(c) = &self.cache else { return };
-        let to = to.min(c.cap);
+        let to = to.min(c.cap());
+        if from >= to {
+            return;
+        }
         let sizes = self.block_part_bytes();
         let host = [&self.k, &self.v, &self.repr];
-        for i in 0..3 {
-            if from < to {
-                let bytes = host[i].slice(from * sizes[i], (to - from) * sizes[i]);
-                c.ctx.tensor(c.parts[i]).write_bytes(from * sizes[i], bytes);
+        let bytes: Vec<&[u8]> = (0..3)
+            .map(|i| host[i].slice(from * sizes[i], (to - from) * sizes[i]))
+            .collect();
+        c.put_in_place(from, to - from, &bytes);
+    }
+
+    /// The cache once the blocks outgrow it (steps then gather through
+    /// `slots`).
+    fn outgrown_cache(&self) -> Option<&RowCache> {
+        self.cache.as_ref().filter(|c| self.len > c.cap())
+    }
+
+    /// Part `i` of the blocks as a tensor [row, n]: all blocks so far from
+    /// the device cache when it holds them in place; past it, K and V are
+    /// the cache's slots (indexed by `slots`), the representative keys the
+    /// host's; without a cache, the host store's.
+    fn part_tensor<'a>(&'a self, ctx: &'a Context, i: usize, ty: GgmlType, row: usize) -> Tensor<'a> {
+        match &self.cache {
+            Some(c) if self.len <= c.cap() => {
+                let t = c.part(i);
+                ctx.view(t, &[row as i64, self.len as i64], &[t.nb()[1]], 0)
             }
+            Some(c) if i < 2 => c.part(i),
+            _ => self.host_part(ctx, i, ty, row),
         }
     }
 
-    /// Part `i` of the blocks so far as a tensor [row, len]: the device
-    /// cache's when it holds them all, else the host store's.
-    fn part_tensor<'a>(&'a self, ctx: &'a Context, i: usize, ty: GgmlType, row: usize) -> Tensor<'a> {
-        match &self.cache {
-            Some(c) if self.len <= c.cap => {
-                let t = c.ctx.tensor(c.parts[i]);
-                ctx.view(t, &[row as i64, self.len as i64], &[t.nb()[1]], 0)
-            }
-            _ => {
-                let t = ctx.new_tensor(ty, &[row as i64, self.len as i64]);
-                [&self.k, &self.v, &self.repr][i].place(t, 0);
-                t
-            }
-        }
+    /// Part `i` of the blocks so far in host memory: [row, len].
+    fn host_part<'a>(&'a self, ctx: &'a Context, i: usize, ty: GgmlType, row: usize) -> Tensor<'a> {
+        let t = ctx.new_tensor(ty, &[row as i64, self.len as i64]);
+        [&self.k, &self.v, &self.repr][i].place(t, 0);
+        t
+    }
+
+    /// Where blocks `ids` (I32 [n], distinct) lie in `k_tensor` and
+    /// `v_tensor`: the ids themselves, or past the device cache the slots
+    /// that the step's `resident` op copies missing blocks into.
+    pub fn slots<'a>(&'a self, ctx: &'a Context, ids: Tensor<'a>) -> Tensor<'a> {
+        let Some(c) = self.outgrown_cache() else { return ids };
+        let s = self.shape;
+        let host = [
+            self.host_part(ctx, 0, s.type_k, s.block_values()),
+            self.host_part(ctx, 1, s.type_v, s.block_values()),
+            self.host_part(ctx, 2, GgmlType::F16, s.repr_len()),
+        ];
+        ctx.resident(ids, &host, c)
+    }
+
+    /// Blocks copied into the device cache on demand so far.
+    pub fn cache_loads(&self) -> usize {
+        self.cache.as_ref().map_or(0, RowCache::loads)
     }
 
     pub fn len(&self) -> usize {
@@ -199,6 +218,13 @@ impl BlockStore {
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
         self.sums.truncate(self.len);
+        if let Some(c) = &self.cache {
+            c.forget_from(self.len);
+            // Back within the cache: each block in its own slot again.
+            if self.len <= c.cap() && !c.in_place(self.len) {
+                self.upload(0, self.len);
+            }
+        }
     }
 
     /// The stored bytes: keys, values, representative keys.

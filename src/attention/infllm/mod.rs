@@ -300,6 +300,7 @@ impl Attention for Infllm {
             buffer_bytes: self.all().map(|a| a.window_bytes()).sum(),
             blocks: Some((self.memory.n_blocks(), self.memory.block_bytes())),
             blocks_on_disk: self.memory.blocks_on_disk(),
+            block_loads: self.memory.block_loads(),
         }
     }
 

@@ -55,9 +55,10 @@ impl InfllmAttention {
         g.reshape(out, &[hd * nh, t])
     }
 
-    /// Indices of the blocks the step attends: all of them when they are
-    /// at most top-k, else the top-k by their representative keys' dot
-    /// product with `query()` [hd * n_head, 1]. None without blocks.
+    /// Where the blocks the step attends lie in the layer's block tensors
+    /// (`BlockStore::slots`): all blocks when they are at most top-k, else
+    /// the top-k by their representative keys' dot product with `query()`
+    /// [hd * n_head, 1]. None without blocks.
     pub(super) fn select_blocks<'a>(
         &'a self,
         step: &mut Step<'a>,
@@ -67,7 +68,7 @@ impl InfllmAttention {
     ) -> Option<Tensor<'a>> {
         let g = lt.g;
         (inp.n_selected > 0).then(|| {
-            inp.all_blocks.unwrap_or_else(|| {
+            let ids = inp.all_blocks.unwrap_or_else(|| {
                 let query = query();
                 if self.tracing(inp.n_blocks) {
                     self.record_scores(step, lt, query);
@@ -78,7 +79,8 @@ impl InfllmAttention {
                     Some(_) => in_text_order(g, ids),
                     None => ids,
                 }
-            })
+            });
+            lt.blocks.slots(g, ids)
         })
     }
 

@@ -109,7 +109,7 @@ impl InfllmAttention {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let buffers = alloc_per_layer(&ctx, &per_layer, &bufts)?;
         if p.topk > 0 {
-            cache_blocks(&mut layers, places, block_cache, max_blocks)?;
+            cache_blocks(&mut layers, places, block_cache, (max_blocks, p.topk))?;
         }
         Ok(Self {
             p,
@@ -151,6 +151,11 @@ impl InfllmAttention {
     /// Bytes of quantized block memory (all layers).
     pub fn block_bytes(&self) -> usize {
         self.layers.iter().map(|l| l.blocks.bytes()).sum()
+    }
+
+    /// Blocks copied into device block caches on demand (all layers).
+    pub fn block_loads(&self) -> usize {
+        self.layers.iter().map(|l| l.blocks.cache_loads()).sum()
     }
 
     /// Bytes of the fixed-size buffers (window, initial tokens; all layers).
@@ -396,12 +401,13 @@ fn window_tensors(ctx: &Context, il: usize, p: &InfllmParams, shape: BlockShape,
 }
 
 /// Gives each layer on a device a block cache there: `budget` bytes per
-/// device (default: a quarter of its free memory), shared by its layers.
+/// device (default: a quarter of its free memory), shared by its layers;
+/// at most the blocks the text can form, at least the `topk` one step reads.
 fn cache_blocks(
     layers: &mut [LayerStore],
     places: &[LayerPlace],
     budget: Option<usize>,
-    max_blocks: usize,
+    (max_blocks, topk): (usize, usize),
 ) -> anyhow::Result<()> {
     for (il, place) in places.iter().enumerate() {
         let Some(device) = place.device else { continue };
@@ -410,7 +416,7 @@ fn cache_blocks(
         let per_block = layers[il].blocks.shape().bytes_per_block();
         let cap = (budget / sharing / per_block).min(max_blocks);
         if cap > 0 {
-            layers[il].blocks.cache_on(device, cap)?;
+            layers[il].blocks.cache_on(device, cap, topk)?;
         }
     }
     Ok(())
