@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::process::Command;
 
 use clap::CommandFactory;
-use infllm::cli::llama_flags::{LlamaFlag, Tools, C, LLAMA_FLAGS, P, S};
+use infllm::cli::llama_flags::{LlamaFlag, Tools, B, C, LLAMA_FLAGS, P, S};
 use infllm::cli::{self, args::reaches, Cli, ParseError};
 
 fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, String> {
@@ -235,6 +235,34 @@ fn every_llama_server_and_perplexity_flag_works_or_is_refused_in_one_line() {
     assert!(served > 40, "only {served} llama-server names work");
     let perplexity = walk(P, &["perplexity", "-f", "README.md"]);
     assert!(perplexity > 30, "only {perplexity} llama-perplexity names work");
+}
+
+#[test]
+fn every_llama_bench_flag_works_or_is_refused_in_one_line() {
+    let supported = walk(B, &["bench"]);
+    assert!(supported >= 10, "only {supported} llama-bench names work");
+    let b = parse(&[
+        "bench",
+        "-ngl",
+        "99",
+        "-dev",
+        "none",
+        "-rpc",
+        "127.0.0.1:1",
+        "-ctk",
+        "q4_0",
+        "-ts",
+        "1,1",
+    ])
+    .unwrap();
+    let Some(cli::Command::Bench(b)) = b.command else {
+        panic!("not bench")
+    };
+    assert!(b.devices.n_gpu_layers.is_some());
+    assert_eq!(b.devices.device.as_deref(), Some("none"));
+    assert_eq!(b.devices.rpc.as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(b.devices.tensor_split, [1.0, 1.0]);
+    assert_eq!(parse(&["bench", "-nkvo", "1"]).unwrap_err(), unsupported("-nkvo"));
 }
 
 #[test]

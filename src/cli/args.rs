@@ -1,5 +1,6 @@
 //! The command line read as llama.cpp reads it, then handed to clap: every
 //! llama.cpp name of a flag infllm has reaches that flag (`-tb`, `-ngl`,
+//! and llama-bench's for `infllm bench`,
 //! `--n_predict`, `--temperature`), a flag's value is taken whole even when
 //! it starts with a dash (`--temp -1`, `-p "-x"`), a llama.cpp flag infllm
 //! lacks is one clear error, and `LLAMA_ARG_*` variables set the flags they
@@ -11,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 
 use clap::Command;
 
-use super::llama_flags::{LlamaFlag, Tools, C, LLAMA_FLAGS, P, S};
+use super::llama_flags::{LlamaFlag, Tools, B, C, LLAMA_FLAGS, P, S};
 
 /// How many values a clap flag takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +79,7 @@ fn tools_of(command: &str) -> Tools {
         "serve" => S,
         "perplexity" => P,
         "infllm" => C,
+        "bench" => B,
         _ => 0,
     }
 }

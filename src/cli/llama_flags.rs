@@ -13,6 +13,8 @@ pub const C: Tools = 1;
 pub const S: Tools = 2;
 /// llama-perplexity (`infllm perplexity`).
 pub const P: Tools = 4;
+/// llama-bench (`infllm bench`): its own parser, not arg.cpp's.
+pub const B: Tools = 8;
 
 /// One llama.cpp flag.
 #[derive(Debug)]
@@ -341,4 +343,32 @@ pub const LLAMA_FLAGS: &[LlamaFlag] = &[
     flag(&["--vision-gemma-4b-default"], &[], SWITCH, None, S),
     flag(&["--vision-gemma-12b-default"], &[], SWITCH, None, S),
     flag(&["--spec-default"], &[], SWITCH, None, S),
+    // llama-bench's test parameters (tools/llama-bench) whose names clap
+    // cannot read (`-ngl` would be `-n gl`) or that `infllm bench` lacks.
+    flag(&["-pg"], &[], VALUE, None, B),
+    flag(&["-b", "--batch-size"], &[], VALUE, None, B),
+    flag(&["-ub", "--ubatch-size"], &[], VALUE, None, B),
+    flag(&["-ctk", "--cache-type-k"], &[], VALUE, None, B),
+    flag(&["-ctv", "--cache-type-v"], &[], VALUE, None, B),
+    flag(&["-dt", "--defrag-thold"], &[], VALUE, None, B),
+    flag(&["-C", "--cpu-mask"], &[], VALUE, None, B),
+    flag(&["--cpu-strict"], &[], VALUE, None, B),
+    flag(&["--poll"], &[], VALUE, None, B),
+    flag(&["-ngl", "--n-gpu-layers"], &[], VALUE, None, B),
+    flag(&["-ncmoe", "--n-cpu-moe"], &[], VALUE, None, B),
+    flag(&["-rpc", "--rpc"], &[], VALUE, None, B),
+    flag(&["-sm", "--split-mode"], &[], VALUE, None, B),
+    flag(&["-mg", "--main-gpu"], &[], VALUE, None, B),
+    flag(&["-nkvo", "--no-kv-offload"], &[], VALUE, None, B),
+    flag(&["-fa", "--flash-attn"], &[], VALUE, None, B),
+    flag(&["-dev", "--device"], &[], VALUE, None, B),
+    flag(&["-mmp", "--mmap"], &[], VALUE, None, B),
+    flag(&["-embd", "--embeddings"], &[], VALUE, None, B),
+    flag(&["-ts", "--tensor-split"], &[], VALUE, None, B),
+    flag(&["-ot", "--override-tensors"], &[], VALUE, None, B),
+    flag(&["-nopo", "--no-op-offload"], &[], VALUE, None, B),
+    flag(&["--prio"], &[], VALUE, None, B),
+    flag(&["--delay"], &[], VALUE, None, B),
+    flag(&["-oe", "--output-err"], &[], VALUE, None, B),
+    flag(&["--progress"], &[], SWITCH, None, B),
 ];
