@@ -72,6 +72,8 @@ fn out_of_range_numeric_flags_give_one_line_and_exit_1() {
         (&["-ts", "nan"], "--tensor-split"),
         (&["-ts", "1,-1"], "--tensor-split"),
         (&["--block-cache", "16777217"], "--block-cache"),
+        (&["--block-cache", "-0.5"], "--block-cache"),
+        (&["--block-cache", "inf"], "--block-cache"),
         (&["-t", "1x"], "--threads"),
         (&["passkey", "--tokens", "0"], "--tokens"),
         (&["passkey", "--junk", "1000001"], "--junk"),

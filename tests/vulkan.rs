@@ -233,11 +233,33 @@ fn full_attention_on_vulkan_generates_the_cpus_text() {
 /// ~300-token prompt forms blocks, and each step retrieves among them.
 #[test]
 fn infllm_on_vulkan_generates_the_cpus_text() {
+    let err = infllm_same_text_as_the_cpu(&[]);
+    assert!(
+        !err.contains("on demand"),
+        "the blocks outgrew the device cache:\n{err}"
+    );
+}
+
+/// The same with room for 2 blocks per layer on the device (0.05 MiB, 9,216
+/// bytes per block and layer): past them, the blocks each step retrieves
+/// are copied in while its graph runs.
+#[test]
+fn infllm_past_the_vulkan_block_cache_generates_the_cpus_text() {
+    let err = infllm_same_text_as_the_cpu(&["--block-cache", "0.05"]);
+    assert!(
+        err.contains("blocks copied into device caches on demand"),
+        "no block was copied into the device cache:\n{err}"
+    );
+}
+
+/// `same_text_as_the_cpu` for the small InfLLM settings above plus `more`;
+/// checks that the prompt forms more blocks than are retrieved.
+fn infllm_same_text_as_the_cpu(more: &[&str]) -> String {
     let [n_init, n_local, block, topk]: [usize; 4] = [4, 64, 32, 2];
     let flags = [n_init, n_local, block, topk, block].map(|n| n.to_string());
     let names = ["--n-init", "--n-local", "--block-size", "--topk", "--chunk"];
     let attn: Vec<&str> = names.iter().zip(&flags).flat_map(|(f, v)| [*f, v.as_str()]).collect();
-    let err = same_text_as_the_cpu(&[&["--attn", "infllm"], &attn[..]].concat());
+    let err = same_text_as_the_cpu(&[&["--attn", "infllm"], &attn[..], more].concat());
     let prompt: usize = err
         .split("prompt = ")
         .nth(1)
@@ -248,4 +270,5 @@ fn infllm_on_vulkan_generates_the_cpus_text() {
         blocks > topk,
         "{prompt} tokens form {blocks} blocks: retrieval does not choose"
     );
+    err
 }

@@ -389,7 +389,7 @@ fn bench_ours(
         n_threads: threads,
         n_ctx: plan.n_ctx(depth),
         n_ubatch: 512,
-        block_cache: a.devices.block_cache.map(|mib| mib << 20),
+        block_cache: a.devices.block_cache,
         standard_ops: false,
     };
     reset_peak_rss();

@@ -58,10 +58,11 @@ pub struct DeviceArgs {
     /// Repack CPU weights for ggml's faster kernels where it can [default]
     #[arg(long = "repack", overrides_with = "no_repack", help_heading = "Devices")]
     pub repack: bool,
-    /// Device memory for InfLLM's memory blocks, MiB per device,
-    /// 0..=16777216 [default: a quarter of the device's free memory]; blocks
-    /// past it are read from host memory
-    #[arg(long = "block-cache", value_name = "MiB", value_parser = limits::count(0, MAX_BLOCK_CACHE_MIB),
+    /// Device memory for InfLLM's memory blocks, MiB per device (fractions
+    /// allowed), 0..=16777216 [default: a quarter of the device's free
+    /// memory]; past it, the blocks retrieved most recently
+    // Parsed into bytes.
+    #[arg(long = "block-cache", value_name = "MiB", value_parser = limits::mib_bytes(MAX_BLOCK_CACHE_MIB),
           help_heading = "Devices")]
     pub block_cache: Option<usize>,
     /// RPC servers to offload to (`infllm rpc-server` or llama.cpp's)

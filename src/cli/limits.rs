@@ -40,6 +40,15 @@ pub fn share(s: &str) -> Result<f32, String> {
     }
 }
 
+/// Mebibytes (`--block-cache`), fractions allowed: a finite number in
+/// `0..=max`, returned in bytes.
+pub fn mib_bytes(max: u64) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s: &str| match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=max as f64).contains(&v) => Ok((v * (1u64 << 20) as f64).round() as usize),
+        _ => Err(format!("{s} is not a number of MiB in 0..={max}")),
+    }
+}
+
 /// The threads to start for `-t n` (None: all cores): at most the cores.
 pub fn threads(asked: Option<usize>) -> usize {
     let cores = super::default_threads();

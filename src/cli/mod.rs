@@ -143,7 +143,7 @@ impl RunArgs {
             n_threads: limits::threads(self.threads),
             n_ctx: self.ctx_size.unwrap_or(4096),
             n_ubatch: self.ubatch_size.min(self.batch_size).max(1),
-            block_cache: self.devices.block_cache.map(|mib| mib << 20),
+            block_cache: self.devices.block_cache,
             standard_ops: false,
         })
     }
