@@ -135,10 +135,6 @@ pub struct RowCache {
     shared: Box<Shared>,
 }
 
-// SAFETY: the context and buffers are owned and used by one thread at a
-// time; `Shared` is Sync (above).
-unsafe impl Send for RowCache {}
-
 impl RowCache {
     /// Allocates `parts` (tensors of `ctx`, each [values per row, cap]) in
     /// buffers of `buft`; every slot starts empty.
