@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::backend::Buffer;
@@ -26,6 +25,8 @@ pub struct SlotTable {
     used: Vec<u64>,
     by_use: BTreeMap<u64, usize>,
     clock: u64,
+    /// Rows `assign` has asked to copy in, in all.
+    copies: usize,
 }
 
 impl SlotTable {
@@ -38,6 +39,7 @@ impl SlotTable {
             by_use: used.iter().map(|&u| (u, u as usize)).collect(),
             used,
             clock: cap as u64,
+            copies: 0,
         }
     }
 
@@ -99,6 +101,7 @@ impl SlotTable {
             slots[i] = s;
             copies.push((rows[i], s));
         }
+        self.copies += copies.len();
         copies
     }
 }
@@ -108,8 +111,6 @@ struct Shared {
     table: Mutex<SlotTable>,
     /// The cache's device tensors (owned by `RowCache::ctx`).
     parts: Vec<*mut sys::ggml_tensor>,
-    /// Rows copied in by `resident` ops so far.
-    loads: AtomicUsize,
 }
 
 // SAFETY: the tensor pointers are only written through ggml's backend API
@@ -152,7 +153,6 @@ impl RowCache {
         let shared = Box::new(Shared {
             table: Mutex::new(SlotTable::new(cap)),
             parts: tensors.iter().map(|t| t.raw()).collect(),
-            loads: AtomicUsize::new(0),
         });
         Ok(Self {
             _buffers: buffers,
@@ -196,7 +196,7 @@ impl RowCache {
 
     /// Rows copied in by `resident` ops so far.
     pub fn loads(&self) -> usize {
-        self.shared.loads.load(Ordering::Relaxed)
+        self.shared.table().copies
     }
 }
 
@@ -276,7 +276,6 @@ unsafe extern "C" fn resident_op(dst: *mut sys::ggml_tensor, ith: c_int, _: c_in
                 sys::ggml_backend_tensor_set(part, from.cast(), slot * nb, nb);
             }
         }
-        shared.loads.fetch_add(copies.len(), Ordering::Relaxed);
         let out = std::slice::from_raw_parts_mut(dst.data.cast::<i32>(), n);
         for (o, s) in out.iter_mut().zip(slots) {
             *o = s as i32;
@@ -318,5 +317,6 @@ mod tests {
         // Holding a row elsewhere moves it.
         t.hold(3, 3);
         assert_eq!(assign(&mut t, &[3]), (vec![3], vec![]));
+        assert_eq!(t.copies, 3);
     }
 }

@@ -216,7 +216,10 @@ impl BlockStore {
     /// Forgets the blocks from `n` on (blocks are only ever appended, so a
     /// snapshot of the rest of the state goes back with this).
     pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
+        if n >= self.len {
+            return;
+        }
+        self.len = n;
         self.sums.truncate(self.len);
         if let Some(c) = &self.cache {
             c.forget_from(self.len);
