@@ -51,6 +51,7 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         type_v: f32_id,
         max_tokens: 1 << 16,
         tail_steps: 1,
+        tile_bytes: 16 << 20,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     }
@@ -605,6 +606,19 @@ fn tiled_chunks_with_memory_match_brute_force() {
     compare(p, &[256, 200, 256, 131, 1, 256, 256, 77, 256], 11);
 }
 
+/// Tiles of fewer queries, as long texts get (their logits kept within
+/// `tile_bytes`): up to 768 keys x 9 heads x 128 queries is 3.5 MB, so
+/// 2 MiB gives tiles of 64 and 256 KiB the floor, 32.
+#[test]
+fn smaller_query_tiles_match_brute_force() {
+    for tile_bytes in [2 << 20, 256 << 10] {
+        let mut p = params(16, 2);
+        p.chunk = 256;
+        p.tile_bytes = tile_bytes;
+        compare(p, &[256, 200, 256, 131, 1, 256, 256, 77, 256], 11);
+    }
+}
+
 /// Plain causal attention within a sliding window of `w` tokens (a query
 /// sees itself and the w - 1 tokens before it), at true positions.
 fn sliding_window_reference(w: usize, chunks: &[Chunk]) -> Vec<Vec<f32>> {
@@ -665,6 +679,7 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         type_v: f16,
         max_tokens: 1 << 16,
         tail_steps: 1,
+        tile_bytes: 16 << 20,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     };

@@ -144,6 +144,7 @@ fn tiled_scores<T: KeyValue>(keys: &[T], row: usize, q: &[f32], dim: usize, out:
     let mut tile = vec![[0f32; LANES]; dim];
     for i in (0..full).step_by(LANES) {
         for (c, t) in tile.iter_mut().enumerate() {
+            prefetch(keys, c * row + i + PREFETCH_KEYS);
             *t = to_f32(&keys[c * row + i..][..LANES]);
         }
         let mut j = 0;
@@ -172,7 +173,7 @@ fn tile_scores<const G: usize>(
         for (g, a) in acc.iter_mut().enumerate() {
             let qc = q[g * dim + c];
             for (a, k) in a.iter_mut().zip(k) {
-                *a += k * qc;
+                *a = fma(*k, qc, *a);
             }
         }
     }

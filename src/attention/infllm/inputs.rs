@@ -3,7 +3,7 @@
 //! tensors. Everything that moves from one decode step to the next is
 //! here, as data, so that one graph serves many steps.
 
-use super::layout::{Layout, QUERY_TILE};
+use super::layout::Layout;
 use super::{InfllmAttention, Retrieval};
 use crate::compute::Step;
 use crate::ggml::Tensor;
@@ -110,7 +110,7 @@ impl InfllmAttention {
         let standard = self.layers.iter().any(|l| l.standard_ops);
         let custom = self.layers.iter().any(|l| !l.standard_ops);
         let tiles = (0..n_tokens)
-            .step_by(QUERY_TILE)
+            .step_by(lay.query_tile)
             .map(|q0| self.tile(step, &lay, q0, Paths { custom, standard }))
             .collect();
         // Decode: within the keys from `lo_pos` on, the local ones are those
@@ -220,7 +220,7 @@ impl InfllmAttention {
     /// sees: as spans for our softmax, as an additive mask for the standard
     /// ops, each where `paths` asks, both from `visible_spans`.
     fn tile<'a>(&self, step: &mut Step<'a>, lay: &Layout, q0: usize, paths: Paths) -> Tile<'a> {
-        let n_q = QUERY_TILE.min(lay.n_tokens - q0);
+        let n_q = lay.query_tile.min(lay.n_tokens - q0);
         let lo_pos = lay.lo_pos(q0);
         let n_keys = lay.n_keys(q0);
         let width = n_keys + lay.n_fixed + lay.n_rem();

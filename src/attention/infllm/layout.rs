@@ -8,10 +8,13 @@ use super::{InfllmAttention, Role};
 /// consecutive steps share their graph.
 pub(super) const KEY_PAD: usize = 32;
 
-/// A chunk's queries attend in tiles of this many, each over only the
-/// local keys its queries can see: causal masking would otherwise waste
+/// A chunk's queries attend in tiles of at most this many, each over only
+/// the local keys its queries can see: causal masking would otherwise waste
 /// half the local work of a first chunk (and chunk / n_local of later ones).
-pub(super) const QUERY_TILE: usize = 128;
+const MAX_QUERY_TILE: usize = 128;
+/// Tiles are halved down to this many queries while their logits pass
+/// `InfllmParams::tile_bytes`.
+const MIN_QUERY_TILE: usize = 32;
 
 /// Where a step's keys lie: its tiles' local ranges and its global keys.
 /// Positions are token indices in the text.
@@ -29,6 +32,8 @@ pub(super) struct Layout {
     /// Whether tokens that left a query's window and are in no block stay
     /// visible to it (InfLLM), or are gone (a model's sliding window).
     pub remainder: bool,
+    /// Queries per tile (`with_fitting_tile`).
+    pub query_tile: usize,
 }
 
 /// The shape of a decode step's graph besides its input data: two decode
@@ -97,10 +102,22 @@ impl Layout {
         }
     }
 
+    /// This layout with the largest query tile, from `MAX_QUERY_TILE`
+    /// halving down to `MIN_QUERY_TILE`, whose logits for `n_head` heads
+    /// fit `bytes`.
+    fn with_fitting_tile(mut self, n_head: usize, bytes: usize) -> Self {
+        let local = (self.start + self.n_tokens - self.buffer_start).min(self.n_local + MAX_QUERY_TILE);
+        let keys = local + self.n_fixed + self.n_rem();
+        while self.query_tile > MIN_QUERY_TILE && self.query_tile * n_head * keys * 4 > bytes {
+            self.query_tile /= 2;
+        }
+        self
+    }
+
     /// Local keys (padded) of the tile starting at query `q0`; padding
     /// reaches into later, masked buffer slots, never past the buffer.
     pub fn n_keys(&self, q0: usize) -> usize {
-        let n_q = QUERY_TILE.min(self.n_tokens - q0);
+        let n_q = self.query_tile.min(self.n_tokens - q0);
         (self.start + q0 + n_q - self.lo_pos(q0)).next_multiple_of(KEY_PAD)
     }
 }
@@ -117,7 +134,9 @@ impl InfllmAttention {
             n_local: p.n_local,
             n_fixed: self.n_blocks().min(p.topk) * p.block_size + self.pos.n_init,
             remainder: self.role == Role::Memory,
+            query_tile: MAX_QUERY_TILE,
         }
+        .with_fitting_tile(self.shape.n_head, p.tile_bytes)
     }
 
     /// The shape of the next decode step's graph; none for a step that
@@ -133,5 +152,38 @@ impl InfllmAttention {
             cap: self.cap,
             traced: self.tracing(self.n_blocks()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prompt step of 512 tokens after `start`, SmolLM2's window.
+    fn prompt_at(start: usize, n_fixed: usize) -> Layout {
+        Layout {
+            start,
+            n_tokens: 512,
+            buffer_start: start.saturating_sub(4096),
+            remainder_start: start.saturating_sub(4096),
+            n_local: 4096,
+            n_fixed,
+            remainder: true,
+            query_tile: MAX_QUERY_TILE,
+        }
+    }
+
+    #[test]
+    fn tiles_shrink_while_their_logits_pass_the_budget() {
+        let fit = |l: Layout, n_head| l.with_fitting_tile(n_head, 16 << 20).query_tile;
+        // 512 keys x 9 heads x 128 queries: 2.4 MB.
+        assert_eq!(fit(prompt_at(0, 0), 9), 128);
+        // ~6.3K keys (window, 16 blocks of 128, initial tokens): 29 MB at 128.
+        let deep = || prompt_at(131_072, 16 * 128 + 128);
+        assert_eq!(fit(deep(), 9), 64);
+        // Gemma 3 270M's 4 heads: 13 MB at 128.
+        assert_eq!(fit(deep(), 4), 128);
+        // Many heads never go below the floor.
+        assert_eq!(fit(deep(), 64), MIN_QUERY_TILE);
     }
 }

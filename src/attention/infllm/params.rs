@@ -57,6 +57,13 @@ pub struct InfllmParams {
     /// prompt is stepped, not a shape of the state: not saved in sessions.
     #[serde(skip, default = "one")]
     pub tail_steps: usize,
+    /// Bytes a prompt tile's logits (f32, queries x heads x keys) may
+    /// take: tiles are halved from 128 queries down to 32 to stay within
+    /// it, so that the softmax and P·V find the logits in cache (pp512 at
+    /// 8K, 16 MiB: tiles of 128, 29 MB, 102 t/s; of 64, 129 t/s; of 32,
+    /// 126 t/s; docs/perf.md). How a prompt is computed: not saved.
+    #[serde(skip, default = "tile_logits_bytes")]
+    pub tile_bytes: usize,
     /// The distance at which a query sees the keys outside its window
     /// (None: `n_local - 1`, the reference's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +75,10 @@ pub struct InfllmParams {
 
 fn one() -> usize {
     1
+}
+
+fn tile_logits_bytes() -> usize {
+    16 << 20
 }
 
 impl InfllmParams {
@@ -87,6 +98,7 @@ impl InfllmParams {
             type_v: q8_0,
             max_tokens: NO_CAP_TOKENS,
             tail_steps: 1,
+            tile_bytes: tile_logits_bytes(),
             mem_distance: None,
             retrieval: Retrieval::Paper,
         };
