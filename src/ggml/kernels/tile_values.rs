@@ -76,7 +76,7 @@ fn token_major(vals: &[u16], row: usize, hd: usize, keys: Range<usize>, len: usi
     }
 }
 
-/// Prefetches every cache line of `s`.
+/// Prefetches every cache line of `s` (16 floats to a 64-byte line).
 fn prefetch_floats(s: &[f32]) {
     for i in (0..s.len()).step_by(16) {
         prefetch(s, i);
