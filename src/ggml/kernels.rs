@@ -296,7 +296,7 @@ fn add_rows<'a, const G: usize, const T: usize>(
         let end = (s0 + segment).min(row_bytes);
         for (r, out) in acc.iter_mut().enumerate() {
             let row = row(r);
-            prefetch_bytes(if end < row_bytes {
+            prefetch_lines(if end < row_bytes {
                 &row[end..(end + segment).min(row_bytes)]
             } else {
                 next(r)
@@ -314,10 +314,11 @@ fn add_rows<'a, const G: usize, const T: usize>(
     }
 }
 
-/// Prefetches every cache line of `s` (for a piece of at most a segment).
+/// Prefetches every cache line of `s` (a piece of a row: at most a
+/// segment, or a prompt tile's probabilities for one chunk of keys).
 #[inline(always)]
-fn prefetch_bytes(s: &[u8]) {
-    for i in (0..s.len()).step_by(64) {
+fn prefetch_lines<T>(s: &[T]) {
+    for i in (0..s.len()).step_by((64 / std::mem::size_of::<T>()).max(1)) {
         prefetch(s, i);
     }
     prefetch(s, s.len().saturating_sub(1)); // the last line, if the piece is not aligned

@@ -6,7 +6,7 @@
 //! `max_cached_block`). So only missing rows cross to the device, and the
 //! step's gathers read device memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -21,7 +21,9 @@ use super::GgmlType;
 pub struct SlotTable {
     held: Vec<Option<usize>>,
     slot_of: HashMap<usize, usize>,
-    /// Each slot's last use, and the slots by it (oldest first).
+    /// Slots that hold no row: taken before any row is evicted.
+    free: BTreeSet<usize>,
+    /// Each holding slot's last use, and those slots by it (oldest first).
     used: Vec<u64>,
     by_use: BTreeMap<u64, usize>,
     clock: u64,
@@ -32,18 +34,21 @@ pub struct SlotTable {
 impl SlotTable {
     /// `cap` empty slots; the first ones are used first.
     pub fn new(cap: usize) -> Self {
-        let used: Vec<u64> = (0..cap as u64).collect();
         Self {
             held: vec![None; cap],
             slot_of: HashMap::new(),
-            by_use: used.iter().map(|&u| (u, u as usize)).collect(),
-            used,
-            clock: cap as u64,
+            free: (0..cap).collect(),
+            used: vec![0; cap],
+            by_use: BTreeMap::new(),
+            clock: 0,
             copies: 0,
         }
     }
 
+    /// Marks `slot` used now. (A free slot's stale stamp is in no map:
+    /// stamps are never reused.)
     fn touch(&mut self, slot: usize) {
+        self.free.remove(&slot);
         self.by_use.remove(&self.used[slot]);
         self.used[slot] = self.clock;
         self.by_use.insert(self.clock, slot);
@@ -56,18 +61,25 @@ impl SlotTable {
             self.slot_of.remove(&old);
         }
         if let Some(moved_from) = self.slot_of.insert(row, slot) {
-            self.held[moved_from] = None;
+            self.empty(moved_from);
         }
         self.held[slot] = Some(row);
         self.touch(slot);
     }
 
+    /// Empties `slot`: free for the next missing row.
+    fn empty(&mut self, slot: usize) {
+        self.held[slot] = None;
+        self.by_use.remove(&self.used[slot]);
+        self.free.insert(slot);
+    }
+
     /// Forgets the rows from `n` on.
     pub fn forget_from(&mut self, n: usize) {
-        for held in &mut self.held {
-            if let Some(row) = held.filter(|&r| r >= n) {
+        for slot in 0..self.held.len() {
+            if let Some(row) = self.held[slot].filter(|&r| r >= n) {
                 self.slot_of.remove(&row);
-                *held = None;
+                self.empty(slot);
             }
         }
     }
@@ -78,8 +90,9 @@ impl SlotTable {
     }
 
     /// The slots of `rows` (distinct, at most the slot count): a held row
-    /// keeps its slot; every other one takes the least recently used slot
-    /// that none of `rows` holds. Returns the (row, slot) copies to make.
+    /// keeps its slot; every other one takes a free slot, else the least
+    /// recently used that none of `rows` holds. Returns the (row, slot)
+    /// copies to make.
     pub fn assign(&mut self, rows: &[usize], slots: &mut [usize]) -> Vec<(usize, usize)> {
         assert!(rows.len() <= self.held.len(), "more rows than slots");
         let mut missing = Vec::new();
@@ -96,7 +109,8 @@ impl SlotTable {
         // to take while fewer than `cap` rows have been placed.
         let mut copies = Vec::with_capacity(missing.len());
         for i in missing {
-            let (_, &s) = self.by_use.first_key_value().expect("a slot");
+            let oldest = || self.by_use.first_key_value().map(|(_, &s)| s);
+            let s = self.free.first().copied().or_else(oldest).expect("a slot");
             self.hold(rows[i], s);
             slots[i] = s;
             copies.push((rows[i], s));
@@ -311,12 +325,15 @@ mod tests {
     fn empty_slots_go_first_and_forgotten_rows_are_copied_again() {
         let mut t = SlotTable::new(4);
         assert_eq!(assign(&mut t, &[9, 3]), (vec![0, 1], vec![(9, 0), (3, 1)]));
+        assert_eq!(assign(&mut t, &[4, 2]), (vec![2, 3], vec![(4, 2), (2, 3)]));
+        assert_eq!(assign(&mut t, &[9]), (vec![0], vec![]));
         t.forget_from(5);
-        // Row 9 forgotten: copied again, into the oldest slot (2, never used).
-        assert_eq!(assign(&mut t, &[9]), (vec![2], vec![(9, 2)]));
-        // Holding a row elsewhere moves it.
-        t.hold(3, 3);
-        assert_eq!(assign(&mut t, &[3]), (vec![3], vec![]));
-        assert_eq!(t.copies, 3);
+        // Row 9 forgotten: copied again, into its emptied slot, the most
+        // recently used; slot 1 (row 3) was used longest ago.
+        assert_eq!(assign(&mut t, &[9]), (vec![0], vec![(9, 0)]));
+        // Holding a row elsewhere moves it and empties its old slot.
+        t.hold(3, 0);
+        assert_eq!(assign(&mut t, &[3, 7]), (vec![0, 1], vec![(7, 1)]));
+        assert_eq!(t.copies, 6);
     }
 }

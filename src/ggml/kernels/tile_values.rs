@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::{f16_bits_to_f32, fma, prefetch, LANES};
+use super::{f16_bits_to_f32, fma, prefetch_lines, LANES};
 
 /// Bytes of a chunk's values in f32: within L1, for every row block to reread.
 const CHUNK_BYTES: usize = 32 << 10;
@@ -47,7 +47,7 @@ pub fn tile_values(vals: &[u16], row: usize, p: &[&[f32]], out: &mut [&mut [f32]
             // The next rows' probabilities: each row is read a chunk at a
             // time, rows far apart, which the hardware does not foresee.
             let next = r1..(r1 + ROWS).min(p.len());
-            p[next].iter().for_each(|r| prefetch_floats(&r[keys.clone()]));
+            p[next].iter().for_each(|r| prefetch_lines(&r[keys.clone()]));
             let probs = rounded(&p[r0..r1], keys.clone());
             for j in 0..vecs {
                 let acc = row_block(&chunk[j * len..][..keys.len()], &probs);
@@ -73,13 +73,6 @@ fn token_major(vals: &[u16], row: usize, hd: usize, keys: Range<usize>, len: usi
         for (dst, &h) in chunk[c / LANES * len..].iter_mut().zip(src) {
             dst[c % LANES] = f16_bits_to_f32(h);
         }
-    }
-}
-
-/// Prefetches every cache line of `s` (16 floats to a 64-byte line).
-fn prefetch_floats(s: &[f32]) {
-    for i in (0..s.len()).step_by(16) {
-        prefetch(s, i);
     }
 }
 
