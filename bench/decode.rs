@@ -2,7 +2,8 @@
 //! on 2 cores; a session file holds that state, and each timing run reads it
 //! back in seconds, so old and new code can be compared at 128K many times
 //! over one fill. Default InfLLM settings (TYPE, e.g. q4_0: another type for
-//! the blocks' K and V than the default q8_0), the default model.
+//! the blocks' K and V than the default q8_0; COARSE_FROM: another
+//! `--coarse-from`), the default model.
 //!
 //!   [TYPE=q4_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
 //!   [TYPE=q4_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
@@ -25,6 +26,9 @@ use infllm::session::SessionFile;
 fn engine(threads: usize) -> anyhow::Result<Engine> {
     let model = Model::load(&ModelArgs { model: None }.path()?)?;
     let mut p = InfllmParams::defaults_for(model.hp.n_ctx_train);
+    if let Ok(n) = std::env::var("COARSE_FROM") {
+        p.coarse_from = n.parse()?;
+    }
     if let Ok(name) = std::env::var("TYPE") {
         let ty = type_by_name(&name).ok_or_else(|| anyhow::anyhow!("unknown type {name}"))?;
         (p.type_k, p.type_v) = (ty.id, ty.id);

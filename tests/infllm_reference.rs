@@ -52,6 +52,7 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         max_tokens: 1 << 16,
         tail_steps: 1,
         tile_bytes: 16 << 20,
+        coarse_from: 0,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     }
@@ -619,6 +620,27 @@ fn smaller_query_tiles_match_brute_force() {
     }
 }
 
+/// Retrieval in two passes (a q4_0 copy of the representative keys, then
+/// the best 4 x topk again in f16) from the 4th block on: over prompt
+/// chunks and hundreds of decode steps (up to 47 blocks, 8 candidates) it
+/// picks what one pass picks, so the outputs are the same to the bit on
+/// both op paths, and match the brute force. (That the coarse pass decides
+/// the candidates: the unit test in `coarse.rs`.)
+#[test]
+fn two_pass_retrieval_keeps_the_outputs() {
+    let mut sizes = vec![64; 16];
+    sizes.extend([1; 500]);
+    let data = chunks(&sizes, 5);
+    let one = params(16, 2);
+    let two = InfllmParams { coarse_from: 4, ..one };
+    for standard in [false, true] {
+        let (a, _) = run_engine(one, Role::Memory, &data, standard);
+        let (b, _) = run_engine(two, Role::Memory, &data, standard);
+        assert!(a == b, "standard ops {standard}: two passes changed the outputs");
+    }
+    compare(two, &sizes, 5);
+}
+
 /// Plain causal attention within a sliding window of `w` tokens (a query
 /// sees itself and the w - 1 tokens before it), at true positions.
 fn sliding_window_reference(w: usize, chunks: &[Chunk]) -> Vec<Vec<f32>> {
@@ -680,6 +702,7 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         max_tokens: 1 << 16,
         tail_steps: 1,
         tile_bytes: 16 << 20,
+        coarse_from: 0,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::limits::count;
+use super::limits::{count, MAX_TOKENS};
 
 use crate::attention::full::cache_type;
 use crate::attention::infllm::{BlockSpill, InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
@@ -138,6 +138,12 @@ pub struct AttnSettings {
     /// distance, or in text order (the order inside a block stays visible)
     #[arg(long, value_enum, help_heading = "Attention / InfLLM")]
     pub retrieval: Option<Retrieval>,
+    /// InfLLM: blocks per layer from which retrieval scores a q4_0 copy of
+    /// the representative keys first, then the best 4 x --topk again in
+    /// f16, 0..=16777216 (0: one f16 pass always) [default: 2048]
+    #[arg(long = "coarse-from", value_name = "BLOCKS", value_parser = count(0, MAX_TOKENS),
+          help_heading = "Attention / InfLLM")]
+    pub coarse_from: Option<usize>,
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
     pub flash_attn: Switch,
@@ -206,6 +212,7 @@ impl AttnSettings {
         p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
         p.mem_distance = self.mem_distance.or(p.mem_distance);
         p.retrieval = self.retrieval.unwrap_or(p.retrieval);
+        p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);
         p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local).min(window));

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use half::f16;
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::coarse::CoarseKeys;
 use super::spill::BlockFile;
 
 use crate::attention::state::{Section, StateReader};
@@ -72,6 +73,9 @@ pub struct BlockStore {
     k: HostArena,
     v: HostArena,
     repr: HostArena,
+    /// Their q4_0 copy, for retrieval past `InfllmParams::coarse_from`
+    /// blocks (None where a key is not whole q4_0 blocks).
+    coarse: Option<CoarseKeys>,
     len: usize,
     /// Each block's K and V checksums (xxh3-64): a session that names a
     /// kept block file lists them, and loading checks the file against them.
@@ -89,6 +93,7 @@ impl BlockStore {
             k: HostArena::reserve(shape.k_bytes() * max_blocks)?,
             v: HostArena::reserve(shape.v_bytes() * max_blocks)?,
             repr: HostArena::reserve(shape.repr_len() * REPR_BYTES * max_blocks)?,
+            coarse: CoarseKeys::new(shape.repr_len(), max_blocks)?,
             shape,
             len: 0,
             sums: Vec::new(),
@@ -121,6 +126,9 @@ impl BlockStore {
         // Scoring past the cache reads every representative key: on the
         // CPU, where they are, rather than copied over at every step.
         self.repr.keep_readers_on_cpu();
+        if let Some(c) = &self.coarse {
+            c.keep_readers_on_cpu();
+        }
         self.upload(0, self.len);
         Ok(())
     }
@@ -292,6 +300,7 @@ impl BlockStore {
         }
         self.sums = (0..n).map(|i| self.block_sums(i)).collect();
         self.len = n;
+        self.rebuild_coarse();
         self.upload(0, n);
         Ok(())
     }
@@ -386,6 +395,7 @@ impl BlockStore {
         }
         self.sums = sums;
         self.len = n;
+        self.rebuild_coarse();
         self.upload(0, n);
         Ok(())
     }
@@ -436,6 +446,9 @@ impl BlockStore {
         write_to(&mut self.k, i * s.k_bytes(), &k_q, file.as_deref_mut()).map_err(write_error)?;
         write_to(&mut self.v, i * s.v_bytes(), &v_q, file).map_err(write_error)?;
         write_to(&mut self.repr, i * r.len(), &r, None).map_err(write_error)?;
+        if let Some(c) = &mut self.coarse {
+            c.put(i, repr);
+        }
         self.sums.push([xxh3_64(&k_q), xxh3_64(&v_q)]);
         self.len += 1;
         self.upload(i, i + 1);
@@ -451,6 +464,27 @@ impl BlockStore {
     /// All blocks' transposed values as one tensor [block_values, len] of `type_v`.
     pub fn v_tensor<'a>(&'a self, ctx: &'a Context) -> Tensor<'a> {
         self.part_tensor(ctx, 1, self.shape.type_v, self.shape.block_values())
+    }
+
+    /// The q4_0 copy of the representative keys [repr_len, len], where
+    /// retrieval scores it first: from `from` blocks on (0: never), unless
+    /// a device cache holds every block (retrieval then runs there).
+    pub fn coarse_tensor<'a>(&'a self, ctx: &'a Context, from: usize) -> Option<Tensor<'a>> {
+        let on_device = self.cache.as_ref().is_some_and(|c| self.len <= c.cap());
+        let coarse = self
+            .coarse
+            .as_ref()
+            .filter(|_| from > 0 && self.len >= from && !on_device)?;
+        Some(coarse.tensor(ctx, self.len))
+    }
+
+    /// The coarse copy of the `len` blocks' representative keys, after
+    /// they were read (it is not saved).
+    fn rebuild_coarse(&mut self) {
+        let bytes = self.len * self.shape.repr_len() * REPR_BYTES;
+        if let Some(c) = &mut self.coarse {
+            c.rebuild(self.repr.slice(0, bytes));
+        }
     }
 
     /// Representative keys [repr_len, len], f16.
@@ -472,7 +506,8 @@ impl BlockStore {
         (k, dequantize(s.type_v, self.v.slice(i * s.v_bytes(), s.v_bytes()), n))
     }
 
-    /// Bytes in use.
+    /// Bytes in use (the blocks as saved; the coarse copy, 28% of the
+    /// representative keys' bytes, is left out).
     pub fn bytes(&self) -> usize {
         self.len * self.shape.bytes_per_block()
     }

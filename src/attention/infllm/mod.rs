@@ -22,6 +22,7 @@
 //! the engine runs one graph for many steps (`DecodeShape`).
 
 mod blocks;
+mod coarse;
 mod decode;
 mod inputs;
 mod layout;
@@ -35,6 +36,7 @@ mod views;
 mod window;
 
 pub use blocks::{representative_key, BlockShape, BlockStore};
+pub use coarse::{top_blocks, CoarseKeys};
 pub use layout::DecodeShape;
 pub use params::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use spill::BlockSpill;

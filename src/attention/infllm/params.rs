@@ -64,6 +64,12 @@ pub struct InfllmParams {
     /// 126 t/s; docs/perf.md). How a prompt is computed: not saved.
     #[serde(skip, default = "tile_logits_bytes")]
     pub tile_bytes: usize,
+    /// Blocks per layer from which retrieval scores in two passes: a q4_0
+    /// copy of every representative key, then the f16 keys of the best
+    /// few (`coarse.rs`); 0: one f16 pass always. How retrieval is
+    /// computed, not a shape of the state: not saved.
+    #[serde(skip, default = "coarse_blocks")]
+    pub coarse_from: usize,
     /// The distance at which a query sees the keys outside its window
     /// (None: `n_local - 1`, the reference's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +85,14 @@ fn one() -> usize {
 
 fn tile_logits_bytes() -> usize {
     16 << 20
+}
+
+/// 2048 blocks (256K tokens at the default block size): below it one
+/// pass was as fast, its keys in cache (`bench/retrieval.rs`, docs/infllm.md).
+pub const DEFAULT_COARSE_FROM: usize = 2048;
+
+fn coarse_blocks() -> usize {
+    DEFAULT_COARSE_FROM
 }
 
 impl InfllmParams {
@@ -99,6 +113,7 @@ impl InfllmParams {
             max_tokens: NO_CAP_TOKENS,
             tail_steps: 1,
             tile_bytes: tile_logits_bytes(),
+            coarse_from: coarse_blocks(),
             mem_distance: None,
             retrieval: Retrieval::Paper,
         };

@@ -4,6 +4,7 @@
 //! then per query tile one softmax over [local | global] logits and tiled
 //! matmuls.
 
+use super::coarse::top_blocks;
 use super::inputs::{InfllmInputs, Tile};
 use super::views::LayerTensors;
 use super::InfllmAttention;
@@ -58,7 +59,8 @@ impl InfllmAttention {
     /// Where the blocks the step attends lie in the layer's block tensors
     /// (`BlockStore::slots`): all blocks when they are at most top-k, else
     /// the top-k by their representative keys' dot product with `query()`
-    /// [hd * n_head, 1]. None without blocks.
+    /// [hd * n_head, 1] (in two passes past `coarse_from` blocks). None
+    /// without blocks.
     pub(super) fn select_blocks<'a>(
         &'a self,
         step: &mut Step<'a>,
@@ -73,8 +75,9 @@ impl InfllmAttention {
                 if self.tracing(inp.n_blocks) {
                     self.record_scores(step, lt, query);
                 }
-                let scores = g.mul_mat(lt.blocks.repr_tensor(g), query);
-                let ids = g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32);
+                let repr = lt.blocks.repr_tensor(g);
+                let coarse = lt.blocks.coarse_tensor(g, self.p.coarse_from);
+                let ids = top_blocks(g, repr, coarse, query, inp.n_selected);
                 match inp.memory_pos {
                     Some(_) => in_text_order(g, ids),
                     None => ids,

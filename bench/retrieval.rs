@@ -1,0 +1,83 @@
+//! Retrieval's cost per decode token at a number of blocks per layer: the
+//! one part of a step that grows with the text. Scores random
+//! representative keys of SmolLM2's shape (9 query heads x 64) in every
+//! layer and picks the top 16, in one f16 pass and in two (a q4_0 copy,
+//! then 64 candidates in f16, `attention/infllm/coarse.rs`).
+//!
+//!   cargo run --release --example retrieval -- BLOCKS [LAYERS] [REPS] [THREADS]
+//!
+//! 8192 blocks of 128 tokens is a text of 1M tokens.
+
+use std::time::Instant;
+
+use infllm::attention::infllm::{top_blocks, CoarseKeys};
+use infllm::compute::Step;
+use infllm::ggml::{GgmlType, HostArena, Scheduler, Tensor};
+use rand::{Rng, SeedableRng};
+
+const REPR_LEN: usize = 9 * 64;
+const TOPK: usize = 16;
+
+/// One layer's keys: f16 in an arena, and their coarse copy.
+struct Layer {
+    f16: HostArena,
+    coarse: CoarseKeys,
+}
+
+fn layer(n: usize, rng: &mut impl Rng) -> anyhow::Result<Layer> {
+    let mut f16 = HostArena::reserve(n * REPR_LEN * 2)?;
+    let mut coarse = CoarseKeys::new(REPR_LEN, n)?.expect("whole q4_0 blocks");
+    for i in 0..n {
+        let key: Vec<f32> = (0..REPR_LEN).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let bytes: Vec<u8> = key.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        f16.slice_mut(i * bytes.len(), bytes.len()).copy_from_slice(&bytes);
+        coarse.put(i, &key);
+    }
+    Ok(Layer { f16, coarse })
+}
+
+/// Seconds per token: every layer's pick, `reps` times.
+fn time(layers: &[Layer], n: usize, two: bool, reps: usize, sched: &mut Scheduler) -> anyhow::Result<f64> {
+    let mut best = f64::MAX;
+    for r in 0..reps + 1 {
+        let ctx = Step::context();
+        let mut step = Step::new(&ctx);
+        for (il, l) in layers.iter().enumerate() {
+            let repr = ctx.new_tensor(GgmlType::F16, &[REPR_LEN as i64, n as i64]);
+            l.f16.place(repr, 0);
+            let coarse = two.then(|| l.coarse.tensor(&ctx, n));
+            let q: Vec<f32> = (0..REPR_LEN)
+                .map(|i| ((i * 7 + r * 13 + il) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let q = step.input_f32(&format!("q{il}"), &[REPR_LEN as i64, 1], q);
+            let ids: Tensor = top_blocks(&ctx, repr, coarse, q, TOPK);
+            step.graph.expand(ids.set_output());
+        }
+        let start = Instant::now();
+        step.run(sched)?;
+        if r > 0 {
+            best = best.min(start.elapsed().as_secs_f64()); // the first run warms up
+        }
+    }
+    Ok(best)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
+    let (n, n_layer, reps, threads) = (arg(0, 8192), arg(1, 30), arg(2, 20), arg(3, 2));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let layers: Vec<Layer> = (0..n_layer)
+        .map(|_| layer(n, &mut rng))
+        .collect::<anyhow::Result<_>>()?;
+    let mut sched = Scheduler::cpu(threads)?;
+    for two in [false, true] {
+        let s = time(&layers, n, two, reps, &mut sched)?;
+        let passes = if two { "two passes" } else { "one pass" };
+        println!(
+            "{n} blocks x {n_layer} layers, {passes}: {:.2} ms per token (best of {reps})",
+            s * 1e3
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Retrieval in two passes once a layer holds many blocks. Scoring every
+//! block's representative key (f16, a head_dim vector per query head) is
+//! the one part of a decode step that grows with the text: at 1M tokens,
+//! 283 MB per token for SmolLM2, more than the rest of the step reads.
+//! From `InfllmParams::coarse_from` blocks on, a step scores a q4_0 copy of
+//! the keys instead (28% of the bytes; kept in memory beside them, rebuilt
+//! when a session loads, never saved), keeps the best `CANDIDATES` x top-k,
+//! and scores those again from the f16 keys: their top-k are the blocks
+//! picked. That is one f16 pass's pick whenever its blocks were among the
+//! candidates (docs/infllm.md, "Retrieval past 2048 blocks").
+
+use crate::ggml::{quantize, Context, GgmlType, HostArena, Tensor};
+
+/// Blocks the coarse pass keeps, per block picked.
+pub const CANDIDATES: usize = 4;
+
+/// The coarse copy's type: 18 bytes per 32 values, against f16's 64.
+const COARSE_TYPE: GgmlType = GgmlType::Q4_0;
+
+/// q4_0 copies of a store's representative keys, a row per block, in
+/// memory (never in the block file: every step reads all of them).
+pub struct CoarseKeys {
+    arena: HostArena,
+    repr_len: usize,
+    row_bytes: usize,
+}
+
+impl CoarseKeys {
+    /// Room for `max_blocks` rows of `repr_len` values (address space
+    /// only); None when a row is not whole q4_0 blocks.
+    pub fn new(repr_len: usize, max_blocks: usize) -> anyhow::Result<Option<Self>> {
+        if !(repr_len as u64).is_multiple_of(COARSE_TYPE.block_size()) {
+            return Ok(None);
+        }
+        let row_bytes = COARSE_TYPE.row_size(repr_len as u64) as usize;
+        Ok(Some(Self {
+            arena: HostArena::reserve(row_bytes * max_blocks)?,
+            repr_len,
+            row_bytes,
+        }))
+    }
+
+    /// Sets row `i` (within the reserved room) to `repr` quantized.
+    pub fn put(&mut self, i: usize, repr: &[f32]) {
+        quantize(
+            COARSE_TYPE,
+            repr,
+            self.repr_len,
+            self.arena.slice_mut(i * self.row_bytes, self.row_bytes),
+        );
+    }
+
+    /// Rows 0.. from f16 keys (`repr_len` values per row, little-endian).
+    pub fn rebuild(&mut self, f16_rows: &[u8]) {
+        for (i, row) in f16_rows.chunks_exact(2 * self.repr_len).enumerate() {
+            let x: Vec<f32> = row
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect();
+            self.put(i, &x);
+        }
+    }
+
+    /// The first `len` rows as a tensor [repr_len, len].
+    pub fn tensor<'a>(&'a self, ctx: &'a Context, len: usize) -> Tensor<'a> {
+        let t = ctx.new_tensor(COARSE_TYPE, &[self.repr_len as i64, len as i64]);
+        self.arena.place(t, 0);
+        t
+    }
+
+    /// Lets the scheduler run the coarse matmul on the CPU, where the rows
+    /// are, rather than copy them to a device at every step.
+    pub fn keep_readers_on_cpu(&self) {
+        self.arena.keep_readers_on_cpu();
+    }
+}
+
+/// Indices (I32 [k]) of the `k` blocks whose representative keys `repr`
+/// [repr_len, n] (f16) score highest against `query` [repr_len, 1]: one
+/// pass over `repr`, or with `coarse` (its q4_0 copy) two, when the
+/// candidates are fewer than the blocks. In the order of one pass's
+/// `top_k` over the same scores.
+pub fn top_blocks<'a>(
+    g: &'a Context,
+    repr: Tensor<'a>,
+    coarse: Option<Tensor<'a>>,
+    query: Tensor<'a>,
+    k: usize,
+) -> Tensor<'a> {
+    let n = repr.ne()[1];
+    let n_cand = (CANDIDATES * k) as i64;
+    let Some(coarse) = coarse.filter(|_| n_cand < n) else {
+        let scores = g.mul_mat(repr, query);
+        return g.top_k(g.reshape(scores, &[n]), k as i32);
+    };
+    let rough = g.mul_mat(coarse, query);
+    let cand = g.top_k(g.reshape(rough, &[n]), n_cand as i32);
+    // The candidates' keys: get_rows gives them in f32, exactly; back in
+    // f16, the matmul rounds the query and sums as the one pass does.
+    let keys = g.cast(g.get_rows(repr, cand), GgmlType::F16);
+    let scores = g.mul_mat(keys, query);
+    let best = g.top_k(g.reshape(scores, &[n_cand]), k as i32);
+    g.reshape(g.get_rows(g.reshape(cand, &[1, n_cand]), best), &[k as i64])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::Step;
+    use crate::ggml::Scheduler;
+
+    /// The ids `top_blocks` picks from `keys` for `query`, in one pass and
+    /// in two, with the coarse copy made of `copy(key)`.
+    fn picks(keys: &[Vec<f32>], query: &[f32], k: usize, copy: impl Fn(&[f32]) -> Vec<f32>) -> [Vec<i32>; 2] {
+        let (len, n) = (query.len(), keys.len());
+        let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
+        for (i, key) in keys.iter().enumerate() {
+            coarse.put(i, &copy(key));
+        }
+        let ctx = Step::context();
+        let mut step = Step::new(&ctx);
+        let f16: Vec<half::f16> = keys.iter().flatten().map(|&x| half::f16::from_f32(x)).collect();
+        let repr = step.input_f16("repr", &[len as i64, n as i64], f16);
+        let q = step.input_f32("query", &[len as i64, 1], query.to_vec());
+        let outs = [None, Some(coarse.tensor(&ctx, n))].map(|c| top_blocks(&ctx, repr, c, q, k).set_output());
+        outs.iter().for_each(|&t| step.graph.expand(t));
+        step.run(&mut Scheduler::cpu(2).unwrap()).unwrap();
+        outs.map(|t| {
+            let mut b = vec![0u8; 4 * k];
+            t.read_bytes(0, &mut b);
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn two_passes_pick_what_one_pass_picks_unless_the_copy_misleads() {
+        // 32 candidates of 300 blocks.
+        let (len, n, k) = (64, 300, 8);
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let keys: Vec<Vec<f32>> = (0..n).map(|_| (0..len).map(|_| next()).collect()).collect();
+        let query: Vec<f32> = (0..len).map(|_| next()).collect();
+        let [one, two] = picks(&keys, &query, k, |key| key.to_vec());
+        assert_eq!(one, two, "the coarse pass lost one of the best blocks");
+        // A copy that ranks blocks backwards: no candidate is among the best.
+        let [one, two] = picks(&keys, &query, k, |key| key.iter().map(|x| -x).collect());
+        assert!(one.iter().all(|b| !two.contains(b)), "{one:?} {two:?}");
+    }
+}
