@@ -589,6 +589,46 @@ fn quantized_block_store_round_trip() {
     }
 }
 
+/// The store's q4_0 copy of the representative keys (two-pass retrieval):
+/// offered from `from` blocks on, never at 0, and holding the stored f16
+/// keys within q4_0's error.
+#[test]
+fn the_coarse_copy_follows_the_representative_keys() {
+    let mut rng = Rng(5);
+    let shape = BlockShape {
+        block_size: 32,
+        head_dim: 64,
+        n_head: 4,
+        n_head_kv: 2,
+        type_k: ggml::GgmlType::F16,
+        type_v: ggml::GgmlType::F16,
+    };
+    let mut store = BlockStore::new(shape, 4).unwrap();
+    let reprs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(shape.repr_len())).collect();
+    for r in &reprs {
+        store
+            .push(&rng.vec(shape.block_values()), &rng.vec(shape.block_values()), r, None)
+            .unwrap();
+    }
+    let ctx = ggml::Context::new(8, 0);
+    for from in [0, 4] {
+        assert!(
+            store.coarse_tensor(&ctx, from).is_none(),
+            "offered from {from} with 3 blocks"
+        );
+    }
+    let t = store.coarse_tensor(&ctx, 3).expect("offered from 3 blocks");
+    let mut bytes = vec![0u8; t.nbytes()];
+    t.read_bytes(0, &mut bytes);
+    let got = ggml::dequantize(t.ty(), &bytes, 3 * shape.repr_len());
+    let err = got
+        .iter()
+        .zip(reprs.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err <= 0.15, "q4_0 copy off by {err}");
+}
+
 #[test]
 fn prompt_sized_chunks_match_brute_force() {
     let mut p = params(16, 2);

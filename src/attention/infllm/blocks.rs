@@ -447,7 +447,7 @@ impl BlockStore {
         write_to(&mut self.v, i * s.v_bytes(), &v_q, file).map_err(write_error)?;
         write_to(&mut self.repr, i * r.len(), &r, None).map_err(write_error)?;
         if let Some(c) = &mut self.coarse {
-            c.put(i, repr);
+            c.set_rows(i, &r);
         }
         self.sums.push([xxh3_64(&k_q), xxh3_64(&v_q)]);
         self.len += 1;
@@ -470,7 +470,7 @@ impl BlockStore {
     /// retrieval scores it first: from `from` blocks on (0: never), unless
     /// a device cache holds every block (retrieval then runs there).
     pub fn coarse_tensor<'a>(&'a self, ctx: &'a Context, from: usize) -> Option<Tensor<'a>> {
-        let on_device = self.cache.as_ref().is_some_and(|c| self.len <= c.cap());
+        let on_device = self.cache.is_some() && self.outgrown_cache().is_none();
         let coarse = self
             .coarse
             .as_ref()
@@ -483,7 +483,7 @@ impl BlockStore {
     fn rebuild_coarse(&mut self) {
         let bytes = self.len * self.shape.repr_len() * REPR_BYTES;
         if let Some(c) = &mut self.coarse {
-            c.rebuild(self.repr.slice(0, bytes));
+            c.set_rows(0, self.repr.slice(0, bytes));
         }
     }
 

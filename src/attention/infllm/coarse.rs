@@ -9,7 +9,7 @@
 //! picked. That is one f16 pass's pick whenever its blocks were among the
 //! candidates (docs/infllm.md, "Retrieval past 2048 blocks").
 
-use crate::ggml::{quantize, Context, GgmlType, HostArena, Tensor};
+use crate::ggml::{dequantize, quantize, Context, GgmlType, HostArena, Tensor};
 
 /// Blocks the coarse pass keeps, per block picked.
 pub const CANDIDATES: usize = 4;
@@ -40,25 +40,19 @@ impl CoarseKeys {
         }))
     }
 
-    /// Sets row `i` (within the reserved room) to `repr` quantized.
-    pub fn put(&mut self, i: usize, repr: &[f32]) {
+    /// Sets rows `first..` (within the reserved room) from the stored f16
+    /// keys `f16_rows`: as blocks form and when a session loads alike, so
+    /// that the copy depends on the saved keys alone.
+    pub fn set_rows(&mut self, first: usize, f16_rows: &[u8]) {
+        let values = f16_rows.len() / 2;
+        let x = dequantize(GgmlType::F16, f16_rows, values);
+        let n = values / self.repr_len;
         quantize(
             COARSE_TYPE,
-            repr,
+            &x,
             self.repr_len,
-            self.arena.slice_mut(i * self.row_bytes, self.row_bytes),
+            self.arena.slice_mut(first * self.row_bytes, n * self.row_bytes),
         );
-    }
-
-    /// Rows 0.. from f16 keys (`repr_len` values per row, little-endian).
-    pub fn rebuild(&mut self, f16_rows: &[u8]) {
-        for (i, row) in f16_rows.chunks_exact(2 * self.repr_len).enumerate() {
-            let x: Vec<f32> = row
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect();
-            self.put(i, &x);
-        }
     }
 
     /// The first `len` rows as a tensor [repr_len, len].
@@ -113,13 +107,13 @@ mod tests {
     /// in two, with the coarse copy made of `copy(key)`.
     fn picks(keys: &[Vec<f32>], query: &[f32], k: usize, copy: impl Fn(&[f32]) -> Vec<f32>) -> [Vec<i32>; 2] {
         let (len, n) = (query.len(), keys.len());
+        let f16 = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
         let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
-        for (i, key) in keys.iter().enumerate() {
-            coarse.put(i, &copy(key));
-        }
+        let copies = f16(keys.iter().flat_map(|k| copy(k)).collect());
+        coarse.set_rows(0, &copies.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
         let ctx = Step::context();
         let mut step = Step::new(&ctx);
-        let f16: Vec<half::f16> = keys.iter().flatten().map(|&x| half::f16::from_f32(x)).collect();
+        let f16 = f16(keys.iter().flatten().copied().collect());
         let repr = step.input_f16("repr", &[len as i64, n as i64], f16);
         let q = step.input_f32("query", &[len as i64, 1], query.to_vec());
         let outs = [None, Some(coarse.tensor(&ctx, n))].map(|c| top_blocks(&ctx, repr, c, q, k).set_output());
