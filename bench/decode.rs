@@ -2,8 +2,8 @@
 //! on 2 cores; a session file holds that state, and each timing run reads it
 //! back in seconds, so old and new code can be compared at 128K many times
 //! over one fill. Default InfLLM settings (TYPE, e.g. q4_0: another type for
-//! the blocks' K and V than the default q8_0; COARSE_FROM: another
-//! `--coarse-from`), the default model.
+//! the blocks' K and V than the default q8_0; COARSE_FROM, COARSE_EVERY:
+//! another `--coarse-from`, `--coarse-every`), the default model.
 //!
 //!   [TYPE=q4_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
 //!   [TYPE=q4_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
@@ -28,6 +28,9 @@ fn engine(threads: usize) -> anyhow::Result<Engine> {
     let mut p = InfllmParams::defaults_for(model.hp.n_ctx_train);
     if let Ok(n) = std::env::var("COARSE_FROM") {
         p.coarse_from = n.parse()?;
+    }
+    if let Ok(n) = std::env::var("COARSE_EVERY") {
+        p.coarse_every = n.parse()?;
     }
     if let Ok(name) = std::env::var("TYPE") {
         let ty = type_by_name(&name).ok_or_else(|| anyhow::anyhow!("unknown type {name}"))?;

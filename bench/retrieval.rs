@@ -1,8 +1,9 @@
 //! Retrieval's cost per decode token at a number of blocks per layer: the
 //! one part of a step that grows with the text. Scores random
 //! representative keys of SmolLM2's shape (9 query heads x 64) in every
-//! layer and picks the top 16, in one f16 pass and in two (a q4_0 copy,
-//! then 64 candidates in f16, `attention/infllm/coarse.rs`).
+//! layer and picks the top 16, in one f16 pass, in two (a q4_0 copy, then
+//! 64 candidates in f16, `attention/infllm/coarse.rs`), and in the second
+//! only (the kept candidates of an earlier step's first pass).
 //!
 //!   cargo run --release --example retrieval -- BLOCKS [LAYERS] [REPS] [THREADS]
 //!
@@ -10,7 +11,7 @@
 
 use std::time::Instant;
 
-use infllm::attention::infllm::{top_blocks, CoarseKeys};
+use infllm::attention::infllm::{top_blocks, CoarseKeys, CoarsePass};
 use infllm::compute::{BuiltStep, Step};
 use infllm::ggml::{GgmlType, HostArena, Scheduler, Tensor};
 use rand::{Rng, SeedableRng};
@@ -45,9 +46,18 @@ fn queries<'a>(step: &mut Step<'a>, n_layer: usize, r: usize) -> Vec<Tensor<'a>>
         .collect()
 }
 
+/// How a step picks its blocks.
+#[derive(Clone, Copy)]
+enum Passes {
+    One,
+    Two,
+    /// The second pass over kept candidates.
+    Kept,
+}
+
 /// Seconds per token: every layer's pick in one graph, built once and run
 /// again `reps` times with new queries, as decode steps run (the best run).
-fn time(layers: &[Layer], n: usize, two: bool, reps: usize, sched: &mut Scheduler) -> anyhow::Result<f64> {
+fn time(layers: &[Layer], n: usize, passes: Passes, reps: usize, sched: &mut Scheduler) -> anyhow::Result<f64> {
     let ctx = Step::context();
     let mut step = Step::new(&ctx);
     let qs = queries(&mut step, layers.len(), 0);
@@ -55,7 +65,16 @@ fn time(layers: &[Layer], n: usize, two: bool, reps: usize, sched: &mut Schedule
     for (l, q) in layers.iter().zip(qs) {
         let repr = ctx.new_tensor(GgmlType::F16, &[REPR_LEN as i64, n as i64]);
         l.f16.place(repr, 0);
-        let coarse = two.then(|| l.coarse.tensor(&ctx, n));
+        let coarse = |reuse| CoarsePass {
+            keys: l.coarse.tensor(&ctx, n),
+            kept: l.coarse.kept_tensor(&ctx, n),
+            reuse,
+        };
+        let coarse = match passes {
+            Passes::One => None,
+            Passes::Two => Some(coarse(false)),
+            Passes::Kept => Some(coarse(true)),
+        };
         let ids = top_blocks(&ctx, repr, coarse, q, TOPK).set_output();
         step.graph.expand(ids);
         out = Some(ids);
@@ -83,11 +102,14 @@ fn main() -> anyhow::Result<()> {
         .map(|_| layer(n, &mut rng))
         .collect::<anyhow::Result<_>>()?;
     let mut sched = Scheduler::cpu(threads)?;
-    for two in [false, true] {
-        let s = time(&layers, n, two, reps, &mut sched)?;
-        let passes = if two { "two passes" } else { "one pass" };
+    for (passes, name) in [
+        (Passes::One, "one pass"),
+        (Passes::Two, "two passes"),
+        (Passes::Kept, "kept candidates"),
+    ] {
+        let s = time(&layers, n, passes, reps, &mut sched)?;
         println!(
-            "{n} blocks x {n_layer} layers, {passes}: {:.2} ms per token (best of {reps})",
+            "{n} blocks x {n_layer} layers, {name}: {:.2} ms per token (best of {reps})",
             s * 1e3
         );
     }

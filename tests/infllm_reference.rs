@@ -53,6 +53,7 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         tail_steps: 1,
         tile_bytes: 16 << 20,
         coarse_from: 0,
+        coarse_every: 1,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     }
@@ -99,17 +100,21 @@ fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
 /// infllm's kernels.
 fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> (Vec<Vec<f32>>, usize) {
     let run = run_engine_traced(p, role, chunks, standard, false);
-    (run.0, run.1)
+    (run.outputs, run.reused)
+}
+
+/// What `run_engine_traced` saw.
+struct Run {
+    outputs: Vec<Vec<f32>>,
+    /// Decode steps that ran a kept graph.
+    reused: usize,
+    trace: Vec<RetrievalRecord>,
+    /// Per step: (tokens, blocks before it, whether it took kept candidates).
+    steps: Vec<(usize, usize, bool)>,
 }
 
 /// `run_engine`, also recording retrieval when `trace` is set.
-fn run_engine_traced(
-    p: InfllmParams,
-    role: Role,
-    chunks: &[Chunk],
-    standard: bool,
-    trace: bool,
-) -> (Vec<Vec<f32>>, usize, Vec<RetrievalRecord>) {
+fn run_engine_traced(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool, trace: bool) -> Run {
     ggml::set_quiet_logs(true);
     let heads = HeadShape {
         n_layer: 1,
@@ -132,10 +137,12 @@ fn run_engine_traced(
     let mut outputs = Vec::new();
     let mut built: Option<(DecodeShape, BuiltStep)> = None;
     let mut reused = 0;
+    let mut steps = Vec::new();
     for c in chunks {
         let t = c.k.len() / (N_HEAD_KV * HEAD_DIM);
         attn.prepare(t).unwrap();
         let key = (t == 1).then(|| attn.decode_shape()).flatten();
+        steps.push((t, attn.n_blocks(), key.is_some_and(|k| k.reuses_candidates)));
         let mut data = Vec::new();
         match built.take() {
             Some((k, b)) if Some(k) == key => {
@@ -171,7 +178,12 @@ fn run_engine_traced(
         outputs.extend(data.chunks(N_HEAD * HEAD_DIM).map(|x| x.to_vec()));
         attn.commit(t).unwrap();
     }
-    (outputs, reused, attn.take_trace())
+    Run {
+        outputs,
+        reused,
+        trace: attn.take_trace(),
+        steps,
+    }
 }
 
 /// ggml's NORMAL rotary embedding: adjacent pairs rotated by pos * base^(-2i/d).
@@ -464,8 +476,8 @@ fn the_trace_names_the_blocks_each_query_retrieves() {
     sizes.extend([1; 30]);
     let data = chunks(&sizes, 7);
     let (_, want) = run_reference(p, &data);
-    let (plain, ..) = run_engine_traced(p, Role::Memory, &data, false, false);
-    let (outputs, _, trace) = run_engine_traced(p, Role::Memory, &data, false, true);
+    let plain = run_engine_traced(p, Role::Memory, &data, false, false).outputs;
+    let Run { outputs, trace, .. } = run_engine_traced(p, Role::Memory, &data, false, true);
     assert!(plain == outputs, "tracing changed the outputs");
     assert_eq!(trace.len(), want.len());
     assert!(want.len() > 30, "{} retrievals", want.len());
@@ -613,11 +625,11 @@ fn the_coarse_copy_follows_the_representative_keys() {
     let ctx = ggml::Context::new(8, 0);
     for from in [0, 4] {
         assert!(
-            store.coarse_tensor(&ctx, from).is_none(),
+            store.coarse_pass(&ctx, from, false).is_none(),
             "offered from {from} with 3 blocks"
         );
     }
-    let t = store.coarse_tensor(&ctx, 3).expect("offered from 3 blocks");
+    let t = store.coarse_pass(&ctx, 3, false).expect("offered from 3 blocks").keys;
     let mut bytes = vec![0u8; t.nbytes()];
     t.read_bytes(0, &mut bytes);
     let got = ggml::dequantize(t.ty(), &bytes, 3 * shape.repr_len());
@@ -679,6 +691,57 @@ fn two_pass_retrieval_keeps_the_outputs() {
         assert!(a == b, "standard ops {standard}: two passes changed the outputs");
     }
     compare(two, &sizes, 5);
+}
+
+/// With `coarse_every` > 1, decode steps take the candidates of the last
+/// coarse pass: at most `coarse_every - 1` steps in a row, never the first
+/// decode step after a prompt step or the first after a block formed. The
+/// kept candidates change the pick (random queries want other blocks), and
+/// both op paths keep the same schedule.
+#[test]
+fn decode_steps_take_kept_candidates_until_a_block_forms() {
+    let mut sizes = vec![64; 16];
+    sizes.extend([1; 200]);
+    sizes.extend([64, 64]);
+    sizes.extend([1; 100]);
+    let data = chunks(&sizes, 5);
+    let every = InfllmParams {
+        coarse_from: 4,
+        coarse_every: 12, // not a divisor of the 32 steps between blocks
+        ..params(16, 2)
+    };
+    let mut schedules = Vec::new();
+    for standard in [false, true] {
+        let run = run_engine_traced(every, Role::Memory, &data, standard, false);
+        let (mut run_len, mut before) = (0, None);
+        for &(t, n_blocks, reuses) in &run.steps {
+            if reuses {
+                assert_eq!(before, Some((1, n_blocks)), "kept across a prompt step or a new block");
+                run_len += 1;
+                assert!(run_len < 12, "{run_len} steps took kept candidates in a row");
+            } else {
+                run_len = 0;
+            }
+            before = Some((t, n_blocks));
+        }
+        let n_reused = run.steps.iter().filter(|s| s.2).count();
+        assert!(n_reused > 150, "{n_reused} steps took kept candidates");
+        let (each, _) = run_engine(
+            InfllmParams {
+                coarse_every: 1,
+                ..every
+            },
+            Role::Memory,
+            &data,
+            standard,
+        );
+        assert!(
+            each != run.outputs,
+            "standard ops {standard}: kept candidates changed nothing"
+        );
+        schedules.push(run.steps);
+    }
+    assert_eq!(schedules[0], schedules[1], "the op paths kept candidates differently");
 }
 
 /// Plain causal attention within a sliding window of `w` tokens (a query
@@ -743,6 +806,7 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         tail_steps: 1,
         tile_bytes: 16 << 20,
         coarse_from: 0,
+        coarse_every: 1,
         mem_distance: None,
         retrieval: Retrieval::Paper,
     };

@@ -199,6 +199,24 @@ fn infllm_past_the_device_block_cache_equals_the_cpu() {
 }
 
 #[test]
+fn two_pass_retrieval_past_the_device_block_cache_equals_the_cpu() {
+    // As above, 3 blocks per layer fit; ~16 form, past the 8 candidates
+    // (4 x topk) from which scoring takes two passes, the second every
+    // few decode steps over kept candidates (`coarse.rs`).
+    let p = InfllmParams {
+        coarse_from: 4,
+        coarse_every: 4,
+        ..small_infllm()
+    };
+    let (n_blocks, loads) = compare(AttnMode::Infllm(p), 600, 60, Some(3 * 15 * 14_208), 3 + 2 * 30);
+    assert!(
+        n_blocks > 4 * p.topk,
+        "only {n_blocks} blocks: one pass scored them all"
+    );
+    assert!(loads > 0, "no block was copied into a cache");
+}
+
+#[test]
 fn a_rollback_past_the_device_block_cache_puts_each_block_back_in_its_slot() {
     // As above: 3 blocks per layer fit. Back to 1 block after 6 formed and
     // were copied around: the same continuation gives the same logits.

@@ -144,6 +144,12 @@ pub struct AttnSettings {
     #[arg(long = "coarse-from", value_name = "BLOCKS", value_parser = count(0, MAX_TOKENS),
           help_heading = "Attention / InfLLM")]
     pub coarse_from: Option<usize>,
+    /// InfLLM: decode steps that one coarse pass's candidates serve (the
+    /// steps after it score those only, until a block forms), 1..=16777216
+    /// (1: every step scores every block) [default: 16]
+    #[arg(long = "coarse-every", value_name = "STEPS", value_parser = count(1, MAX_TOKENS),
+          help_heading = "Attention / InfLLM")]
+    pub coarse_every: Option<usize>,
     /// Full attention: fused flash-attention kernel (-fa) [auto = on, as llama.cpp on CPU]
     #[arg(long = "flash-attn", value_enum, default_value_t = Switch::Auto, help_heading = "Attention / InfLLM")]
     pub flash_attn: Switch,
@@ -213,6 +219,7 @@ impl AttnSettings {
         p.mem_distance = self.mem_distance.or(p.mem_distance);
         p.retrieval = self.retrieval.unwrap_or(p.retrieval);
         p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
+        p.coarse_every = self.coarse_every.unwrap_or(p.coarse_every);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);
         p.chunk = self.chunk.unwrap_or(p.chunk.min(p.n_local).min(window));

@@ -114,10 +114,14 @@ impl PromptCache {
         if self.read_only {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let record = serde_json::to_value(Record {
             prompt_cache: tokens.to_vec(),
         })?;
-        session::save(&self.file, engine, record)
+        session::save(&self.file, engine, record)?;
+        let secs = started.elapsed().as_secs_f64();
+        crate::log_info!("infllm: {}: {} tokens saved in {secs:.2} s", self.name(), tokens.len());
+        Ok(())
     }
 
     fn name(&self) -> String {

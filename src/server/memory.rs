@@ -25,8 +25,8 @@ pub struct Before {
 pub enum Place {
     /// Installed in slot `i`'s engine.
     Slot(usize),
-    /// Set aside in RAM.
-    Ram(Parked),
+    /// Set aside in RAM (boxed: the state's settings are large beside a slot number).
+    Ram(Box<Parked>),
     /// In a session file (locked while held).
     Disk(SessionFile),
 }

@@ -281,7 +281,7 @@ impl Worker {
             return Ok(());
         };
         let parked = Parked::take(engine).map_err(|e| ApiError::server(format!("{e:#}")))?;
-        self.pool.held.get_mut(&id).expect("held").place = Place::Ram(parked);
+        self.pool.held.get_mut(&id).expect("held").place = Place::Ram(Box::new(parked));
         Ok(())
     }
 
@@ -406,7 +406,7 @@ impl Worker {
             text: h.text.clone(),
             tokens: h.tokens.clone(),
         })?;
-        crate::session::save(&file, parked, record)?;
+        crate::session::save(&file, parked.as_ref(), record)?;
         h.before = None;
         h.logits = Vec::new();
         h.place = Place::Disk(file);

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use half::f16;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::coarse::CoarseKeys;
+use super::coarse::{CoarseKeys, CoarsePass};
 use super::spill::BlockFile;
 
 use crate::attention::state::{Section, StateReader};
@@ -466,16 +466,24 @@ impl BlockStore {
         self.part_tensor(ctx, 1, self.shape.type_v, self.shape.block_values())
     }
 
-    /// The q4_0 copy of the representative keys [repr_len, len], where
-    /// retrieval scores it first: from `from` blocks on (0: never), unless
-    /// a device cache holds every block (retrieval then runs there).
-    pub fn coarse_tensor<'a>(&'a self, ctx: &'a Context, from: usize) -> Option<Tensor<'a>> {
+    /// Whether retrieval scores the q4_0 copy of the representative keys
+    /// first: from `from` blocks on (0: never), unless a device cache
+    /// holds every block (retrieval then runs there).
+    pub fn scores_coarse(&self, from: usize) -> bool {
         let on_device = self.cache.is_some() && self.outgrown_cache().is_none();
-        let coarse = self
-            .coarse
-            .as_ref()
-            .filter(|_| from > 0 && self.len >= from && !on_device)?;
-        Some(coarse.tensor(ctx, self.len))
+        self.coarse.is_some() && from > 0 && self.len >= from && !on_device
+    }
+
+    /// The coarse pass over the q4_0 copy [repr_len, len] where retrieval
+    /// scores it first (`scores_coarse`); `reuse`: this step takes the
+    /// candidates the last pass kept.
+    pub fn coarse_pass<'a>(&'a self, ctx: &'a Context, from: usize, reuse: bool) -> Option<CoarsePass<'a>> {
+        let coarse = self.coarse.as_ref().filter(|_| self.scores_coarse(from))?;
+        Some(CoarsePass {
+            keys: coarse.tensor(ctx, self.len),
+            kept: coarse.kept_tensor(ctx, self.len),
+            reuse,
+        })
     }
 
     /// The coarse copy of the `len` blocks' representative keys, after

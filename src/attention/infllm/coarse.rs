@@ -8,7 +8,14 @@
 //! and scores those again from the f16 keys: their top-k are the blocks
 //! picked. That is one f16 pass's pick whenever its blocks were among the
 //! candidates (docs/infllm.md, "Retrieval past 2048 blocks").
+//!
+//! The coarse pass still reads every block. Decode steps in a row ask for
+//! much the same blocks, so a decode step keeps its candidates, and the
+//! next `InfllmParams::coarse_every - 1` decode steps score only those,
+//! until a block forms (the new block must be a candidate) or a prompt
+//! step comes.
 
+use super::InfllmAttention;
 use crate::ggml::{dequantize, quantize, Context, GgmlType, HostArena, Tensor};
 
 /// Blocks the coarse pass keeps, per block picked.
@@ -23,6 +30,17 @@ pub struct CoarseKeys {
     arena: HostArena,
     repr_len: usize,
     row_bytes: usize,
+    /// The candidates of the last coarse pass (I32; room for one per block).
+    kept: HostArena,
+}
+
+/// A step's coarse pass: the q4_0 copy [repr_len, n], where its candidates
+/// are kept (I32, room for `CANDIDATES` x k), and whether this step takes
+/// the kept ones instead of scoring the copy.
+pub struct CoarsePass<'a> {
+    pub keys: Tensor<'a>,
+    pub kept: Tensor<'a>,
+    pub reuse: bool,
 }
 
 impl CoarseKeys {
@@ -37,6 +55,7 @@ impl CoarseKeys {
             arena: HostArena::reserve(row_bytes * max_blocks)?,
             repr_len,
             row_bytes,
+            kept: HostArena::reserve(4 * max_blocks)?,
         }))
     }
 
@@ -62,6 +81,13 @@ impl CoarseKeys {
         t
     }
 
+    /// Room for `len` kept candidates, as a tensor I32 [len].
+    pub fn kept_tensor<'a>(&'a self, ctx: &'a Context, len: usize) -> Tensor<'a> {
+        let t = ctx.new_tensor(GgmlType::I32, &[len as i64]);
+        self.kept.place(t, 0);
+        t
+    }
+
     /// Lets the scheduler run the coarse matmul on the CPU, where the rows
     /// are, rather than copy them to a device at every step.
     pub fn keep_readers_on_cpu(&self) {
@@ -69,15 +95,52 @@ impl CoarseKeys {
     }
 }
 
+/// Where the kept candidates come from: the decode step at `n_past`, with
+/// `n_blocks` blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptPick {
+    n_past: usize,
+    n_blocks: usize,
+}
+
+impl InfllmAttention {
+    /// Whether a step of `n_tokens` takes the candidates the last coarse
+    /// pass kept: a decode step within `coarse_every` steps of that pass
+    /// (uninterrupted: a prompt step, a rollback or a load drop them), no
+    /// block formed since.
+    pub(super) fn reuses_candidates(&self, n_tokens: usize) -> bool {
+        let n_blocks = self.n_blocks();
+        self.kept_pick.is_some_and(|k| {
+            n_tokens == 1 && k.n_blocks == n_blocks && self.pos.n_past - k.n_past < self.p.coarse_every
+        })
+    }
+
+    /// Before a step of `n_tokens` commits: the decode step whose coarse
+    /// pass (in some layer) kept its candidates becomes the one others
+    /// reuse; a prompt step drops them.
+    pub(super) fn note_coarse_pass(&mut self, n_tokens: usize) {
+        let scored = self.layers.iter().any(|l| l.blocks.scores_coarse(self.p.coarse_from));
+        if n_tokens > 1 || !scored {
+            self.kept_pick = None;
+        } else if !self.reuses_candidates(1) {
+            self.kept_pick = Some(KeptPick {
+                n_past: self.pos.n_past,
+                n_blocks: self.n_blocks(),
+            });
+        }
+    }
+}
+
 /// Indices (I32 [k]) of the `k` blocks whose representative keys `repr`
 /// [repr_len, n] (f16) score highest against `query` [repr_len, 1]: one
-/// pass over `repr`, or with `coarse` (its q4_0 copy) two, when the
-/// candidates are fewer than the blocks. In the order of one pass's
-/// `top_k` over the same scores.
+/// pass over `repr`, or with `coarse` two, when the candidates are fewer
+/// than the blocks (the second only, over the kept candidates, when the
+/// pass reuses them). In the order of one pass's `top_k` over the same
+/// scores.
 pub fn top_blocks<'a>(
     g: &'a Context,
     repr: Tensor<'a>,
-    coarse: Option<Tensor<'a>>,
+    coarse: Option<CoarsePass<'a>>,
     query: Tensor<'a>,
     k: usize,
 ) -> Tensor<'a> {
@@ -87,8 +150,14 @@ pub fn top_blocks<'a>(
         let scores = g.mul_mat(repr, query);
         return g.top_k(g.reshape(scores, &[n]), k as i32);
     };
-    let rough = g.mul_mat(coarse, query);
-    let cand = g.top_k(g.reshape(rough, &[n]), n_cand as i32);
+    let kept = g.view(coarse.kept, &[n_cand], &[], 0);
+    let cand = match coarse.reuse {
+        true => kept,
+        false => g.cpy(
+            g.top_k(g.reshape(g.mul_mat(coarse.keys, query), &[n]), n_cand as i32),
+            kept,
+        ),
+    };
     // The candidates' keys: get_rows gives them in f32, exactly; back in
     // f16, the matmul rounds the query and sums as the one pass does.
     let keys = g.cast(g.get_rows(repr, cand), GgmlType::F16);
@@ -116,7 +185,12 @@ mod tests {
         let f16 = f16(keys.iter().flatten().copied().collect());
         let repr = step.input_f16("repr", &[len as i64, n as i64], f16);
         let q = step.input_f32("query", &[len as i64, 1], query.to_vec());
-        let outs = [None, Some(coarse.tensor(&ctx, n))].map(|c| top_blocks(&ctx, repr, c, q, k).set_output());
+        let pass = || CoarsePass {
+            keys: coarse.tensor(&ctx, n),
+            kept: coarse.kept_tensor(&ctx, n),
+            reuse: false,
+        };
+        let outs = [None, Some(pass())].map(|c| top_blocks(&ctx, repr, c, q, k).set_output());
         outs.iter().for_each(|&t| step.graph.expand(t));
         step.run(&mut Scheduler::cpu(2).unwrap()).unwrap();
         outs.map(|t| {
@@ -126,6 +200,81 @@ mod tests {
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
                 .collect()
         })
+    }
+
+    /// Random values in [-1, 1), from a seed.
+    fn values(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A step that reuses the kept candidates picks, for its own query, the
+    /// best of those: here, where the query is the last one's opposite,
+    /// none of the blocks one pass would pick.
+    #[test]
+    fn kept_candidates_serve_the_next_query() {
+        let (len, n, k) = (64, 300, 8);
+        let keys: Vec<f32> = values(11, n * len)
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        let last: Vec<f32> = values(12, len);
+        let query: Vec<f32> = last.iter().map(|x| -x).collect();
+        let bytes: Vec<u8> = keys
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
+        let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
+        coarse.set_rows(0, &bytes);
+        let run = |q: &[f32], pass: Option<bool>| {
+            let ctx = Step::context();
+            let mut step = Step::new(&ctx);
+            let repr = step.input_f16(
+                "repr",
+                &[len as i64, n as i64],
+                keys.iter().map(|&x| half::f16::from_f32(x)).collect(),
+            );
+            let q = step.input_f32("query", &[len as i64, 1], q.to_vec());
+            let pass = pass.map(|reuse| CoarsePass {
+                keys: coarse.tensor(&ctx, n),
+                kept: coarse.kept_tensor(&ctx, n),
+                reuse,
+            });
+            let ids = top_blocks(&ctx, repr, pass, q, k).set_output();
+            step.graph.expand(ids);
+            step.run(&mut Scheduler::cpu(2).unwrap()).unwrap();
+            let mut b = vec![0u8; 4 * k];
+            ids.read_bytes(0, &mut b);
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
+                .collect::<Vec<_>>()
+        };
+        run(&last, Some(false));
+        let mut kept = vec![0u8; 4 * CANDIDATES * k];
+        coarse.kept_tensor(&Step::context(), n).read_bytes(0, &mut kept);
+        let kept: Vec<usize> = kept
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
+            .collect();
+        let picked = run(&query, Some(true));
+        let score = |b: usize| -> f32 { keys[b * len..][..len].iter().zip(&query).map(|(a, b)| a * b).sum() };
+        let worst_picked = picked.iter().map(|&b| score(b)).fold(f32::MAX, f32::min);
+        for b in kept.iter().filter(|b| !picked.contains(b)) {
+            assert!(
+                score(*b) <= worst_picked + 1e-2,
+                "kept block {b} beats the pick {picked:?}"
+            );
+        }
+        assert!(picked.iter().all(|b| kept.contains(b)), "{picked:?} not among {kept:?}");
+        let one = run(&query, None);
+        assert!(one.iter().all(|b| !picked.contains(b)), "{one:?} {picked:?}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(super) struct InfllmInputs<'a> {
     pub rerotate_cells: Option<Tensor<'a>>,
     pub n_blocks: usize,
     pub n_selected: usize,
+    /// The step takes the last coarse pass's candidates (`coarse.rs`).
+    pub reuse_candidates: bool,
     pub n_init: usize,
     /// Remainder keys: buffer slots [rem_lo, rem_lo + n_rem).
     pub rem_lo: usize,
@@ -175,6 +177,7 @@ impl InfllmAttention {
             rerotate_cells,
             n_blocks,
             n_selected,
+            reuse_candidates: self.reuses_candidates(n_tokens),
             n_init: pos.n_init,
             rem_lo: lay.rem_lo() - pos.buffer_start,
             n_rem: lay.n_rem(),

@@ -52,6 +52,8 @@ pub struct DecodeShape {
     pub cap: usize,
     /// Whether the step copies out its retrieval scores (`trace`).
     pub traced: bool,
+    /// Whether it takes the last coarse pass's candidates (`coarse.rs`).
+    pub reuses_candidates: bool,
 }
 
 impl Layout {
@@ -151,6 +153,7 @@ impl InfllmAttention {
             n_init: self.pos.n_init,
             cap: self.cap,
             traced: self.tracing(self.n_blocks()),
+            reuses_candidates: self.reuses_candidates(1),
         })
     }
 }

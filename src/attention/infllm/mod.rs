@@ -36,7 +36,7 @@ mod views;
 mod window;
 
 pub use blocks::{representative_key, BlockShape, BlockStore};
-pub use coarse::{top_blocks, CoarseKeys};
+pub use coarse::{top_blocks, CoarseKeys, CoarsePass};
 pub use layout::DecodeShape;
 pub use params::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use spill::BlockSpill;

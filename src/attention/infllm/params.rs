@@ -70,6 +70,11 @@ pub struct InfllmParams {
     /// computed, not a shape of the state: not saved.
     #[serde(skip, default = "coarse_blocks")]
     pub coarse_from: usize,
+    /// Decode steps that one coarse pass's candidates serve (1: every step
+    /// scores every block); a new block or a prompt step ends them. How
+    /// retrieval is computed: not saved.
+    #[serde(skip, default = "coarse_steps")]
+    pub coarse_every: usize,
     /// The distance at which a query sees the keys outside its window
     /// (None: `n_local - 1`, the reference's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +100,13 @@ fn coarse_blocks() -> usize {
     DEFAULT_COARSE_FROM
 }
 
+/// Decode steps per coarse pass (docs/infllm.md, "Retrieval past 2048 blocks").
+pub const DEFAULT_COARSE_EVERY: usize = 16;
+
+fn coarse_steps() -> usize {
+    DEFAULT_COARSE_EVERY
+}
+
 impl InfllmParams {
     /// The reference defaults (128 / 4096 / 128 / 16 / 4 / 512), shrunk for
     /// models trained on short contexts so that the attended span
@@ -114,6 +126,7 @@ impl InfllmParams {
             tail_steps: 1,
             tile_bytes: tile_logits_bytes(),
             coarse_from: coarse_blocks(),
+            coarse_every: coarse_steps(),
             mem_distance: None,
             retrieval: Retrieval::Paper,
         };
@@ -139,6 +152,7 @@ impl InfllmParams {
     pub fn validate(&self, head_dim: usize) -> anyhow::Result<()> {
         ensure!(self.n_local > 0, "--n-local must be positive");
         ensure!(self.tail_steps > 0, "--tail-steps must be positive");
+        ensure!(self.coarse_every > 0, "--coarse-every must be positive");
         ensure!(self.block_size > 0, "--block-size must be positive");
         ensure!(
             self.chunk > 0 && self.chunk <= self.n_local,

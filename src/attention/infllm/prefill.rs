@@ -76,7 +76,7 @@ impl InfllmAttention {
                     self.record_scores(step, lt, query);
                 }
                 let repr = lt.blocks.repr_tensor(g);
-                let coarse = lt.blocks.coarse_tensor(g, self.p.coarse_from);
+                let coarse = lt.blocks.coarse_pass(g, self.p.coarse_from, inp.reuse_candidates);
                 let ids = top_blocks(g, repr, coarse, query, inp.n_selected);
                 match inp.memory_pos {
                     Some(_) => in_text_order(g, ids),

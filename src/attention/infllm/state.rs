@@ -108,6 +108,7 @@ impl InfllmAttention {
         }
         self.pos = s.pos;
         self.rerotate = false;
+        self.kept_pick = None;
         Ok(())
     }
 
@@ -296,6 +297,7 @@ impl InfllmAttention {
         )?;
         self.pos = c.pos;
         self.rerotate = false;
+        self.kept_pick = None;
         Ok(())
     }
 

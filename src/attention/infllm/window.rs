@@ -6,6 +6,7 @@
 use half::f16;
 
 use super::blocks::{representative_key, BlockShape, BlockStore};
+use super::coarse::KeptPick;
 use super::layout::KEY_PAD;
 use super::spill::Spill;
 use super::state::{layer_ranges, TextPosition};
@@ -65,6 +66,8 @@ pub struct InfllmAttention {
     pub(super) tracer: Option<Tracer>,
     /// Blocks on disk (`spill`; None: always in memory).
     pub(super) spill: Option<Spill>,
+    /// The decode step whose coarse pass chose the kept candidates.
+    pub(super) kept_pick: Option<KeptPick>,
 }
 
 /// Window buffer slots to start with: a first prompt step (512 tokens by
@@ -125,6 +128,7 @@ impl InfllmAttention {
             role,
             tracer: None,
             spill: None,
+            kept_pick: None,
         })
     }
 
@@ -166,6 +170,7 @@ impl InfllmAttention {
     pub fn clear(&mut self) {
         self.pos = TextPosition::default();
         self.rerotate = false;
+        self.kept_pick = None;
         for l in &mut self.layers {
             l.blocks.clear();
         }
@@ -270,10 +275,12 @@ impl InfllmAttention {
             self.read_trace(n_tokens);
         }
         let (pos, rerotate, n_blocks) = (self.pos, self.rerotate, self.n_blocks());
+        self.note_coarse_pass(n_tokens);
         let result = self.evict(n_tokens).and_then(|()| self.fit_budget(self.n_blocks()));
         if result.is_err() {
             (self.pos, self.rerotate) = (pos, rerotate);
             self.layers.iter_mut().for_each(|l| l.blocks.truncate(n_blocks));
+            self.kept_pick = None;
         }
         self.note_step_reads();
         result
