@@ -172,34 +172,48 @@ mod tests {
     use crate::compute::Step;
     use crate::ggml::Scheduler;
 
-    /// The ids `top_blocks` picks from `keys` for `query`, in one pass and
-    /// in two, with the coarse copy made of `copy(key)`.
-    fn picks(keys: &[Vec<f32>], query: &[f32], k: usize, copy: impl Fn(&[f32]) -> Vec<f32>) -> [Vec<i32>; 2] {
-        let (len, n) = (query.len(), keys.len());
-        let f16 = |x: Vec<f32>| x.into_iter().map(half::f16::from_f32).collect::<Vec<_>>();
-        let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
-        let copies = f16(keys.iter().flat_map(|k| copy(k)).collect());
-        coarse.set_rows(0, &copies.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    /// The ids `top_blocks` picks from `keys` (f16 rows of `len`) for
+    /// `query`: in one pass (`reuse` None), or over `coarse` in two (or the
+    /// second alone over its kept candidates).
+    fn pick(keys: &[half::f16], coarse: &CoarseKeys, query: &[f32], k: usize, reuse: Option<bool>) -> Vec<usize> {
+        let (len, n) = (query.len(), keys.len() / query.len());
         let ctx = Step::context();
         let mut step = Step::new(&ctx);
-        let f16 = f16(keys.iter().flatten().copied().collect());
-        let repr = step.input_f16("repr", &[len as i64, n as i64], f16);
+        let repr = step.input_f16("repr", &[len as i64, n as i64], keys.to_vec());
         let q = step.input_f32("query", &[len as i64, 1], query.to_vec());
-        let pass = || CoarsePass {
+        let pass = reuse.map(|reuse| CoarsePass {
             keys: coarse.tensor(&ctx, n),
             kept: coarse.kept_tensor(&ctx, n),
-            reuse: false,
-        };
-        let outs = [None, Some(pass())].map(|c| top_blocks(&ctx, repr, c, q, k).set_output());
-        outs.iter().for_each(|&t| step.graph.expand(t));
-        step.run(&mut Scheduler::cpu(2).unwrap()).unwrap();
-        outs.map(|t| {
-            let mut b = vec![0u8; 4 * k];
-            t.read_bytes(0, &mut b);
-            b.chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
+            reuse,
+        });
+        let ids = top_blocks(&ctx, repr, pass, q, k).set_output();
+        step.graph.expand(ids);
+        // The scheduler holds the output's memory: read before it goes.
+        let mut sched = Scheduler::cpu(2).unwrap();
+        step.run(&mut sched).unwrap();
+        read_ids(ids, k)
+    }
+
+    fn read_ids(t: Tensor<'_>, n: usize) -> Vec<usize> {
+        let mut b = vec![0u8; 4 * n];
+        t.read_bytes(0, &mut b);
+        b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
+            .collect()
+    }
+
+    /// f16 values and their bytes.
+    fn f16_rows(x: &[f32]) -> (Vec<half::f16>, Vec<u8>) {
+        let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bytes = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (h, bytes)
+    }
+
+    /// A q4_0 copy of `n` rows of `len` f16 values.
+    fn coarse_copy(len: usize, n: usize, bytes: &[u8]) -> CoarseKeys {
+        let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
+        coarse.set_rows(0, bytes);
+        coarse
     }
 
     /// Random values in [-1, 1), from a seed.
@@ -221,50 +235,20 @@ mod tests {
     #[test]
     fn kept_candidates_serve_the_next_query() {
         let (len, n, k) = (64, 300, 8);
-        let keys: Vec<f32> = values(11, n * len)
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_f32())
-            .collect();
-        let last: Vec<f32> = values(12, len);
+        let (keys, bytes) = f16_rows(&values(11, n * len));
+        let coarse = coarse_copy(len, n, &bytes);
+        let last = values(12, len);
         let query: Vec<f32> = last.iter().map(|x| -x).collect();
-        let bytes: Vec<u8> = keys
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect();
-        let mut coarse = CoarseKeys::new(len, n).unwrap().expect("whole q4_0 blocks");
-        coarse.set_rows(0, &bytes);
-        let run = |q: &[f32], pass: Option<bool>| {
-            let ctx = Step::context();
-            let mut step = Step::new(&ctx);
-            let repr = step.input_f16(
-                "repr",
-                &[len as i64, n as i64],
-                keys.iter().map(|&x| half::f16::from_f32(x)).collect(),
-            );
-            let q = step.input_f32("query", &[len as i64, 1], q.to_vec());
-            let pass = pass.map(|reuse| CoarsePass {
-                keys: coarse.tensor(&ctx, n),
-                kept: coarse.kept_tensor(&ctx, n),
-                reuse,
-            });
-            let ids = top_blocks(&ctx, repr, pass, q, k).set_output();
-            step.graph.expand(ids);
-            step.run(&mut Scheduler::cpu(2).unwrap()).unwrap();
-            let mut b = vec![0u8; 4 * k];
-            ids.read_bytes(0, &mut b);
-            b.chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
-                .collect::<Vec<_>>()
+        pick(&keys, &coarse, &last, k, Some(false));
+        let kept = read_ids(coarse.kept_tensor(&Step::context(), n), CANDIDATES * k);
+        let picked = pick(&keys, &coarse, &query, k, Some(true));
+        let score = |b: usize| -> f32 {
+            keys[b * len..][..len]
+                .iter()
+                .zip(&query)
+                .map(|(a, q)| a.to_f32() * q)
+                .sum()
         };
-        run(&last, Some(false));
-        let mut kept = vec![0u8; 4 * CANDIDATES * k];
-        coarse.kept_tensor(&Step::context(), n).read_bytes(0, &mut kept);
-        let kept: Vec<usize> = kept
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as usize)
-            .collect();
-        let picked = run(&query, Some(true));
-        let score = |b: usize| -> f32 { keys[b * len..][..len].iter().zip(&query).map(|(a, b)| a * b).sum() };
         let worst_picked = picked.iter().map(|&b| score(b)).fold(f32::MAX, f32::min);
         for b in kept.iter().filter(|b| !picked.contains(b)) {
             assert!(
@@ -273,7 +257,7 @@ mod tests {
             );
         }
         assert!(picked.iter().all(|b| kept.contains(b)), "{picked:?} not among {kept:?}");
-        let one = run(&query, None);
+        let one = pick(&keys, &coarse, &query, k, None);
         assert!(one.iter().all(|b| !picked.contains(b)), "{one:?} {picked:?}");
     }
 
@@ -281,19 +265,16 @@ mod tests {
     fn two_passes_pick_what_one_pass_picks_unless_the_copy_misleads() {
         // 32 candidates of 300 blocks.
         let (len, n, k) = (64, 300, 8);
-        let mut state = 7u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
-        let keys: Vec<Vec<f32>> = (0..n).map(|_| (0..len).map(|_| next()).collect()).collect();
-        let query: Vec<f32> = (0..len).map(|_| next()).collect();
-        let [one, two] = picks(&keys, &query, k, |key| key.to_vec());
+        let x = values(7, (n + 1) * len);
+        let (keys, bytes) = f16_rows(&x[..n * len]);
+        let query = &x[n * len..];
+        let one = pick(&keys, &coarse_copy(len, n, &bytes), query, k, None);
+        let two = pick(&keys, &coarse_copy(len, n, &bytes), query, k, Some(false));
         assert_eq!(one, two, "the coarse pass lost one of the best blocks");
         // A copy that ranks blocks backwards: no candidate is among the best.
-        let [one, two] = picks(&keys, &query, k, |key| key.iter().map(|x| -x).collect());
+        let negated: Vec<f32> = x[..n * len].iter().map(|v| -v).collect();
+        let backwards = coarse_copy(len, n, &f16_rows(&negated).1);
+        let two = pick(&keys, &backwards, query, k, Some(false));
         assert!(one.iter().all(|b| !two.contains(b)), "{one:?} {two:?}");
     }
 }
