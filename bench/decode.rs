@@ -10,6 +10,8 @@
 //!
 //! `time` decodes N random tokens REPS times, each time from the saved state,
 //! and prints tokens/s per repetition (the state is the same in every one).
+//! With PROMPT=P, each repetition first times one prompt of P random tokens
+//! (pp at that depth), then decodes after it.
 
 use std::path::Path;
 use std::time::Instant;
@@ -73,10 +75,19 @@ fn main() -> anyhow::Result<()> {
             let mut e = engine(num(4, 2)?)?;
             let n_vocab = e.model().hp.n_vocab as i32;
             let session = SessionFile::open(path)?;
+            let prompt = std::env::var("PROMPT").ok().map(|n| n.parse::<usize>()).transpose()?;
             for _ in 0..reps {
                 infllm::session::load(&session, &mut e, |_, _| Ok(()))?;
                 // One token untimed: the first step after a load warms up.
                 e.eval(&[rng.gen_range(0..n_vocab)], false, &mut |_, _| {})?;
+                if let Some(p) = prompt {
+                    // As `infllm bench` times pp: one eval (a chunk, then the last token alone).
+                    let tokens: Vec<i32> = (0..p).map(|_| rng.gen_range(0..n_vocab)).collect();
+                    let start = Instant::now();
+                    e.eval(&tokens, false, &mut |_, _| {})?;
+                    let s = start.elapsed().as_secs_f64();
+                    println!("depth {}: pp{p} {:.2} t/s", e.n_past() - p, p as f64 / s);
+                }
                 let start = Instant::now();
                 for _ in 0..n {
                     e.eval(&[rng.gen_range(0..n_vocab)], false, &mut |_, _| {})?;

@@ -68,6 +68,7 @@ fn time(layers: &[Layer], n: usize, passes: Passes, reps: usize, sched: &mut Sch
         let coarse = |reuse| CoarsePass {
             keys: l.coarse.tensor(&ctx, n),
             kept: l.coarse.kept_tensor(&ctx, n),
+            kept_keys: l.coarse.kept_keys_tensor(&ctx, n),
             reuse,
         };
         let coarse = match passes {

@@ -461,9 +461,13 @@ fn summed_row_dots<const G: usize>(
 /// channel's step is a vector FMA per query over the tokens of a tile, with
 /// no horizontal sum per key (what a block's 64-value token rows paid, per
 /// key and query head: twice the time per key of the window's keys).
+///
+/// `next`: the rows read after these (the same layout, or empty), whose
+/// pieces are prefetched as these are read: the next block, in other pages.
 pub fn column_dots(
     fmt: &RowFormat,
     (rows, row_bytes, stride): (&[u8], usize, usize),
+    next: &[u8],
     xs: &[&[f32]],
     out: &mut [&mut [f32]],
 ) {
@@ -480,14 +484,14 @@ pub fn column_dots(
                 d.copy_from_slice(&x.to_le_bytes());
             }
         }
-        return column_dots(&RowFormat::F32, (&f32_rows, n * 4, n * 4), xs, out);
+        return column_dots(&RowFormat::F32, (&f32_rows, n * 4, n * 4), &[], xs, out);
     }
     for (xs, out) in xs.chunks(4).zip(out.chunks_mut(4)) {
         match xs.len() {
-            1 => column_format::<1>(fmt, layout, xs, out),
-            2 => column_format::<2>(fmt, layout, xs, out),
-            3 => column_format::<3>(fmt, layout, xs, out),
-            _ => column_format::<4>(fmt, layout, xs, out),
+            1 => column_format::<1>(fmt, layout, next, xs, out),
+            2 => column_format::<2>(fmt, layout, next, xs, out),
+            3 => column_format::<3>(fmt, layout, next, xs, out),
+            _ => column_format::<4>(fmt, layout, next, xs, out),
         }
     }
 }
@@ -496,15 +500,16 @@ pub fn column_dots(
 fn column_format<const G: usize>(
     fmt: &RowFormat,
     layout: (&[u8], usize, usize),
+    next: &[u8],
     xs: &[&[f32]],
     out: &mut [&mut [f32]],
 ) {
     let xs: [&[f32]; G] = std::array::from_fn(|g| xs[g]);
     match fmt {
-        RowFormat::Q8_0 => column_steps(layout, &xs, out, Q8_0_BYTES, q8_0_block),
-        RowFormat::Q4_0 => column_steps(layout, &xs, out, Q4_0_BYTES, q4_0_block),
-        RowFormat::F16 => column_steps(layout, &xs, out, 2 * LANES, f16_tile),
-        RowFormat::F32 | RowFormat::Convert(_) => column_steps(layout, &xs, out, 4 * LANES, f32_tile),
+        RowFormat::Q8_0 => column_steps(layout, next, &xs, out, Q8_0_BYTES, q8_0_block),
+        RowFormat::Q4_0 => column_steps(layout, next, &xs, out, Q4_0_BYTES, q4_0_block),
+        RowFormat::F16 => column_steps(layout, next, &xs, out, 2 * LANES, f16_tile),
+        RowFormat::F32 | RowFormat::Convert(_) => column_steps(layout, next, &xs, out, 4 * LANES, f32_tile),
     }
 }
 
@@ -514,6 +519,7 @@ fn column_format<const G: usize>(
 #[inline(always)]
 fn column_steps<const G: usize, const T: usize>(
     (rows, row_bytes, stride): (&[u8], usize, usize),
+    next: &[u8],
     xs: &[&[f32]; G],
     out: &mut [&mut [f32]],
     step_bytes: usize,
@@ -523,6 +529,9 @@ fn column_steps<const G: usize, const T: usize>(
     for (s, s0) in (0..row_bytes).step_by(step_bytes).enumerate() {
         let mut acc = [[[0f32; LANES]; T]; G];
         for c in 0..n_rows {
+            if let Some(piece) = next.get(c * stride + s0..) {
+                prefetch_lines(&piece[..step_bytes.min(piece.len())]);
+            }
             let tiles = decode(&rows[c * stride + s0..][..step_bytes]);
             for (a, x) in acc.iter_mut().zip(xs) {
                 let w = x[c];
@@ -705,7 +714,9 @@ mod tests {
             for (fmt, row_bytes, bytes, vals) in &cases {
                 let mut out = vec![vec![0f32; n]; g];
                 let mut views: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
-                column_dots(fmt, (bytes, *row_bytes, *row_bytes), &vectors, &mut views);
+                // Rows read next (prefetched; shorter than these) or none.
+                let next: &[u8] = if g % 2 == 1 { &bytes[bytes.len() / 3..] } else { &[] };
+                column_dots(fmt, (bytes, *row_bytes, *row_bytes), next, &vectors, &mut views);
                 for (j, o) in out.iter().enumerate() {
                     for (t, &got) in o.iter().enumerate() {
                         let want: f32 = (0..n_rows).map(|c| vals[c * n + t] * xs[j][c]).sum();

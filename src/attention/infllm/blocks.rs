@@ -482,6 +482,7 @@ impl BlockStore {
         Some(CoarsePass {
             keys: coarse.tensor(ctx, self.len),
             kept: coarse.kept_tensor(ctx, self.len),
+            kept_keys: coarse.kept_keys_tensor(ctx, self.len),
             reuse,
         })
     }

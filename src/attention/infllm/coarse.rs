@@ -10,10 +10,10 @@
 //! candidates (docs/infllm.md, "Retrieval past 2048 blocks").
 //!
 //! The coarse pass still reads every block. Decode steps in a row ask for
-//! much the same blocks, so a decode step keeps its candidates, and the
-//! next `InfllmParams::coarse_every - 1` decode steps score only those,
-//! until a block forms (the new block must be a candidate) or a prompt
-//! step comes.
+//! much the same blocks, so a decode step keeps its candidates (their ids
+//! and f16 keys), and the next `InfllmParams::coarse_every - 1` decode
+//! steps score only those, until a block forms (the new block must be a
+//! candidate) or a prompt step comes.
 
 use super::InfllmAttention;
 use crate::ggml::{dequantize, quantize, Context, GgmlType, HostArena, Tensor};
@@ -32,14 +32,19 @@ pub struct CoarseKeys {
     row_bytes: usize,
     /// The candidates of the last coarse pass (I32; room for one per block).
     kept: HostArena,
+    /// Their f16 keys, gathered by that pass (room for one per block), so
+    /// that a step reusing them reads those rows as they are: gathering
+    /// converts to f32 and back, 1.3 ms per token at 1M tokens.
+    kept_keys: HostArena,
 }
 
 /// A step's coarse pass: the q4_0 copy [repr_len, n], where its candidates
-/// are kept (I32, room for `CANDIDATES` x k), and whether this step takes
-/// the kept ones instead of scoring the copy.
+/// and their f16 keys are kept (room for `CANDIDATES` x k), and whether
+/// this step takes the kept ones instead of scoring the copy.
 pub struct CoarsePass<'a> {
     pub keys: Tensor<'a>,
     pub kept: Tensor<'a>,
+    pub kept_keys: Tensor<'a>,
     pub reuse: bool,
 }
 
@@ -56,6 +61,7 @@ impl CoarseKeys {
             repr_len,
             row_bytes,
             kept: HostArena::reserve(4 * max_blocks)?,
+            kept_keys: HostArena::reserve(2 * repr_len * max_blocks)?,
         }))
     }
 
@@ -88,10 +94,18 @@ impl CoarseKeys {
         t
     }
 
-    /// Lets the scheduler run the coarse matmul on the CPU, where the rows
+    /// Room for `len` kept candidates' keys, as a tensor F16 [repr_len, len].
+    pub fn kept_keys_tensor<'a>(&'a self, ctx: &'a Context, len: usize) -> Tensor<'a> {
+        let t = ctx.new_tensor(GgmlType::F16, &[self.repr_len as i64, len as i64]);
+        self.kept_keys.place(t, 0);
+        t
+    }
+
+    /// Lets the scheduler run the coarse matmuls on the CPU, where the rows
     /// are, rather than copy them to a device at every step.
     pub fn keep_readers_on_cpu(&self) {
         self.arena.keep_readers_on_cpu();
+        self.kept_keys.keep_readers_on_cpu();
     }
 }
 
@@ -151,16 +165,22 @@ pub fn top_blocks<'a>(
         return g.top_k(g.reshape(scores, &[n]), k as i32);
     };
     let kept = g.view(coarse.kept, &[n_cand], &[], 0);
-    let cand = match coarse.reuse {
-        true => kept,
-        false => g.cpy(
-            g.top_k(g.reshape(g.mul_mat(coarse.keys, query), &[n]), n_cand as i32),
-            kept,
-        ),
+    let kept_keys = g.view(
+        coarse.kept_keys,
+        &[repr.ne()[0], n_cand],
+        &[coarse.kept_keys.nb()[1]],
+        0,
+    );
+    let (cand, keys) = match coarse.reuse {
+        true => (kept, kept_keys),
+        false => {
+            let top = g.top_k(g.reshape(g.mul_mat(coarse.keys, query), &[n]), n_cand as i32);
+            let cand = g.cpy(top, kept);
+            // get_rows gives the keys in f32, exactly; back in f16, the
+            // matmul rounds the query and sums as the one pass does.
+            (cand, g.cpy(g.get_rows(repr, cand), kept_keys))
+        }
     };
-    // The candidates' keys: get_rows gives them in f32, exactly; back in
-    // f16, the matmul rounds the query and sums as the one pass does.
-    let keys = g.cast(g.get_rows(repr, cand), GgmlType::F16);
     let scores = g.mul_mat(keys, query);
     let best = g.top_k(g.reshape(scores, &[n_cand]), k as i32);
     g.reshape(g.get_rows(g.reshape(cand, &[1, n_cand]), best), &[k as i64])
@@ -184,6 +204,7 @@ mod tests {
         let pass = reuse.map(|reuse| CoarsePass {
             keys: coarse.tensor(&ctx, n),
             kept: coarse.kept_tensor(&ctx, n),
+            kept_keys: coarse.kept_keys_tensor(&ctx, n),
             reuse,
         });
         let ids = top_blocks(&ctx, repr, pass, q, k).set_output();
@@ -240,7 +261,13 @@ mod tests {
         let last = values(12, len);
         let query: Vec<f32> = last.iter().map(|x| -x).collect();
         pick(&keys, &coarse, &last, k, Some(false));
-        let kept = read_ids(coarse.kept_tensor(&Step::context(), n), CANDIDATES * k);
+        let ctx = Step::context();
+        let kept = read_ids(coarse.kept_tensor(&ctx, n), CANDIDATES * k);
+        let mut kept_keys = vec![0u8; 2 * len * kept.len()];
+        coarse.kept_keys_tensor(&ctx, n).read_bytes(0, &mut kept_keys);
+        for (row, &b) in kept_keys.chunks_exact(2 * len).zip(&kept) {
+            assert_eq!(row, &bytes[b * 2 * len..][..2 * len], "kept keys of block {b}");
+        }
         let picked = pick(&keys, &coarse, &query, k, Some(true));
         let score = |b: usize| -> f32 {
             keys[b * len..][..len]

@@ -76,8 +76,8 @@ pub(super) unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith:
     // type, contiguous I32 ids, contiguous f32 queries [hd, group, n_kv]),
     // allocated when the graph runs. Ids are checked against the store; each
     // slice below stays inside its tensor: a block's keys for one KV head
-    // (hd rows of bs values), one query head's hd values, one output row's
-    // bs logits.
+    // (hd rows of bs values; this item's and the thread's next item's),
+    // one query head's hd values, one output row's bs logits.
     // Threads write disjoint (block, KV head) ranges of `dst`.
     unsafe {
         let dst = &*dst;
@@ -94,16 +94,23 @@ pub(super) unsafe extern "C" fn block_scores_op(dst: *mut sys::ggml_tensor, ith:
             .collect();
         let mut out: Vec<&mut [f32]> = Vec::with_capacity(group);
         with_row_format(store, |fmt| {
-            for item in (ith as usize..ids.len() * n_kv).step_by(nth as usize) {
+            let keys = |item: usize| {
                 let (i, kv) = (item / n_kv, item % n_kv);
-                let keys = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * hd * row);
-                let keys = std::slice::from_raw_parts(keys, hd * row);
+                let at = (store.data as *const u8).add(ids[i] as usize * store.nb[1] + kv * hd * row);
+                std::slice::from_raw_parts(at, hd * row)
+            };
+            let items = ids.len() * n_kv;
+            for item in (ith as usize..items).step_by(nth as usize) {
+                let (i, kv) = (item / n_kv, item % n_kv);
+                // This thread's next keys, prefetched while these are read.
+                let next = (item + (nth as usize) < items).then(|| keys(item + nth as usize));
                 out.clear();
                 out.extend((0..group).map(|j| {
                     let o = (dst.data as *mut u8).add(kv * dst.nb[2] + j * dst.nb[1] + i * bs * 4);
                     std::slice::from_raw_parts_mut(o as *mut f32, bs)
                 }));
-                kernels::column_dots(fmt, (keys, row, row), &heads[kv * group..][..group], &mut out);
+                let (keys, next) = (keys(item), next.unwrap_or_default());
+                kernels::column_dots(fmt, (keys, row, row), next, &heads[kv * group..][..group], &mut out);
             }
         });
     }
