@@ -253,7 +253,7 @@ fn a_prompt_cache_reads_only_what_is_new() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let err = text(&out.stderr);
         let line = err.lines().find(|l| l.contains("prompt tokens restored")).unwrap();
-        // "...: HELD of TOTAL prompt tokens restored"
+        // "...: HELD of TOTAL prompt tokens restored in T s"
         let words: Vec<&str> = line.rsplit(": ").next().unwrap().split(' ').collect();
         (
             text(&out.stdout),

@@ -77,13 +77,16 @@ impl PromptCache {
         echo: Option<&mut dyn Write>,
         done: &mut usize,
     ) -> anyhow::Result<Vec<f32>> {
+        let started = std::time::Instant::now();
         let held = self.restore(engine, tokens)?;
+        let secs = started.elapsed().as_secs_f64();
         if let Some(out) = echo {
             out.write_all(text.as_bytes())?;
             out.flush()?;
         }
+        // The prompt's eval time includes this (and the save below).
         crate::log_info!(
-            "infllm: {}: {held} of {} prompt tokens restored",
+            "infllm: {}: {held} of {} prompt tokens restored in {secs:.2} s",
             self.name(),
             tokens.len()
         );
