@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use infllm::attention::infllm::{top_blocks, CoarseKeys, CoarsePass};
+use infllm::attention::infllm::{top_blocks, CoarseKeys};
 use infllm::compute::{BuiltStep, Step};
 use infllm::ggml::{GgmlType, HostArena, Scheduler, Tensor};
 use rand::{Rng, SeedableRng};
@@ -65,12 +65,7 @@ fn time(layers: &[Layer], n: usize, passes: Passes, reps: usize, sched: &mut Sch
     for (l, q) in layers.iter().zip(qs) {
         let repr = ctx.new_tensor(GgmlType::F16, &[REPR_LEN as i64, n as i64]);
         l.f16.place(repr, 0);
-        let coarse = |reuse| CoarsePass {
-            keys: l.coarse.tensor(&ctx, n),
-            kept: l.coarse.kept_tensor(&ctx, n),
-            kept_keys: l.coarse.kept_keys_tensor(&ctx, n),
-            reuse,
-        };
+        let coarse = |reuse| l.coarse.pass(&ctx, n, reuse);
         let coarse = match passes {
             Passes::One => None,
             Passes::Two => Some(coarse(false)),

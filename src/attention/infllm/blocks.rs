@@ -479,12 +479,7 @@ impl BlockStore {
     /// candidates the last pass kept.
     pub fn coarse_pass<'a>(&'a self, ctx: &'a Context, from: usize, reuse: bool) -> Option<CoarsePass<'a>> {
         let coarse = self.coarse.as_ref().filter(|_| self.scores_coarse(from))?;
-        Some(CoarsePass {
-            keys: coarse.tensor(ctx, self.len),
-            kept: coarse.kept_tensor(ctx, self.len),
-            kept_keys: coarse.kept_keys_tensor(ctx, self.len),
-            reuse,
-        })
+        Some(coarse.pass(ctx, self.len, reuse))
     }
 
     /// The coarse copy of the `len` blocks' representative keys, after

@@ -101,6 +101,17 @@ impl CoarseKeys {
         t
     }
 
+    /// A step's coarse pass over the first `len` rows: the copy, and room
+    /// for its kept candidates and their keys.
+    pub fn pass<'a>(&'a self, ctx: &'a Context, len: usize, reuse: bool) -> CoarsePass<'a> {
+        CoarsePass {
+            keys: self.tensor(ctx, len),
+            kept: self.kept_tensor(ctx, len),
+            kept_keys: self.kept_keys_tensor(ctx, len),
+            reuse,
+        }
+    }
+
     /// Lets the scheduler run the coarse matmuls on the CPU, where the rows
     /// are, rather than copy them to a device at every step.
     pub fn keep_readers_on_cpu(&self) {
@@ -201,12 +212,7 @@ mod tests {
         let mut step = Step::new(&ctx);
         let repr = step.input_f16("repr", &[len as i64, n as i64], keys.to_vec());
         let q = step.input_f32("query", &[len as i64, 1], query.to_vec());
-        let pass = reuse.map(|reuse| CoarsePass {
-            keys: coarse.tensor(&ctx, n),
-            kept: coarse.kept_tensor(&ctx, n),
-            kept_keys: coarse.kept_keys_tensor(&ctx, n),
-            reuse,
-        });
+        let pass = reuse.map(|reuse| coarse.pass(&ctx, n, reuse));
         let ids = top_blocks(&ctx, repr, pass, q, k).set_output();
         step.graph.expand(ids);
         // The scheduler holds the output's memory: read before it goes.
