@@ -22,13 +22,14 @@ use std::os::unix::fs::FileExt as _;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::sys;
 use super::tensor::Tensor;
+use super::{liveness, sys};
 
 pub struct HostArena {
     ptr: NonNull<u8>,
     len: usize,
     buffer: NonNull<sys::ggml_backend_buffer>,
+    alive: liveness::Alive,
     /// The file the range maps (None: anonymous memory).
     file: Option<FileMap>,
 }
@@ -99,6 +100,7 @@ impl HostArena {
             ptr,
             len,
             buffer,
+            alive: liveness::add(buffer.as_ptr()),
             file: None,
         })
     }
@@ -305,6 +307,7 @@ impl HostArena {
 
 impl Drop for HostArena {
     fn drop(&mut self) {
+        liveness::remove(&self.alive);
         // SAFETY: buffer first (it refers to the mapping), then the mapping we own.
         unsafe {
             sys::ggml_backend_buffer_free(self.buffer.as_ptr());

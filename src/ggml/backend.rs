@@ -5,6 +5,7 @@
 use std::ptr::NonNull;
 
 use super::device::{BufferType, Device};
+use super::liveness;
 use super::sys;
 use super::tensor::{Context, Graph, Tensor};
 
@@ -77,6 +78,7 @@ impl Drop for Backend {
 /// A backend buffer holding tensor data.
 pub struct Buffer {
     raw: NonNull<sys::ggml_backend_buffer>,
+    alive: liveness::Alive,
 }
 
 // SAFETY: a buffer is memory plus a vtable; access is synchronised by the
@@ -112,7 +114,7 @@ impl Buffer {
                     anyhow::bail!("cannot place a weight tensor in the model mapping");
                 }
             }
-            Ok(Self { raw })
+            Ok(Self::live(raw))
         }
     }
 
@@ -124,7 +126,7 @@ impl Buffer {
             let raw = sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.raw(), sys::ggml_backend_cpu_buffer_type());
             let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("out of memory allocating tensors"))?;
             sys::ggml_backend_buffer_clear(raw.as_ptr(), 0);
-            Ok(Self { raw })
+            Ok(Self::live(raw))
         }
     }
 
@@ -146,7 +148,7 @@ impl Buffer {
             let raw = sys::ggml_backend_buft_alloc_buffer(buft.raw.as_ptr(), size.max(1));
             let raw = NonNull::new(raw)
                 .ok_or_else(|| anyhow::anyhow!("out of memory: {} MiB on {}", size >> 20, buft.name()))?;
-            let buffer = Self { raw };
+            let buffer = Self::live(raw);
             let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()).cast::<u8>();
             for (t, off) in tensors.iter().zip(offsets) {
                 let status = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.add(off).cast());
@@ -158,6 +160,12 @@ impl Buffer {
             }
             Ok(buffer)
         }
+    }
+
+    /// Owns `raw`, a buffer just allocated, recorded as alive.
+    fn live(raw: NonNull<sys::ggml_backend_buffer>) -> Self {
+        let alive = liveness::add(raw.as_ptr());
+        Self { raw, alive }
     }
 
     /// Sets every byte to zero.
@@ -182,6 +190,7 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        liveness::remove(&self.alive);
         // SAFETY: we own the buffer.
         unsafe { sys::ggml_backend_buffer_free(self.raw.as_ptr()) }
     }
@@ -195,6 +204,13 @@ pub struct Scheduler {
     raw: NonNull<sys::ggml_backend_sched>,
     /// Devices first, the CPU last (ggml's rule).
     backends: Vec<Backend>,
+    /// The compute memory of the last allocation (ggml frees it when it
+    /// allocates more, or with the scheduler).
+    compute_memory: Vec<liveness::Alive>,
+    /// The graph last allocated (`Graph::key`): the one `compute` runs.
+    allocated: Option<(u64, usize)>,
+    /// `liveness::frees()` when that graph's memory was last found alive.
+    checked: u64,
 }
 
 // SAFETY: owned, used from one thread at a time.
@@ -227,19 +243,62 @@ impl Scheduler {
             )
         };
         let raw = NonNull::new(raw).ok_or_else(|| anyhow::anyhow!("cannot create the graph scheduler"))?;
-        Ok(Self { raw, backends })
+        Ok(Self {
+            raw,
+            backends,
+            compute_memory: Vec::new(),
+            allocated: None,
+            checked: 0,
+        })
     }
 
     /// Assigns every node of `graph` a backend and gives every tensor
     /// without data its memory (forgetting the previous graph's).
     pub fn alloc(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
+        self.allocated = None;
+        let fresh: Vec<_> = graph.tensors().filter(|&t| Self::needs_memory(t)).collect();
         // SAFETY: scheduler and graph are valid; false means out of memory.
         let ok = unsafe {
             sys::ggml_backend_sched_reset(self.raw.as_ptr());
             self.pin_custom_ops(graph);
             sys::ggml_backend_sched_alloc_graph(self.raw.as_ptr(), graph.raw.as_ptr())
         };
+        self.note_compute_memory(&fresh);
         anyhow::ensure!(ok, "out of memory allocating the compute graph");
+        self.check_memory(graph)?;
+        self.allocated = Some(graph.key());
+        Ok(())
+    }
+
+    /// Whether the allocator gives `t` memory (not a view, no data yet).
+    fn needs_memory(t: *mut sys::ggml_tensor) -> bool {
+        // SAFETY: a live tensor of the graph being allocated.
+        unsafe { (*t).data.is_null() && (*t).view_src.is_null() }
+    }
+
+    /// Records the buffers the allocator put `fresh` in as this scheduler's
+    /// compute memory, in place of the last allocation's.
+    fn note_compute_memory(&mut self, fresh: &[*mut sys::ggml_tensor]) {
+        self.compute_memory.iter().for_each(liveness::remove);
+        let mut buffers: Vec<_> = fresh
+            .iter()
+            // SAFETY: live tensors of the graph just allocated.
+            .map(|&t| unsafe { (*t).buffer })
+            .filter(|b| !b.is_null())
+            .collect();
+        buffers.sort();
+        buffers.dedup();
+        self.compute_memory = buffers.into_iter().map(liveness::add).collect();
+    }
+
+    /// Fails if a tensor of `graph` has no memory or memory since freed.
+    fn check_memory(&mut self, graph: &Graph<'_>) -> anyhow::Result<()> {
+        let frees = liveness::frees();
+        anyhow::ensure!(
+            liveness::all_hold(graph.tensors().map(|t| t.cast_const())),
+            "a graph reads or writes memory that was freed (or never given)"
+        );
+        self.checked = frees;
         Ok(())
     }
 
@@ -269,8 +328,17 @@ impl Scheduler {
     /// Runs the graph last allocated (`alloc`), again if asked: inputs are
     /// copied to the devices that read them at every run.
     pub fn compute(&mut self, graph: &mut Graph<'_>) -> anyhow::Result<()> {
-        // SAFETY: the graph was allocated by this scheduler (it computes the
-        // splits of its last allocation) and its context is alive.
+        // ggml runs the splits of the last allocation whatever graph it is
+        // given: it must be this one, whose context the borrow keeps alive.
+        anyhow::ensure!(
+            self.allocated == Some(graph.key()),
+            "a graph run without being the scheduler's last allocated one"
+        );
+        if self.checked != liveness::frees() {
+            self.check_memory(graph)?;
+        }
+        // SAFETY: the graph is this scheduler's last allocation, its context
+        // is alive, and all its tensors' memory (checked since the last free).
         let status = unsafe { sys::ggml_backend_sched_graph_compute(self.raw.as_ptr(), graph.raw.as_ptr()) };
         if status != sys::GGML_STATUS_SUCCESS {
             anyhow::bail!("ggml graph computation failed (status {status})");
@@ -287,6 +355,7 @@ impl Scheduler {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        self.compute_memory.iter().for_each(liveness::remove);
         // SAFETY: we own the scheduler; the backends are dropped after it.
         unsafe { sys::ggml_backend_sched_free(self.raw.as_ptr()) }
     }

@@ -10,6 +10,8 @@
 //! - `backend`: backends, buffers, and the scheduler that runs a graph
 //!   over them.
 //! - `arena`: growable host memory for InfLLM's block store.
+//! - `liveness`: which buffers are alive, checked before a tensor handle
+//!   reaches memory (a handle borrows only its metadata context).
 //! - `row_cache`: device copies of host rows filled on demand (InfLLM's
 //!   block cache past its size), least recently used out.
 //! - `quant`: row quantization with ggml's kernels.
@@ -24,6 +26,7 @@ mod custom_ops;
 mod device;
 pub mod gguf_ref;
 mod kernels;
+mod liveness;
 mod ops;
 mod quant;
 pub mod reference;

@@ -8,13 +8,19 @@
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{sys, GgmlType};
+use super::{liveness, sys, GgmlType};
 
 /// Owns a `ggml_context`.
 pub struct Context {
     raw: NonNull<sys::ggml_context>,
+    /// Unique in the process (an address can be reused; this cannot).
+    id: u64,
 }
+
+/// The next context's `id`.
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: a context is plain memory owned by this value; ggml keeps no
 // thread-local state tied to it. It is used from one thread at a time (&mut
@@ -33,18 +39,20 @@ pub struct Tensor<'c> {
 /// context it came from (checked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId {
-    ctx: *const sys::ggml_context,
+    ctx: u64,
     raw: NonNull<sys::ggml_tensor>,
 }
 
-// SAFETY: an id is an inert pair of addresses; it is dereferenced only through
-// `Context::tensor`, which checks it belongs to that (live) context.
+// SAFETY: an id is an inert address and a context's id; it is dereferenced
+// only through `Context::tensor`, which checks it belongs to that (live)
+// context (by its unique id: a later context at the same address differs).
 unsafe impl Send for TensorId {}
 unsafe impl Sync for TensorId {}
 
 /// A computation graph allocated in a `Context`.
 pub struct Graph<'c> {
     pub(super) raw: NonNull<sys::ggml_cgraph>,
+    ctx_id: u64,
     _ctx: PhantomData<&'c Context>,
 }
 
@@ -52,12 +60,12 @@ pub struct Graph<'c> {
 /// keeping a built graph next to the context that owns it.
 #[derive(Clone, Copy, Debug)]
 pub struct GraphId {
-    ctx: *const sys::ggml_context,
+    ctx: u64,
     raw: NonNull<sys::ggml_cgraph>,
 }
 
-// SAFETY: an inert pair of addresses, dereferenced only through
-// `Context::graph`, which checks it belongs to that (live) context.
+// SAFETY: inert, as `TensorId`; dereferenced only through `Context::graph`,
+// which checks it belongs to that (live) context.
 unsafe impl Send for GraphId {}
 
 impl Context {
@@ -81,6 +89,7 @@ impl Context {
         };
         Self {
             raw: NonNull::new(raw).expect("ggml_init failed: out of memory"),
+            id: NEXT_CONTEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -103,6 +112,7 @@ impl Context {
         let raw = unsafe { sys::ggml_new_graph_custom(self.raw.as_ptr(), size, false) };
         Graph {
             raw: NonNull::new(raw).expect("ggml_new_graph_custom failed"),
+            ctx_id: self.id,
             _ctx: PhantomData,
         }
     }
@@ -110,17 +120,14 @@ impl Context {
     /// A storable handle to `t`, which must belong to this context.
     pub fn id(&self, t: Tensor<'_>) -> TensorId {
         TensorId {
-            ctx: self.raw.as_ptr(),
+            ctx: self.id,
             raw: t.raw,
         }
     }
 
     /// The tensor behind `id`.
     pub fn tensor(&self, id: TensorId) -> Tensor<'_> {
-        assert!(
-            std::ptr::eq(id.ctx, self.raw.as_ptr()),
-            "tensor id used with another context"
-        );
+        assert!(id.ctx == self.id, "tensor id used with another context");
         Tensor {
             raw: id.raw,
             _ctx: PhantomData,
@@ -130,19 +137,17 @@ impl Context {
     /// A storable handle to `g`, which must belong to this context.
     pub fn graph_id(&self, g: &Graph<'_>) -> GraphId {
         GraphId {
-            ctx: self.raw.as_ptr(),
+            ctx: self.id,
             raw: g.raw,
         }
     }
 
     /// The graph behind `id`.
     pub fn graph(&self, id: GraphId) -> Graph<'_> {
-        assert!(
-            std::ptr::eq(id.ctx, self.raw.as_ptr()),
-            "graph id used with another context"
-        );
+        assert!(id.ctx == self.id, "graph id used with another context");
         Graph {
             raw: id.raw,
+            ctx_id: self.id,
             _ctx: PhantomData,
         }
     }
@@ -227,8 +232,11 @@ impl<'c> Tensor<'c> {
     }
 
     /// Whether the tensor's memory is host memory (reads and writes are
-    /// copies, not transfers to a device).
+    /// copies, not transfers to a device); false for memory since freed.
     pub fn is_host(self) -> bool {
+        if !liveness::holds(self.raw()) {
+            return false;
+        }
         let t = self.get();
         let buffer = if t.view_src.is_null() {
             t.buffer
@@ -237,23 +245,25 @@ impl<'c> Tensor<'c> {
             // one that outlives it, ggml's rule).
             unsafe { (*t.view_src).buffer }
         };
-        // SAFETY: a non-null buffer pointer of a live tensor is a valid buffer.
+        // SAFETY: a live buffer (checked above).
         !buffer.is_null() && unsafe { sys::ggml_backend_buffer_is_host(buffer) }
     }
 
     /// Copies `data` into the tensor's memory at byte `offset` (any backend).
     pub fn write_bytes(self, offset: usize, data: &[u8]) {
         assert!(self.is_allocated(), "write to an unallocated tensor");
+        assert!(liveness::holds(self.raw()), "write to a tensor whose memory was freed");
         assert!(offset + data.len() <= self.nbytes(), "write past the end of a tensor");
-        // SAFETY: the tensor is allocated and the range was checked above.
+        // SAFETY: the tensor's memory is alive and the range lies in it (checked above).
         unsafe { sys::ggml_backend_tensor_set(self.raw(), data.as_ptr().cast(), offset, data.len()) }
     }
 
     /// Copies the tensor's bytes `[offset, offset + out.len())` into `out`.
     pub fn read_bytes(self, offset: usize, out: &mut [u8]) {
         assert!(self.is_allocated(), "read of an unallocated tensor");
+        assert!(liveness::holds(self.raw()), "read of a tensor whose memory was freed");
         assert!(offset + out.len() <= self.nbytes(), "read past the end of a tensor");
-        // SAFETY: the tensor is allocated and the range was checked above.
+        // SAFETY: the tensor's memory is alive and the range lies in it (checked above).
         unsafe { sys::ggml_backend_tensor_get(self.raw(), out.as_mut_ptr().cast(), offset, out.len()) }
     }
 
@@ -290,6 +300,25 @@ fn as_bytes<T: Copy>(data: &[T]) -> &[u8] {
 }
 
 impl Graph<'_> {
+    /// Identifies this graph while its context lives (an address alone
+    /// could be a later context's graph).
+    pub(super) fn key(&self) -> (u64, usize) {
+        (self.ctx_id, self.raw.as_ptr() as usize)
+    }
+
+    /// Every node and every node's sources (a tensor may come more than once).
+    pub(super) fn tensors(&self) -> impl Iterator<Item = *mut sys::ggml_tensor> + '_ {
+        let g = self.raw.as_ptr();
+        // SAFETY: a live graph (the borrow of its context); indices below its
+        // node count give its nodes, whose sources are null or live tensors.
+        let n = unsafe { sys::ggml_graph_n_nodes(g) };
+        (0..n).flat_map(move |i| {
+            let node = unsafe { sys::ggml_graph_node(g, i) };
+            let srcs = unsafe { (*node).src };
+            std::iter::once(node).chain(srcs.into_iter().filter(|s| !s.is_null()))
+        })
+    }
+
     /// Adds `t` and everything it depends on.
     pub fn expand(&mut self, t: Tensor<'_>) {
         // SAFETY: graph and tensor belong to live contexts; ggml aborts if the
