@@ -69,12 +69,12 @@ fn two_servers() -> (Vec<Server>, Vec<Device>) {
 
 /// `standard_ops`: InfLLM through standard ggml ops on the CPU too (the
 /// path of layers on a device); `block_cache`: device bytes for blocks.
-fn engine(attn: AttnMode, offload: &Offload, standard_ops: bool, block_cache: Option<usize>) -> Engine {
+fn engine(attn: AttnMode, offload: &Offload, standard_ops: bool, block_cache: Option<usize>, n_ctx: usize) -> Engine {
     let model = Model::load_on(&common::smollm2(), offload, &mut |_| {}).expect("load model");
     let params = EngineParams {
         attn,
         n_threads: common::THREADS as usize,
-        n_ctx: 1024,
+        n_ctx,
         n_ubatch: 512,
         block_cache,
         standard_ops,
@@ -125,13 +125,14 @@ fn compare(
     let _one_at_a_time = common::exclusive();
     ggml::set_quiet_logs(true);
     let (_servers, devices) = two_servers();
-    let mut remote = engine(attn, &split_over(&devices), false, block_cache);
+    let n_ctx = (prompt_tokens + n_decode).max(1024);
+    let mut remote = engine(attn, &split_over(&devices), false, block_cache, n_ctx);
     assert_eq!(
         remote.model().placement.devices(),
         devices,
         "layers were not split over both servers"
     );
-    let text = STORY.repeat(64);
+    let text = STORY.repeat((prompt_tokens / 16).max(64));
     let tokens = remote.tokenizer().encode(&text, true, true);
     let prompt = &tokens[..prompt_tokens];
     let theirs = greedy_logits(&mut remote, prompt, n_decode);
@@ -144,8 +145,8 @@ fn compare(
         repack: false,
         ..Offload::cpu()
     };
-    let same_ops = greedy_logits(&mut engine(attn, &cpu, true, None), prompt, n_decode);
-    let kernels = greedy_logits(&mut engine(attn, &cpu, false, None), prompt, n_decode);
+    let same_ops = greedy_logits(&mut engine(attn, &cpu, true, None, n_ctx), prompt, n_decode);
+    let kernels = greedy_logits(&mut engine(attn, &cpu, false, None, n_ctx), prompt, n_decode);
     let argmax = |l: &Vec<Vec<f32>>| l.iter().map(|x| common::argmax_of(x)).collect::<Vec<_>>();
     assert_eq!(argmax(&theirs), argmax(&kernels), "greedy tokens differ from the CPU's");
     let diff = max_diff(&theirs, &same_ops);
@@ -217,6 +218,19 @@ fn two_pass_retrieval_past_the_device_block_cache_equals_the_cpu() {
 }
 
 #[test]
+fn infllm_defaults_past_8k_tokens_past_the_device_block_cache_equal_the_cpu() {
+    // SmolLM2's own settings (span 6,272: 16 blocks of 128 tokens) over
+    // 8,320 tokens, past its 8K training context: 32 blocks per layer.
+    // Room for 20 blocks per layer on each server (q8_0 blocks of 128
+    // tokens: 53,376 bytes per layer, 15 layers per server).
+    let p = InfllmParams::defaults_for(8192);
+    let (n_blocks, loads) = compare(AttnMode::Infllm(p), 8320, 4, Some(20 * 15 * 53_376), 3 + 2 * 30);
+    assert!(n_blocks > 20, "only {n_blocks} blocks: the cache was never exceeded");
+    assert!(loads > 0, "no block was copied into a cache");
+    eprintln!("{n_blocks} blocks per layer, {loads} copied in on demand");
+}
+
+#[test]
 fn a_rollback_past_the_device_block_cache_puts_each_block_back_in_its_slot() {
     // As above: 3 blocks per layer fit. Back to 1 block after 6 formed and
     // were copied around: the same continuation gives the same logits.
@@ -228,6 +242,7 @@ fn a_rollback_past_the_device_block_cache_puts_each_block_back_in_its_slot() {
         &split_over(&devices),
         false,
         Some(3 * 15 * 14_208),
+        1024,
     );
     let tokens = e.tokenizer().encode(&STORY.repeat(64), true, true);
     e.eval(&tokens[..180], false, &mut |_, _| {}).unwrap();

@@ -38,7 +38,7 @@ fn live() -> std::sync::MutexGuard<'static, BTreeMap<usize, Span>> {
     LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Records `buffer` (just allocated) as alive.
+/// Records `buffer` (allocated and not yet freed) as alive.
 pub(super) fn add(buffer: *mut sys::ggml_backend_buffer) -> Alive {
     // SAFETY: `buffer` is a valid buffer (the caller's contract); pure queries.
     let (base, size) = unsafe {

@@ -313,7 +313,9 @@ impl Graph<'_> {
         // node count give its nodes, whose sources are null or live tensors.
         let n = unsafe { sys::ggml_graph_n_nodes(g) };
         (0..n).flat_map(move |i| {
+            // SAFETY: as above, `i` is below the node count.
             let node = unsafe { sys::ggml_graph_node(g, i) };
+            // SAFETY: a node of a live graph is a live tensor.
             let srcs = unsafe { (*node).src };
             std::iter::once(node).chain(srcs.into_iter().filter(|s| !s.is_null()))
         })
