@@ -118,13 +118,19 @@ mod tests {
         err.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default()
     }
 
-    #[test]
-    fn an_output_is_unreadable_once_its_scheduler_is_gone() {
-        let ctx = Context::new(8, 8);
-        let (_buffer, y, mut graph) = doubled(&ctx);
+    /// `doubled`, allocated and run once on a scheduler of its own.
+    fn ran(ctx: &Context) -> (Buffer, Tensor<'_>, Graph<'_>, Scheduler) {
+        let (buffer, y, mut graph) = doubled(ctx);
         let mut sched = Scheduler::cpu(1).unwrap();
         sched.alloc(&mut graph).unwrap();
         sched.compute(&mut graph).unwrap();
+        (buffer, y, graph, sched)
+    }
+
+    #[test]
+    fn an_output_is_unreadable_once_its_scheduler_is_gone() {
+        let ctx = Context::new(8, 8);
+        let (_buffer, y, _graph, sched) = ran(&ctx);
         let mut out = Vec::new();
         y.read_f32(&mut out);
         assert_eq!(out, [2.0, 4.0, 6.0, 8.0]);
@@ -136,10 +142,7 @@ mod tests {
     #[test]
     fn a_graph_whose_input_memory_is_gone_does_not_run() {
         let ctx = Context::new(8, 8);
-        let (buffer, _, mut graph) = doubled(&ctx);
-        let mut sched = Scheduler::cpu(1).unwrap();
-        sched.alloc(&mut graph).unwrap();
-        sched.compute(&mut graph).unwrap();
+        let (buffer, _, mut graph, mut sched) = ran(&ctx);
         drop(buffer);
         let err = sched.compute(&mut graph).unwrap_err().to_string();
         assert!(err.contains("memory that was freed"), "{err}");
