@@ -152,25 +152,40 @@ impl Context {
     /// without reading the mask (`kernels::softmax_spans`).
     pub fn softmax_spans<'a>(&'a self, x: Tensor<'a>, spans: Tensor<'a>, scale: f32) -> Tensor<'a> {
         assert!(
-            x.ty() == GgmlType::F32 && x.nb()[0] == 4,
-            "softmax_spans: f32 rows with unit stride"
-        );
-        assert!(
             spans.ty() == GgmlType::I32 && spans.is_contiguous() && spans.ne() == [4, x.ne()[1], 1, 1],
             "softmax_spans: four I32 bounds per query row"
         );
-        assert!(scale > 0.0 && scale.is_finite(), "softmax_spans: a positive scale");
-        let mut args = [spans.raw()];
-        // SAFETY: valid context and tensors (checked above to be what the op
-        // reads and writes); ggml copies the source pointer into the node, a
-        // view of `x`. The scale travels as the bits of the userdata pointer
-        // (the callback reads no memory through it).
+        self.softmax_op(x, Some(spans), scale)
+    }
+
+    /// Softmax in place of every row of `x` [n, ...] f32 (unit element
+    /// stride) scaled by `scale` (> 0); entries of -inf become 0. What
+    /// `soft_max_ext` without a mask computes, with every pass vectorized:
+    /// ggml finds a row's largest entry one value at a time, which was most
+    /// of its softmax in a decode step (docs/perf.md).
+    pub fn softmax_rows<'a>(&'a self, x: Tensor<'a>, scale: f32) -> Tensor<'a> {
+        self.softmax_op(x, None, scale)
+    }
+
+    /// `softmax_spans`, or whole rows without `spans`.
+    fn softmax_op<'a>(&'a self, x: Tensor<'a>, spans: Option<Tensor<'a>>, scale: f32) -> Tensor<'a> {
+        assert!(
+            x.ty() == GgmlType::F32 && x.nb()[0] == 4,
+            "softmax: f32 rows with unit stride"
+        );
+        assert!(scale > 0.0 && scale.is_finite(), "softmax: a positive scale");
+        let mut args: Vec<_> = spans.iter().map(|s| s.raw()).collect();
+        // SAFETY: valid context and tensors (checked above and by the
+        // callers to be what the op reads and writes); ggml copies the
+        // source pointers into the node, a view of `x`. The scale travels as
+        // the bits of the userdata pointer (the callback reads no memory
+        // through it).
         self.wrap(unsafe {
             sys::ggml_custom_inplace(
                 self.raw(),
                 x.raw(),
                 args.as_mut_ptr(),
-                1,
+                args.len() as c_int,
                 Some(softmax_spans_op),
                 -1, // every thread takes a share of the rows
                 scale.to_bits() as usize as *mut std::ffi::c_void,

@@ -53,7 +53,7 @@ impl InfllmAttention {
         // One softmax over all query heads' rows as one matrix (ggml splits
         // rows, not heads, between threads: [W, 3, 3] left one thread 6 rows).
         let width = logits.ne()[0];
-        let probs = g.soft_max_ext(g.reshape(logits, &[width, nh]), None, softmax_scale(&lt.la));
+        let probs = lt.decode_softmax(g.reshape(logits, &[width, nh]), softmax_scale(&lt.la));
         let out = self.decode_values(lt, inp, &parts, ranges, probs);
         // Accumulate each local key's probability (per query head; only blocks use it).
         if self.p.topk > 0 {

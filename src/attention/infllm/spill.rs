@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use super::coarse::CANDIDATES;
 use super::window::InfllmAttention;
 use crate::ggml::{piece_spans, PIECE_ALIGN};
 
@@ -312,14 +313,24 @@ impl InfllmAttention {
         Ok(())
     }
 
-    /// After a step that read at most `topk` blocks per layer: gives the
-    /// pages back to the OS once enough reads have gathered.
-    pub(super) fn note_step_reads(&mut self) {
+    /// After a step (`reused`: one that took the kept candidates): counts
+    /// the blocks steps may since have read, and gives the pages back to the
+    /// OS once enough have gathered. A step reads `topk` blocks per layer;
+    /// one that keeps candidates counts all of them, since the steps that
+    /// take them read among those alone. Pages given back are faulted in
+    /// again: counting each step's `topk` released them every sixth step at
+    /// 1M tokens, now every second pass (docs/perf.md).
+    pub(super) fn note_step_reads(&mut self, reused: bool) {
         let Some(spill) = self.spill.as_mut().filter(|s| s.moved) else {
             return;
         };
+        let blocks = match (reused, self.kept_pick.is_some()) {
+            (true, _) => 0,
+            (false, true) => CANDIDATES * self.p.topk,
+            (false, false) => self.p.topk,
+        };
         let per_block = self.shape.k_bytes() + self.shape.v_bytes();
-        spill.read += self.p.topk * per_block * self.layers.len();
+        spill.read += blocks * per_block * self.layers.len();
         if spill.read >= RELEASE_EVERY {
             spill.read = 0;
             self.layers.iter().for_each(|l| l.blocks.release());

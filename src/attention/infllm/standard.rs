@@ -121,6 +121,15 @@ impl<'a> LayerTensors<'a> {
         }
     }
 
+    /// A decode step's probabilities: the softmax of its joined logits `x`
+    /// [n, n_head] scaled by `scale`; keys outside their ranges hold -inf.
+    pub fn decode_softmax(&self, x: Tensor<'a>, scale: f32) -> Tensor<'a> {
+        match self.standard {
+            false => self.g.softmax_rows(x, scale),
+            true => self.g.soft_max_ext(x, None, scale),
+        }
+    }
+
     /// `x` [n, ...] with the entries outside `valid` set to -inf.
     pub fn mask_outside(&self, x: Tensor<'a>, valid: KeyRange<'a>) -> Tensor<'a> {
         match self.standard {

@@ -275,6 +275,7 @@ impl InfllmAttention {
             self.read_trace(n_tokens);
         }
         let (pos, rerotate, n_blocks) = (self.pos, self.rerotate, self.n_blocks());
+        let reused = self.reuses_candidates(n_tokens);
         self.note_coarse_pass(n_tokens);
         let result = self.evict(n_tokens).and_then(|()| self.fit_budget(self.n_blocks()));
         if result.is_err() {
@@ -282,7 +283,7 @@ impl InfllmAttention {
             self.layers.iter_mut().for_each(|l| l.blocks.truncate(n_blocks));
             self.kept_pick = None;
         }
-        self.note_step_reads();
+        self.note_step_reads(reused);
         result
     }
 

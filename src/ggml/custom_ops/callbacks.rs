@@ -338,8 +338,9 @@ pub(super) unsafe extern "C" fn put_columns_op(dst: *mut sys::ggml_tensor, ith: 
     }
 }
 
-/// The `softmax_spans` op: each of ggml's `nth` threads takes every nth
-/// row; `scale` is the f32 whose bits the userdata pointer holds.
+/// The `softmax_spans` op (and `softmax_rows`, without spans): each of
+/// ggml's `nth` threads takes every nth row; `scale` is the f32 whose bits
+/// the userdata pointer holds.
 pub(super) unsafe extern "C" fn softmax_spans_op(
     dst: *mut sys::ggml_tensor,
     ith: c_int,
@@ -348,18 +349,21 @@ pub(super) unsafe extern "C" fn softmax_spans_op(
 ) {
     let scale = f32::from_bits(scale as usize as u32);
     // SAFETY: ggml calls this only for nodes built by
-    // `Context::softmax_spans`: `dst` is an in-place view of the f32 logits
-    // (unit element stride), source 1 the contiguous I32 [4, ne1] spans;
-    // both are allocated when the graph runs. Bounds are clamped to the row
-    // before use; each slice below is one row. Threads write disjoint rows.
+    // `Context::softmax_op`: `dst` is an in-place view of the f32 logits
+    // (unit element stride), source 1 (if any) the contiguous I32 [4, ne1]
+    // spans; both are allocated when the graph runs. Bounds are clamped to
+    // the row before use; each slice below is one row. Threads write
+    // disjoint rows.
     unsafe {
         let dst = &*dst;
-        let spans = std::slice::from_raw_parts((*dst.src[1]).data as *const i32, 4 * dst.ne[1] as usize);
+        let spans = (!dst.src[1].is_null())
+            .then(|| std::slice::from_raw_parts((*dst.src[1]).data as *const i32, 4 * dst.ne[1] as usize));
         let n = dst.ne[0] as usize;
         for r in (ith as usize..n_rows(dst)).step_by(nth as usize) {
             let i1 = r % dst.ne[1] as usize;
             let row = std::slice::from_raw_parts_mut((dst.data as *mut u8).add(row_offset(dst, r)) as *mut f32, n);
-            kernels::softmax_spans(row, clamped_spans(&spans[4 * i1..4 * i1 + 4], n), scale);
+            let spans = spans.map_or([0..n, n..n], |s| clamped_spans(&s[4 * i1..4 * i1 + 4], n));
+            kernels::softmax_spans(row, spans, scale);
         }
     }
 }

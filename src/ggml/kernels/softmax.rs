@@ -46,27 +46,39 @@ fn max_of(x: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// Replaces each `v` of `x` by `exp(scale * (v - max))`; returns their sum.
+/// `exp(scale * (v - max))`, exactly 0 for `v` = -inf (a masked key).
+#[inline(always)]
+fn weight(v: f32, scale: f32, max: f32) -> f32 {
+    let e = exp_nonpositive(scale * (v - max));
+    if v == f32::NEG_INFINITY {
+        0.0
+    } else {
+        e
+    }
+}
+
+/// Replaces each `v` of `x` by its `weight`; returns their sum.
 fn exp_in_place(x: &mut [f32], scale: f32, max: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut tiles = x.chunks_exact_mut(LANES);
     for tile in &mut tiles {
         for (s, v) in lanes.iter_mut().zip(tile) {
-            *v = exp_nonpositive(scale * (*v - max));
+            *v = weight(*v, scale, max);
             *s += *v;
         }
     }
     let mut sum = 0.0;
     for v in tiles.into_remainder() {
-        *v = exp_nonpositive(scale * (*v - max));
+        *v = weight(*v, scale, max);
         sum += *v;
     }
     sum + lanes.iter().sum::<f32>()
 }
 
 /// Softmax of `row` scaled by `scale` (> 0) over the entries in `spans`
-/// (in order, disjoint, inside the row); every other entry becomes 0.
-/// A row with no entry in its spans becomes all zeros.
+/// (in order, disjoint, inside the row); every other entry, and every -inf
+/// entry, becomes 0. A row with no finite entry in its spans becomes all
+/// zeros.
 pub fn softmax_spans(row: &mut [f32], spans: [Range<usize>; 2], scale: f32) {
     let [a, b] = spans;
     let max = max_of(&row[a.clone()]).max(max_of(&row[b.clone()]));
@@ -107,11 +119,18 @@ mod tests {
     #[test]
     fn softmax_spans_matches_a_plain_softmax_over_the_spans() {
         let n = 203;
-        let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+        // Every 7th entry masked (-inf: a key outside a step's range).
+        let x: Vec<f32> = (0..n)
+            .map(|i| match i % 7 {
+                3 => f32::NEG_INFINITY,
+                _ => ((i * 37 % 101) as f32 - 50.0) * 0.37,
+            })
+            .collect();
         for (a, b) in [
             (0..0, 0..n),
             (3..70, 96..203),
             (17..18, 200..200),
+            (3..4, 10..11),
             (0..64, 64..160),
             (5..5, 9..9),
         ] {
@@ -123,7 +142,7 @@ mod tests {
                 .map(|i| x[i] as f64)
                 .fold(f64::NEG_INFINITY, f64::max);
             let e = |i: usize| {
-                if visible(&i) {
+                if visible(&i) && x[i] > f32::NEG_INFINITY {
                     (0.125 * (x[i] as f64 - max)).exp()
                 } else {
                     0.0
@@ -132,6 +151,9 @@ mod tests {
             let sum: f64 = (0..n).map(e).sum();
             for (i, &got) in row.iter().enumerate() {
                 let want = if sum > 0.0 { e(i) / sum } else { 0.0 };
+                if want == 0.0 {
+                    assert_eq!(got, 0.0, "{a:?} {b:?} [{i}]");
+                }
                 assert!(
                     (got as f64 - want).abs() <= 1e-6 * want.max(1e-3),
                     "{a:?} {b:?} [{i}]: {got} vs {want}"
