@@ -56,6 +56,7 @@ fn params(n_init: usize, topk: usize) -> InfllmParams {
         coarse_every: 1,
         mem_distance: None,
         retrieval: Retrieval::Paper,
+        shared: false,
     }
 }
 
@@ -99,7 +100,7 @@ fn chunks(sizes: &[usize], seed: u64) -> Vec<Chunk> {
 /// `standard`: through standard ggml ops (a device's path) instead of
 /// infllm's kernels.
 fn run_engine(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool) -> (Vec<Vec<f32>>, usize) {
-    let run = run_engine_traced(p, role, chunks, standard, false);
+    let run = run_engine_traced(p, role, chunks, standard, false, 1);
     (run.outputs, run.reused)
 }
 
@@ -113,11 +114,20 @@ struct Run {
     steps: Vec<(usize, usize, bool)>,
 }
 
-/// `run_engine`, also recording retrieval when `trace` is set.
-fn run_engine_traced(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bool, trace: bool) -> Run {
+/// `run_engine`, also recording retrieval when `trace` is set, over
+/// `n_layer` layers given the same inputs (a token's output: each layer's
+/// in turn).
+fn run_engine_traced(
+    p: InfllmParams,
+    role: Role,
+    chunks: &[Chunk],
+    standard: bool,
+    trace: bool,
+    n_layer: usize,
+) -> Run {
     ggml::set_quiet_logs(true);
     let heads = HeadShape {
-        n_layer: 1,
+        n_layer,
         head_dim: HEAD_DIM,
         n_head: N_HEAD,
         n_head_kv: N_HEAD_KV,
@@ -126,7 +136,7 @@ fn run_engine_traced(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bo
         device: None,
         standard_ops: standard,
     };
-    let mut attn = InfllmAttention::new(p, heads, role, &[place], None).unwrap();
+    let mut attn = InfllmAttention::new(p, heads, role, &vec![place; n_layer], None).unwrap();
     attn.trace(trace.then_some(p.max_tokens)).unwrap();
     let mut sched = Scheduler::cpu(2).unwrap();
     let la = LayerAttn {
@@ -159,14 +169,20 @@ fn run_engine_traced(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bo
                 let mut step = Step::new(&ctx);
                 let inp = attn.begin(&mut step, t);
                 let (q, k, v) = chunk_inputs(&mut step, c);
-                let qkv = LayerQkv {
-                    layer: 0,
-                    q,
-                    k,
-                    v,
-                    freq_factors: None,
-                };
-                let out = inp.attend(&mut step, qkv, &la).set_output();
+                let outs: Vec<Tensor> = (0..n_layer)
+                    .map(|layer| {
+                        let qkv = LayerQkv {
+                            layer,
+                            q,
+                            k,
+                            v,
+                            freq_factors: None,
+                        };
+                        inp.attend(&mut step, qkv, &la)
+                    })
+                    .collect();
+                let out = outs.into_iter().reduce(|a, b| step.ctx.concat(a, b, 0)).unwrap();
+                let out = out.set_output();
                 step.graph.expand(out);
                 step.run(&mut sched).unwrap();
                 out.read_f32(&mut data);
@@ -175,7 +191,7 @@ fn run_engine_traced(p: InfllmParams, role: Role, chunks: &[Chunk], standard: bo
                 built = key.map(|k| (k, BuiltStep::keep(ctx, ids)));
             }
         }
-        outputs.extend(data.chunks(N_HEAD * HEAD_DIM).map(|x| x.to_vec()));
+        outputs.extend(data.chunks(N_HEAD * HEAD_DIM * n_layer).map(|x| x.to_vec()));
         attn.commit(t).unwrap();
     }
     Run {
@@ -239,6 +255,8 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<RefRe
     let mut blocks: Vec<(usize, Vec<f64>)> = Vec::new(); // (first position, representative key)
     let mut outputs = Vec::new();
     let mut retrievals = Vec::new();
+    // `shared`: the blocks the last step ranked best, if it retrieved.
+    let mut last_pick: Option<Vec<usize>> = None;
     let kh = |k: &Vec<f64>, h: usize| k[(h / group) * HEAD_DIM..(h / group + 1) * HEAD_DIM].to_vec();
 
     for c in chunks {
@@ -256,9 +274,7 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<RefRe
         };
 
         // Retrieval: mean over the chunk of the globally rotated queries.
-        let selected: Vec<usize> = if blocks.len() <= p.topk {
-            (0..blocks.len()).collect()
-        } else {
+        let pick = (blocks.len() > p.topk).then(|| {
             let mut mean = vec![0.0; N_HEAD * HEAD_DIM];
             for i in 0..t {
                 for h in 0..N_HEAD {
@@ -286,7 +302,14 @@ fn run_reference(p: InfllmParams, chunks: &[Chunk]) -> (Vec<Vec<f32>>, Vec<RefRe
             order.sort_by(|&a, &b| dot(&blocks[b].1, &mean).total_cmp(&dot(&blocks[a].1, &mean)));
             order.truncate(p.topk);
             order
+        });
+        // With one layer, the layers' vote is the layer's own ranking.
+        let selected = match (&pick, last_pick.take()) {
+            (Some(_), Some(voted)) if p.shared && t == 1 => voted,
+            (Some(own), _) => own.clone(),
+            (None, _) => (0..blocks.len()).collect(),
         };
+        last_pick = pick;
         let mut global: Vec<usize> = selected
             .iter()
             .flat_map(|&b| blocks[b].0..blocks[b].0 + p.block_size)
@@ -476,8 +499,8 @@ fn the_trace_names_the_blocks_each_query_retrieves() {
     sizes.extend([1; 30]);
     let data = chunks(&sizes, 7);
     let (_, want) = run_reference(p, &data);
-    let plain = run_engine_traced(p, Role::Memory, &data, false, false).outputs;
-    let Run { outputs, trace, .. } = run_engine_traced(p, Role::Memory, &data, false, true);
+    let plain = run_engine_traced(p, Role::Memory, &data, false, false, 1).outputs;
+    let Run { outputs, trace, .. } = run_engine_traced(p, Role::Memory, &data, false, true, 1);
     assert!(plain == outputs, "tracing changed the outputs");
     assert_eq!(trace.len(), want.len());
     assert!(want.len() > 30, "{} retrievals", want.len());
@@ -500,6 +523,72 @@ fn the_trace_names_the_blocks_each_query_retrieves() {
             want_top.sort_unstable();
             assert_eq!(top, want_top, "at {}", w.n_past);
         }
+    }
+}
+
+/// `--shared-retrieval`: a step of one token attends the blocks the step
+/// before ranked best (with one layer, its vote is its own ranking);
+/// steps of several tokens retrieve for themselves. Then three layers
+/// given the same inputs: layer 0 (the lower third) does not vote, layers
+/// 1 and 2 do, and their tally of equal scores is the ranking each would
+/// make alone; so every layer, the non-voter too, attends what the
+/// one-layer brute force attends, and the trace names the vote at the
+/// steps that took it.
+#[test]
+fn shared_retrieval_matches_brute_force() {
+    let p = InfllmParams {
+        shared: true,
+        ..params(16, 2)
+    };
+    let mut sizes = SIZES.to_vec();
+    sizes.extend([1; 40]);
+    sizes.extend([64, 1, 1]);
+    // Seeds 5 and 29 tie two tokens' accumulated scores (see
+    // `decode_steps_match_brute_force`); seeds 1-4 and 6-15 tie none.
+    let data = chunks(&sizes, 1);
+    let (want, retrievals) = run_reference(p, &data);
+    let (paper, _) = run_reference(InfllmParams { shared: false, ..p }, &data);
+    let changed = want.iter().zip(&paper).filter(|(a, b)| a != b).count();
+    assert!(changed > 0, "the vote changed no output: the test checks nothing");
+    compare(p, &sizes, 1);
+    let run = run_engine_traced(p, Role::Memory, &data, false, true, 3);
+    let starts: Vec<usize> = sizes
+        .iter()
+        .scan(0, |at, &n| Some(std::mem::replace(at, *at + n)))
+        .collect();
+    let best = |r: &RefRetrieval| {
+        let n = r.head_scores.len() / N_HEAD;
+        let sum = |b: usize| (0..N_HEAD).map(|h| r.head_scores[h * n + b]).sum::<f64>();
+        let mut order: Vec<i32> = (0..n as i32).collect();
+        order.sort_by(|&a, &b| sum(b as usize).total_cmp(&sum(a as usize)));
+        order.truncate(p.topk);
+        order.sort_unstable();
+        order
+    };
+    let mut n_voted = 0;
+    for r in &run.trace {
+        let i = starts.iter().position(|&s| s == r.n_past).unwrap();
+        let before = i
+            .checked_sub(1)
+            .and_then(|j| retrievals.iter().find(|x| x.n_past == starts[j]));
+        let want_vote = before.filter(|_| sizes[i] == 1).map(best);
+        let mut voted = r.voted.clone();
+        voted.iter_mut().for_each(|v| v.sort_unstable());
+        assert_eq!(voted, want_vote, "layer {} at {}", r.layer, r.n_past);
+        n_voted += voted.is_some() as usize;
+    }
+    assert!(n_voted > 100, "{n_voted} records of voted steps");
+    for layer in 0..3 {
+        let ours: Vec<Vec<f32>> = run
+            .outputs
+            .iter()
+            .map(|o| o[layer * N_HEAD * HEAD_DIM..][..N_HEAD * HEAD_DIM].to_vec())
+            .collect();
+        let (worst, at) = max_difference(&ours, &want);
+        assert!(
+            worst < 2e-3,
+            "layer {layer}: output differs by {worst} at position {at}"
+        );
     }
 }
 
@@ -712,7 +801,7 @@ fn decode_steps_take_kept_candidates_until_a_block_forms() {
     };
     let mut schedules = Vec::new();
     for standard in [false, true] {
-        let run = run_engine_traced(every, Role::Memory, &data, standard, false);
+        let run = run_engine_traced(every, Role::Memory, &data, standard, false, 1);
         let (mut run_len, mut before) = (0, None);
         for &(t, n_blocks, reuses) in &run.steps {
             if reuses {
@@ -809,6 +898,7 @@ fn sliding_window_instance_is_a_plain_sliding_window() {
         coarse_every: 1,
         mem_distance: None,
         retrieval: Retrieval::Paper,
+        shared: false,
     };
     let data = chunks(&[64, 64, 64, 64, 1, 1, 1, 64, 37, 1, 1, 64, 64, 5, 64], 3);
     let want = sliding_window_reference(256, &data);

@@ -246,29 +246,52 @@ fn reused_decode_graphs_match_built_ones() {
     // Decode steps that run the last step's graph again with new inputs
     // give the logits a freshly built graph gives, bit for bit, while blocks
     // form, the remainder grows and the window buffer moves (small InfLLM
-    // settings, so that 600 tokens do all of it).
+    // settings, so that 600 tokens do all of it); with the paper's
+    // retrieval, and with the layers' vote (`--shared-retrieval`: its
+    // voters are layers 10-29, the lower ten take their blocks), which
+    // changes the logits.
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
-    let p = small_infllm();
-    let run = |reuse: bool| {
-        let mut e = engine_with(AttnMode::Infllm(p), 0);
-        e.set_graph_reuse(reuse);
-        let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
-        let (prompt, rest) = tokens[..600].split_at(64);
-        let mut logits = e.eval(prompt, false, &mut |_, _| {}).unwrap();
-        for &t in rest {
-            logits.extend(e.eval(&[t], false, &mut |_, _| {}).unwrap());
-        }
-        (logits, e.reused_steps(), e.block_bytes())
-    };
-    let (built, n_built, _) = run(false);
-    let (reused, n_reused, blocks) = run(true);
-    assert_eq!(n_built, 0);
-    assert!(n_reused > 400, "only {n_reused} of 536 decode steps reused a graph");
-    assert!(blocks.is_some_and(|b| b > 0), "no blocks formed");
-    let n_vocab = reused.len() / 537;
-    let first = built.iter().zip(&reused).position(|(a, b)| a.to_bits() != b.to_bits());
-    assert_eq!(first.map(|i| i / n_vocab), None, "logits differ from this step on");
+    let paper = small_infllm();
+    let mut logits = Vec::new();
+    for p in [
+        paper,
+        InfllmParams {
+            shared: true,
+            coarse_from: 0,
+            ..paper
+        },
+    ] {
+        let (built, n_built, _) = decode_600(p, false);
+        let (reused, n_reused, blocks) = decode_600(p, true);
+        assert_eq!(n_built, 0);
+        assert!(n_reused > 400, "only {n_reused} of 536 decode steps reused a graph");
+        assert!(blocks.is_some_and(|b| b > 0), "no blocks formed");
+        let n_vocab = reused.len() / 537;
+        let first = built.iter().zip(&reused).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(
+            first.map(|i| i / n_vocab),
+            None,
+            "shared {}: logits differ from this step on",
+            p.shared
+        );
+        logits.push(reused);
+    }
+    assert_ne!(logits[0], logits[1], "the vote changed no logits");
+}
+
+/// A 64-token prompt of `STORY` and 536 tokens one at a time: every
+/// step's logits, the steps that reused a graph, the block bytes.
+fn decode_600(p: InfllmParams, reuse: bool) -> (Vec<f32>, usize, Option<usize>) {
+    let mut e = engine_with(AttnMode::Infllm(p), 0);
+    e.set_graph_reuse(reuse);
+    let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
+    let (prompt, rest) = tokens[..600].split_at(64);
+    let mut logits = e.eval(prompt, false, &mut |_, _| {}).unwrap();
+    for &t in rest {
+        logits.extend(e.eval(&[t], false, &mut |_, _| {}).unwrap());
+    }
+    (logits, e.reused_steps(), e.block_bytes())
 }
 
 #[test]

@@ -297,3 +297,30 @@ fn a_server_killed_mid_run_ends_the_run_with_one_line_naming_it() {
         errors[0]
     );
 }
+
+#[test]
+fn shared_retrieval_refuses_layers_on_devices() {
+    // Its voters' scores are read back after every step, from the CPU.
+    let (_servers, devices) = two_servers();
+    let model = Model::load_on(&common::smollm2(), &split_over(&devices), &mut |_| {}).expect("load model");
+    let p = InfllmParams {
+        shared: true,
+        coarse_from: 0,
+        ..small_infllm()
+    };
+    let params = EngineParams {
+        attn: AttnMode::Infllm(p),
+        n_threads: common::THREADS as usize,
+        n_ctx: 1024,
+        n_ubatch: 512,
+        block_cache: None,
+        standard_ops: false,
+    };
+    let err = Engine::new(model, params).err().expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("--shared-retrieval: InfLLM's layers must run on the CPU"),
+        "{msg}"
+    );
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+}

@@ -138,6 +138,13 @@ pub struct AttnSettings {
     /// distance, or in text order (the order inside a block stays visible)
     #[arg(long, value_enum, help_heading = "Attention / InfLLM")]
     pub retrieval: Option<Retrieval>,
+    /// InfLLM: at each step of one token (decode, --tail-steps), every
+    /// layer attends the blocks that the upper two thirds of the layers
+    /// ranked best at the step before (each layer's scores standardized,
+    /// then summed); scores every block in one pass (no --coarse-from).
+    /// Off: each layer its own blocks, as the paper
+    #[arg(long = "shared-retrieval", help_heading = "Attention / InfLLM")]
+    pub shared_retrieval: bool,
     /// InfLLM: blocks per layer from which retrieval scores a q4_0 copy of
     /// the representative keys first, then the best 4 x --topk again in
     /// f16, 0..=16777216 (0: one f16 pass always) [default: 2048]
@@ -218,7 +225,12 @@ impl AttnSettings {
         p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
         p.mem_distance = self.mem_distance.or(p.mem_distance);
         p.retrieval = self.retrieval.unwrap_or(p.retrieval);
-        p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
+        p.shared = self.shared_retrieval;
+        p.coarse_from = match self.coarse_from {
+            Some(n) => n,
+            None if p.shared => 0,
+            None => p.coarse_from,
+        };
         p.coarse_every = self.coarse_every.unwrap_or(p.coarse_every);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);
@@ -250,6 +262,9 @@ fn departures(p: &InfllmParams) -> String {
     }
     if let Some(d) = p.mem_distance {
         out += &format!(", memory at distance {d}");
+    }
+    if p.shared {
+        out += ", blocks voted for by the layers";
     }
     if p.tail_steps > 1 {
         out += &format!(", the prompt's last {} tokens a step each", p.tail_steps);

@@ -23,6 +23,9 @@ pub(super) struct InfllmInputs<'a> {
     pub tiles: Vec<Tile<'a>>,
     /// Block indices when every block is attended (no retrieval needed).
     pub all_blocks: Option<Tensor<'a>>,
+    /// `--shared-retrieval`: the blocks every layer attends (I32 [topk]),
+    /// voted for at the step before.
+    pub voted: Option<Tensor<'a>>,
     /// Slots 0..n for re-rotating the whole buffer after it moved.
     pub rerotate: Option<Tensor<'a>>,
     /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
@@ -166,6 +169,9 @@ impl InfllmAttention {
             tiles,
             all_blocks: (n_selected > 0 && n_blocks <= p.topk)
                 .then(|| step.input_i32(&name("all_blocks"), &[n_blocks as i64], (0..n_blocks as i32).collect())),
+            voted: self
+                .voted_blocks(n_tokens)
+                .map(|ids| step.input_i32(&name("voted"), &[ids.len() as i64], ids.to_vec())),
             rerotate: rerotate_slots.map(|r| step.input_i32(&name("rerotate"), &[n_valid as i64], r)),
             ones_heads: (n_tokens > 1)
                 .then(|| step.input_f32(&name("ones_heads"), &[1, t, nh as i64], vec![1.0; n_tokens * nh])),

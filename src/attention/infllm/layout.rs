@@ -54,6 +54,8 @@ pub struct DecodeShape {
     pub traced: bool,
     /// Whether it takes the last coarse pass's candidates (`coarse.rs`).
     pub reuses_candidates: bool,
+    /// Whether its layers attend the last step's vote (`vote.rs`).
+    pub voted: bool,
 }
 
 impl Layout {
@@ -154,6 +156,7 @@ impl InfllmAttention {
             cap: self.cap,
             traced: self.tracing(self.n_blocks()),
             reuses_candidates: self.reuses_candidates(1),
+            voted: self.voted_blocks(1).is_some(),
         })
     }
 }

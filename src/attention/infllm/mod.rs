@@ -15,6 +15,7 @@
 //!   (layers on a device).
 //! - `state`: snapshots and saved sessions.
 //! - `spill`: blocks on disk past a memory budget.
+//! - `vote`: blocks shared by the layers (`--shared-retrieval`).
 //!
 //! Retrieval runs inside the step graph (`mul_mat` against the
 //! representative keys, then `top_k`), so a chunk is one graph over all
@@ -33,6 +34,7 @@ mod standard;
 mod state;
 mod trace;
 mod views;
+mod vote;
 mod window;
 
 pub use blocks::{representative_key, BlockShape, BlockStore};
@@ -194,6 +196,7 @@ fn window_params(p: InfllmParams, w: usize) -> InfllmParams {
         type_v: GgmlType::F16,
         mem_distance: None,
         retrieval: Retrieval::Paper,
+        shared: false,
         ..p
     }
 }

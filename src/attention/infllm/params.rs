@@ -82,6 +82,11 @@ pub struct InfllmParams {
     /// Positions of memory tokens (sessions saved before it: the paper's).
     #[serde(default, skip_serializing_if = "Retrieval::is_paper")]
     pub retrieval: Retrieval,
+    /// Steps of one token attend, in every layer, the blocks the upper
+    /// layers voted for at the step before (`vote.rs`); false: each layer
+    /// its own, as the paper. How blocks are chosen: not saved.
+    #[serde(skip)]
+    pub shared: bool,
 }
 
 fn one() -> usize {
@@ -129,6 +134,7 @@ impl InfllmParams {
             coarse_every: coarse_steps(),
             mem_distance: None,
             retrieval: Retrieval::Paper,
+            shared: false,
         };
         while p.span() >= n_ctx_train && p.n_local > 256 {
             p.n_local /= 2;
@@ -153,6 +159,10 @@ impl InfllmParams {
         ensure!(self.n_local > 0, "--n-local must be positive");
         ensure!(self.tail_steps > 0, "--tail-steps must be positive");
         ensure!(self.coarse_every > 0, "--coarse-every must be positive");
+        ensure!(
+            !self.shared || self.coarse_from == 0,
+            "--shared-retrieval scores every block in one pass: --coarse-from does not apply"
+        );
         ensure!(self.block_size > 0, "--block-size must be positive");
         ensure!(
             self.chunk > 0 && self.chunk <= self.n_local,

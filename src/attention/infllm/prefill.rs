@@ -59,8 +59,8 @@ impl InfllmAttention {
     /// Where the blocks the step attends lie in the layer's block tensors
     /// (`BlockStore::slots`): all blocks when they are at most top-k, else
     /// the top-k by their representative keys' dot product with `query()`
-    /// [hd * n_head, 1] (in two passes past `coarse_from` blocks). None
-    /// without blocks.
+    /// [hd * n_head, 1] (in two passes past `coarse_from` blocks) or the
+    /// step's vote. None without blocks.
     pub(super) fn select_blocks<'a>(
         &'a self,
         step: &mut Step<'a>,
@@ -71,19 +71,43 @@ impl InfllmAttention {
         let g = lt.g;
         (inp.n_selected > 0).then(|| {
             let ids = inp.all_blocks.unwrap_or_else(|| {
-                let query = query();
-                if self.tracing(inp.n_blocks) {
-                    self.record_scores(step, lt, query);
-                }
-                let repr = lt.blocks.repr_tensor(g);
-                let coarse = lt.blocks.coarse_pass(g, self.p.coarse_from, inp.reuse_candidates);
-                let ids = top_blocks(g, repr, coarse, query, inp.n_selected);
+                let ids = self.retrieve(step, lt, inp, query());
                 match inp.memory_pos {
                     Some(_) => in_text_order(g, ids),
                     None => ids,
                 }
             });
             lt.blocks.slots(g, ids)
+        })
+    }
+
+    /// The top-k blocks for `query` [hd * n_head, 1], or the step's vote
+    /// (`--shared-retrieval`), for which a voting layer copies out its
+    /// score of every block (`vote.rs`).
+    fn retrieve<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        query: Tensor<'a>,
+    ) -> Tensor<'a> {
+        let g = lt.g;
+        if self.tracing(inp.n_blocks) {
+            self.record_scores(step, lt, query);
+        }
+        let repr = lt.blocks.repr_tensor(g);
+        if self.votes(lt.x.layer) {
+            // Every block in one pass (`--shared-retrieval` sets no coarse pass).
+            let scores = g.mul_mat(repr, query);
+            self.record_vote(step, g, lt.x.layer, scores);
+            let n = inp.n_blocks as i64;
+            return inp
+                .voted
+                .unwrap_or_else(|| g.top_k(g.reshape(scores, &[n]), inp.n_selected as i32));
+        }
+        inp.voted.unwrap_or_else(|| {
+            let coarse = lt.blocks.coarse_pass(g, self.p.coarse_from, inp.reuse_candidates);
+            top_blocks(g, repr, coarse, query, inp.n_selected)
         })
     }
 

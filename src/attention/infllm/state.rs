@@ -109,6 +109,7 @@ impl InfllmAttention {
         self.pos = s.pos;
         self.rerotate = false;
         self.kept_pick = None;
+        self.vote = None;
         Ok(())
     }
 
@@ -298,6 +299,7 @@ impl InfllmAttention {
         self.pos = c.pos;
         self.rerotate = false;
         self.kept_pick = None;
+        self.vote = None;
         Ok(())
     }
 

@@ -24,6 +24,9 @@ pub struct RetrievalRecord {
     pub n_head: usize,
     /// Head-major [n_head][n_blocks].
     pub head_scores: Vec<f32>,
+    /// With `--shared-retrieval`, at a step that took the layers' vote: the
+    /// blocks every layer attended (not this layer's own top-k).
+    pub voted: Option<Vec<i32>>,
 }
 
 impl RetrievalRecord {
@@ -119,6 +122,7 @@ impl InfllmAttention {
     pub(super) fn read_trace(&mut self, n_tokens: usize) {
         let (n_blocks, n_head) = (self.n_blocks(), self.shape.n_head);
         let n_past = self.pos.n_past;
+        let voted = self.voted_blocks(n_tokens).map(<[i32]>::to_vec);
         let Some(tracer) = self.tracer.as_mut() else { return };
         for (layer, &id) in tracer.tensors.iter().enumerate() {
             let mut bytes = vec![0u8; n_blocks * n_head * 4];
@@ -131,6 +135,7 @@ impl InfllmAttention {
                 n_blocks,
                 n_head,
                 head_scores,
+                voted: voted.clone(),
             });
         }
     }

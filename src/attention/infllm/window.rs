@@ -11,6 +11,7 @@ use super::layout::KEY_PAD;
 use super::spill::Spill;
 use super::state::{layer_ranges, TextPosition};
 use super::trace::Tracer;
+use super::vote::{Vote, Voter};
 use super::{HeadShape, InfllmParams};
 use crate::attention::state::{read_ranges, write_ranges};
 use crate::attention::{alloc_per_layer, AttentionError, LayerPlace};
@@ -68,6 +69,9 @@ pub struct InfllmAttention {
     pub(super) spill: Option<Spill>,
     /// The decode step whose coarse pass chose the kept candidates.
     pub(super) kept_pick: Option<KeptPick>,
+    /// `--shared-retrieval`: the voters' scores, and their last vote.
+    pub(super) voter: Option<Voter>,
+    pub(super) vote: Option<Vote>,
 }
 
 /// Window buffer slots to start with: a first prompt step (512 tokens by
@@ -114,6 +118,15 @@ impl InfllmAttention {
         if p.topk > 0 {
             cache_blocks(&mut layers, places, block_cache, (max_blocks, p.topk))?;
         }
+        let voter = (p.shared && p.topk > 0)
+            .then(|| {
+                anyhow::ensure!(
+                    places.iter().all(|l| l.device.is_none()),
+                    "--shared-retrieval: InfLLM's layers must run on the CPU (-ngl 0)"
+                );
+                Voter::new(h.n_layer, max_blocks)
+            })
+            .transpose()?;
         Ok(Self {
             p,
             shape,
@@ -129,6 +142,8 @@ impl InfllmAttention {
             tracer: None,
             spill: None,
             kept_pick: None,
+            voter,
+            vote: None,
         })
     }
 
@@ -171,6 +186,7 @@ impl InfllmAttention {
         self.pos = TextPosition::default();
         self.rerotate = false;
         self.kept_pick = None;
+        self.vote = None;
         for l in &mut self.layers {
             l.blocks.clear();
         }
@@ -274,6 +290,10 @@ impl InfllmAttention {
         if self.retrieves() && self.tracing(self.n_blocks()) {
             self.read_trace(n_tokens);
         }
+        match self.retrieves() {
+            true => self.read_vote(n_tokens),
+            false => self.vote = None,
+        }
         let (pos, rerotate, n_blocks) = (self.pos, self.rerotate, self.n_blocks());
         let reused = self.reuses_candidates(n_tokens);
         self.note_coarse_pass(n_tokens);
@@ -282,6 +302,7 @@ impl InfllmAttention {
             (self.pos, self.rerotate) = (pos, rerotate);
             self.layers.iter_mut().for_each(|l| l.blocks.truncate(n_blocks));
             self.kept_pick = None;
+            self.vote = None;
         }
         self.note_step_reads(reused);
         result

@@ -1,0 +1,141 @@
+//! Shared retrieval (`--shared-retrieval`): at a step of one token, every
+//! layer attends the same blocks, those the upper layers voted for at the
+//! step before. Why: in SmolLM2 the lower layers rank the block that holds
+//! a passkey far down (20th-84th) where the upper layers rank it among
+//! their first few, and with the key's block forced into every layer the
+//! model copies keys it otherwise loses (docs/infllm.md, "Shared
+//! retrieval").
+//!
+//! The voters are the instance's upper two thirds of layers. At every step
+//! that retrieves, each voter scores every block as the paper ranks them
+//! (representative key · query, summed over heads) and the graph copies the
+//! scores out; `commit` standardizes each voter's scores over the blocks
+//! (mean 0, variance 1, so that no layer's scale outweighs the others),
+//! sums them, and keeps the best `topk` as the next step's blocks.
+
+use super::window::decode;
+use super::InfllmAttention;
+use crate::compute::Step;
+use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
+
+/// The host tensors the voters' scores are copied into.
+pub(super) struct Voter {
+    // Field order: the buffer holds the context's tensors.
+    _buffer: Buffer,
+    ctx: Context,
+    /// F32 [cap_blocks] per voting layer, layer `first` + i.
+    tensors: Vec<TensorId>,
+    first: usize,
+}
+
+/// The blocks voted for at the step that ended at `after` tokens.
+#[derive(Debug, Clone)]
+pub(super) struct Vote {
+    pub after: usize,
+    pub ids: Vec<i32>,
+}
+
+impl Voter {
+    /// Voters for an instance of `n_layer` layers holding up to `cap_blocks` blocks.
+    pub fn new(n_layer: usize, cap_blocks: usize) -> anyhow::Result<Self> {
+        let first = n_layer / 3;
+        let ctx = Context::new(n_layer - first, 0);
+        let tensors = (first..n_layer)
+            .map(|_| ctx.id(ctx.new_tensor(GgmlType::F32, &[cap_blocks as i64])))
+            .collect();
+        Ok(Self {
+            _buffer: Buffer::alloc_context(&ctx)?,
+            ctx,
+            tensors,
+            first,
+        })
+    }
+
+    /// Layer `il`'s tensor, if it votes.
+    fn tensor(&self, il: usize) -> Option<Tensor<'_>> {
+        let i = il.checked_sub(self.first)?;
+        Some(self.ctx.tensor(self.tensors[i]))
+    }
+}
+
+/// The `k` blocks with the highest sum over `layers` of their standardized
+/// scores (each layer's scores over the same blocks); ties go to the
+/// earlier block.
+pub fn tally(layers: &[Vec<f32>], k: usize) -> Vec<i32> {
+    let n = layers.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; n];
+    for scores in layers {
+        let mean = scores.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let var = scores.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        // Equal scores say nothing: such a layer adds 0 to every block.
+        let inv_sd = if var > 0.0 { var.sqrt().recip() } else { 0.0 };
+        sum.iter_mut()
+            .zip(scores)
+            .for_each(|(s, &x)| *s += (x as f64 - mean) * inv_sd);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| sum[b].total_cmp(&sum[a]).then(a.cmp(&b)));
+    order.into_iter().take(k).map(|b| b as i32).collect()
+}
+
+impl InfllmAttention {
+    /// Whether layer `il` copies out its block scores for the vote.
+    pub(super) fn votes(&self, il: usize) -> bool {
+        self.voter.as_ref().is_some_and(|v| v.tensor(il).is_some())
+    }
+
+    /// Adds to `step` the copy of layer `il`'s block scores (F32 [n_blocks, 1]).
+    pub(super) fn record_vote<'a>(&'a self, step: &mut Step<'a>, g: &'a Context, il: usize, scores: Tensor<'a>) {
+        let Some(dst) = self.voter.as_ref().and_then(|v| v.tensor(il)) else {
+            return;
+        };
+        let n = scores.ne()[0];
+        step.graph
+            .expand(g.cpy(g.reshape(scores, &[n]), g.view(dst, &[n], &[], 0)));
+    }
+
+    /// After a step that retrieved: the voters' tally for the next step.
+    pub(super) fn read_vote(&mut self, n_tokens: usize) {
+        let n_blocks = self.n_blocks();
+        let Some(voter) = &self.voter else { return };
+        let layers: Vec<Vec<f32>> = voter
+            .tensors
+            .iter()
+            .map(|&id| {
+                let mut bytes = vec![0u8; n_blocks * 4];
+                voter.ctx.tensor(id).read_bytes(0, &mut bytes);
+                decode(GgmlType::F32, &bytes)
+            })
+            .collect();
+        self.vote = Some(Vote {
+            after: self.pos.n_past + n_tokens,
+            ids: tally(&layers, self.p.topk),
+        });
+    }
+
+    /// The blocks every layer attends at a step of `n_tokens` from here:
+    /// the last step's vote, for a step of one token that retrieves.
+    pub(super) fn voted_blocks(&self, n_tokens: usize) -> Option<&[i32]> {
+        let vote = self.vote.as_ref()?;
+        (n_tokens == 1 && vote.after == self.pos.n_past && self.retrieves()).then_some(vote.ids.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tally;
+
+    #[test]
+    fn the_tally_standardizes_each_layer_before_summing() {
+        // Layer 0's scores are ~100x layer 1's: summed raw, layer 0 would
+        // decide (blocks 0, 2, 1, 3); standardized, each counts alike.
+        let layers = vec![vec![300.0, 100.0, 200.0, 0.0], vec![0.0, 4.0, 3.0, 1.0]];
+        assert_eq!(tally(&layers, 4), vec![2, 1, 0, 3]);
+        assert_eq!(tally(&layers, 2), vec![2, 1]);
+        // Ties go to the earlier block.
+        assert_eq!(tally(&[vec![1.0, 0.0], vec![0.0, 1.0]], 2), vec![0, 1]);
+        // A layer whose scores are all equal adds nothing.
+        let flat = vec![vec![5.0; 4], vec![1.0, 0.0, 2.0, 3.0]];
+        assert_eq!(tally(&flat, 1), vec![3]);
+    }
+}
