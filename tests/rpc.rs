@@ -70,6 +70,16 @@ fn two_servers() -> (Vec<Server>, Vec<Device>) {
 /// `standard_ops`: InfLLM through standard ggml ops on the CPU too (the
 /// path of layers on a device); `block_cache`: device bytes for blocks.
 fn engine(attn: AttnMode, offload: &Offload, standard_ops: bool, block_cache: Option<usize>, n_ctx: usize) -> Engine {
+    try_engine(attn, offload, standard_ops, block_cache, n_ctx).expect("engine")
+}
+
+fn try_engine(
+    attn: AttnMode,
+    offload: &Offload,
+    standard_ops: bool,
+    block_cache: Option<usize>,
+    n_ctx: usize,
+) -> anyhow::Result<Engine> {
     let model = Model::load_on(&common::smollm2(), offload, &mut |_| {}).expect("load model");
     let params = EngineParams {
         attn,
@@ -79,7 +89,7 @@ fn engine(attn: AttnMode, offload: &Offload, standard_ops: bool, block_cache: Op
         block_cache,
         standard_ops,
     };
-    Engine::new(model, params).expect("engine")
+    Engine::new(model, params)
 }
 
 fn split_over(devices: &[Device]) -> Offload {
@@ -302,21 +312,14 @@ fn a_server_killed_mid_run_ends_the_run_with_one_line_naming_it() {
 fn shared_retrieval_refuses_layers_on_devices() {
     // Its voters' scores are read back after every step, from the CPU.
     let (_servers, devices) = two_servers();
-    let model = Model::load_on(&common::smollm2(), &split_over(&devices), &mut |_| {}).expect("load model");
     let p = InfllmParams {
         shared: true,
         coarse_from: 0,
         ..small_infllm()
     };
-    let params = EngineParams {
-        attn: AttnMode::Infllm(p),
-        n_threads: common::THREADS as usize,
-        n_ctx: 1024,
-        n_ubatch: 512,
-        block_cache: None,
-        standard_ops: false,
-    };
-    let err = Engine::new(model, params).err().expect("refused");
+    let err = try_engine(AttnMode::Infllm(p), &split_over(&devices), false, None, 1024)
+        .err()
+        .expect("refused");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("--shared-retrieval: InfLLM's layers must run on the CPU"),
