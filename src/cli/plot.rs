@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, ValueFormatter};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -209,6 +209,34 @@ pub fn write_grid_svg(path: &Path, grid: &Grid) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--plot {}: {e}", path.display()))
 }
 
+/// A grid chart's axis of `n` cells: cell i spans [i - 0.5, i + 0.5] and
+/// is labelled at i. Continuous, because plotters' segmented axis of one
+/// segment maps every edge to one point (it divides by its size - 1).
+struct CellAxis(RangedCoordf64, usize);
+
+impl CellAxis {
+    fn new(n: usize) -> Self {
+        Self((-0.5..n as f64 - 0.5).into(), n)
+    }
+}
+
+impl Ranged for CellAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.0.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        (0..self.1).map(|i| i as f64).collect()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.0.range()
+    }
+}
+
 fn draw_grid(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, grid: &Grid) -> DrawResult {
     root.fill(&WHITE)?;
     let (n_cols, n_rows) = (grid.columns.len(), grid.rows.len());
@@ -217,34 +245,24 @@ fn draw_grid(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, grid: &Grid
         .margin(16)
         .x_label_area_size(56)
         .y_label_area_size(80)
-        // A discrete integer range holds its end: 0..n-1 makes n segments.
-        .build_cartesian_2d((0..n_cols - 1).into_segmented(), (0..n_rows - 1).into_segmented())?;
+        .build_cartesian_2d(CellAxis::new(n_cols), CellAxis::new(n_rows))?;
     // Row 0 at the top: the y axis counts upwards.
-    let top_down = |r: usize| n_rows - 1 - r;
-    let name = |names: &[String], v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
+    let top_down = |r: usize| (n_rows - 1 - r) as f64;
+    let name = |names: &[String], v: f64| names.get(v.round() as usize).cloned().unwrap_or_default();
     ctx.configure_mesh()
         .disable_mesh()
         .x_labels(n_cols)
         .y_labels(n_rows)
-        .x_label_formatter(&|v| name(&grid.columns, v))
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) if *i < n_rows => grid.rows[top_down(*i)].clone(),
-            _ => String::new(),
-        })
+        .x_label_formatter(&|v| name(&grid.columns, *v))
+        .y_label_formatter(&|v| name(&grid.rows, top_down(v.round() as usize)))
         .x_desc(grid.x_label)
         .y_desc(grid.y_label)
         .label_style(("sans-serif", 18))
         .axis_desc_style(("sans-serif", 18))
         .draw()?;
     ctx.draw_series(grid.cells.iter().map(|c| {
-        let (x, y) = (c.col, top_down(c.row));
-        let corners = [
-            (SegmentValue::Exact(x), SegmentValue::Exact(y + 1)),
-            (SegmentValue::Exact(x + 1), SegmentValue::Exact(y)),
-        ];
+        let (x, y) = (c.col as f64, top_down(c.row));
+        let corners = [(x - 0.5, y + 0.5), (x + 0.5, y - 0.5)];
         let mut cell = Rectangle::new(corners, cell_color(c.passed, c.trials).filled());
         cell.set_margin(1, 1, 1, 1); // a white gap between cells
         cell
@@ -254,16 +272,15 @@ fn draw_grid(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, grid: &Grid
             (p, 1) => if p == 1 { "pass" } else { "FAIL" }.to_string(),
             (p, t) => format!("{p}/{t}"),
         };
-        let at = (SegmentValue::CenterOf(c.col), SegmentValue::CenterOf(top_down(c.row)));
         let style = ("sans-serif", 20)
             .into_font()
             .color(&WHITE)
             .pos(Pos::new(HPos::Center, VPos::Center));
-        Text::new(label, at, style)
+        Text::new(label, (c.col as f64, top_down(c.row)), style)
     }))?;
     if let Some(col) = grid.divider {
-        let x = SegmentValue::Exact(col);
-        let ends = [(x.clone(), SegmentValue::Exact(0)), (x, SegmentValue::Exact(n_rows))];
+        let x = col as f64 - 0.5;
+        let ends = [(x, -0.5), (x, n_rows as f64 - 0.5)];
         ctx.draw_series(DashedLineSeries::new(ends, 8, 5, BLACK.stroke_width(3)))?;
     }
     Ok(())
@@ -350,6 +367,42 @@ mod tests {
         assert_eq!(cell_color(3, 3), PASS_COLOR);
         let half = cell_color(1, 2);
         assert_eq!(half, RGBColor(132, 107, 59));
+    }
+
+    /// One length: the two cells span the plot's width (a one-column
+    /// segmented axis drew them with a width of -2) and the length is named.
+    #[test]
+    fn a_grid_of_one_column_fills_the_plot() {
+        let path = std::env::temp_dir().join(format!("infllm-grid1-{}.svg", std::process::id()));
+        let cell = |row| GridCell {
+            col: 0,
+            row,
+            passed: 1,
+            trials: 1,
+        };
+        let grid = Grid {
+            title: "t",
+            x_label: "length",
+            y_label: "depth",
+            columns: vec!["32768".into()],
+            rows: vec!["10%".into(), "90%".into()],
+            cells: vec![cell(0), cell(1)],
+            divider: None,
+        };
+        write_grid_svg(&path, &grid).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let widths: Vec<i64> = svg
+            .split("<rect ")
+            .skip(2)
+            .map(|t| {
+                let w = &t[t.find("width=\"").unwrap() + 7..];
+                w[..w.find('"').unwrap()].parse().unwrap()
+            })
+            .collect();
+        assert_eq!(widths.len(), 2, "{svg}");
+        assert!(widths.iter().all(|&w| w > 700), "{widths:?}");
+        assert!(svg.contains("32768") && svg.contains("90%"), "{svg}");
     }
 
     /// Three lengths by two depths: each cell lands in its column (left to
