@@ -14,7 +14,7 @@
 //! sums them, and keeps the best `topk` as the next step's blocks.
 
 use super::window::decode;
-use super::InfllmAttention;
+use super::{InfllmAttention, RetrievalRecord};
 use crate::compute::Step;
 use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
 
@@ -73,9 +73,9 @@ pub fn tally(layers: &[Vec<f32>], k: usize) -> Vec<i32> {
             .zip(scores)
             .for_each(|(s, &x)| *s += (x as f64 - mean) * inv_sd);
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| sum[b].total_cmp(&sum[a]).then(a.cmp(&b)));
-    order.into_iter().take(k).map(|b| b as i32).collect()
+    let sum: Vec<f32> = sum.into_iter().map(|s| s as f32).collect();
+    let best = RetrievalRecord::ranking(&sum).into_iter().take(k);
+    best.map(|b| b as i32).collect()
 }
 
 impl InfllmAttention {
