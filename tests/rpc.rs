@@ -309,21 +309,28 @@ fn a_server_killed_mid_run_ends_the_run_with_one_line_naming_it() {
 }
 
 #[test]
-fn shared_retrieval_refuses_layers_on_devices() {
-    // Its voters' scores are read back after every step, from the CPU.
-    let (_servers, devices) = two_servers();
+fn shared_retrieval_split_over_two_servers_equals_the_cpu() {
+    // The voters (layers 10-29) copy their block scores into tensors on
+    // their server; the vote read back after each step picks the blocks
+    // of every layer at the next decode step, on both servers.
     let p = InfllmParams {
         shared: true,
         coarse_from: 0,
         ..small_infllm()
     };
-    let err = try_engine(AttnMode::Infllm(p), &split_over(&devices), false, None, 1024)
-        .err()
-        .expect("refused");
-    let msg = format!("{err:#}");
-    assert!(
-        msg.contains("--shared-retrieval: InfLLM's layers must run on the CPU"),
-        "{msg}"
-    );
-    assert_eq!(msg.lines().count(), 1, "{msg}");
+    let (n_blocks, _) = compare(AttnMode::Infllm(p), 300, 60, None, 3);
+    assert!(n_blocks > p.topk, "no retrieval: {n_blocks} blocks");
+}
+
+#[test]
+fn shared_retrieval_past_the_device_block_cache_equals_the_cpu() {
+    // Past the cache the blocks are scored on the CPU, so the voters' scores
+    // go to host memory: no part beyond the paper's retrieval's two per layer.
+    let p = InfllmParams {
+        shared: true,
+        coarse_from: 0,
+        ..small_infllm()
+    };
+    let (_, loads) = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208), 3 + 2 * 30);
+    assert!(loads > 0, "no block was copied into a cache");
 }

@@ -200,6 +200,12 @@ impl BlockStore {
         ctx.resident(ids, &host, c)
     }
 
+    /// Whether a step scores the blocks on the device: their representative
+    /// keys are all in its cache (past it they are scored on the CPU).
+    pub fn scored_on_device(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| self.len <= c.cap())
+    }
+
     /// Blocks copied into the device cache on demand so far.
     pub fn cache_loads(&self) -> usize {
         self.cache.as_ref().map_or(0, RowCache::loads)

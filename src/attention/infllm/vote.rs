@@ -15,16 +15,21 @@
 
 use super::window::decode;
 use super::{InfllmAttention, RetrievalRecord};
+use crate::attention::alloc_per_layer;
 use crate::compute::Step;
-use crate::ggml::{Buffer, Context, GgmlType, Tensor, TensorId};
+use crate::ggml::{Buffer, BufferType, Context, GgmlType, Tensor, TensorId};
 
-/// The host tensors the voters' scores are copied into.
+/// The tensors the voters' scores are copied into: in host memory, and
+/// for a layer on a device in its memory too, for the steps that score
+/// there (the copy then stays on the device, no graph split; `read_vote`
+/// reads the scores back after the step).
 pub(super) struct Voter {
-    // Field order: the buffer holds the context's tensors.
-    _buffer: Buffer,
+    // Field order: the buffers hold the context's tensors.
+    _buffers: Vec<Buffer>,
     ctx: Context,
-    /// F32 [cap_blocks] per voting layer, layer `first` + i.
-    tensors: Vec<TensorId>,
+    /// F32 [cap_blocks] per voting layer, layer `first` + i: on the host,
+    /// and on the layer's device if it has one.
+    tensors: Vec<(TensorId, Option<TensorId>)>,
     first: usize,
 }
 
@@ -36,25 +41,37 @@ pub(super) struct Vote {
 }
 
 impl Voter {
-    /// Voters for an instance of `n_layer` layers holding up to `cap_blocks` blocks.
-    pub fn new(n_layer: usize, cap_blocks: usize) -> anyhow::Result<Self> {
+    /// Voters for an instance whose layers' memory is `bufts`, holding up
+    /// to `cap_blocks` blocks.
+    pub fn new(bufts: &[BufferType], cap_blocks: usize) -> anyhow::Result<Self> {
+        let (n_layer, cpu) = (bufts.len(), BufferType::cpu());
         let first = n_layer / 3;
-        let ctx = Context::new(n_layer - first, 0);
-        let tensors = (first..n_layer)
-            .map(|_| ctx.id(ctx.new_tensor(GgmlType::F32, &[cap_blocks as i64])))
+        let ctx = Context::new(2 * (n_layer - first), 0);
+        let scores = || ctx.id(ctx.new_tensor(GgmlType::F32, &[cap_blocks as i64]));
+        let tensors: Vec<(TensorId, Option<TensorId>)> = bufts[first..]
+            .iter()
+            .map(|&buft| (scores(), (buft != cpu).then(scores)))
             .collect();
+        let host: Vec<Tensor<'_>> = tensors.iter().map(|t| ctx.tensor(t.0)).collect();
+        let on_devices: Vec<Vec<TensorId>> = (0..n_layer)
+            .map(|il| il.checked_sub(first).and_then(|i| tensors[i].1).into_iter().collect())
+            .collect();
+        let mut buffers = alloc_per_layer(&ctx, &on_devices, bufts)?;
+        buffers.push(Buffer::alloc_tensors(cpu, &host)?);
         Ok(Self {
-            _buffer: Buffer::alloc_context(&ctx)?,
+            _buffers: buffers,
             ctx,
             tensors,
             first,
         })
     }
 
-    /// Layer `il`'s tensor, if it votes.
-    fn tensor(&self, il: usize) -> Option<Tensor<'_>> {
-        let i = il.checked_sub(self.first)?;
-        Some(self.ctx.tensor(self.tensors[i]))
+    /// Layer `il`'s tensor, if it votes: on its device when the step
+    /// scores there.
+    fn tensor(&self, il: usize, on_device: bool) -> Option<Tensor<'_>> {
+        let (host, device) = self.tensors[il.checked_sub(self.first)?];
+        let id = device.filter(|_| on_device).unwrap_or(host);
+        Some(self.ctx.tensor(id))
     }
 }
 
@@ -81,29 +98,34 @@ pub fn tally(layers: &[Vec<f32>], k: usize) -> Vec<i32> {
 impl InfllmAttention {
     /// Whether layer `il` copies out its block scores for the vote.
     pub(super) fn votes(&self, il: usize) -> bool {
-        self.voter.as_ref().is_some_and(|v| v.tensor(il).is_some())
+        self.voter.as_ref().is_some_and(|v| v.tensor(il, false).is_some())
+    }
+
+    /// Where layer `il`'s scores go: on its device when its blocks are
+    /// scored there.
+    fn vote_tensor(&self, il: usize) -> Option<Tensor<'_>> {
+        let on_device = self.layers[il].blocks.scored_on_device();
+        self.voter.as_ref()?.tensor(il, on_device)
     }
 
     /// Adds to `step` the copy of layer `il`'s block scores (F32 [n_blocks, 1]).
     pub(super) fn record_vote<'a>(&'a self, step: &mut Step<'a>, g: &'a Context, il: usize, scores: Tensor<'a>) {
-        let Some(dst) = self.voter.as_ref().and_then(|v| v.tensor(il)) else {
-            return;
-        };
+        let Some(dst) = self.vote_tensor(il) else { return };
         let n = scores.ne()[0];
         step.graph
             .expand(g.cpy(g.reshape(scores, &[n]), g.view(dst, &[n], &[], 0)));
     }
 
-    /// After a step that retrieved: the voters' tally for the next step.
+    /// After a step that retrieved (before its blocks form): the voters'
+    /// tally for the next step.
     pub(super) fn read_vote(&mut self, n_tokens: usize) {
-        let n_blocks = self.n_blocks();
         let Some(voter) = &self.voter else { return };
-        let layers: Vec<Vec<f32>> = voter
-            .tensors
-            .iter()
-            .map(|&id| {
+        let n_blocks = self.n_blocks();
+        let layers: Vec<Vec<f32>> = (voter.first..self.layers.len())
+            .filter_map(|il| self.vote_tensor(il))
+            .map(|t| {
                 let mut bytes = vec![0u8; n_blocks * 4];
-                voter.ctx.tensor(id).read_bytes(0, &mut bytes);
+                t.read_bytes(0, &mut bytes);
                 decode(GgmlType::F32, &bytes)
             })
             .collect();

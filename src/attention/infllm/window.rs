@@ -119,13 +119,7 @@ impl InfllmAttention {
             cache_blocks(&mut layers, places, block_cache, (max_blocks, p.topk))?;
         }
         let voter = (p.shared && p.topk > 0)
-            .then(|| {
-                anyhow::ensure!(
-                    places.iter().all(|l| l.device.is_none()),
-                    "--shared-retrieval: InfLLM's layers must run on the CPU (-ngl 0)"
-                );
-                Voter::new(h.n_layer, max_blocks)
-            })
+            .then(|| Voter::new(&bufts, max_blocks))
             .transpose()?;
         Ok(Self {
             p,
