@@ -70,16 +70,6 @@ fn two_servers() -> (Vec<Server>, Vec<Device>) {
 /// `standard_ops`: InfLLM through standard ggml ops on the CPU too (the
 /// path of layers on a device); `block_cache`: device bytes for blocks.
 fn engine(attn: AttnMode, offload: &Offload, standard_ops: bool, block_cache: Option<usize>, n_ctx: usize) -> Engine {
-    try_engine(attn, offload, standard_ops, block_cache, n_ctx).expect("engine")
-}
-
-fn try_engine(
-    attn: AttnMode,
-    offload: &Offload,
-    standard_ops: bool,
-    block_cache: Option<usize>,
-    n_ctx: usize,
-) -> anyhow::Result<Engine> {
     let model = Model::load_on(&common::smollm2(), offload, &mut |_| {}).expect("load model");
     let params = EngineParams {
         attn,
@@ -89,7 +79,7 @@ fn try_engine(
         block_cache,
         standard_ops,
     };
-    Engine::new(model, params)
+    Engine::new(model, params).expect("engine")
 }
 
 fn split_over(devices: &[Device]) -> Offload {

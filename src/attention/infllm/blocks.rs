@@ -203,7 +203,7 @@ impl BlockStore {
     /// Whether a step scores the blocks on the device: their representative
     /// keys are all in its cache (past it they are scored on the CPU).
     pub fn scored_on_device(&self) -> bool {
-        self.cache.as_ref().is_some_and(|c| self.len <= c.cap())
+        self.cache.is_some() && self.outgrown_cache().is_none()
     }
 
     /// Blocks copied into the device cache on demand so far.
