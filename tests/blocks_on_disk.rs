@@ -207,14 +207,21 @@ fn saved_states_name_a_kept_block_file_that_only_grows() {
     let other = engine().tokenizer().encode(&TEXT.to_uppercase().repeat(4), false, true);
     k.eval(&other[..300], false, &mut |_, _| {}).unwrap();
     assert!(k.memory().blocks.unwrap().0 >= 10);
+    assert!(engine_file_len(&file) > saved_len, "the file did not grow");
+    // What no saved state names is given back when the engine goes.
     drop(k);
+    assert_eq!(engine_file_len(&file), saved_len);
 
-    // Each saved state reads back and goes on as the reference does.
+    // Each saved state reads back and goes on as the reference does; the
+    // blocks it forms, in no saved state, go with it.
     let mut e = load(&at_600, 600).expect("the state saved at 600 tokens");
+    let blocks = e.memory().blocks.unwrap().0;
     let got = decode(&mut e, &tokens[600..700]);
     assert_eq!(first_difference(&got, &want(600..700), n_vocab), None);
+    assert!(e.memory().blocks.unwrap().0 > blocks, "no block formed");
+    assert!(engine_file_len(&file) > saved_len);
     drop(e);
-    assert!(engine_file_len(&file) > saved_len, "the file did not grow");
+    assert_eq!(engine_file_len(&file), saved_len);
     let mut e = load(&at_520, 520).expect("the state saved at 520 tokens");
     let got = decode(&mut e, &tokens[520..560]);
     assert_eq!(first_difference(&got, &want(520..560), n_vocab), None);

@@ -238,7 +238,10 @@ fn a_reverse_prompt_stops_the_text_where_it_appears() {
 fn a_prompt_cache_reads_only_what_is_new() {
     let model = common::smollm2();
     let cache = tmp("prompt.cache");
+    // Blocks on disk from the first: in the kept file the cache names.
+    let blocks = tmp("prompt.cache.blocks");
     let _ = std::fs::remove_file(&cache);
+    let _ = std::fs::remove_file(&blocks);
     let doc: String = (0..40).map(|i| format!("Item {i} is a red ball. ")).collect();
     let small = [
         "--n-init",
@@ -251,6 +254,8 @@ fn a_prompt_cache_reads_only_what_is_new() {
         "2",
         "--chunk",
         "32",
+        "--mem-budget",
+        "0",
     ];
     let run = |prompt: &str, extra: &[&str]| {
         let mut args = vec!["-m", model.to_str().unwrap(), "-p", prompt, "-n", "8", "--temp", "0"];
@@ -272,17 +277,21 @@ fn a_prompt_cache_reads_only_what_is_new() {
     assert_eq!(held, 0);
     assert!(n > 300, "{n}");
     let saved = std::fs::read(&cache).unwrap();
+    let saved_blocks = std::fs::read(&blocks).unwrap();
     // The same prompt again: all but its last token come from the cache,
     // and the answer is the same to the bit (the same steps ran).
     let (again, restored) = run(&doc, &[]);
     assert_eq!(restored, (n - 1, n));
     assert_eq!(again, first);
-    // A longer prompt reads only its new part; -ro leaves the cache as it was.
-    let longer = format!("{doc}Which item is blue?");
+    // A longer prompt reads only its new part; -ro leaves the cache as it
+    // was, and its block file (the new part forms blocks there).
+    let more_items: String = (40..48).map(|i| format!("Item {i} is a red ball. ")).collect();
+    let longer = format!("{doc}{more_items}Which item is blue?");
     let (_, (held, more)) = run(&longer, &["--prompt-cache-ro"]);
     assert_eq!(held, n - 1);
-    assert!(more > n, "{more}");
+    assert!(more > n + 64, "{more}");
     assert_eq!(std::fs::read(&cache).unwrap(), saved);
+    assert_eq!(std::fs::read(&blocks).unwrap(), saved_blocks);
     // Another prompt starts over.
     let (_, (held, _)) = run("Something else entirely.", &["--prompt-cache-ro"]);
     assert_eq!(held, 0);

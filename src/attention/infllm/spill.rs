@@ -11,11 +11,15 @@
 //! chat's `--session`) stays, and sessions saved from it name it and list
 //! each block's checksum instead of copying the blocks: it is append-only
 //! (see `HostArena::write`), starts with a header naming it (`MAGIC`, an
-//! identity), and is locked while a process holds it.
+//! identity), and is locked while a process holds it. What a process
+//! appended and no state it wrote names is cut off when it lets the file
+//! go (a `--prompt-cache-ro` run, any run that loads a session naming the
+//! file and saves none): the file grows only by what sessions can read.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -57,6 +61,11 @@ pub struct BlockFile {
     shown: PathBuf,
     /// A kept file's identity (None: scratch, unlinked).
     id: Option<u128>,
+    /// Where the bytes that sessions may name end: a kept file's length
+    /// when opened, then the end of the regions given out when a state
+    /// naming the file was last written. What lies past it is this
+    /// process's alone (the file is locked), and goes with the file.
+    named_end: AtomicU64,
 }
 
 impl BlockFile {
@@ -76,6 +85,7 @@ impl BlockFile {
             next: 0,
             shown,
             id: None,
+            named_end: AtomicU64::new(0),
         })
     }
 
@@ -99,12 +109,13 @@ impl BlockFile {
                 Err(TryLockError::Error(e)) => return Err(e).context("cannot lock it"),
             }
             let id = read_or_write_header(&file, create)?;
-            let next = file.metadata()?.len().next_multiple_of(REGION_ALIGN);
+            let opened_len = file.metadata()?.len();
             Ok(Self {
                 file: Arc::new(file),
-                next,
+                next: opened_len.next_multiple_of(REGION_ALIGN),
                 shown: path.into(),
                 id: Some(id),
+                named_end: AtomicU64::new(opened_len),
             })
         };
         open().with_context(|| format!("block file {}", path.display()))
@@ -151,8 +162,10 @@ impl BlockFile {
         Ok(self.file.metadata()?.len())
     }
 
-    /// Waits until what was written is on the disk.
-    pub fn sync(&self) -> std::io::Result<()> {
+    /// Waits until what was written is on the disk, for a state that
+    /// names every region given out so far.
+    pub fn sync_for_state(&self) -> std::io::Result<()> {
+        self.named_end.fetch_max(self.next, Ordering::Relaxed);
         self.file.sync_data()
     }
 
@@ -164,6 +177,23 @@ impl BlockFile {
     pub fn disk_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
         self.file.metadata().map_or(0, |m| m.blocks() * 512)
+    }
+}
+
+impl Drop for BlockFile {
+    /// Cuts a kept file back to the regions that states may name, once no
+    /// arena maps it (one that still did would fault past the new end).
+    fn drop(&mut self) {
+        let keep = self.named_end.load(Ordering::Relaxed);
+        if self.id.is_none() || Arc::strong_count(&self.file) > 1 || self.len().is_ok_and(|n| n <= keep) {
+            return;
+        }
+        if let Err(e) = self.file.set_len(keep) {
+            crate::log_warn!(
+                "infllm: block file {}: cannot give back the blocks no session names: {e}",
+                self.shown.display()
+            );
+        }
     }
 }
 

@@ -151,7 +151,7 @@ impl InfllmAttention {
         out.section(&s.bytes)?;
         let kept = self.spill.as_ref().and_then(|s| s.kept_file());
         if let Some(f) = kept {
-            f.sync()
+            f.sync_for_state()
                 .with_context(|| format!("cannot write block file {}", f.path().display()))?;
         }
         for l in &self.layers {
