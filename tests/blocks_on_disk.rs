@@ -162,7 +162,7 @@ fn first_difference(a: &[f32], b: &[f32], n_vocab: usize) -> Option<usize> {
 }
 
 #[test]
-fn saved_states_name_a_kept_block_file_that_only_grows() {
+fn saved_states_name_a_kept_block_file_that_keeps_what_they_name() {
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let tokens = engine().tokenizer().encode(&TEXT.repeat(12), true, true);
