@@ -3,7 +3,9 @@
 //! back in seconds, so old and new code can be compared at 128K many times
 //! over one fill. Default InfLLM settings (TYPE, e.g. q4_0: another type for
 //! the blocks' K and V than the default q8_0; COARSE_FROM, COARSE_EVERY:
-//! another `--coarse-from`, `--coarse-every`), the default model.
+//! another `--coarse-from`, `--coarse-every`; BLOCK_SIZE, N_LOCAL, TOPK:
+//! another `--block-size`, `--n-local`, `--topk`, the same for the fill and
+//! its timings; SHARED=1: `--shared-retrieval`), the default model.
 //!
 //!   [TYPE=q4_0] cargo run --release --example decode -- fill TOKENS SESSION [THREADS]
 //!   [TYPE=q4_0] cargo run --release --example decode -- time SESSION N [REPS] [THREADS]
@@ -28,12 +30,18 @@ use infllm::session::SessionFile;
 fn engine(threads: usize) -> anyhow::Result<Engine> {
     let model = Model::load(&ModelArgs { model: None }.path()?)?;
     let mut p = InfllmParams::defaults_for(model.hp.n_ctx_train);
-    if let Ok(n) = std::env::var("COARSE_FROM") {
-        p.coarse_from = n.parse()?;
+    for (name, value) in [
+        ("COARSE_FROM", &mut p.coarse_from),
+        ("COARSE_EVERY", &mut p.coarse_every),
+        ("BLOCK_SIZE", &mut p.block_size),
+        ("N_LOCAL", &mut p.n_local),
+        ("TOPK", &mut p.topk),
+    ] {
+        if let Ok(n) = std::env::var(name) {
+            *value = n.parse()?;
+        }
     }
-    if let Ok(n) = std::env::var("COARSE_EVERY") {
-        p.coarse_every = n.parse()?;
-    }
+    p.shared = std::env::var("SHARED").is_ok_and(|v| v == "1");
     if let Ok(name) = std::env::var("TYPE") {
         let ty = type_by_name(&name).ok_or_else(|| anyhow::anyhow!("unknown type {name}"))?;
         (p.type_k, p.type_v) = (ty.id, ty.id);

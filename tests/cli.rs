@@ -115,14 +115,6 @@ fn prompt_longer_than_context_is_an_error() {
 }
 
 #[test]
-fn shared_retrieval_refuses_a_coarse_pass_in_one_line() {
-    // Its voters score every block: a two-pass retrieval has no place.
-    let model = common::smollm2();
-    let out = run_model(&model, &["--shared-retrieval", "--coarse-from", "64"]);
-    assert_clean_error(&out, "--shared-retrieval scores every block in one pass: --coarse-from");
-}
-
-#[test]
 fn same_seed_same_text_and_prompt_echo() {
     let model = common::smollm2();
     let args = [

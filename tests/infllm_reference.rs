@@ -592,6 +592,78 @@ fn shared_retrieval_matches_brute_force() {
     }
 }
 
+/// `--shared-retrieval` past `coarse_from` blocks: a decode step that
+/// scores every block (the q4_0 copy) keeps its tally's best 4 x topk as
+/// candidates, its vote the first topk of them; the decode steps after it
+/// (at most `coarse_every - 1`, none after a prompt step or across a new
+/// block) vote among the candidates alone, as the f16 scores rank them.
+/// Three layers given the same inputs: the voters' tally is one layer's
+/// ranking, read here from the trace (f16 keys, every block).
+#[test]
+fn shared_retrieval_past_coarse_from_votes_among_kept_candidates() {
+    let p = InfllmParams {
+        shared: true,
+        coarse_from: 4,
+        coarse_every: 4,
+        ..params(16, 2)
+    };
+    let mut sizes = SIZES.to_vec();
+    sizes.extend([1; 60]);
+    sizes.extend([64, 1, 1, 1, 1, 1]);
+    let run = run_engine_traced(p, Role::Memory, &chunks(&sizes, 1), false, true, 3);
+    // One record per step (layer 1's), in step order.
+    let steps: Vec<&RetrievalRecord> = run.trace.iter().filter(|r| r.layer == 1).collect();
+    let sorted = |mut v: Vec<i32>| {
+        v.sort_unstable();
+        v
+    };
+    let (mut n_kept, mut n_full, mut in_a_row) = (0, 0, 0);
+    for (i, pair) in steps.windows(2).enumerate() {
+        let (now, next) = (pair[0], pair[1]);
+        // The vote taken at `now`, if the next step is a decode step.
+        let adjacent = next.n_past == now.n_past + now.n_tokens && next.n_tokens == 1;
+        let voted_next = adjacent.then(|| next.voted.clone().expect("a decode step after a vote takes it"));
+        match &now.vote_candidates {
+            Some(kept) => {
+                n_kept += 1;
+                in_a_row += 1;
+                assert!(in_a_row < p.coarse_every, "{in_a_row} steps in a row at {}", now.n_past);
+                let prev = steps[i.checked_sub(1).expect("a first step has no candidates")];
+                assert_eq!((prev.n_tokens, now.n_tokens), (1, 1), "at {}", now.n_past);
+                assert_eq!(
+                    prev.n_blocks, now.n_blocks,
+                    "candidates across a new block at {}",
+                    now.n_past
+                );
+                assert_eq!(kept.len(), 4 * p.topk);
+                // The vote for the next step: the candidates' best in f16.
+                let scores = now.summed();
+                let mut by_score = kept.clone();
+                by_score.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+                let want = sorted(by_score[..p.topk].to_vec());
+                if let Some(voted) = voted_next {
+                    assert_eq!(sorted(voted), want, "vote after {}", now.n_past);
+                }
+            }
+            None => {
+                in_a_row = 0;
+                let Some(kept) = next.vote_candidates.clone() else {
+                    continue;
+                };
+                n_full += 1;
+                // A full step's vote is the first topk of the candidates it
+                // keeps, and they hold the blocks f16 scores rank best.
+                assert_eq!(voted_next.map(sorted), Some(sorted(kept[..p.topk].to_vec())));
+                let best = RetrievalRecord::ranking(&now.summed());
+                let best = best[..p.topk].iter().map(|&b| b as i32);
+                best.for_each(|b| assert!(kept.contains(&b), "block {b} not kept at {}", now.n_past));
+            }
+        }
+    }
+    assert!(n_kept > 20, "only {n_kept} steps voted among kept candidates");
+    assert!(n_full > 5, "only {n_full} steps kept candidates");
+}
+
 /// `--retrieval ordered`: memory tokens at their places in the sequence
 /// [initial | blocks in text order | remainder], prompt and decode steps.
 #[test]

@@ -249,31 +249,45 @@ fn reused_decode_graphs_match_built_ones() {
     // settings, so that 600 tokens do all of it); with the paper's
     // retrieval, and with the layers' vote (`--shared-retrieval`: its
     // voters are layers 10-29, the lower ten take their blocks), which
-    // changes the logits.
+    // changes the logits; the vote also past `coarse_from` blocks, where
+    // decode steps score the q4_0 copy or the kept candidates in turn.
     let _one_at_a_time = common::exclusive();
     infllm::ggml::set_quiet_logs(true);
     let paper = small_infllm();
+    let shared = InfllmParams {
+        shared: true,
+        coarse_from: 0,
+        ..paper
+    };
     let mut logits = Vec::new();
     for p in [
         paper,
+        shared,
         InfllmParams {
-            shared: true,
-            coarse_from: 0,
-            ..paper
+            coarse_from: 3,
+            coarse_every: 4,
+            ..shared
         },
     ] {
         let (built, n_built, _) = decode_600(p, false);
         let (reused, n_reused, blocks) = decode_600(p, true);
         assert_eq!(n_built, 0);
-        assert!(n_reused > 400, "only {n_reused} of 536 decode steps reused a graph");
+        // Past `coarse_from`, steps that score every block and steps that
+        // score the candidates alternate, each shape its own graph.
+        let min_reused = if p.coarse_from > 0 { 200 } else { 400 };
+        assert!(
+            n_reused > min_reused,
+            "only {n_reused} of 536 decode steps reused a graph"
+        );
         assert!(blocks.is_some_and(|b| b > 0), "no blocks formed");
         let n_vocab = reused.len() / 537;
         let first = built.iter().zip(&reused).position(|(a, b)| a.to_bits() != b.to_bits());
         assert_eq!(
             first.map(|i| i / n_vocab),
             None,
-            "shared {}: logits differ from this step on",
-            p.shared
+            "shared {}, coarse from {}: logits differ from this step on",
+            p.shared,
+            p.coarse_from
         );
         logits.push(reused);
     }

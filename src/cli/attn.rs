@@ -141,8 +141,9 @@ pub struct AttnSettings {
     /// InfLLM: at each step of one token (decode, --tail-steps), every
     /// layer attends the blocks that the upper two thirds of the layers
     /// ranked best at the step before (each layer's scores standardized,
-    /// then summed); scores every block in one pass (no --coarse-from).
-    /// Off: each layer its own blocks, as the paper
+    /// then summed; past --coarse-from blocks over a q4_0 copy, then the
+    /// best 4 x --topk for --coarse-every steps). Off: each layer its own
+    /// blocks, as the paper
     #[arg(long = "shared-retrieval", help_heading = "Attention / InfLLM")]
     pub shared_retrieval: bool,
     /// InfLLM: blocks per layer from which retrieval scores a q4_0 copy of
@@ -226,11 +227,7 @@ impl AttnSettings {
         p.mem_distance = self.mem_distance.or(p.mem_distance);
         p.retrieval = self.retrieval.unwrap_or(p.retrieval);
         p.shared = self.shared_retrieval;
-        p.coarse_from = match self.coarse_from {
-            Some(n) => n,
-            None if p.shared => 0,
-            None => p.coarse_from,
-        };
+        p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
         p.coarse_every = self.coarse_every.unwrap_or(p.coarse_every);
         // Sliding-window layers step with the same chunk, at most their window.
         let window = hp.min_window().unwrap_or(usize::MAX);

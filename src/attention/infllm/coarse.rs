@@ -140,12 +140,16 @@ impl InfllmAttention {
         })
     }
 
+    /// Whether some layer scores its blocks' coarse copy first.
+    pub(super) fn scores_coarse(&self) -> bool {
+        self.layers.iter().any(|l| l.blocks.scores_coarse(self.p.coarse_from))
+    }
+
     /// Before a step of `n_tokens` commits: the decode step whose coarse
     /// pass (in some layer) kept its candidates becomes the one others
     /// reuse; a prompt step drops them.
     pub(super) fn note_coarse_pass(&mut self, n_tokens: usize) {
-        let scored = self.layers.iter().any(|l| l.blocks.scores_coarse(self.p.coarse_from));
-        if n_tokens > 1 || !scored {
+        if n_tokens > 1 || !self.scores_coarse() {
             self.kept_pick = None;
         } else if !self.reuses_candidates(1) {
             self.kept_pick = Some(KeptPick {

@@ -26,6 +26,9 @@ pub(super) struct InfllmInputs<'a> {
     /// `--shared-retrieval`: the blocks every layer attends (I32 [topk]),
     /// voted for at the step before.
     pub voted: Option<Tensor<'a>>,
+    /// The blocks the voters score instead of every block (I32
+    /// [CANDIDATES * topk]), at a step that reuses candidates (`vote.rs`).
+    pub vote_candidates: Option<Tensor<'a>>,
     /// Slots 0..n for re-rotating the whole buffer after it moved.
     pub rerotate: Option<Tensor<'a>>,
     /// Ones [1, T, n_head], to sum probabilities over the chunk's queries.
@@ -172,6 +175,9 @@ impl InfllmAttention {
             voted: self
                 .voted_blocks(n_tokens)
                 .map(|ids| step.input_i32(&name("voted"), &[ids.len() as i64], ids.to_vec())),
+            vote_candidates: self
+                .vote_candidates(n_tokens)
+                .map(|ids| step.input_i32(&name("vote_candidates"), &[ids.len() as i64], ids.to_vec())),
             rerotate: rerotate_slots.map(|r| step.input_i32(&name("rerotate"), &[n_valid as i64], r)),
             ones_heads: (n_tokens > 1)
                 .then(|| step.input_f32(&name("ones_heads"), &[1, t, nh as i64], vec![1.0; n_tokens * nh])),

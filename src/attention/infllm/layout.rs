@@ -56,6 +56,8 @@ pub struct DecodeShape {
     pub reuses_candidates: bool,
     /// Whether its layers attend the last step's vote (`vote.rs`).
     pub voted: bool,
+    /// Whether its voters score the vote's kept candidates alone.
+    pub vote_candidates: bool,
 }
 
 impl Layout {
@@ -157,6 +159,7 @@ impl InfllmAttention {
             traced: self.tracing(self.n_blocks()),
             reuses_candidates: self.reuses_candidates(1),
             voted: self.voted_blocks(1).is_some(),
+            vote_candidates: self.vote_candidates(1).is_some(),
         })
     }
 }

@@ -159,10 +159,6 @@ impl InfllmParams {
         ensure!(self.n_local > 0, "--n-local must be positive");
         ensure!(self.tail_steps > 0, "--tail-steps must be positive");
         ensure!(self.coarse_every > 0, "--coarse-every must be positive");
-        ensure!(
-            !self.shared || self.coarse_from == 0,
-            "--shared-retrieval scores every block in one pass: --coarse-from does not apply"
-        );
         ensure!(self.block_size > 0, "--block-size must be positive");
         ensure!(
             self.chunk > 0 && self.chunk <= self.n_local,

@@ -97,17 +97,44 @@ impl InfllmAttention {
         }
         let repr = lt.blocks.repr_tensor(g);
         if self.votes(lt.x.layer) {
-            // Every block in one pass (`--shared-retrieval` sets no coarse pass).
-            let scores = g.mul_mat(repr, query);
-            self.record_vote(step, g, lt.x.layer, scores);
-            let n = inp.n_blocks as i64;
-            return inp
-                .voted
-                .unwrap_or_else(|| g.top_k(g.reshape(scores, &[n]), inp.n_selected as i32));
+            return self.vote_and_pick(step, lt, inp, query);
         }
         inp.voted.unwrap_or_else(|| {
             let coarse = lt.blocks.coarse_pass(g, self.p.coarse_from, inp.reuse_candidates);
             top_blocks(g, repr, coarse, query, inp.n_selected)
+        })
+    }
+
+    /// A voter's retrieval: its scores for the vote (every block, from the
+    /// q4_0 copy past `coarse_from`; or the vote's kept candidates alone,
+    /// from their f16 keys), and the blocks it attends: the step's vote,
+    /// else its own top-k (in two passes past `coarse_from`).
+    fn vote_and_pick<'a>(
+        &'a self,
+        step: &mut Step<'a>,
+        lt: &LayerTensors<'a>,
+        inp: &InfllmInputs<'a>,
+        query: Tensor<'a>,
+    ) -> Tensor<'a> {
+        let g = lt.g;
+        let repr = lt.blocks.repr_tensor(g);
+        let coarse = inp
+            .vote_candidates
+            .is_none()
+            .then(|| lt.blocks.coarse_pass(g, self.p.coarse_from, false))
+            .flatten();
+        let scores = match (inp.vote_candidates, &coarse) {
+            // get_rows gives the f16 keys in f32, exactly; back in f16, the
+            // matmul sums as one pass over every block does.
+            (Some(ids), _) => g.mul_mat(g.cast(g.get_rows(repr, ids), GgmlType::F16), query),
+            (None, Some(pass)) => g.mul_mat(pass.keys, query),
+            (None, None) => g.mul_mat(repr, query),
+        };
+        self.record_vote(step, g, lt.x.layer, scores);
+        // A step with candidates always has a vote (`vote_candidates`).
+        inp.voted.unwrap_or_else(|| match coarse {
+            Some(pass) => top_blocks(g, repr, Some(pass), query, inp.n_selected),
+            None => g.top_k(g.reshape(scores, &[inp.n_blocks as i64]), inp.n_selected as i32),
         })
     }
 

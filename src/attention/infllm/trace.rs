@@ -27,6 +27,10 @@ pub struct RetrievalRecord {
     /// With `--shared-retrieval`, at a step that took the layers' vote: the
     /// blocks every layer attended (not this layer's own top-k).
     pub voted: Option<Vec<i32>>,
+    /// At a step whose voters scored only the last vote's kept candidates
+    /// (past `coarse_from` blocks): those blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vote_candidates: Option<Vec<i32>>,
 }
 
 impl RetrievalRecord {
@@ -123,6 +127,7 @@ impl InfllmAttention {
         let (n_blocks, n_head) = (self.n_blocks(), self.shape.n_head);
         let n_past = self.pos.n_past;
         let voted = self.voted_blocks(n_tokens).map(<[i32]>::to_vec);
+        let vote_candidates = self.vote_candidates(n_tokens).map(<[i32]>::to_vec);
         let Some(tracer) = self.tracer.as_mut() else { return };
         for (layer, &id) in tracer.tensors.iter().enumerate() {
             let mut bytes = vec![0u8; n_blocks * n_head * 4];
@@ -136,6 +141,7 @@ impl InfllmAttention {
                 n_head,
                 head_scores,
                 voted: voted.clone(),
+                vote_candidates: vote_candidates.clone(),
             });
         }
     }

@@ -12,7 +12,15 @@
 //! scores out; `commit` standardizes each voter's scores over the blocks
 //! (mean 0, variance 1, so that no layer's scale outweighs the others),
 //! sums them, and keeps the best `topk` as the next step's blocks.
+//!
+//! Past `coarse_from` blocks a voter scores the blocks' q4_0 copy
+//! (`coarse.rs`), and a decode step that ran that pass keeps the tally's
+//! best `CANDIDATES` x `topk` blocks: the decode steps that reuse
+//! candidates (`reuses_candidates`) score only those, from their f16 keys,
+//! and vote among them. So the vote reads every block once per
+//! `coarse_every` steps, as the paper's retrieval does.
 
+use super::coarse::CANDIDATES;
 use super::window::decode;
 use super::{InfllmAttention, RetrievalRecord};
 use crate::attention::alloc_per_layer;
@@ -38,6 +46,9 @@ pub(super) struct Voter {
 pub(super) struct Vote {
     pub after: usize,
     pub ids: Vec<i32>,
+    /// Past `coarse_from` blocks: the blocks the voters score at the decode
+    /// steps that reuse candidates (the best of the last full tally).
+    pub candidates: Option<Vec<i32>>,
 }
 
 impl Voter {
@@ -117,22 +128,43 @@ impl InfllmAttention {
     }
 
     /// After a step that retrieved (before its blocks form): the voters'
-    /// tally for the next step.
+    /// tally for the next step, over the blocks the step's voters scored.
     pub(super) fn read_vote(&mut self, n_tokens: usize) {
         let Some(voter) = &self.voter else { return };
-        let n_blocks = self.n_blocks();
+        let kept = self.vote_candidates(n_tokens).map(<[i32]>::to_vec);
+        let n = kept.as_ref().map_or(self.n_blocks(), Vec::len);
         let layers: Vec<Vec<f32>> = (voter.first..self.layers.len())
             .filter_map(|il| self.vote_tensor(il))
             .map(|t| {
-                let mut bytes = vec![0u8; n_blocks * 4];
+                let mut bytes = vec![0u8; n * 4];
                 t.read_bytes(0, &mut bytes);
                 decode(GgmlType::F32, &bytes)
             })
             .collect();
+        let topk = self.p.topk;
+        let best = tally(&layers, CANDIDATES * topk);
+        let (ids, candidates) = match kept {
+            // Positions among the candidates, as block ids.
+            Some(kept) => (best[..topk].iter().map(|&i| kept[i as usize]).collect(), Some(kept)),
+            None => {
+                let keep = n_tokens == 1 && self.scores_coarse();
+                (best[..topk.min(n)].to_vec(), keep.then_some(best))
+            }
+        };
         self.vote = Some(Vote {
             after: self.pos.n_past + n_tokens,
-            ids: tally(&layers, self.p.topk),
+            ids,
+            candidates,
         });
+    }
+
+    /// The candidates the voters score at a step of `n_tokens` from here,
+    /// if it takes the last step's vote and reuses candidates; None: they
+    /// score every block.
+    pub(super) fn vote_candidates(&self, n_tokens: usize) -> Option<&[i32]> {
+        self.voted_blocks(n_tokens)?;
+        let kept = self.vote.as_ref()?.candidates.as_deref()?;
+        self.reuses_candidates(n_tokens).then_some(kept)
     }
 
     /// The blocks every layer attends at a step of `n_tokens` from here:
