@@ -324,3 +324,21 @@ fn shared_retrieval_past_the_device_block_cache_equals_the_cpu() {
     let (_, loads) = compare(AttnMode::Infllm(p), 300, 60, Some(3 * 15 * 14_208), 3 + 2 * 30);
     assert!(loads > 0, "no block was copied into a cache");
 }
+
+#[test]
+fn shared_retrieval_past_coarse_from_and_the_device_block_cache_equals_the_cpu() {
+    // As `two_pass_retrieval_...`: ~16 blocks, 3 fit per layer; the voters
+    // score the q4_0 copy on the CPU, then the vote's kept candidates. The
+    // last decode graph has two parts more per voter (20) than the paper's
+    // retrieval: the vote's scoring is not kept on the CPU as a whole.
+    let p = InfllmParams {
+        shared: true,
+        coarse_from: 4,
+        coarse_every: 4,
+        ..small_infllm()
+    };
+    let parts = 3 + 2 * 30 + 2 * 20;
+    let (n_blocks, loads) = compare(AttnMode::Infllm(p), 600, 60, Some(3 * 15 * 14_208), parts);
+    assert!(n_blocks > 4 * p.topk, "only {n_blocks} blocks: no candidates were kept");
+    assert!(loads > 0, "no block was copied into a cache");
+}
