@@ -95,13 +95,12 @@ impl InfllmAttention {
         if self.tracing(inp.n_blocks) {
             self.record_scores(step, lt, query);
         }
-        let repr = lt.blocks.repr_tensor(g);
         if self.votes(lt.x.layer) {
             return self.vote_and_pick(step, lt, inp, query);
         }
         inp.voted.unwrap_or_else(|| {
             let coarse = lt.blocks.coarse_pass(g, self.p.coarse_from, inp.reuse_candidates);
-            top_blocks(g, repr, coarse, query, inp.n_selected)
+            top_blocks(g, lt.blocks.repr_tensor(g), coarse, query, inp.n_selected)
         })
     }
 
