@@ -9,6 +9,13 @@ VK_TARGET := target/vulkan
 VK_SDK := target/vulkan-sdk
 DEMO_PROMPT := <|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n<|im_start|>assistant\n
 
+# ggml and llama.cpp are compiled three times (main, Vulkan and fuzz builds,
+# each in its own target folder): through ccache when it is there (it is
+# installed by scripts/install-deps), so the later builds reuse the objects.
+# NOHASHDIR keeps the build folder (in the debug info, -g) out of the keys.
+CCACHE = $$(command -v ccache >/dev/null && echo env CMAKE_C_COMPILER_LAUNCHER=ccache \
+  CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_NOHASHDIR=1)
+
 # Fuzz targets (fuzz/): cargo-fuzz on the stable compiler (RUSTC_BOOTSTRAP
 # lets it pass libFuzzer's -Z flags), debug assertions on (overflow checks),
 # no sanitizer (the code they reach is safe Rust). `make fuzz` runs each
@@ -16,7 +23,9 @@ DEMO_PROMPT := <|im_start|>user\nWhat is the capital of France? Answer in one se
 FUZZ_TARGETS := gguf_reader model_check session_load chat_template tokenizer
 FUZZ_SECONDS ?= 600
 FUZZ_CI_SECONDS ?= 20
-FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+# target-cpu=native as in .cargo/config.toml (cargo-fuzz's RUSTFLAGS replace
+# it): ggml is then compiled with the main build's flags, so ccache serves it.
+FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C target-cpu=native" $(CCACHE) $(CARGO) fuzz
 
 .PHONY: all deps models build vulkan test demo portable lint fuzz fuzz-ci fuzz-tools
 
@@ -29,7 +38,7 @@ models:
 	@models/fetch
 
 build: deps
-	$(CARGO) build --release
+	$(CCACHE) $(CARGO) build --release
 
 # Vulkan headers >= 1.4 in $(VK_SDK) when the system's are older (see the
 # script). GGML_* variables reach ggml's CMake and rebuild it when they change,
@@ -37,10 +46,10 @@ build: deps
 vulkan: deps
 	@scripts/install-vulkan
 	env -u GGML_VK_VISIBLE_DEVICES $$([ -d $(VK_SDK) ] && echo VULKAN_SDK=$(CURDIR)/$(VK_SDK)) \
-	  CARGO_TARGET_DIR=$(VK_TARGET) $(CARGO) build --release --features vulkan
+	  CARGO_TARGET_DIR=$(VK_TARGET) $(CCACHE) $(CARGO) build --release --features vulkan
 
 test: deps models vulkan
-	$(CARGO) test --release
+	$(CCACHE) $(CARGO) test --release
 	$(MAKE) fuzz-ci
 
 demo: build models
