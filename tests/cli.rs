@@ -106,6 +106,54 @@ fn unknown_architecture_is_named() {
     );
 }
 
+/// `--retrieval` picks a set of defaults (the load line names them), and
+/// the flags given beside it override them.
+#[test]
+fn retrieval_presets_set_their_defaults_and_flags_override_them() {
+    let model = common::smollm2();
+    let line = |extra: &[&str]| {
+        let out = run_model(&model, &[&["-n", "1", "--temp", "0"][..], extra].concat());
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("attention: "))
+            .unwrap_or_else(|| panic!("{err}"));
+        line[line.find("attention: ").unwrap()..].to_string()
+    };
+    let sizes = |n_local, topk, span| {
+        format!("n_init = 128, n_local = {n_local}, block_size = 128, topk = {topk}, repr_topk = 4, chunk = 512, blocks q8_0/q8_0, span {span} (trained 8192)")
+    };
+    let vote = ", blocks voted for by the layers, the prompt's last 16 tokens a step each";
+    let expected = format!("attention: infllm {}{vote}", sizes(2048, 8, 3200));
+    assert_eq!(line(&[]), expected);
+    assert_eq!(line(&["--retrieval", "vote"]), expected);
+    let paper = format!("attention: infllm {}", sizes(4096, 16, 6272));
+    assert_eq!(line(&["--retrieval", "paper"]), paper);
+    assert_eq!(
+        line(&["--retrieval", "ordered"]),
+        format!("{paper}, memory in text order")
+    );
+    assert_eq!(
+        line(&["--retrieval", "paper", "--shared-retrieval", "--tail-steps", "16"]),
+        format!("attention: infllm {}{vote}", sizes(4096, 16, 6272))
+    );
+    assert_eq!(
+        line(&["--n-local", "1024", "--topk", "4", "--tail-steps", "1"]),
+        format!(
+            "attention: infllm {}, blocks voted for by the layers",
+            sizes(1024, 4, 1664)
+        )
+    );
+    // StreamingLLM retrieves nothing: the paper's window, no vote.
+    let stream = line(&["--attn", "stream"]);
+    assert!(
+        stream.starts_with("attention: stream n_init = 128, n_local = 4096,"),
+        "{stream}"
+    );
+    assert!(!stream.contains("voted"), "{stream}");
+}
+
 #[test]
 fn prompt_longer_than_context_is_an_error() {
     let model = common::smollm2();

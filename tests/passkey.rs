@@ -3,10 +3,11 @@
 //! of the text; StreamingLLM (no retrieval) cannot see a key that left its
 //! window.
 //!
-//! With the defaults (a 4096-token window, 16 blocks of 128 per chunk) both
-//! keys lie in memory blocks and must be retrieved (a key still in the
-//! window, at 90%, is left to the benchmark: within the window InfLLM is
-//! the model's own attention, tests/model.rs). `--share-prefix` evaluates
+//! With the defaults (`--retrieval vote`: a 2048-token window, 8 blocks of
+//! 128 voted for by the upper layers) both keys lie in memory blocks and
+//! must be retrieved (a key still in the window, at 90%, is left to the
+//! benchmark: within the window InfLLM is the model's own attention,
+//! tests/model.rs). `--share-prefix` evaluates
 //! 1.9 prompts' worth instead of 2 (12K rather than 16K since session 18:
 //! 5.4 minutes for the InfLLM test on 2 cores; the StreamingLLM one reads
 //! 6K tokens); the benchmark script runs

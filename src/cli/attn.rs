@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use super::limits::{count, MAX_TOKENS};
 
 use crate::attention::full::cache_type;
-use crate::attention::infllm::{BlockSpill, InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
+use crate::attention::infllm::{BlockSpill, InfllmParams, Retrieval, RetrievalPreset, BLOCK_TYPES, NO_CAP_TOKENS};
 use crate::engine::AttnMode;
 use crate::ggml::{type_by_name, GgmlType};
 use crate::model::Hparams;
@@ -66,7 +66,8 @@ impl AttnArgs {
                 .into(),
             (Some(_), _) => format!(
                 "\ninfllm: --keep has no effect: this attention keeps its first {} tokens (--n-init) and needs no context shift",
-                (self.settings.n_init).unwrap_or(InfllmParams::defaults_for(hp.n_ctx_train).n_init)
+                (self.settings.n_init)
+                    .unwrap_or(self.settings.preset(self.attn).defaults_for(hp.n_ctx_train).n_init)
             ),
         };
         keep + &self.attention_notes(hp, n_ctx) + self.spill_note()
@@ -134,16 +135,16 @@ pub struct AttnSettings {
     /// memory blocks, 0..=1048576 [default: --n-local - 1, as the reference]
     #[arg(long = "mem-distance", value_name = "N", value_parser = count(0, MAX_N_LOCAL), help_heading = "Attention / InfLLM")]
     pub mem_distance: Option<usize>,
-    /// InfLLM: where memory tokens sit for a query: the paper's one
-    /// distance, or in text order (the order inside a block stays visible)
-    #[arg(long, value_enum, help_heading = "Attention / InfLLM")]
-    pub retrieval: Option<Retrieval>,
-    /// InfLLM: at each step of one token (decode, --tail-steps), every
+    /// InfLLM: how memory blocks are chosen and where their tokens sit,
+    /// each choice with its own defaults (the flags above override them)
+    #[arg(long, value_enum, default_value_t = RetrievalPreset::Vote, help_heading = "Attention / InfLLM")]
+    pub retrieval: RetrievalPreset,
+    /// InfLLM: the layers' vote (on by default, with --retrieval vote) with
+    /// any preset: at each step of one token (decode, --tail-steps), every
     /// layer attends the blocks that the upper two thirds of the layers
     /// ranked best at the step before (each layer's scores standardized,
     /// then summed; past --coarse-from blocks over a q4_0 copy, then the
-    /// best 4 x --topk for --coarse-every steps). Off: each layer its own
-    /// blocks, as the paper
+    /// best 4 x --topk for --coarse-every steps)
     #[arg(long = "shared-retrieval", help_heading = "Attention / InfLLM")]
     pub shared_retrieval: bool,
     /// InfLLM: blocks per layer from which retrieval scores a q4_0 copy of
@@ -206,6 +207,15 @@ impl AttnSettings {
         }
     }
 
+    /// The preset whose defaults apply: StreamingLLM retrieves nothing, so
+    /// it keeps the paper's window unless another placement is asked for.
+    fn preset(&self, kind: AttnKind) -> RetrievalPreset {
+        match (kind, self.retrieval) {
+            (AttnKind::Stream, RetrievalPreset::Vote) => RetrievalPreset::Paper,
+            (_, preset) => preset,
+        }
+    }
+
     /// The attention of kind `kind` for a model; `n_ctx` is `-c` (None: not given).
     pub fn mode(&self, kind: AttnKind, hp: &Hparams, n_ctx: Option<usize>) -> anyhow::Result<AttnMode> {
         if kind == AttnKind::Full {
@@ -217,7 +227,7 @@ impl AttnSettings {
                 type_v: cache_type("-ctv", &self.cache_type_v)?,
             });
         }
-        let mut p = InfllmParams::defaults_for(hp.n_ctx_train);
+        let mut p = self.preset(kind).defaults_for(hp.n_ctx_train);
         p.n_init = self.n_init.unwrap_or(p.n_init);
         p.n_local = self.n_local.unwrap_or(p.n_local);
         p.block_size = self.block_size.unwrap_or(p.block_size);
@@ -225,8 +235,7 @@ impl AttnSettings {
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
         p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
         p.mem_distance = self.mem_distance.or(p.mem_distance);
-        p.retrieval = self.retrieval.unwrap_or(p.retrieval);
-        p.shared = self.shared_retrieval;
+        p.shared |= self.shared_retrieval && kind != AttnKind::Stream;
         p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
         p.coarse_every = self.coarse_every.unwrap_or(p.coarse_every);
         // Sliding-window layers step with the same chunk, at most their window.

@@ -40,7 +40,7 @@ mod window;
 pub use blocks::{representative_key, BlockShape, BlockStore};
 pub use coarse::{top_blocks, CoarseKeys, CoarsePass};
 pub use layout::DecodeShape;
-pub use params::{InfllmParams, Retrieval, BLOCK_TYPES, NO_CAP_TOKENS};
+pub use params::{InfllmParams, Retrieval, RetrievalPreset, BLOCK_TYPES, NO_CAP_TOKENS};
 pub use spill::BlockSpill;
 pub use state::{TextPosition, WindowState};
 pub use trace::RetrievalRecord;
