@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use std::io::Write as _;
 
+use infllm::attention::infllm::RetrievalPreset;
 use infllm::chat::{ChatTemplate, Conversation, Message};
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::reference::{RefContext, RefModel, RefParams};
@@ -334,7 +335,8 @@ fn conversation_with(path: &Path, temp: f32, small: bool) -> Conversation {
         Some(source) => ChatTemplate::from_source("gguf", source, "", "").unwrap(),
         None => ChatTemplate::builtin("gemma", "<bos>", "<eos>").unwrap(),
     };
-    let mut p = infllm::attention::infllm::InfllmParams::defaults_for(model.hp.n_ctx_train);
+    // The command line's defaults, so that the library's turns are the binary's.
+    let mut p = RetrievalPreset::default().defaults_for(model.hp.n_ctx_train);
     if small {
         (p.n_init, p.n_local, p.block_size, p.topk, p.chunk) = (16, 256, 32, 2, 64);
     }

@@ -5,6 +5,7 @@ mod common;
 
 use common::argmax_of;
 use infllm::attention::infllm::InfllmParams;
+use infllm::attention::MemorySections;
 use infllm::engine::{AttnMode, Engine, EngineParams};
 use infllm::ggml::reference::{RefContext, RefModel, RefParams};
 use infllm::ggml::GgmlType;
@@ -292,6 +293,56 @@ fn reused_decode_graphs_match_built_ones() {
         logits.push(reused);
     }
     assert_ne!(logits[0], logits[1], "the vote changed no logits");
+}
+
+/// The layers' vote is part of the state: after a rollback, or in a new
+/// engine that read the saved state, steps of one token attend the blocks
+/// the unbroken run's vote picked (the first step after either would take
+/// its own picks without it), so the logits are the same, bit for bit.
+#[test]
+fn rollbacks_and_saved_states_keep_the_layers_vote() {
+    let _one_at_a_time = common::exclusive();
+    infllm::ggml::set_quiet_logs(true);
+    let p = InfllmParams {
+        shared: true,
+        ..small_infllm()
+    };
+    let mut e = engine_with(AttnMode::Infllm(p), 0);
+    let tokens = e.tokenizer().encode(&STORY.repeat(16), true, true);
+    let decode = |e: &mut Engine, range: std::ops::Range<usize>| -> Vec<u32> {
+        let steps = tokens[range]
+            .iter()
+            .map(|&t| e.eval(&[t], false, &mut |_, _| {}).unwrap());
+        steps.flatten().map(f32::to_bits).collect()
+    };
+    e.eval(&tokens[..512], false, &mut |_, _| {}).unwrap();
+    decode(&mut e, 512..560);
+    let snapshot = e.snapshot();
+    let mut saved = MemorySections::default();
+    let state = e.state_write(&mut saved).unwrap();
+    assert!(state.to_string().contains("\"vote\""), "no vote saved: {state}");
+    let unbroken = decode(&mut e, 560..600);
+    let n_vocab = unbroken.len() / 40;
+    let first_diff = |other: &[u32]| {
+        other
+            .iter()
+            .zip(&unbroken)
+            .position(|(a, b)| a != b)
+            .map(|i| i / n_vocab)
+    };
+    e.rollback(&snapshot).unwrap();
+    assert_eq!(
+        first_diff(&decode(&mut e, 560..600)),
+        None,
+        "after the rollback, from this step"
+    );
+    let mut loaded = engine_with(AttnMode::Infllm(p), 0);
+    loaded.state_read(&state, &mut saved.reader(560).unwrap()).unwrap();
+    assert_eq!(
+        first_diff(&decode(&mut loaded, 560..600)),
+        None,
+        "after the load, from this step"
+    );
 }
 
 /// A 64-token prompt of `STORY` and 536 tokens one at a time: every

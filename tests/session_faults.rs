@@ -319,6 +319,42 @@ fn finish(mut child: Child, mut err: BufReader<ChildStderr>, turn: &str) -> Outp
     out
 }
 
+/// The layers' vote a session saves (the default `--retrieval vote`, past
+/// `--topk` blocks) is checked before it reaches a graph: `--topk`
+/// distinct blocks of the session's.
+#[test]
+fn a_crafted_vote_is_refused_in_one_line() {
+    let _cpu = common::exclusive();
+    let d = dir("vote");
+    let good = d.join("good.session");
+    make_session(&good, &"The grass is green. The sky is blue. ".repeat(15));
+    let bytes = std::fs::read(&good).unwrap();
+    let index = split_session(&bytes).1;
+    let n_blocks = index["state"][0]["n_blocks"].as_u64().unwrap();
+    let vote = index["state"][0]["vote"].as_array().expect("a saved vote").clone();
+    assert_eq!(vote.len(), 2, "{index}");
+    assert_ok(&chat(&d.join("good.session"), "And the sun?"));
+    let cases = [
+        ("past_the_blocks", json!([0, n_blocks])),
+        ("negative", json!([-1, 0])),
+        ("twice", json!([vote[0], vote[0]])),
+        ("short", json!([vote[0]])),
+        ("not_ids", json!("x\ny")),
+    ];
+    for (name, value) in cases {
+        let path = d.join(format!("{name}.session"));
+        let content = crafted(&bytes, |i| *at(i, "/state/0/vote") = value);
+        std::fs::write(&path, &content).unwrap();
+        let needle = match name {
+            "not_ids" => "corrupt attention state",
+            _ => "inconsistent attention state (its vote",
+        };
+        assert_refused(&chat(&path, "Hi"), needle, name);
+        assert_eq!(std::fs::read(&path).unwrap(), content, "{name}: the file changed");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn a_session_truncated_under_a_running_chat_does_not_stop_it() {
     let _cpu = common::exclusive();

@@ -12,6 +12,7 @@ use std::path::Path;
 use super::blocks::BlockShape;
 use super::layout::KEY_PAD;
 use super::spill::{BlockFile, Spill};
+use super::vote::Vote;
 use super::window::LayerStore;
 use super::InfllmAttention;
 use crate::attention::state::{read_ranges, read_ranges_from, write_ranges, Ranges, Section};
@@ -34,12 +35,13 @@ pub struct TextPosition {
 
 /// An instance's state besides its blocks' contents: the position, the
 /// block count, the window buffer's tokens with their scores and the
-/// initial tokens.
+/// initial tokens, and the layers' last vote.
 #[derive(Clone)]
 pub struct WindowState {
     pub pos: TextPosition,
     pub n_blocks: usize,
     pub bytes: Vec<u8>,
+    vote: Option<Vote>,
 }
 
 /// What a saved session keeps beside an instance's sections.
@@ -51,6 +53,12 @@ pub struct SavedPosition {
     /// session's sections hold them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<SavedFile>,
+    /// The blocks the layers voted for at the last step (`--retrieval
+    /// vote`), which a step of one token after the load attends. Not its
+    /// kept candidates: past `coarse_from` blocks the first step after a
+    /// load scores every block, as the paper's retrieval does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<Vec<i32>>,
 }
 
 /// A kept block file as a session names it.
@@ -69,6 +77,7 @@ pub struct CheckedState {
     n_blocks: usize,
     window: Section,
     blocks: CheckedBlocks,
+    vote: Option<Vote>,
 }
 
 /// Where a checked state's blocks are.
@@ -92,6 +101,7 @@ impl InfllmAttention {
             pos: self.pos,
             n_blocks: self.n_blocks(),
             bytes: read_ranges(self.window_ranges(self.pos.n_past - self.pos.buffer_start)),
+            vote: self.vote.clone(),
         }
     }
 
@@ -109,7 +119,7 @@ impl InfllmAttention {
         self.pos = s.pos;
         self.rerotate = false;
         self.kept_pick = None;
-        self.vote = None;
+        self.vote = s.vote.clone().map(|v| Vote { candidates: None, ..v });
         Ok(())
     }
 
@@ -175,6 +185,7 @@ impl InfllmAttention {
                 id: format!("{:032x}", f.id().expect("kept")),
                 pieces: self.layers.iter().map(|l| l.blocks.pieces()).collect(),
             }),
+            vote: s.vote.filter(|v| v.after == s.pos.n_past).map(|v| v.ids),
         })
     }
 
@@ -206,7 +217,29 @@ impl InfllmAttention {
             n_blocks: saved.n_blocks,
             window,
             blocks,
+            vote: self.check_vote(saved)?,
         })
+    }
+
+    /// A saved vote: `topk` distinct blocks of the session's (a vote is
+    /// taken only among more blocks than that); none when this instance
+    /// does not vote.
+    fn check_vote(&self, saved: &SavedPosition) -> anyhow::Result<Option<Vote>> {
+        let Some(ids) = &saved.vote else { return Ok(None) };
+        let n = saved.n_blocks;
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        ensure!(
+            ids.len() == self.p.topk && sorted.len() == ids.len() && ids.iter().all(|&i| i >= 0 && (i as usize) < n),
+            "inconsistent attention state (its vote: {} blocks of {n})",
+            ids.len()
+        );
+        Ok(self.voter.is_some().then(|| Vote {
+            after: saved.pos.n_past,
+            ids: ids.clone(),
+            candidates: None,
+        }))
     }
 
     /// Each layer's sections of `n` blocks saved in the session.
@@ -299,7 +332,7 @@ impl InfllmAttention {
         self.pos = c.pos;
         self.rerotate = false;
         self.kept_pick = None;
-        self.vote = None;
+        self.vote = c.vote;
         Ok(())
     }
 
