@@ -113,11 +113,13 @@ fn shared_prefix_runs_answer_as_fresh_runs() {
 /// per retrieval and a header per run, and the block it names as the key's
 /// is the one holding the key's tokens, ranked as the line's picks say.
 /// Small settings (a 256-token window, blocks of 32, 2 picked) so that keys
-/// at 10% to 50% of 1,500 tokens lie in blocks.
+/// at 10% to 50% of 1,500 tokens lie in blocks; the paper's retrieval, where
+/// a layer attends the blocks it ranks first (with the vote, the upper
+/// layers' picks: tests/infllm_reference.rs checks those traces).
 #[test]
 fn the_grid_runs_its_depths_and_the_trace_names_the_key_s_block() {
     let trace = std::env::temp_dir().join(format!("infllm-trace-{}.jsonl", std::process::id()));
-    let settings = "--tokens 1500 --n-local 256 --chunk 128 --block-size 32 --topk 2 --n-init 16";
+    let settings = "--tokens 1500 --n-local 256 --chunk 128 --block-size 32 --topk 2 --n-init 16 --retrieval paper";
     let mut args: Vec<&str> = settings.split(' ').collect();
     args.extend(["--grid", "--filler", "varied", "-o", "csv", "--trace-retrieval"]);
     args.push(trace.to_str().unwrap());
