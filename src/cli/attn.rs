@@ -235,7 +235,7 @@ impl AttnSettings {
         p.repr_topk = self.repr_topk.unwrap_or(p.repr_topk);
         p.tail_steps = self.tail_steps.unwrap_or(p.tail_steps);
         p.mem_distance = self.mem_distance.or(p.mem_distance);
-        p.shared |= self.shared_retrieval && kind != AttnKind::Stream;
+        p.shared |= self.shared_retrieval;
         p.coarse_from = self.coarse_from.unwrap_or(p.coarse_from);
         p.coarse_every = self.coarse_every.unwrap_or(p.coarse_every);
         // Sliding-window layers step with the same chunk, at most their window.
@@ -247,7 +247,7 @@ impl AttnSettings {
             p.chunk
         );
         if kind == AttnKind::Stream {
-            p.topk = 0;
+            (p.topk, p.shared) = (0, false);
         }
         p.type_k = block_type("-ctk", self.cache_type_k.as_deref().unwrap_or("q8_0"))?;
         p.type_v = block_type("-ctv", self.cache_type_v.as_deref().unwrap_or("q8_0"))?;

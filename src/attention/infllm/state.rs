@@ -119,7 +119,8 @@ impl InfllmAttention {
         self.pos = s.pos;
         self.rerotate = false;
         self.kept_pick = None;
-        self.vote = s.vote.clone().map(|v| Vote { candidates: None, ..v });
+        // Its candidates stay unused: `kept_pick` is dropped above.
+        self.vote = s.vote.clone();
         Ok(())
     }
 
